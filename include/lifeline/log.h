@@ -1,0 +1,53 @@
+/* Levelled, structured logging to stderr: text or JSON lines, one write() per line. */
+#ifndef LIFELINE_LOG_H
+#define LIFELINE_LOG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
+enum log_format { LOG_FORMAT_TEXT, LOG_FORMAT_JSON };
+
+enum log_field_type { LOG_FIELD_STR, LOG_FIELD_INT };
+
+/* One key=value pair of a log line. Build them with LF_STR() and LF_INT(). */
+struct log_field {
+    const char *key;
+    enum log_field_type type;
+    const char *s;
+    int64_t i;
+};
+
+#define LF_STR(k, v) ((struct log_field){ .key = (k), .type = LOG_FIELD_STR, .s = (v) })
+#define LF_INT(k, v) ((struct log_field){ .key = (k), .type = LOG_FIELD_INT, .i = (int64_t)(v) })
+
+void log_set_level(enum log_level level);
+void log_set_format(enum log_format format);
+int log_enabled(enum log_level level);
+
+/* "debug", "info", ... -> level; returns 0 or -EINVAL. */
+int log_level_parse(const char *s, enum log_level *out);
+int log_format_parse(const char *s, enum log_format *out);
+const char *log_level_name(enum log_level level);
+
+/* Writes one line: timestamp, level, message, then the fields. */
+void log_write(enum log_level level, const char *msg, const struct log_field *fields,
+               size_t n_fields);
+
+#define LOG_FIELDS_(...) ((const struct log_field[]){ __VA_ARGS__ })
+#define LOG_NFIELDS_(...) (sizeof(LOG_FIELDS_(__VA_ARGS__)) / sizeof(struct log_field))
+
+/* log_info("msg") or log_info("msg", LF_STR("route", name), LF_INT("port", p)). */
+#define log_at(level, msg, ...)                                                     \
+    do {                                                                            \
+        if (log_enabled(level))                                                     \
+            log_write((level), (msg), LOG_FIELDS_(LF_STR(NULL, NULL), ##__VA_ARGS__) + 1, \
+                      LOG_NFIELDS_(LF_STR(NULL, NULL), ##__VA_ARGS__) - 1);         \
+    } while (0)
+
+#define log_debug(msg, ...) log_at(LOG_DEBUG, msg, ##__VA_ARGS__)
+#define log_info(msg, ...)  log_at(LOG_INFO, msg, ##__VA_ARGS__)
+#define log_warn(msg, ...)  log_at(LOG_WARN, msg, ##__VA_ARGS__)
+#define log_error(msg, ...) log_at(LOG_ERROR, msg, ##__VA_ARGS__)
+
+#endif

@@ -1,0 +1,146 @@
+/* Levelled, structured logging to stderr: text or JSON lines, one write() per line. */
+#include "lifeline/log.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static _Atomic int log_level_ = LOG_INFO;
+static _Atomic int log_format_ = LOG_FORMAT_TEXT;
+
+static const char *const level_names[] = { "debug", "info", "warn", "error" };
+
+void log_set_level(enum log_level level) { atomic_store(&log_level_, (int)level); }
+void log_set_format(enum log_format format) { atomic_store(&log_format_, (int)format); }
+
+int log_enabled(enum log_level level)
+{
+    return (int)level >= atomic_load_explicit(&log_level_, memory_order_relaxed);
+}
+
+const char *log_level_name(enum log_level level) { return level_names[level]; }
+
+int log_level_parse(const char *s, enum log_level *out)
+{
+    for (size_t i = 0; i < sizeof(level_names) / sizeof(level_names[0]); i++) {
+        if (strcmp(s, level_names[i]) == 0) {
+            *out = (enum log_level)i;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+int log_format_parse(const char *s, enum log_format *out)
+{
+    if (strcmp(s, "text") == 0)
+        *out = LOG_FORMAT_TEXT;
+    else if (strcmp(s, "json") == 0)
+        *out = LOG_FORMAT_JSON;
+    else
+        return -EINVAL;
+    return 0;
+}
+
+/* A line buffer that silently truncates: a log line is never worth a crash. */
+struct line {
+    char buf[2048];
+    size_t len;
+};
+
+static void put(struct line *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void put(struct line *l, const char *fmt, ...)
+{
+    size_t room = sizeof(l->buf) - 1 - l->len; /* keep one byte for '\n' */
+    if (room == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(l->buf + l->len, room + 1, fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        l->len += (size_t)n < room ? (size_t)n : room;
+}
+
+static void put_json_string(struct line *l, const char *s)
+{
+    put(l, "\"");
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            put(l, "\\%c", c);
+        else if (c < 0x20)
+            put(l, "\\u%04x", c);
+        else
+            put(l, "%c", c);
+    }
+    put(l, "\"");
+}
+
+/* Text values are quoted only when they would not read as one token. */
+static void put_text_value(struct line *l, const char *s)
+{
+    if (*s != '\0' && strpbrk(s, " \"=\t\n") == NULL) {
+        put(l, "%s", s);
+        return;
+    }
+    put_json_string(l, s);
+}
+
+void log_write(enum log_level level, const char *msg, const struct log_field *fields,
+               size_t n_fields)
+{
+    struct line l = { .len = 0 };
+    struct timespec ts;
+    struct tm tm;
+    char when[32];
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
+
+    if (atomic_load_explicit(&log_format_, memory_order_relaxed) == LOG_FORMAT_JSON) {
+        put(&l, "{\"ts\":\"%s.%03ldZ\",\"level\":\"%s\",\"msg\":", when,
+            ts.tv_nsec / 1000000, level_names[level]);
+        put_json_string(&l, msg);
+        for (size_t i = 0; i < n_fields; i++) {
+            put(&l, ",");
+            put_json_string(&l, fields[i].key);
+            put(&l, ":");
+            if (fields[i].type == LOG_FIELD_INT)
+                put(&l, "%" PRId64, fields[i].i);
+            else
+                put_json_string(&l, fields[i].s ? fields[i].s : "");
+        }
+        put(&l, "}");
+    } else {
+        put(&l, "%s.%03ldZ %s %s", when, ts.tv_nsec / 1000000, level_names[level], msg);
+        for (size_t i = 0; i < n_fields; i++) {
+            put(&l, " %s=", fields[i].key);
+            if (fields[i].type == LOG_FIELD_INT)
+                put(&l, "%" PRId64, fields[i].i);
+            else
+                put_text_value(&l, fields[i].s ? fields[i].s : "");
+        }
+    }
+    l.buf[l.len++] = '\n';
+
+    /* One write() per line keeps lines from different threads whole. */
+    const char *p = l.buf;
+    size_t left = l.len;
+    while (left > 0) {
+        ssize_t n = write(STDERR_FILENO, p, left);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return;
+        p += n;
+        left -= (size_t)n;
+    }
+}
