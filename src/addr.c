@@ -1,0 +1,253 @@
+/* Address parsing and formatting: "host:port" strings, IP literals, sockaddrs. */
+#include "lifeline/addr.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/un.h>
+
+#define HOSTNAME_MAX 253
+
+static int is_digit(char c) { return c >= '0' && c <= '9'; }
+
+static int is_alnum(char c)
+{
+    return is_digit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+/* Ports are written as plain decimal digits; no sign, no spaces. */
+static int parse_port(const char *s, uint16_t *out)
+{
+    if (*s == '\0')
+        return -EINVAL;
+    unsigned long v = 0;
+    for (; *s; s++) {
+        if (!is_digit(*s))
+            return -EINVAL;
+        v = v * 10 + (unsigned long)(*s - '0');
+        if (v > 65535)
+            return -EINVAL;
+    }
+    if (v == 0)
+        return -EINVAL;
+    *out = (uint16_t)v;
+    return 0;
+}
+
+/* A name that could be resolved: the usual host name characters plus '_'
+ * (service records and container names use it), no empty label except a
+ * trailing dot, and not something that only looks like a mistyped IPv4
+ * address ("10.0.0.256", "10.1"), which the resolver would read in
+ * surprising ways. */
+static const char *check_hostname(const char *h, size_t len)
+{
+    if (len == 0)
+        return "empty host";
+    if (len > HOSTNAME_MAX)
+        return "host name too long";
+    size_t label = 0;
+    size_t last_label_start = 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = h[i];
+        if (c == '.') {
+            if (label == 0)
+                return "empty label in host name";
+            label = 0;
+            if (i + 1 < len)
+                last_label_start = i + 1;
+            continue;
+        }
+        if (!is_alnum(c) && c != '-' && c != '_')
+            return "invalid character in host name";
+        label++;
+    }
+    size_t end = h[len - 1] == '.' ? len - 1 : len;
+    int numeric_tld = 1;
+    for (size_t i = last_label_start; i < end; i++)
+        if (!is_digit(h[i]))
+            numeric_tld = 0;
+    if (numeric_tld)
+        return "bad IPv4 address";
+    return NULL;
+}
+
+static int fail(const char **why, const char *reason)
+{
+    if (why != NULL)
+        *why = reason;
+    return -EINVAL;
+}
+
+int addr_parse_hostport(const char *s, struct hostport *out, const char **why)
+{
+    struct hostport hp;
+    memset(&hp, 0, sizeof(hp));
+    if (s == NULL || *s == '\0')
+        return fail(why, "empty address");
+    for (const char *p = s; *p; p++)
+        if (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r' || *p == '\v' || *p == '\f')
+            return fail(why, "contains whitespace");
+
+    const char *host;
+    size_t host_len;
+    const char *port;
+    if (s[0] == '[') {
+        const char *close = strchr(s, ']');
+        if (close == NULL)
+            return fail(why, "unbalanced brackets");
+        host = s + 1;
+        host_len = (size_t)(close - host);
+        if (host_len == 0)
+            return fail(why, "empty host");
+        if (host_len >= INET6_ADDRSTRLEN)
+            return fail(why, "bad IPv6 address");
+        memcpy(hp.host, host, host_len);
+        struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&hp.sa;
+        if (inet_pton(AF_INET6, hp.host, &sin6->sin6_addr) != 1)
+            return fail(why, "bad IPv6 address");
+        sin6->sin6_family = AF_INET6;
+        hp.numeric = 1;
+        if (close[1] != ':')
+            return fail(why, close[1] == '\0' ? "missing port" : "unexpected text after ']'");
+        port = close + 2;
+    } else {
+        const char *colon = strrchr(s, ':');
+        if (colon == NULL)
+            return fail(why, "missing port");
+        host = s;
+        host_len = (size_t)(colon - s);
+        port = colon + 1;
+        if (memchr(host, '[', host_len) != NULL || memchr(host, ']', host_len) != NULL)
+            return fail(why, "unbalanced brackets");
+        if (memchr(host, ':', host_len) != NULL)
+            return fail(why, "IPv6 address needs brackets");
+        if (host_len == 0)
+            return fail(why, "empty host");
+        if (host_len >= sizeof(hp.host))
+            return fail(why, "host name too long");
+        memcpy(hp.host, host, host_len);
+        struct sockaddr_in *sin = (struct sockaddr_in *)&hp.sa;
+        if (inet_pton(AF_INET, hp.host, &sin->sin_addr) == 1) {
+            sin->sin_family = AF_INET;
+            hp.numeric = 1;
+        } else {
+            const char *bad = check_hostname(host, host_len);
+            if (bad != NULL)
+                return fail(why, bad);
+        }
+    }
+
+    if (parse_port(port, &hp.port) < 0)
+        return fail(why, *port == '\0' ? "missing port" : "port must be 1..65535");
+    if (hp.sa.ss_family == AF_INET)
+        ((struct sockaddr_in *)&hp.sa)->sin_port = htons(hp.port);
+    else if (hp.sa.ss_family == AF_INET6)
+        ((struct sockaddr_in6 *)&hp.sa)->sin6_port = htons(hp.port);
+    *out = hp;
+    return 0;
+}
+
+int addr_parse_ip(const char *s, struct sockaddr_storage *out)
+{
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    if (s == NULL)
+        return -EINVAL;
+    struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, s, &sin->sin_addr) == 1)
+        sin->sin_family = AF_INET;
+    else if (inet_pton(AF_INET6, s, &sin6->sin6_addr) == 1)
+        sin6->sin6_family = AF_INET6;
+    else
+        return -EINVAL;
+    *out = ss;
+    return 0;
+}
+
+/* The sockaddr is copied out rather than cast: the caller's pointer may be
+ * less aligned than sockaddr_in6 requires. */
+static void copy_in(const struct sockaddr *sa, struct sockaddr_in *out)
+{
+    memcpy(out, sa, sizeof(*out));
+}
+
+static void copy_in6(const struct sockaddr *sa, struct sockaddr_in6 *out)
+{
+    memcpy(out, sa, sizeof(*out));
+}
+
+int addr_is_any(const struct sockaddr *sa)
+{
+    if (sa->sa_family == AF_INET) {
+        struct sockaddr_in sin;
+        copy_in(sa, &sin);
+        return sin.sin_addr.s_addr == htonl(INADDR_ANY);
+    }
+    if (sa->sa_family == AF_INET6) {
+        struct sockaddr_in6 sin6;
+        copy_in6(sa, &sin6);
+        return IN6_IS_ADDR_UNSPECIFIED(&sin6.sin6_addr);
+    }
+    return 0;
+}
+
+char *addr_format(const struct sockaddr *sa, char *buf, size_t len)
+{
+    char ip[INET6_ADDRSTRLEN];
+    if (len == 0)
+        return buf;
+    if (sa->sa_family == AF_INET) {
+        struct sockaddr_in sin;
+        copy_in(sa, &sin);
+        inet_ntop(AF_INET, &sin.sin_addr, ip, sizeof(ip));
+        snprintf(buf, len, "%s:%u", ip, (unsigned)ntohs(sin.sin_port));
+    } else if (sa->sa_family == AF_INET6) {
+        struct sockaddr_in6 sin6;
+        copy_in6(sa, &sin6);
+        inet_ntop(AF_INET6, &sin6.sin6_addr, ip, sizeof(ip));
+        /* A link-local peer is ambiguous without its interface; the numeric
+         * zone id keeps it short and needs no lookup. */
+        if (sin6.sin6_scope_id != 0)
+            snprintf(buf, len, "[%s%%%u]:%u", ip, (unsigned)sin6.sin6_scope_id,
+                     (unsigned)ntohs(sin6.sin6_port));
+        else
+            snprintf(buf, len, "[%s]:%u", ip, (unsigned)ntohs(sin6.sin6_port));
+    } else if (sa->sa_family == AF_UNSPEC) {
+        snprintf(buf, len, "(unset)");
+    } else {
+        snprintf(buf, len, "(family %d)", (int)sa->sa_family);
+    }
+    return buf;
+}
+
+uint16_t addr_port(const struct sockaddr *sa)
+{
+    if (sa->sa_family == AF_INET) {
+        struct sockaddr_in sin;
+        copy_in(sa, &sin);
+        return ntohs(sin.sin_port);
+    }
+    if (sa->sa_family == AF_INET6) {
+        struct sockaddr_in6 sin6;
+        copy_in6(sa, &sin6);
+        return ntohs(sin6.sin6_port);
+    }
+    return 0;
+}
+
+socklen_t addr_len(const struct sockaddr *sa)
+{
+    switch (sa->sa_family) {
+    case AF_INET:
+        return sizeof(struct sockaddr_in);
+    case AF_INET6:
+        return sizeof(struct sockaddr_in6);
+    case AF_UNIX:
+        return sizeof(struct sockaddr_un);
+    default:
+        return 0;
+    }
+}

@@ -1,0 +1,813 @@
+/* Configuration: JSON text -> validated, immutable struct config, driven by key tables. */
+#include "lifeline/config.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+/* A config file larger than this is a mistake, not a config. */
+#define CONFIG_FILE_MAX ((size_t)16 * 1024 * 1024)
+/* Long enough for any real path; a longer one (a huge unknown key) is cut. */
+#define PATH_BUF 512
+/* Values echoed in messages are cut so one bad string cannot flood the log. */
+#define ECHO_MAX 200
+
+/* ---- The schema ----------------------------------------------------------
+ *
+ * Each JSON object is described by one table of `struct key` rows. Parsing,
+ * defaults, validation, error messages and freeing all walk these tables, so a
+ * new key is a new row, and a new nested object is a new table plus an
+ * OBJECT_KEY row pointing at it. Offsets are relative to the C struct that
+ * holds the enclosing JSON object; a JSON object may map onto its parent's
+ * struct (offset 0), as "log" does onto struct config. */
+
+enum key_kind {
+    KEY_U32,    /* JSON integer in [min, max], stored in a uint32_t */
+    KEY_ENUM,   /* JSON string, one of `choices`, stored in an int-sized enum */
+    KEY_STRING, /* JSON string checked and stored by `parse` */
+    KEY_OBJECT, /* nested JSON object described by `keys` */
+    KEY_ARRAY,  /* JSON array of `elem`, stored as a calloc'd C array + count */
+};
+
+enum { OPTIONAL = 0, REQUIRED = 1 };
+
+struct choice {
+    const char *name;
+    int value;
+};
+
+struct key {
+    const char *name;
+    enum key_kind kind;
+    int required;
+    size_t offset;
+
+    /* KEY_U32, and the default of KEY_ENUM (an enum value). */
+    int64_t min, max, def;
+
+    /* KEY_ENUM: the allowed names, ended by a NULL name. */
+    const struct choice *choices;
+
+    /* KEY_STRING: stores the parsed string at the field, 0 or -EINVAL; on
+     * failure the message is "expected <expect>, got <the string>". */
+    int (*parse)(const char *s, void *field);
+    const char *expect;
+    /* KEY_STRING directly in an array's element object: the value must differ
+     * between elements, as decided by `same`; `unique` names it in the error. */
+    const char *unique;
+    int (*same)(const void *a, const void *b);
+
+    /* KEY_OBJECT, and KEY_ARRAY elements that are objects. */
+    const struct key *keys;
+    size_t n_keys;
+
+    /* KEY_ARRAY: the element (a row with offset 0), its C size, where the
+     * count lives, bounds on the count (max 0: no bound), and the noun for
+     * "must hold at least one <noun>". */
+    const struct key *elem;
+    size_t elem_size;
+    size_t count_offset;
+    size_t min_items, max_items;
+    const char *noun;
+};
+
+#define N_KEYS(table) (sizeof(table) / sizeof((table)[0]))
+#define FIELD_SIZE(type, field) sizeof(((type *)0)->field)
+
+#define U32_KEY(key, type, field, lo, hi, dflt)                                       \
+    { .name = (key), .kind = KEY_U32, .offset = offsetof(type, field), .min = (lo),  \
+      .max = (hi), .def = (dflt) }
+
+#define ENUM_KEY(key, type, field, choice_table, dflt)                                \
+    { .name = (key), .kind = KEY_ENUM, .offset = offsetof(type, field),              \
+      .choices = (choice_table), .def = (dflt) }
+
+#define STRING_KEY(key, type, field, req, parse_fn, expect_words)                     \
+    { .name = (key), .kind = KEY_STRING, .required = (req),                          \
+      .offset = offsetof(type, field), .parse = (parse_fn), .expect = (expect_words) }
+
+#define UNIQUE_STRING_KEY(key, type, field, req, parse_fn, expect_words, what, same_fn) \
+    { .name = (key), .kind = KEY_STRING, .required = (req),                          \
+      .offset = offsetof(type, field), .parse = (parse_fn), .expect = (expect_words), \
+      .unique = (what), .same = (same_fn) }
+
+#define OBJECT_KEY(key, req, off, table)                                              \
+    { .name = (key), .kind = KEY_OBJECT, .required = (req), .offset = (off),         \
+      .keys = (table), .n_keys = N_KEYS(table) }
+
+#define ARRAY_KEY(key, type, field, count_field, req, elem_row, lo, hi, what)         \
+    { .name = (key), .kind = KEY_ARRAY, .required = (req), .offset = offsetof(type, field), \
+      .elem = (elem_row), .elem_size = FIELD_SIZE(type, field[0]),                     \
+      .count_offset = offsetof(type, count_field), .min_items = (lo),                 \
+      .max_items = (hi), .noun = (what) }
+
+/* Enum fields are written through an int. */
+_Static_assert(sizeof(enum log_level) == sizeof(int), "enum log_level is int-sized");
+_Static_assert(sizeof(enum log_format) == sizeof(int), "enum log_format is int-sized");
+_Static_assert(CONFIG_NAME_MAX == 64, "route name message says 1-63 characters");
+
+static int parse_route_name(const char *s, void *field);
+static int parse_endpoint(const char *s, void *field);
+static int parse_source_address(const char *s, void *field);
+static int same_name(const void *a, const void *b);
+static int same_endpoint(const void *a, const void *b);
+
+static const struct choice log_level_choices[] = {
+    { "debug", LOG_DEBUG }, { "info", LOG_INFO }, { "warn", LOG_WARN },
+    { "error", LOG_ERROR }, { NULL, 0 },
+};
+
+static const struct choice log_format_choices[] = {
+    { "text", LOG_FORMAT_TEXT }, { "json", LOG_FORMAT_JSON }, { NULL, 0 },
+};
+
+static const struct key server_elem = {
+    .name = "server", .kind = KEY_STRING, .parse = parse_endpoint, .expect = "\"host:port\"",
+};
+
+static const struct key upstream_keys[] = {
+    ARRAY_KEY("servers", struct upstream_config, servers, n_servers, REQUIRED, &server_elem, 1,
+              64, "server"),
+    STRING_KEY("source_address", struct upstream_config, source, OPTIONAL, parse_source_address,
+               "an IP address"),
+    U32_KEY("connect_timeout_ms", struct upstream_config, connect_timeout_ms, 1, 600000, 3000),
+    U32_KEY("retries", struct upstream_config, retries, 0, 100, 3),
+    U32_KEY("retry_backoff_ms", struct upstream_config, retry_backoff_ms, 0, 600000, 200),
+};
+
+static const struct key route_keys[] = {
+    UNIQUE_STRING_KEY("name", struct route_config, name, REQUIRED, parse_route_name,
+                      "1-63 characters of A-Z a-z 0-9 _ . -", "route name", same_name),
+    UNIQUE_STRING_KEY("listen", struct route_config, listen, REQUIRED, parse_endpoint,
+                      "\"host:port\"", "listen address", same_endpoint),
+    U32_KEY("buffer_bytes", struct route_config, buffer_bytes, 1024, 67108864, 65536),
+    OBJECT_KEY("upstream", REQUIRED, offsetof(struct route_config, upstream), upstream_keys),
+};
+
+static const struct key route_elem = {
+    .name = "route", .kind = KEY_OBJECT, .keys = route_keys, .n_keys = N_KEYS(route_keys),
+};
+
+/* "log" and "shutdown" are JSON objects whose fields live in struct config. */
+static const struct key log_keys[] = {
+    ENUM_KEY("level", struct config, log_level, log_level_choices, LOG_INFO),
+    ENUM_KEY("format", struct config, log_format, log_format_choices, LOG_FORMAT_TEXT),
+};
+
+static const struct key shutdown_keys[] = {
+    U32_KEY("drain_timeout_ms", struct config, drain_timeout_ms, 0, 3600000, 10000),
+};
+
+static const struct key root_keys[] = {
+    U32_KEY("workers", struct config, workers, 0, 256, 0),
+    OBJECT_KEY("log", OPTIONAL, 0, log_keys),
+    OBJECT_KEY("shutdown", OPTIONAL, 0, shutdown_keys),
+    ARRAY_KEY("routes", struct config, routes, n_routes, REQUIRED, &route_elem, 1, 0, "route"),
+};
+
+/* ---- Value parsers named by the tables ------------------------------------ */
+
+static int parse_route_name(const char *s, void *field)
+{
+    size_t len = strlen(s);
+    if (len == 0 || len >= CONFIG_NAME_MAX)
+        return -EINVAL;
+    for (const char *p = s; *p; p++) {
+        char c = *p;
+        int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                 c == '_' || c == '.' || c == '-';
+        if (!ok)
+            return -EINVAL;
+    }
+    memcpy(field, s, len + 1);
+    return 0;
+}
+
+static int parse_endpoint(const char *s, void *field)
+{
+    return addr_parse_hostport(s, field, NULL);
+}
+
+/* The wildcard means "let the kernel choose", the same as no source at all. */
+static int parse_source_address(const char *s, void *field)
+{
+    struct sockaddr_storage ss;
+    if (addr_parse_ip(s, &ss) < 0)
+        return -EINVAL;
+    if (addr_is_any((struct sockaddr *)&ss)) {
+        memset(&ss, 0, sizeof(ss));
+        ss.ss_family = AF_UNSPEC;
+    }
+    memcpy(field, &ss, sizeof(ss));
+    return 0;
+}
+
+static int same_name(const void *a, const void *b)
+{
+    const char *x = a, *y = b;
+    return x[0] != '\0' && strcmp(x, y) == 0;
+}
+
+/* IP literals compare by value ("[::0]:1" is "[::]:1"); names by text,
+ * ignoring case as DNS does. An endpoint that failed to parse is empty and
+ * equals nothing. */
+static int same_endpoint(const void *a, const void *b)
+{
+    const struct hostport *x = a, *y = b;
+    if (x->host[0] == '\0' || y->host[0] == '\0' || x->port != y->port ||
+        x->numeric != y->numeric)
+        return 0;
+    if (!x->numeric)
+        return strcasecmp(x->host, y->host) == 0;
+    if (x->sa.ss_family != y->sa.ss_family)
+        return 0;
+    if (x->sa.ss_family == AF_INET)
+        return ((const struct sockaddr_in *)&x->sa)->sin_addr.s_addr ==
+               ((const struct sockaddr_in *)&y->sa)->sin_addr.s_addr;
+    return memcmp(&((const struct sockaddr_in6 *)&x->sa)->sin6_addr,
+                  &((const struct sockaddr_in6 *)&y->sa)->sin6_addr, sizeof(struct in6_addr)) == 0;
+}
+
+/* ---- Error collection ----------------------------------------------------- */
+
+struct ctx {
+    char **msgs;
+    size_t n, cap;
+    int oom; /* once set, parsing goes on but the result is -ENOMEM */
+};
+
+/* The JSON path of the value being looked at, e.g. "routes[0].upstream". */
+struct path {
+    char buf[PATH_BUF];
+    size_t len;
+};
+
+static size_t path_push(struct path *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static size_t path_push(struct path *p, const char *fmt, ...)
+{
+    size_t saved = p->len;
+    size_t room = sizeof(p->buf) - p->len;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(p->buf + p->len, room, fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        p->len += (size_t)n < room ? (size_t)n : room - 1;
+    return saved;
+}
+
+static size_t path_key(struct path *p, const char *name)
+{
+    return p->len == 0 ? path_push(p, "%s", name) : path_push(p, ".%s", name);
+}
+
+static void path_pop(struct path *p, size_t saved)
+{
+    p->len = saved;
+    p->buf[saved] = '\0';
+}
+
+static void add_error(struct ctx *c, const struct path *p, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void add_error(struct ctx *c, const struct path *p, const char *fmt, ...)
+{
+    if (c->oom)
+        return;
+    if (c->n == c->cap) {
+        size_t cap = c->cap ? c->cap * 2 : 8;
+        char **msgs = realloc(c->msgs, cap * sizeof(*msgs));
+        if (msgs == NULL) {
+            c->oom = 1;
+            return;
+        }
+        c->msgs = msgs;
+        c->cap = cap;
+    }
+    const char *where = p == NULL ? NULL : p->len ? p->buf : "(root)";
+    va_list ap;
+    va_start(ap, fmt);
+    int body = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    size_t prefix = where ? strlen(where) + 2 : 0;
+    char *msg = body < 0 ? NULL : malloc(prefix + (size_t)body + 1);
+    if (msg == NULL) {
+        c->oom = 1;
+        return;
+    }
+    if (where)
+        snprintf(msg, prefix + 1, "%s: ", where);
+    va_start(ap, fmt);
+    vsnprintf(msg + prefix, (size_t)body + 1, fmt, ap);
+    va_end(ap);
+    c->msgs[c->n++] = msg;
+}
+
+static void errors_free(char **msgs, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(msgs[i]);
+    free(msgs);
+}
+
+/* Hands the collected messages to the caller (or drops them if unwanted). */
+static void errors_give(struct ctx *c, struct config_errors *errs)
+{
+    if (errs != NULL) {
+        errs->msgs = c->msgs;
+        errs->n = c->n;
+    } else {
+        errors_free(c->msgs, c->n);
+    }
+    c->msgs = NULL;
+    c->n = c->cap = 0;
+}
+
+/* A string as it appears in a message: quoted, JSON-escaped, cut if long. */
+static const char *quote(const char *s, char *buf, size_t len)
+{
+    size_t o = 0;
+    buf[o++] = '"';
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (o + 8 >= len || o >= ECHO_MAX) {
+            /* Do not cut a UTF-8 sequence in half. */
+            while (o > 1 && ((unsigned char)buf[o - 1] & 0xC0) == 0x80)
+                o--;
+            if (o > 1 && ((unsigned char)buf[o - 1] & 0xC0) == 0xC0)
+                o--;
+            o += (size_t)snprintf(buf + o, len - o, "...");
+            break;
+        }
+        if (ch == '"' || ch == '\\')
+            o += (size_t)snprintf(buf + o, len - o, "\\%c", ch);
+        else if (ch < 0x20)
+            o += (size_t)snprintf(buf + o, len - o, "\\u%04x", ch);
+        else
+            buf[o++] = (char)ch;
+    }
+    buf[o++] = '"';
+    buf[o] = '\0';
+    return buf;
+}
+
+/* ---- Type checks ---------------------------------------------------------- */
+
+/* cJSON keeps every number as a double, so "integer" means integral value. */
+static int is_integral(double d)
+{
+    if (!isfinite(d))
+        return 0;
+    if (d >= 9007199254740992.0 || d <= -9007199254740992.0) /* 2^53: all integral */
+        return 1;
+    return d == (double)(int64_t)d;
+}
+
+static const char *type_word(const cJSON *v)
+{
+    if (cJSON_IsString(v))
+        return "string";
+    if (cJSON_IsNumber(v))
+        return is_integral(v->valuedouble) ? "integer" : "number";
+    if (cJSON_IsBool(v))
+        return "boolean";
+    if (cJSON_IsObject(v))
+        return "object";
+    if (cJSON_IsArray(v))
+        return "array";
+    if (cJSON_IsNull(v))
+        return "null";
+    return "invalid";
+}
+
+static const char *expected_word(enum key_kind kind)
+{
+    switch (kind) {
+    case KEY_U32:
+        return "integer";
+    case KEY_ENUM:
+    case KEY_STRING:
+        return "string";
+    case KEY_OBJECT:
+        return "object";
+    case KEY_ARRAY:
+        return "array";
+    }
+    return "?";
+}
+
+static int has_type(const struct key *k, const cJSON *v)
+{
+    switch (k->kind) {
+    case KEY_U32:
+        return cJSON_IsNumber(v) && is_integral(v->valuedouble);
+    case KEY_ENUM:
+    case KEY_STRING:
+        return cJSON_IsString(v);
+    case KEY_OBJECT:
+        return cJSON_IsObject(v);
+    case KEY_ARRAY:
+        return cJSON_IsArray(v);
+    }
+    return 0;
+}
+
+/* ---- The walk ------------------------------------------------------------- */
+
+/* The array around an object being parsed, for keys whose values must differ
+ * between elements. */
+struct siblings {
+    const char *base;
+    size_t elem_size;
+    size_t index;
+    const char *array_path;
+};
+
+static void parse_object(struct ctx *c, const struct key *keys, size_t n_keys, const cJSON *obj,
+                         char *base, struct path *p, const struct siblings *sib);
+
+static void apply_defaults(const struct key *keys, size_t n_keys, char *base)
+{
+    for (size_t i = 0; i < n_keys; i++) {
+        const struct key *k = &keys[i];
+        char *field = base + k->offset;
+        if (k->kind == KEY_U32) {
+            uint32_t v = (uint32_t)k->def;
+            memcpy(field, &v, sizeof(v));
+        } else if (k->kind == KEY_ENUM) {
+            int v = (int)k->def;
+            memcpy(field, &v, sizeof(v));
+        } else if (k->kind == KEY_OBJECT) {
+            apply_defaults(k->keys, k->n_keys, field);
+        }
+    }
+}
+
+static void free_object(const struct key *keys, size_t n_keys, char *base)
+{
+    for (size_t i = 0; i < n_keys; i++) {
+        const struct key *k = &keys[i];
+        if (k->kind == KEY_OBJECT) {
+            free_object(k->keys, k->n_keys, base + k->offset);
+        } else if (k->kind == KEY_ARRAY) {
+            char *items;
+            size_t count;
+            memcpy(&items, base + k->offset, sizeof(items));
+            memcpy(&count, base + k->count_offset, sizeof(count));
+            if (items != NULL && k->elem->kind == KEY_OBJECT)
+                for (size_t j = 0; j < count; j++)
+                    free_object(k->elem->keys, k->elem->n_keys, items + j * k->elem_size);
+            free(items);
+        }
+    }
+}
+
+static void check_unique(struct ctx *c, const struct key *k, const cJSON *v, const char *field,
+                         const struct path *p, const struct siblings *sib)
+{
+    for (size_t j = 0; j < sib->index; j++) {
+        const char *other = sib->base + j * sib->elem_size + k->offset;
+        if (k->same(field, other)) {
+            char q[ECHO_MAX + 16];
+            add_error(c, p, "duplicate %s %s (also %s[%zu].%s)", k->unique,
+                      quote(v->valuestring, q, sizeof(q)), sib->array_path, j, k->name);
+            return;
+        }
+    }
+}
+
+static void parse_enum(struct ctx *c, const struct key *k, const cJSON *v, char *field,
+                       const struct path *p)
+{
+    for (const struct choice *ch = k->choices; ch->name; ch++) {
+        if (strcmp(ch->name, v->valuestring) == 0) {
+            memcpy(field, &ch->value, sizeof(int));
+            return;
+        }
+    }
+    char list[512];
+    size_t o = 0;
+    for (const struct choice *ch = k->choices; ch->name && o < sizeof(list); ch++)
+        o += (size_t)snprintf(list + o, sizeof(list) - o, "%s\"%s\"", o ? ", " : "", ch->name);
+    char q[ECHO_MAX + 16];
+    add_error(c, p, "expected one of %s, got %s", list, quote(v->valuestring, q, sizeof(q)));
+}
+
+static void parse_array(struct ctx *c, const struct key *k, const cJSON *v, char *base,
+                        struct path *p)
+{
+    size_t count = (size_t)cJSON_GetArraySize(v);
+    if (count < k->min_items) {
+        if (k->min_items == 1)
+            add_error(c, p, "must hold at least one %s", k->noun);
+        else
+            add_error(c, p, "must hold at least %zu %ss", k->min_items, k->noun);
+        return;
+    }
+    if (k->max_items != 0 && count > k->max_items) {
+        add_error(c, p, "must hold at most %zu %s%s", k->max_items, k->noun,
+                  k->max_items == 1 ? "" : "s");
+        return;
+    }
+    if (count == 0)
+        return;
+    char *items = calloc(count, k->elem_size);
+    if (items == NULL) {
+        c->oom = 1;
+        return;
+    }
+    /* Stored before the elements are parsed so that free_object() finds it
+     * whatever happens next. */
+    memcpy(base + k->offset, &items, sizeof(items));
+    memcpy(base + k->count_offset, &count, sizeof(count));
+
+    const struct key *e = k->elem;
+    /* A copy: p grows by "[i]" while the elements are parsed. */
+    char array_path[PATH_BUF];
+    memcpy(array_path, p->buf, p->len + 1);
+    struct siblings sib = { .base = items, .elem_size = k->elem_size, .array_path = array_path };
+
+    size_t i = 0;
+    for (const cJSON *item = v->child; item != NULL; item = item->next, i++) {
+        char *elem_base = items + i * k->elem_size;
+        size_t saved = path_push(p, "[%zu]", i);
+        if (!has_type(e, item)) {
+            add_error(c, p, "expected %s, got %s", expected_word(e->kind), type_word(item));
+        } else if (e->kind == KEY_OBJECT) {
+            apply_defaults(e->keys, e->n_keys, elem_base);
+            sib.index = i;
+            parse_object(c, e->keys, e->n_keys, item, elem_base, p, &sib);
+        } else if (e->kind == KEY_STRING) {
+            if (e->parse(item->valuestring, elem_base) < 0) {
+                char q[ECHO_MAX + 16];
+                add_error(c, p, "expected %s, got %s", e->expect,
+                          quote(item->valuestring, q, sizeof(q)));
+            }
+        }
+        path_pop(p, saved);
+    }
+}
+
+/* Parses one member value; `p` already names it. */
+static void parse_value(struct ctx *c, const struct key *k, const cJSON *v, char *base,
+                        struct path *p, const struct siblings *sib)
+{
+    char *field = base + k->offset;
+    if (!has_type(k, v)) {
+        add_error(c, p, "expected %s, got %s", expected_word(k->kind), type_word(v));
+        return;
+    }
+    switch (k->kind) {
+    case KEY_U32: {
+        double d = v->valuedouble;
+        if (d < (double)k->min || d > (double)k->max) {
+            /* Digits for anything a person would type; 1e+300 stays short. */
+            add_error(c, p, d > -1e15 && d < 1e15 ? "must be between %lld and %lld, got %.0f"
+                                                  : "must be between %lld and %lld, got %g",
+                      (long long)k->min, (long long)k->max, d);
+            return;
+        }
+        uint32_t u = (uint32_t)d;
+        memcpy(field, &u, sizeof(u));
+        break;
+    }
+    case KEY_ENUM:
+        parse_enum(c, k, v, field, p);
+        break;
+    case KEY_STRING:
+        if (k->parse(v->valuestring, field) < 0) {
+            char q[ECHO_MAX + 16];
+            add_error(c, p, "expected %s, got %s", k->expect, quote(v->valuestring, q, sizeof(q)));
+        } else if (k->unique != NULL && sib != NULL) {
+            check_unique(c, k, v, field, p, sib);
+        }
+        break;
+    case KEY_OBJECT:
+        parse_object(c, k->keys, k->n_keys, v, field, p, NULL);
+        break;
+    case KEY_ARRAY:
+        parse_array(c, k, v, base, p);
+        break;
+    }
+}
+
+static const struct key *find_key(const struct key *keys, size_t n_keys, const char *name)
+{
+    for (size_t i = 0; i < n_keys; i++)
+        if (strcmp(keys[i].name, name) == 0)
+            return &keys[i];
+    return NULL;
+}
+
+/* cJSON_GetObjectItem() ignores case and finds only the first of duplicate
+ * keys, so members are matched here by exact name. */
+static const cJSON *find_member(const cJSON *obj, const char *name, const cJSON *stop)
+{
+    for (const cJSON *m = obj->child; m != NULL && m != stop; m = m->next)
+        if (m->string != NULL && strcmp(m->string, name) == 0)
+            return m;
+    return NULL;
+}
+
+/* Members in document order, then the required keys that are missing. */
+static void parse_object(struct ctx *c, const struct key *keys, size_t n_keys, const cJSON *obj,
+                         char *base, struct path *p, const struct siblings *sib)
+{
+    for (const cJSON *m = obj->child; m != NULL; m = m->next) {
+        size_t saved = path_key(p, m->string);
+        const struct key *k = find_key(keys, n_keys, m->string);
+        if (find_member(obj, m->string, m) != NULL)
+            add_error(c, p, "duplicate key");
+        else if (k == NULL)
+            add_error(c, p, "unknown key");
+        else
+            parse_value(c, k, m, base, p, sib);
+        path_pop(p, saved);
+    }
+    for (size_t i = 0; i < n_keys; i++) {
+        if (keys[i].required && find_member(obj, keys[i].name, NULL) == NULL) {
+            size_t saved = path_key(p, keys[i].name);
+            add_error(c, p, "required key is missing");
+            path_pop(p, saved);
+        }
+    }
+}
+
+/* ---- Entry points --------------------------------------------------------- */
+
+static void add_json_error(struct ctx *c, const char *json, size_t len, const char *at)
+{
+    size_t pos = at != NULL && json != NULL && at >= json ? (size_t)(at - json) : 0;
+    if (pos > len)
+        pos = len;
+    size_t line = 1, col = 1;
+    for (size_t i = 0; i < pos; i++) {
+        if (json[i] == '\n') {
+            line++;
+            col = 1;
+        } else {
+            col++;
+        }
+    }
+    add_error(c, NULL, "invalid JSON at line %zu, column %zu", line, col);
+}
+
+static int is_json_space(char ch)
+{
+    return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r';
+}
+
+static void errs_reset(struct config_errors *errs)
+{
+    if (errs != NULL) {
+        errs->msgs = NULL;
+        errs->n = 0;
+    }
+}
+
+int config_parse(const char *json, size_t len, struct config **out, struct config_errors *errs)
+{
+    struct ctx c = { 0 };
+    *out = NULL;
+    errs_reset(errs);
+
+    cJSON *root = NULL;
+    if (json != NULL && len > 0) {
+        const char *end = NULL;
+        /* Not require_null_terminated: with an explicit length cJSON 1.7.15
+         * then fails every input, so trailing text is checked here. */
+        root = cJSON_ParseWithLengthOpts(json, len, &end, 0);
+        if (root == NULL) {
+            add_json_error(&c, json, len, end);
+        } else {
+            while (end < json + len && is_json_space(*end))
+                end++;
+            if (end < json + len) {
+                add_json_error(&c, json, len, end);
+                cJSON_Delete(root);
+                root = NULL;
+            }
+        }
+    } else {
+        add_json_error(&c, json, 0, NULL);
+    }
+
+    struct config *cfg = NULL;
+    if (root != NULL) {
+        if (!cJSON_IsObject(root)) {
+            struct path p = { .len = 0 };
+            add_error(&c, &p, "expected object, got %s", type_word(root));
+        } else if ((cfg = calloc(1, sizeof(*cfg))) == NULL) {
+            c.oom = 1;
+        } else {
+            struct path p = { .len = 0 };
+            apply_defaults(root_keys, N_KEYS(root_keys), (char *)cfg);
+            parse_object(&c, root_keys, N_KEYS(root_keys), root, (char *)cfg, &p, NULL);
+        }
+        cJSON_Delete(root);
+    }
+
+    int rc = c.oom ? -ENOMEM : c.n > 0 ? -EINVAL : 0;
+    errors_give(&c, errs);
+    if (rc < 0) {
+        config_free(cfg);
+        return rc;
+    }
+    *out = cfg;
+    return 0;
+}
+
+/* Reads a whole file into a NUL-terminated buffer; 0 or -errno. */
+static int read_file(const char *path, char **out, size_t *out_len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    int rc = 0;
+    for (;;) {
+        if (cap - len < 4096) {
+            size_t ncap = cap ? cap * 2 : 16384;
+            if (ncap > CONFIG_FILE_MAX + 1) {
+                rc = -EFBIG;
+                break;
+            }
+            char *nbuf = realloc(buf, ncap);
+            if (nbuf == NULL) {
+                rc = -ENOMEM;
+                break;
+            }
+            buf = nbuf;
+            cap = ncap;
+        }
+        ssize_t n = read(fd, buf + len, cap - len - 1);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            rc = -errno;
+            break;
+        }
+        if (n == 0)
+            break;
+        len += (size_t)n;
+        if (len > CONFIG_FILE_MAX) {
+            rc = -EFBIG;
+            break;
+        }
+    }
+    close(fd);
+    if (rc < 0) {
+        free(buf);
+        return rc;
+    }
+    buf[len] = '\0';
+    *out = buf;
+    *out_len = len;
+    return 0;
+}
+
+int config_load(const char *path, struct config **out, struct config_errors *errs)
+{
+    *out = NULL;
+    errs_reset(errs);
+    char *buf = NULL;
+    size_t len = 0;
+    int rc = read_file(path, &buf, &len);
+    if (rc < 0) {
+        struct ctx c = { 0 };
+        add_error(&c, NULL, "cannot read %s: %s", path, strerror(-rc));
+        errors_give(&c, errs);
+        return rc;
+    }
+    rc = config_parse(buf, len, out, errs);
+    free(buf);
+    return rc;
+}
+
+void config_free(struct config *cfg)
+{
+    if (cfg == NULL)
+        return;
+    free_object(root_keys, N_KEYS(root_keys), (char *)cfg);
+    free(cfg);
+}
+
+void config_errors_free(struct config_errors *errs)
+{
+    if (errs == NULL)
+        return;
+    errors_free(errs->msgs, errs->n);
+    errs->msgs = NULL;
+    errs->n = 0;
+}

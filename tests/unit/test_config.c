@@ -1,0 +1,868 @@
+/* Unit tests for config.c: defaults, every key, the exact message of each kind of bad config. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "lifeline/config.h"
+
+/* JSON in C strings is written with single quotes; this turns them into
+ * double quotes so the cases stay readable. */
+static char *dq(const char *s)
+{
+    char *out = strdup(s);
+    assert_non_null(out);
+    for (char *p = out; *p; p++)
+        if (*p == '\'')
+            *p = '"';
+    return out;
+}
+
+static void dump_errors(const char *label, const struct config_errors *errs)
+{
+    fprintf(stderr, "%s: %zu error(s)\n", label, errs->n);
+    for (size_t i = 0; i < errs->n; i++)
+        fprintf(stderr, "  got: %s\n", errs->msgs[i]);
+}
+
+/* Parses and asserts the exact, complete, ordered list of messages. */
+static void expect_errors(const char *label, const char *json_sq, const char *const *want)
+{
+    char *json = dq(json_sq);
+    struct config *cfg = (struct config *)&cfg; /* must be reset to NULL */
+    struct config_errors errs = { 0 };
+    int rc = config_parse(json, strlen(json), &cfg, &errs);
+    size_t n_want = 0;
+    while (want[n_want] != NULL)
+        n_want++;
+    int ok = rc == -EINVAL && cfg == NULL && errs.n == n_want;
+    for (size_t i = 0; ok && i < n_want; i++)
+        ok = strcmp(errs.msgs[i], want[i]) == 0;
+    if (!ok) {
+        fprintf(stderr, "case %s: rc %d\n", label, rc);
+        for (size_t i = 0; i < n_want; i++)
+            fprintf(stderr, "  want: %s\n", want[i]);
+        dump_errors(label, &errs);
+    }
+    config_errors_free(&errs);
+    config_free(rc == 0 ? cfg : NULL);
+    free(json);
+    assert_true(ok);
+}
+
+static struct config *expect_ok(const char *json_sq)
+{
+    char *json = dq(json_sq);
+    struct config *cfg = NULL;
+    struct config_errors errs = { 0 };
+    int rc = config_parse(json, strlen(json), &cfg, &errs);
+    if (rc != 0)
+        dump_errors("expect_ok", &errs);
+    assert_int_equal(rc, 0);
+    assert_int_equal(errs.n, 0);
+    assert_non_null(cfg);
+    config_errors_free(&errs);
+    free(json);
+    return cfg;
+}
+
+/* Building blocks: a valid route, so each case changes one thing. */
+#define SERVERS "'servers':['127.0.0.1:6000']"
+#define UPSTREAM "'upstream':{" SERVERS "}"
+#define ROUTE_NAMED(n, l) "{'name':'" n "','listen':'" l "'," UPSTREAM "}"
+#define ROUTE ROUTE_NAMED("r", "127.0.0.1:5000")
+#define ROUTES "'routes':[" ROUTE "]"
+/* A config whose only route is `route`. */
+#define ONE_ROUTE(route) "{'routes':[" route "]}"
+/* A config with `top` (ending in a comma) before a valid route list. */
+#define TOP(top) "{" top ROUTES "}"
+/* A route whose upstream object holds `up`. */
+#define WITH_UPSTREAM(up) ONE_ROUTE("{'name':'r','listen':'127.0.0.1:5000','upstream':{" up "}}")
+
+#define NAME_RULE "expected 1-63 characters of A-Z a-z 0-9 _ . -, got "
+#define LEVELS "\"debug\", \"info\", \"warn\", \"error\""
+
+struct bad_case {
+    const char *label;
+    const char *json;
+    const char *errors[12];
+};
+
+static const struct bad_case bad_cases[] = {
+    /* Unknown and duplicate keys. */
+    { "unknown top-level key", TOP("'wrkers':1,"), { "wrkers: unknown key" } },
+    { "keys are case-sensitive", TOP("'Workers':1,"), { "Workers: unknown key" } },
+    { "unknown upstream key",
+      WITH_UPSTREAM(SERVERS ",'retrys':3"),
+      { "routes[0].upstream.retrys: unknown key" } },
+    { "unknown log key", TOP("'log':{'colour':'red'},"), { "log.colour: unknown key" } },
+    { "misspelt required key",
+      ONE_ROUTE("{'name':'r','lisen':'127.0.0.1:5000'," UPSTREAM "}"),
+      { "routes[0].lisen: unknown key", "routes[0].listen: required key is missing" } },
+    { "duplicate log.level",
+      TOP("'log':{'level':'info','level':'debug'},"),
+      { "log.level: duplicate key" } },
+    { "duplicate top-level key", TOP("'workers':1,'workers':2,"), { "workers: duplicate key" } },
+    { "duplicate unknown key",
+      TOP("'x':1,'x':2,"),
+      { "x: unknown key", "x: duplicate key" } },
+    { "duplicate routes key",
+      "{" ROUTES "," ROUTES "}",
+      { "routes: duplicate key" } },
+
+    /* Types. */
+    { "integer given a string", TOP("'workers':'4',"),
+      { "workers: expected integer, got string" } },
+    { "integer given a fraction", TOP("'workers':1.5,"),
+      { "workers: expected integer, got number" } },
+    { "integer given a boolean", TOP("'workers':true,"),
+      { "workers: expected integer, got boolean" } },
+    { "integer given null", TOP("'workers':null,"), { "workers: expected integer, got null" } },
+    { "integer given an object", TOP("'workers':{},"),
+      { "workers: expected integer, got object" } },
+    { "integer given an array", TOP("'workers':[1],"),
+      { "workers: expected integer, got array" } },
+    { "object given an array", TOP("'log':['info'],"), { "log: expected object, got array" } },
+    { "object given a string", TOP("'shutdown':'now',"),
+      { "shutdown: expected object, got string" } },
+    { "nested integer given a string", TOP("'shutdown':{'drain_timeout_ms':'10s'},"),
+      { "shutdown.drain_timeout_ms: expected integer, got string" } },
+    { "enum given an integer", TOP("'log':{'level':3},"),
+      { "log.level: expected string, got integer" } },
+    { "route name given an integer",
+      ONE_ROUTE("{'name':5,'listen':'127.0.0.1:5000'," UPSTREAM "}"),
+      { "routes[0].name: expected string, got integer" } },
+    { "listen given an array",
+      ONE_ROUTE("{'name':'r','listen':['127.0.0.1:5000']," UPSTREAM "}"),
+      { "routes[0].listen: expected string, got array" } },
+    { "upstream given an array",
+      ONE_ROUTE("{'name':'r','listen':'127.0.0.1:5000','upstream':[]}"),
+      { "routes[0].upstream: expected object, got array" } },
+    { "servers given a string", WITH_UPSTREAM("'servers':'127.0.0.1:6000'"),
+      { "routes[0].upstream.servers: expected array, got string" } },
+    { "server given an integer", WITH_UPSTREAM("'servers':[6000,'127.0.0.1:6000',false]"),
+      { "routes[0].upstream.servers[0]: expected string, got integer",
+        "routes[0].upstream.servers[2]: expected string, got boolean" } },
+    { "source_address given an integer", WITH_UPSTREAM(SERVERS ",'source_address':0"),
+      { "routes[0].upstream.source_address: expected string, got integer" } },
+
+    /* Ranges: each bound of each integer key. */
+    { "workers above range", TOP("'workers':5000,"),
+      { "workers: must be between 0 and 256, got 5000" } },
+    { "workers below range", TOP("'workers':-1,"),
+      { "workers: must be between 0 and 256, got -1" } },
+    { "workers far out of range", TOP("'workers':1e300,"),
+      { "workers: must be between 0 and 256, got 1e+300" } },
+    { "workers just above range", TOP("'workers':257,"),
+      { "workers: must be between 0 and 256, got 257" } },
+    { "drain timeout above range", TOP("'shutdown':{'drain_timeout_ms':3600001},"),
+      { "shutdown.drain_timeout_ms: must be between 0 and 3600000, got 3600001" } },
+    { "buffer_bytes below range",
+      ONE_ROUTE("{'name':'r','listen':'127.0.0.1:5000','buffer_bytes':1023," UPSTREAM "}"),
+      { "routes[0].buffer_bytes: must be between 1024 and 67108864, got 1023" } },
+    { "buffer_bytes above range",
+      ONE_ROUTE("{'name':'r','listen':'127.0.0.1:5000','buffer_bytes':67108865," UPSTREAM "}"),
+      { "routes[0].buffer_bytes: must be between 1024 and 67108864, got 67108865" } },
+    { "connect timeout zero", WITH_UPSTREAM(SERVERS ",'connect_timeout_ms':0"),
+      { "routes[0].upstream.connect_timeout_ms: must be between 1 and 600000, got 0" } },
+    { "connect timeout above range", WITH_UPSTREAM(SERVERS ",'connect_timeout_ms':600001"),
+      { "routes[0].upstream.connect_timeout_ms: must be between 1 and 600000, got 600001" } },
+    { "retries above range", WITH_UPSTREAM(SERVERS ",'retries':101"),
+      { "routes[0].upstream.retries: must be between 0 and 100, got 101" } },
+    { "retries negative", WITH_UPSTREAM(SERVERS ",'retries':-3"),
+      { "routes[0].upstream.retries: must be between 0 and 100, got -3" } },
+    { "backoff above range", WITH_UPSTREAM(SERVERS ",'retry_backoff_ms':600001"),
+      { "routes[0].upstream.retry_backoff_ms: must be between 0 and 600000, got 600001" } },
+
+    /* Enums. */
+    { "unknown log level", TOP("'log':{'level':'verbose'},"),
+      { "log.level: expected one of " LEVELS ", got \"verbose\"" } },
+    { "log level is case-sensitive", TOP("'log':{'level':'INFO'},"),
+      { "log.level: expected one of " LEVELS ", got \"INFO\"" } },
+    { "unknown log format", TOP("'log':{'format':'yaml'},"),
+      { "log.format: expected one of \"text\", \"json\", got \"yaml\"" } },
+
+    /* Required keys and array sizes. */
+    { "routes missing", "{'workers':1}", { "routes: required key is missing" } },
+    { "empty object", "{}", { "routes: required key is missing" } },
+    { "routes empty", "{'routes':[]}", { "routes: must hold at least one route" } },
+    { "routes given an object", "{'routes':{}}", { "routes: expected array, got object" } },
+    { "route given a string and null", "{'routes':['r'," ROUTE ",null]}",
+      { "routes[0]: expected object, got string", "routes[2]: expected object, got null" } },
+    { "route empty", "{'routes':[{}]}",
+      { "routes[0].name: required key is missing", "routes[0].listen: required key is missing",
+        "routes[0].upstream: required key is missing" } },
+    { "servers missing", WITH_UPSTREAM("'retries':1"),
+      { "routes[0].upstream.servers: required key is missing" } },
+    { "servers empty", WITH_UPSTREAM("'servers':[]"),
+      { "routes[0].upstream.servers: must hold at least one server" } },
+
+    /* Endpoints. */
+    { "server without port", WITH_UPSTREAM("'servers':['127.0.0.1:6000','10.0.0.1']"),
+      { "routes[0].upstream.servers[1]: expected \"host:port\", got \"10.0.0.1\"" } },
+    { "malformed listen addresses",
+      "{'routes':[" ROUTE_NAMED("r0", "0.0.0.0:0") "," ROUTE_NAMED("r1", "0.0.0.0:65536") ","
+      ROUTE_NAMED("r2", "h:http") "," ROUTE_NAMED("r3", ":5000") "," ROUTE_NAMED("r4", "[::1:5000")
+      "," ROUTE_NAMED("r5", "::1:5000") "," ROUTE_NAMED("r6", "[::g]:1") ","
+      ROUTE_NAMED("r7", " 1.2.3.4:5") "," ROUTE_NAMED("r8", "") "," ROUTE_NAMED("r9", "a b:1")
+      "]}",
+      { "routes[0].listen: expected \"host:port\", got \"0.0.0.0:0\"",
+        "routes[1].listen: expected \"host:port\", got \"0.0.0.0:65536\"",
+        "routes[2].listen: expected \"host:port\", got \"h:http\"",
+        "routes[3].listen: expected \"host:port\", got \":5000\"",
+        "routes[4].listen: expected \"host:port\", got \"[::1:5000\"",
+        "routes[5].listen: expected \"host:port\", got \"::1:5000\"",
+        "routes[6].listen: expected \"host:port\", got \"[::g]:1\"",
+        "routes[7].listen: expected \"host:port\", got \" 1.2.3.4:5\"",
+        "routes[8].listen: expected \"host:port\", got \"\"",
+        "routes[9].listen: expected \"host:port\", got \"a b:1\"" } },
+    { "bad source addresses",
+      "{'routes':["
+      "{'name':'a','listen':'127.0.0.1:1','upstream':{" SERVERS ",'source_address':'foo'}},"
+      "{'name':'b','listen':'127.0.0.1:2','upstream':{" SERVERS ",'source_address':'[::1]'}},"
+      "{'name':'c','listen':'127.0.0.1:3','upstream':{" SERVERS ",'source_address':'1.2.3.4:5'}},"
+      "{'name':'d','listen':'127.0.0.1:4','upstream':{" SERVERS ",'source_address':''}}"
+      "]}",
+      { "routes[0].upstream.source_address: expected an IP address, got \"foo\"",
+        "routes[1].upstream.source_address: expected an IP address, got \"[::1]\"",
+        "routes[2].upstream.source_address: expected an IP address, got \"1.2.3.4:5\"",
+        "routes[3].upstream.source_address: expected an IP address, got \"\"" } },
+
+    /* Route names. */
+    { "name with a space", ONE_ROUTE(ROUTE_NAMED("a b", "127.0.0.1:5000")),
+      { "routes[0].name: " NAME_RULE "\"a b\"" } },
+    { "empty name", ONE_ROUTE(ROUTE_NAMED("", "127.0.0.1:5000")),
+      { "routes[0].name: " NAME_RULE "\"\"" } },
+    { "name of 64 characters",
+      ONE_ROUTE(ROUTE_NAMED("0123456789012345678901234567890123456789012345678901234567890123",
+                            "127.0.0.1:5000")),
+      { "routes[0].name: " NAME_RULE
+        "\"0123456789012345678901234567890123456789012345678901234567890123\"" } },
+    { "name echoed with escapes", ONE_ROUTE(ROUTE_NAMED("a\\\"b\\\\c\\td/", "127.0.0.1:5000")),
+      { "routes[0].name: " NAME_RULE "\"a\\\"b\\\\c\\u0009d/\"" } },
+
+    /* Values that must differ between routes. */
+    { "duplicate route name",
+      "{'routes':[" ROUTE_NAMED("legacy", "0.0.0.0:5000") "," ROUTE_NAMED("legacy", "0.0.0.0:5001")
+      "]}",
+      { "routes[1].name: duplicate route name \"legacy\" (also routes[0].name)" } },
+    { "duplicate listen address",
+      "{'routes':[" ROUTE_NAMED("a", "0.0.0.0:5000") "," ROUTE_NAMED("b", "0.0.0.0:5000") "]}",
+      { "routes[1].listen: duplicate listen address \"0.0.0.0:5000\" (also routes[0].listen)" } },
+    { "duplicate IPv6 listen compared by value",
+      "{'routes':[" ROUTE_NAMED("a", "[::0]:1") "," ROUTE_NAMED("b", "[::]:1") "]}",
+      { "routes[1].listen: duplicate listen address \"[::]:1\" (also routes[0].listen)" } },
+    { "duplicate listen host name ignoring case",
+      "{'routes':[" ROUTE_NAMED("a", "localhost:80") "," ROUTE_NAMED("b", "LocalHost:80") "]}",
+      { "routes[1].listen: duplicate listen address \"LocalHost:80\" (also routes[0].listen)" } },
+    { "duplicates name the first match",
+      "{'routes':[" ROUTE_NAMED("a", "127.0.0.1:1") "," ROUTE_NAMED("b", "127.0.0.2:1") ","
+      ROUTE_NAMED("b", "127.0.0.2:1") "," ROUTE_NAMED("a", "127.0.0.1:1") "]}",
+      { "routes[2].name: duplicate route name \"b\" (also routes[1].name)",
+        "routes[2].listen: duplicate listen address \"127.0.0.2:1\" (also routes[1].listen)",
+        "routes[3].name: duplicate route name \"a\" (also routes[0].name)",
+        "routes[3].listen: duplicate listen address \"127.0.0.1:1\" (also routes[0].listen)" } },
+
+    /* The document root. */
+    { "root is an array", "[" ROUTE "]", { "(root): expected object, got array" } },
+    { "root is a string", "'routes'", { "(root): expected object, got string" } },
+    { "root is a number", "42", { "(root): expected object, got integer" } },
+    { "root is null", "null", { "(root): expected object, got null" } },
+
+    /* Text that is not JSON. */
+    { "empty input", "", { "invalid JSON at line 1, column 1" } },
+    { "only whitespace", "   ", { "invalid JSON at line 1, column 3" } },
+    { "unterminated object", "{'workers':1", { "invalid JSON at line 1, column 12" } },
+    { "missing colon", "{'workers' 1}", { "invalid JSON at line 1, column 12" } },
+    { "trailing garbage", "{'routes':[]} x", { "invalid JSON at line 1, column 15" } },
+    { "two documents", "{}\n{}", { "invalid JSON at line 2, column 1" } },
+    { "bare word", "{'workers':four}", { "invalid JSON at line 1, column 12" } },
+};
+
+static void test_bad_configs(void **state)
+{
+    (void)state;
+    size_t n = sizeof(bad_cases) / sizeof(bad_cases[0]);
+    int failed = 0;
+    for (size_t i = 0; i < n; i++) {
+        /* Run every case, then fail once, so one run shows every mismatch. */
+        char *json = dq(bad_cases[i].json);
+        struct config *cfg = NULL;
+        struct config_errors errs = { 0 };
+        int rc = config_parse(json, strlen(json), &cfg, &errs);
+        size_t n_want = 0;
+        while (n_want < 12 && bad_cases[i].errors[n_want] != NULL)
+            n_want++;
+        int ok = rc == -EINVAL && cfg == NULL && errs.n == n_want;
+        for (size_t j = 0; ok && j < n_want; j++)
+            ok = strcmp(errs.msgs[j], bad_cases[i].errors[j]) == 0;
+        if (!ok) {
+            failed++;
+            fprintf(stderr, "case \"%s\" (%s): rc %d\n", bad_cases[i].label, json, rc);
+            for (size_t j = 0; j < n_want; j++)
+                fprintf(stderr, "  want: %s\n", bad_cases[i].errors[j]);
+            dump_errors(bad_cases[i].label, &errs);
+        }
+        config_errors_free(&errs);
+        config_free(cfg);
+        free(json);
+    }
+    assert_true(n >= 30);
+    assert_int_equal(failed, 0);
+}
+
+static void test_server_count_bounds(void **state)
+{
+    (void)state;
+    /* 64 servers are fine, 65 are one too many. */
+    char json[8192];
+    for (int count = 64; count <= 65; count++) {
+        size_t o = (size_t)snprintf(json, sizeof(json),
+                                    "{'routes':[{'name':'r','listen':'127.0.0.1:1',"
+                                    "'upstream':{'servers':[");
+        for (int i = 0; i < count; i++)
+            o += (size_t)snprintf(json + o, sizeof(json) - o, "%s'10.0.%d.%d:%d'", i ? "," : "",
+                                  i / 250, i % 250 + 1, 1000 + i);
+        snprintf(json + o, sizeof(json) - o, "]}}]}");
+        if (count == 64) {
+            struct config *cfg = expect_ok(json);
+            assert_int_equal(cfg->routes[0].upstream.n_servers, 64);
+            assert_int_equal(cfg->routes[0].upstream.servers[63].port, 1063);
+            assert_string_equal(cfg->routes[0].upstream.servers[63].host, "10.0.0.64");
+            config_free(cfg);
+        } else {
+            const char *want[] = { "routes[0].upstream.servers: must hold at most 64 servers",
+                                   NULL };
+            expect_errors("65 servers", json, want);
+        }
+    }
+}
+
+static void test_long_value_is_cut(void **state)
+{
+    (void)state;
+    char name[301];
+    memset(name, 'x', 300);
+    name[300] = '\0';
+    char json[1024];
+    snprintf(json, sizeof(json),
+             "{'routes':[{'name':'%s','listen':'127.0.0.1:1'," UPSTREAM "}]}", name);
+    char want0[512];
+    snprintf(want0, sizeof(want0), "routes[0].name: " NAME_RULE "\"%.199s...\"", name);
+    const char *want[] = { want0, NULL };
+    expect_errors("long name", json, want);
+}
+
+static void test_minimal_defaults(void **state)
+{
+    (void)state;
+    struct config *cfg = expect_ok(ONE_ROUTE(ROUTE));
+    assert_int_equal(cfg->workers, 0);
+    assert_int_equal(cfg->log_level, LOG_INFO);
+    assert_int_equal(cfg->log_format, LOG_FORMAT_TEXT);
+    assert_int_equal(cfg->drain_timeout_ms, 10000);
+    assert_int_equal(cfg->n_routes, 1);
+    const struct route_config *r = &cfg->routes[0];
+    assert_string_equal(r->name, "r");
+    assert_string_equal(r->listen.host, "127.0.0.1");
+    assert_int_equal(r->listen.port, 5000);
+    assert_int_equal(r->listen.numeric, 1);
+    assert_int_equal(r->listen.sa.ss_family, AF_INET);
+    assert_int_equal(r->buffer_bytes, 65536);
+    assert_int_equal(r->upstream.n_servers, 1);
+    assert_string_equal(r->upstream.servers[0].host, "127.0.0.1");
+    assert_int_equal(r->upstream.servers[0].port, 6000);
+    assert_int_equal(r->upstream.source.ss_family, AF_UNSPEC);
+    assert_int_equal(r->upstream.connect_timeout_ms, 3000);
+    assert_int_equal(r->upstream.retries, 3);
+    assert_int_equal(r->upstream.retry_backoff_ms, 200);
+    config_free(cfg);
+
+    /* Empty nested objects also take every default. */
+    cfg = expect_ok("{'log':{},'shutdown':{}," ROUTES "}");
+    assert_int_equal(cfg->log_level, LOG_INFO);
+    assert_int_equal(cfg->log_format, LOG_FORMAT_TEXT);
+    assert_int_equal(cfg->drain_timeout_ms, 10000);
+    config_free(cfg);
+}
+
+static const char full_config[] =
+    "{\n"
+    "  'workers': 8,\n"
+    "  'log': { 'level': 'debug', 'format': 'json' },\n"
+    "  'shutdown': { 'drain_timeout_ms': 0 },\n"
+    "  'routes': [\n"
+    "    {\n"
+    "      'name': 'legacy',\n"
+    "      'listen': '0.0.0.0:5000',\n"
+    "      'buffer_bytes': 1024,\n"
+    "      'upstream': {\n"
+    "        'servers': ['127.0.0.1:6000', 'backup.example:6001', '[2001:db8::7]:6002'],\n"
+    "        'source_address': '192.0.2.10',\n"
+    "        'connect_timeout_ms': 600000,\n"
+    "        'retries': 0,\n"
+    "        'retry_backoff_ms': 600000\n"
+    "      }\n"
+    "    },\n"
+    "    {\n"
+    "      'name': 'Next_1.b-2',\n"
+    "      'listen': '[::1]:5001',\n"
+    "      'buffer_bytes': 67108864,\n"
+    "      'upstream': {\n"
+    "        'servers': ['db.internal:7000'],\n"
+    "        'source_address': '2001:db8::1',\n"
+    "        'connect_timeout_ms': 1,\n"
+    "        'retries': 100,\n"
+    "        'retry_backoff_ms': 0\n"
+    "      }\n"
+    "    }\n"
+    "  ]\n"
+    "}\n";
+
+static void test_full_config(void **state)
+{
+    (void)state;
+    struct config *cfg = expect_ok(full_config);
+    char buf[ADDR_STR_MAX];
+    assert_int_equal(cfg->workers, 8);
+    assert_int_equal(cfg->log_level, LOG_DEBUG);
+    assert_int_equal(cfg->log_format, LOG_FORMAT_JSON);
+    assert_int_equal(cfg->drain_timeout_ms, 0);
+    assert_int_equal(cfg->n_routes, 2);
+
+    const struct route_config *r = &cfg->routes[0];
+    assert_string_equal(r->name, "legacy");
+    assert_string_equal(addr_format((const struct sockaddr *)&r->listen.sa, buf, sizeof(buf)),
+                        "0.0.0.0:5000");
+    assert_int_equal(r->buffer_bytes, 1024);
+    const struct upstream_config *u = &r->upstream;
+    assert_int_equal(u->n_servers, 3);
+    assert_string_equal(u->servers[0].host, "127.0.0.1");
+    assert_int_equal(u->servers[0].numeric, 1);
+    assert_string_equal(u->servers[1].host, "backup.example");
+    assert_int_equal(u->servers[1].port, 6001);
+    assert_int_equal(u->servers[1].numeric, 0);
+    assert_string_equal(u->servers[2].host, "2001:db8::7");
+    assert_int_equal(u->servers[2].numeric, 1);
+    assert_string_equal(addr_format((const struct sockaddr *)&u->servers[2].sa, buf, sizeof(buf)),
+                        "[2001:db8::7]:6002");
+    assert_int_equal(u->source.ss_family, AF_INET);
+    assert_string_equal(addr_format((const struct sockaddr *)&u->source, buf, sizeof(buf)),
+                        "192.0.2.10:0");
+    assert_int_equal(u->connect_timeout_ms, 600000);
+    assert_int_equal(u->retries, 0);
+    assert_int_equal(u->retry_backoff_ms, 600000);
+
+    r = &cfg->routes[1];
+    assert_string_equal(r->name, "Next_1.b-2");
+    assert_string_equal(r->listen.host, "::1");
+    assert_int_equal(r->listen.port, 5001);
+    assert_int_equal(r->listen.numeric, 1);
+    assert_int_equal(r->listen.sa.ss_family, AF_INET6);
+    assert_int_equal(addr_port((const struct sockaddr *)&r->listen.sa), 5001);
+    assert_int_equal(r->buffer_bytes, 67108864);
+    u = &r->upstream;
+    assert_int_equal(u->n_servers, 1);
+    assert_string_equal(u->servers[0].host, "db.internal");
+    assert_int_equal(u->servers[0].port, 7000);
+    assert_int_equal(u->source.ss_family, AF_INET6);
+    assert_string_equal(addr_format((const struct sockaddr *)&u->source, buf, sizeof(buf)),
+                        "[2001:db8::1]:0");
+    assert_int_equal(u->connect_timeout_ms, 1);
+    assert_int_equal(u->retries, 100);
+    assert_int_equal(u->retry_backoff_ms, 0);
+    config_free(cfg);
+}
+
+static void test_ipv6_listen(void **state)
+{
+    (void)state;
+    struct config *cfg = expect_ok(ONE_ROUTE(ROUTE_NAMED("v6", "[::]:8443")));
+    const struct hostport *l = &cfg->routes[0].listen;
+    assert_string_equal(l->host, "::");
+    assert_int_equal(l->port, 8443);
+    assert_int_equal(l->numeric, 1);
+    assert_int_equal(l->sa.ss_family, AF_INET6);
+    assert_true(addr_is_any((const struct sockaddr *)&l->sa));
+    config_free(cfg);
+
+    /* The IPv4 and IPv6 wildcards on one port are two distinct sockets. */
+    cfg = expect_ok("{'routes':[" ROUTE_NAMED("a", "0.0.0.0:1") "," ROUTE_NAMED("b", "[::]:1") ","
+                    ROUTE_NAMED("c", "[::1]:1") "," ROUTE_NAMED("d", "[::1]:2") "]}");
+    assert_int_equal(cfg->n_routes, 4);
+    config_free(cfg);
+}
+
+static void test_wildcard_source_is_unset(void **state)
+{
+    (void)state;
+    struct config *cfg = expect_ok(
+        "{'routes':["
+        "{'name':'a','listen':'127.0.0.1:1','upstream':{" SERVERS ",'source_address':'0.0.0.0'}},"
+        "{'name':'b','listen':'127.0.0.1:2','upstream':{" SERVERS ",'source_address':'::'}},"
+        "{'name':'c','listen':'127.0.0.1:3','upstream':{" SERVERS ",'source_address':'::1'}}"
+        "]}");
+    assert_int_equal(cfg->routes[0].upstream.source.ss_family, AF_UNSPEC);
+    assert_int_equal(cfg->routes[1].upstream.source.ss_family, AF_UNSPEC);
+    assert_int_equal(cfg->routes[2].upstream.source.ss_family, AF_INET6);
+    config_free(cfg);
+}
+
+/* cJSON holds numbers as doubles: an integral value is an integer however it
+ * is written, anything with a fraction is a number. */
+static void test_integer_vs_number(void **state)
+{
+    (void)state;
+    struct config *cfg =
+        expect_ok("{'workers':2.0,'shutdown':{'drain_timeout_ms':1e4}," ROUTES "}");
+    assert_int_equal(cfg->workers, 2);
+    assert_int_equal(cfg->drain_timeout_ms, 10000);
+    config_free(cfg);
+
+    cfg = expect_ok("{'workers':-0," ROUTES "}");
+    assert_int_equal(cfg->workers, 0);
+    config_free(cfg);
+
+    const char *want[] = { "workers: expected integer, got number",
+                           "shutdown.drain_timeout_ms: expected integer, got number", NULL };
+    expect_errors("fractions", "{'workers':0.5,'shutdown':{'drain_timeout_ms':1e-3}," ROUTES "}",
+                  want);
+
+    const char *want_range[] = { "workers: must be between 0 and 256, got 100000", NULL };
+    expect_errors("exponent", "{'workers':1e5," ROUTES "}", want_range);
+}
+
+static void test_route_names_are_case_sensitive(void **state)
+{
+    (void)state;
+    struct config *cfg = expect_ok("{'routes':[" ROUTE_NAMED("a", "127.0.0.1:1") ","
+                                   ROUTE_NAMED("A", "127.0.0.1:2") "]}");
+    assert_string_equal(cfg->routes[0].name, "a");
+    assert_string_equal(cfg->routes[1].name, "A");
+    config_free(cfg);
+
+    cfg = expect_ok(ONE_ROUTE(ROUTE_NAMED(
+        "012345678901234567890123456789012345678901234567890123456789012", "127.0.0.1:1")));
+    assert_int_equal(strlen(cfg->routes[0].name), 63);
+    config_free(cfg);
+}
+
+/* Every problem in one pass, in document order; missing required keys come
+ * at the end of the object that lacks them. */
+static void test_many_errors_in_one_pass(void **state)
+{
+    (void)state;
+    const char *json =
+        "{'workers':300,'log':{'level':'loud','format':'text','fmt':1},"
+        "'routes':["
+        "{'name':'a b','listen':'1.2.3.4','buffer_bytes':10,"
+        " 'upstream':{'servers':['ok.example:1','bad','[::1]:0'],'retries':1.5,'bogus':null}},"
+        "{'listen':'1.2.3.4:1','upstream':{'source_address':'nope'}},"
+        "{'name':'c','listen':'1.2.3.4:1','upstream':{'servers':['1.1.1.1:1']},'name':'d'}"
+        "],"
+        "'shutdown':{'drain_timeout_ms':true},'extra':{}}";
+    const char *want[] = {
+        "workers: must be between 0 and 256, got 300",
+        "log.level: expected one of " LEVELS ", got \"loud\"",
+        "log.fmt: unknown key",
+        "routes[0].name: " NAME_RULE "\"a b\"",
+        "routes[0].listen: expected \"host:port\", got \"1.2.3.4\"",
+        "routes[0].buffer_bytes: must be between 1024 and 67108864, got 10",
+        "routes[0].upstream.servers[1]: expected \"host:port\", got \"bad\"",
+        "routes[0].upstream.servers[2]: expected \"host:port\", got \"[::1]:0\"",
+        "routes[0].upstream.retries: expected integer, got number",
+        "routes[0].upstream.bogus: unknown key",
+        "routes[1].upstream.source_address: expected an IP address, got \"nope\"",
+        "routes[1].upstream.servers: required key is missing",
+        "routes[1].name: required key is missing",
+        "routes[2].listen: duplicate listen address \"1.2.3.4:1\" (also routes[1].listen)",
+        "routes[2].name: duplicate key",
+        "shutdown.drain_timeout_ms: expected integer, got boolean",
+        "extra: unknown key",
+        NULL,
+    };
+    expect_errors("many", json, want);
+}
+
+static void test_invalid_json_position(void **state)
+{
+    (void)state;
+    const char *bad_value = "{\n"
+                            "  'log': {'level': 'info'},\n"
+                            "  'workers': x,\n"
+                            "  'routes': []\n"
+                            "}\n";
+    const char *want[] = { "invalid JSON at line 3, column 14", NULL };
+    expect_errors("bad value", bad_value, want);
+
+    const char *missing_comma = "{\n"
+                                "  'workers': 1\n"
+                                "  'routes': []\n"
+                                "}\n";
+    const char *want_comma[] = { "invalid JSON at line 3, column 3", NULL };
+    expect_errors("missing comma", missing_comma, want_comma);
+
+    const char *trailing = "{\n  'routes': []\n}\n\n  ]\n";
+    const char *want_trailing[] = { "invalid JSON at line 5, column 3", NULL };
+    expect_errors("trailing", trailing, want_trailing);
+
+    const char *unclosed = "{\n  'routes': [\n";
+    const char *want_unclosed[] = { "invalid JSON at line 2, column 14", NULL };
+    expect_errors("unclosed", unclosed, want_unclosed);
+}
+
+/* The length is honoured: no NUL terminator is needed, and text after it is
+ * not read. */
+static void test_length_is_honoured(void **state)
+{
+    (void)state;
+    char *json = dq(ONE_ROUTE(ROUTE));
+    size_t len = strlen(json);
+    char *exact = malloc(len);
+    assert_non_null(exact);
+    memcpy(exact, json, len);
+    struct config *cfg = NULL;
+    struct config_errors errs = { 0 };
+    assert_int_equal(config_parse(exact, len, &cfg, &errs), 0);
+    assert_int_equal(errs.n, 0);
+    config_free(cfg);
+    free(exact);
+
+    /* Cut short: the text ends inside the document. */
+    cfg = NULL;
+    assert_int_equal(config_parse(json, len - 1, &cfg, &errs), -EINVAL);
+    assert_null(cfg);
+    assert_int_equal(errs.n, 1);
+    /* cJSON stops at the last byte it was given. */
+    char want[64];
+    snprintf(want, sizeof(want), "invalid JSON at line 1, column %zu", len - 1);
+    assert_string_equal(errs.msgs[0], want);
+    config_errors_free(&errs);
+
+    assert_int_equal(config_parse(NULL, 0, &cfg, &errs), -EINVAL);
+    assert_int_equal(errs.n, 1);
+    assert_string_equal(errs.msgs[0], "invalid JSON at line 1, column 1");
+    config_errors_free(&errs);
+    free(json);
+}
+
+static void test_errors_are_optional(void **state)
+{
+    (void)state;
+    struct config *cfg = NULL;
+    char *bad = dq("{'workers':-1,'routes':[]}");
+    assert_int_equal(config_parse(bad, strlen(bad), &cfg, NULL), -EINVAL);
+    assert_null(cfg);
+    free(bad);
+    char *good = dq(ONE_ROUTE(ROUTE));
+    assert_int_equal(config_parse(good, strlen(good), &cfg, NULL), 0);
+    assert_non_null(cfg);
+    config_free(cfg);
+    free(good);
+
+    config_free(NULL);
+    config_errors_free(NULL);
+    struct config_errors none = { 0 };
+    config_errors_free(&none);
+}
+
+static char *write_temp(const char *content)
+{
+    char tmpl[] = "/tmp/lifeline-test-config-XXXXXX";
+    int fd = mkstemp(tmpl);
+    assert_true(fd >= 0);
+    size_t len = strlen(content);
+    assert_int_equal(write(fd, content, len), (ssize_t)len);
+    close(fd);
+    char *path = strdup(tmpl);
+    assert_non_null(path);
+    return path;
+}
+
+static void test_load(void **state)
+{
+    (void)state;
+    struct config *cfg = (struct config *)&cfg;
+    struct config_errors errs = { 0 };
+
+    assert_int_equal(config_load("/nonexistent/lifeline/x.json", &cfg, &errs), -ENOENT);
+    assert_null(cfg);
+    assert_int_equal(errs.n, 1);
+    assert_string_equal(errs.msgs[0],
+                        "cannot read /nonexistent/lifeline/x.json: No such file or directory");
+    config_errors_free(&errs);
+
+    assert_int_equal(config_load("/", &cfg, &errs), -EISDIR);
+    assert_int_equal(errs.n, 1);
+    assert_string_equal(errs.msgs[0], "cannot read /: Is a directory");
+    config_errors_free(&errs);
+
+    char *json = dq(full_config);
+    char *path = write_temp(json);
+    assert_int_equal(config_load(path, &cfg, &errs), 0);
+    assert_int_equal(errs.n, 0);
+    assert_int_equal(cfg->workers, 8);
+    assert_int_equal(cfg->n_routes, 2);
+    assert_string_equal(cfg->routes[1].upstream.servers[0].host, "db.internal");
+    config_free(cfg);
+    unlink(path);
+    free(path);
+    free(json);
+
+    json = dq("{\n  'workers': 'many',\n  'routes': []\n}\n");
+    path = write_temp(json);
+    assert_int_equal(config_load(path, &cfg, &errs), -EINVAL);
+    assert_null(cfg);
+    assert_int_equal(errs.n, 2);
+    assert_string_equal(errs.msgs[0], "workers: expected integer, got string");
+    assert_string_equal(errs.msgs[1], "routes: must hold at least one route");
+    config_errors_free(&errs);
+    unlink(path);
+    free(path);
+    free(json);
+
+    path = write_temp("");
+    assert_int_equal(config_load(path, &cfg, &errs), -EINVAL);
+    assert_int_equal(errs.n, 1);
+    assert_string_equal(errs.msgs[0], "invalid JSON at line 1, column 1");
+    config_errors_free(&errs);
+    unlink(path);
+    free(path);
+}
+
+/* A file of the source tree, found from this file's own path. */
+static int source_path(char *buf, size_t len, const char *rel)
+{
+    const char *here = __FILE__;
+    const char *tail = strstr(here, "tests/unit/test_config.c");
+    if (tail == NULL || here[0] != '/')
+        return -1;
+    snprintf(buf, len, "%.*s%s", (int)(tail - here), here, rel);
+    return 0;
+}
+
+/* The example shipped in config/ stays valid. */
+static void test_shipped_example(void **state)
+{
+    (void)state;
+    char path[1024];
+    if (source_path(path, sizeof(path), "config/lifeline.json") < 0)
+        skip();
+    struct config *cfg = NULL;
+    struct config_errors errs = { 0 };
+    int rc = config_load(path, &cfg, &errs);
+    if (rc != 0)
+        dump_errors(path, &errs);
+    assert_int_equal(rc, 0);
+    assert_true(cfg->n_routes >= 1);
+    config_free(cfg);
+    config_errors_free(&errs);
+}
+
+/* Sets the member named by a documented path ("routes[].upstream.retries")
+ * to `true` inside a valid config, creating objects on the way. */
+static void set_true_at(cJSON *doc, const char *doc_path)
+{
+    char segs[256];
+    snprintf(segs, sizeof(segs), "%s", doc_path);
+    cJSON *at = doc;
+    char *save = NULL;
+    for (char *seg = strtok_r(segs, ".", &save); seg != NULL; seg = strtok_r(NULL, ".", &save)) {
+        size_t len = strlen(seg);
+        int into_array = len > 2 && strcmp(seg + len - 2, "[]") == 0;
+        if (into_array)
+            seg[len - 2] = '\0';
+        if (*save == '\0' && !into_array) {
+            cJSON_DeleteItemFromObjectCaseSensitive(at, seg);
+            cJSON_AddItemToObject(at, seg, cJSON_CreateTrue());
+            return;
+        }
+        cJSON *next = cJSON_GetObjectItemCaseSensitive(at, seg);
+        if (next == NULL)
+            next = cJSON_AddObjectToObject(at, seg);
+        assert_non_null(next);
+        at = into_array ? cJSON_GetArrayItem(next, 0) : next;
+        assert_non_null(at);
+    }
+}
+
+/* Every key in docs/config-keys.md is known to the parser, with the
+ * documented type, at the documented path. */
+static void test_documented_keys(void **state)
+{
+    (void)state;
+    char path[1024];
+    if (source_path(path, sizeof(path), "docs/config-keys.md") < 0)
+        skip();
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    char line[2048];
+    int rows = 0;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        char key[256], type[64];
+        if (sscanf(line, "| `%255[^`]` | %63[a-z ] |", key, type) != 2)
+            continue;
+        char *base_json = dq(ONE_ROUTE(ROUTE));
+        cJSON *doc = cJSON_Parse(base_json);
+        free(base_json);
+        assert_non_null(doc);
+        set_true_at(doc, key);
+        char *json = cJSON_PrintUnformatted(doc);
+        cJSON_Delete(doc);
+        assert_non_null(json);
+
+        char err_path[300];
+        size_t o = 0;
+        for (const char *k = key; *k && o + 4 < sizeof(err_path); k++) {
+            if (k[0] == '[' && k[1] == ']') {
+                o += (size_t)snprintf(err_path + o, sizeof(err_path) - o, "[0]");
+                k++;
+            } else {
+                err_path[o++] = *k;
+            }
+        }
+        err_path[o] = '\0';
+        const char *word = strncmp(type, "array", 5) == 0 ? "array" : strtok(type, " ");
+        char want0[512];
+        snprintf(want0, sizeof(want0), "%s: expected %s, got boolean", err_path, word);
+        const char *want[] = { want0, NULL };
+        expect_errors(key, json, want);
+        cJSON_free(json);
+        rows++;
+    }
+    fclose(f);
+    assert_true(rows >= 16);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_bad_configs),
+        cmocka_unit_test(test_server_count_bounds),
+        cmocka_unit_test(test_long_value_is_cut),
+        cmocka_unit_test(test_minimal_defaults),
+        cmocka_unit_test(test_full_config),
+        cmocka_unit_test(test_ipv6_listen),
+        cmocka_unit_test(test_wildcard_source_is_unset),
+        cmocka_unit_test(test_integer_vs_number),
+        cmocka_unit_test(test_route_names_are_case_sensitive),
+        cmocka_unit_test(test_many_errors_in_one_pass),
+        cmocka_unit_test(test_invalid_json_position),
+        cmocka_unit_test(test_length_is_honoured),
+        cmocka_unit_test(test_errors_are_optional),
+        cmocka_unit_test(test_load),
+        cmocka_unit_test(test_shipped_example),
+        cmocka_unit_test(test_documented_keys),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
