@@ -1,0 +1,52 @@
+# Thin wrapper over CMake: set-up, build, run, test. See README.md.
+.PHONY: all deps build run test test-asan test-tsan check clean
+
+BUILD      ?= build
+CONFIG     ?= config/lifeline.json
+WERROR     ?= OFF
+JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
+CMAKE_ARGS ?=
+
+# Debian packages the build and the test suite need.
+DEPS = gcc make cmake pkg-config libuv1-dev libcjson-dev libcmocka-dev python3 \
+       iproute2 nftables
+
+all: build
+
+deps:
+	@missing=$$(for p in $(DEPS); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; \
+	  done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" -ne 0 ]; then \
+	    echo "Missing packages: $$missing"; \
+	    echo "Install them as root:  apt-get install -y $$missing"; \
+	    exit 1; \
+	  fi; \
+	  echo "Installing: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+build: deps
+	cmake -S . -B $(BUILD) -DLIFELINE_WERROR=$(WERROR) $(CMAKE_ARGS)
+	cmake --build $(BUILD) -j $(JOBS)
+
+run: build
+	./$(BUILD)/lifeline -c $(CONFIG)
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure --timeout 600 $(CTEST_ARGS)
+
+# The same suite under AddressSanitizer + UndefinedBehaviorSanitizer.
+test-asan:
+	$(MAKE) test BUILD=build-asan CMAKE_ARGS="-DLIFELINE_ASAN=ON -DCMAKE_BUILD_TYPE=Debug"
+
+# The threaded code under ThreadSanitizer.
+test-tsan:
+	$(MAKE) test BUILD=build-tsan CMAKE_ARGS="-DLIFELINE_TSAN=ON -DCMAKE_BUILD_TYPE=Debug"
+
+check: build
+	./$(BUILD)/lifeline --check -c $(CONFIG)
+
+clean:
+	rm -rf build build-asan build-tsan

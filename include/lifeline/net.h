@@ -1,0 +1,32 @@
+/* Socket helpers: listening sockets, upstream sockets, socket options. */
+#ifndef LIFELINE_NET_H
+#define LIFELINE_NET_H
+
+#include <sys/socket.h>
+
+/* Resolves a listen "host" (IP literal or name) with getaddrinfo(). Blocking:
+ * only for the supervisor before any loop runs. Returns 0, or -ENOENT with
+ * the resolver's message in `why`. */
+int net_resolve_listen(const char *host, unsigned short port, struct sockaddr_storage *out,
+                       const char **why);
+
+/* Checks that nobody else listens on the address: a bind without
+ * SO_REUSEPORT fails when any socket holds it. Returns 0 or -errno. */
+int net_probe_bind(const struct sockaddr *sa);
+
+/* Creates a non-blocking, bound, listening TCP socket with SO_REUSEPORT (one
+ * per worker share the port). Returns the fd or -errno. */
+int net_listen_socket(const struct sockaddr *sa, int backlog);
+
+/* Creates a non-blocking TCP socket for an upstream connection of this
+ * family, bound to `source` (address only; the kernel picks an ephemeral
+ * port when connecting) when source is not NULL. Returns the fd or -errno. */
+int net_upstream_socket(int family, const struct sockaddr *source);
+
+/* TCP_NODELAY on; errors ignored (a socket that refuses it still relays). */
+void net_set_nodelay(int fd);
+
+/* Local port of a connected socket, 0 if unknown. */
+unsigned short net_local_port(int fd);
+
+#endif

@@ -1,0 +1,28 @@
+/* One client connection and its upstream connection: state machine, relay, close. */
+#ifndef LIFELINE_SESSION_H
+#define LIFELINE_SESSION_H
+
+#include "lifeline/reason.h"
+#include "lifeline/worker.h"
+
+struct session;
+
+/* Accepts one pending connection from the listener and starts its session.
+ * Returns 0 or a negative UV error (nothing is left behind then). */
+int session_accept(struct worker *w, struct listener *l);
+
+/* Ends the session with this reason (the first reason given wins). Safe to
+ * call in any state and more than once; REASON_SHUTDOWN also cuts short a
+ * session that is still flushing. */
+void session_close(struct session *s, enum reason reason);
+
+/* The session's identity now belongs to it: go on and connect upstream. */
+void session_go(struct session *s);
+
+/* Process-wide id, the address of a session in worker messages. */
+uint64_t session_id(const struct session *s);
+
+/* The next session in the worker's list, for walking it while closing. */
+struct session *session_next(const struct session *s);
+
+#endif

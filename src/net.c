@@ -1,0 +1,115 @@
+/* Socket helpers: listening sockets, upstream sockets, socket options. */
+#include "lifeline/net.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <string.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "lifeline/addr.h"
+
+#ifndef IP_BIND_ADDRESS_NO_PORT
+#define IP_BIND_ADDRESS_NO_PORT 24
+#endif
+
+int net_resolve_listen(const char *host, unsigned short port, struct sockaddr_storage *out,
+                       const char **why)
+{
+    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                              .ai_flags = AI_PASSIVE | AI_ADDRCONFIG };
+    struct addrinfo *res = NULL;
+    int rc = getaddrinfo(host, NULL, &hints, &res);
+    if (rc != 0) {
+        *why = rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc);
+        return -ENOENT;
+    }
+    memcpy(out, res->ai_addr, res->ai_addrlen);
+    freeaddrinfo(res);
+    if (out->ss_family == AF_INET)
+        ((struct sockaddr_in *)out)->sin_port = htons(port);
+    else
+        ((struct sockaddr_in6 *)out)->sin6_port = htons(port);
+    return 0;
+}
+
+static int tcp_socket(int family)
+{
+    int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
+    return fd < 0 ? -errno : fd;
+}
+
+static int fail_close(int fd)
+{
+    int err = -errno;
+    close(fd);
+    return err;
+}
+
+int net_probe_bind(const struct sockaddr *sa)
+{
+    int one = 1;
+    int fd = tcp_socket(sa->sa_family);
+    if (fd < 0)
+        return fd;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+        bind(fd, sa, addr_len(sa)) < 0)
+        return fail_close(fd);
+    close(fd);
+    return 0;
+}
+
+int net_listen_socket(const struct sockaddr *sa, int backlog)
+{
+    int one = 1;
+    int fd = tcp_socket(sa->sa_family);
+    if (fd < 0)
+        return fd;
+    /* SO_REUSEADDR: restart while old connections sit in TIME_WAIT.
+     * SO_REUSEPORT: one listening socket per worker, balanced by the kernel. */
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
+        return fail_close(fd);
+    if (sa->sa_family == AF_INET6 &&
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0)
+        return fail_close(fd);
+    if (bind(fd, sa, addr_len(sa)) < 0 || listen(fd, backlog) < 0)
+        return fail_close(fd);
+    return fd;
+}
+
+int net_upstream_socket(int family, const struct sockaddr *source)
+{
+    int one = 1;
+    int fd = tcp_socket(family);
+    if (fd < 0 || source == NULL)
+        return fd;
+    if (source->sa_family != family) {
+        close(fd);
+        return -EAFNOSUPPORT;
+    }
+    /* Choose the port at connect() time, per destination, so ephemeral
+     * ports are not used up by bind(). */
+    (void)setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
+    if (bind(fd, source, addr_len(source)) < 0)
+        return fail_close(fd);
+    return fd;
+}
+
+void net_set_nodelay(int fd)
+{
+    int one = 1;
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+unsigned short net_local_port(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
+        return 0;
+    return addr_port((struct sockaddr *)&ss);
+}

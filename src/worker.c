@@ -1,0 +1,274 @@
+/* A worker thread: one uv_loop, its listening sockets, its sessions. */
+#include "lifeline/worker.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "lifeline/log.h"
+#include "lifeline/session.h"
+
+#define LISTEN_BACKLOG 4096
+#define POOL_MAX_FREE 64 /* cached buffers per worker: 4 MiB */
+
+static void set_phase(struct worker *w, enum worker_phase phase)
+{
+    atomic_store(&w->phase, (int)phase);
+    uv_async_send(w->notify);
+}
+
+static void connection_cb(uv_stream_t *server, int status)
+{
+    struct listener *l = server->data;
+    int rc = status < 0 ? status : session_accept(l->w, l);
+    if (rc < 0)
+        log_warn("accept failed", LF_STR("route", l->route->name), LF_INT("worker", l->w->id),
+                 LF_STR("error", uv_strerror(rc)));
+}
+
+static void close_all_sessions(struct worker *w)
+{
+    struct session *s = w->sessions;
+    while (s != NULL) {
+        struct session *next = session_next(s);
+        session_close(s, REASON_SHUTDOWN);
+        s = next;
+    }
+}
+
+/* Once draining and the last session is gone, closing the worker's own
+ * handles lets uv_run() return. */
+static void exit_if_idle(struct worker *w)
+{
+    if (!w->draining || w->n_sessions > 0)
+        return;
+    if (!uv_is_closing((uv_handle_t *)&w->wakeup)) {
+        uv_mutex_lock(&w->inbox_lock);
+        w->inbox_closed = 1;
+        uv_mutex_unlock(&w->inbox_lock);
+        uv_close((uv_handle_t *)&w->wakeup, NULL);
+    }
+    if (!uv_is_closing((uv_handle_t *)&w->drain_timer))
+        uv_close((uv_handle_t *)&w->drain_timer, NULL);
+}
+
+static void drain_timer_cb(uv_timer_t *t)
+{
+    struct worker *w = t->data;
+    close_all_sessions(w);
+}
+
+static void begin_drain(struct worker *w)
+{
+    if (w->draining)
+        return;
+    w->draining = 1;
+    for (size_t i = 0; i < w->n_listeners; i++)
+        uv_close((uv_handle_t *)&w->listeners[i].tcp, NULL);
+    uv_timer_start(&w->drain_timer, drain_timer_cb, w->cfg->drain_timeout_ms, 0);
+    exit_if_idle(w);
+}
+
+static struct session *find_session(struct worker *w, uint64_t id)
+{
+    for (struct session *s = w->sessions; s != NULL; s = session_next(s))
+        if (session_id(s) == id)
+            return s;
+    return NULL;
+}
+
+/* A message for a session that is gone already needs nothing: its own close
+ * released its identity, and the registry handed it on. */
+static void deliver(struct worker *w, const struct worker_msg *m)
+{
+    struct session *s = find_session(w, m->session_id);
+    if (s == NULL)
+        return;
+    if (m->type == WORKER_MSG_EVICT)
+        session_close(s, REASON_REPLACED);
+    else
+        session_go(s);
+}
+
+static void drain_inbox(struct worker *w)
+{
+    uv_mutex_lock(&w->inbox_lock);
+    struct worker_msg *m = w->inbox;
+    w->inbox = w->inbox_tail = NULL;
+    uv_mutex_unlock(&w->inbox_lock);
+
+    while (m != NULL) {
+        struct worker_msg *next = m->next;
+        deliver(w, m);
+        free(m);
+        m = next;
+    }
+}
+
+int worker_post(struct worker *to, enum worker_msg_type type, uint64_t session_id)
+{
+    struct worker_msg *m = malloc(sizeof(*m));
+    if (m == NULL)
+        return UV_ENOMEM;
+    m->next = NULL;
+    m->type = type;
+    m->session_id = session_id;
+    uv_mutex_lock(&to->inbox_lock);
+    if (to->inbox_closed) {
+        /* Only while shutting down: its sessions are closing anyway. */
+        uv_mutex_unlock(&to->inbox_lock);
+        free(m);
+        return 0;
+    }
+    if (to->inbox_tail != NULL)
+        to->inbox_tail->next = m;
+    else
+        to->inbox = m;
+    to->inbox_tail = m;
+    /* Sent under the lock, so that the handle cannot be closed in between. */
+    uv_async_send(&to->wakeup);
+    uv_mutex_unlock(&to->inbox_lock);
+    return 0;
+}
+
+static void wakeup_cb(uv_async_t *a)
+{
+    struct worker *w = a->data;
+    drain_inbox(w);
+    int cmd = atomic_load(&w->command);
+    if (cmd == WORKER_CMD_NONE)
+        return;
+    begin_drain(w);
+    if (cmd == WORKER_CMD_STOP)
+        close_all_sessions(w);
+}
+
+void worker_session_freed(struct worker *w)
+{
+    w->n_sessions--;
+    exit_if_idle(w);
+}
+
+int worker_init(struct worker *w, int id, const struct config *cfg, const int *fds,
+                uv_async_t *notify, struct worker *peers, size_t n_peers,
+                struct registry *registry)
+{
+    memset(w, 0, sizeof(*w));
+    w->id = id;
+    w->cfg = cfg;
+    w->notify = notify;
+    w->peers = peers;
+    w->n_peers = n_peers;
+    w->registry = registry;
+    atomic_init(&w->command, WORKER_CMD_NONE);
+    atomic_init(&w->phase, WORKER_PHASE_STARTING);
+    w->listeners = calloc(cfg->n_routes, sizeof(*w->listeners));
+    if (w->listeners == NULL)
+        return UV_ENOMEM;
+    w->n_listeners = cfg->n_routes;
+    for (size_t i = 0; i < cfg->n_routes; i++) {
+        w->listeners[i].w = w;
+        w->listeners[i].route = &cfg->routes[i];
+        w->listeners[i].fd = fds[i];
+    }
+    int rc = uv_loop_init(&w->loop);
+    if (rc < 0) {
+        free(w->listeners);
+        w->listeners = NULL;
+        return rc;
+    }
+    uv_mutex_init(&w->inbox_lock);
+    uv_async_init(&w->loop, &w->wakeup, wakeup_cb);
+    w->wakeup.data = w;
+    uv_timer_init(&w->loop, &w->drain_timer);
+    w->drain_timer.data = w;
+    pool_init(&w->pool, POOL_MAX_FREE);
+    return 0;
+}
+
+static int open_listeners(struct worker *w)
+{
+    /* Every handle is initialised first, so that a failure part-way leaves
+     * only handles that begin_drain() can close. */
+    for (size_t i = 0; i < w->n_listeners; i++) {
+        uv_tcp_init(&w->loop, &w->listeners[i].tcp);
+        w->listeners[i].tcp.data = &w->listeners[i];
+    }
+    for (size_t i = 0; i < w->n_listeners; i++) {
+        struct listener *l = &w->listeners[i];
+        int rc = uv_tcp_open(&l->tcp, l->fd);
+        if (rc < 0)
+            return rc;
+        l->fd = -1; /* the handle owns it now */
+        rc = uv_listen((uv_stream_t *)&l->tcp, LISTEN_BACKLOG, connection_cb);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+static void worker_main(void *arg)
+{
+    struct worker *w = arg;
+    int rc = open_listeners(w);
+    if (rc < 0) {
+        w->start_error = rc;
+        begin_drain(w);
+        uv_run(&w->loop, UV_RUN_DEFAULT);
+        set_phase(w, WORKER_PHASE_FAILED);
+        return;
+    }
+    set_phase(w, WORKER_PHASE_RUNNING);
+    /* A command may have come before the loop ran. */
+    wakeup_cb(&w->wakeup);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    set_phase(w, WORKER_PHASE_EXITED);
+}
+
+int worker_start(struct worker *w) { return uv_thread_create(&w->thread, worker_main, w); }
+
+void worker_send(struct worker *w, enum worker_command cmd)
+{
+    int cur = atomic_load(&w->command);
+    /* Commands only escalate: NONE -> DRAIN -> STOP. */
+    while (cur < (int)cmd && !atomic_compare_exchange_weak(&w->command, &cur, (int)cmd))
+        ;
+    uv_mutex_lock(&w->inbox_lock);
+    if (!w->inbox_closed)
+        uv_async_send(&w->wakeup);
+    uv_mutex_unlock(&w->inbox_lock);
+}
+
+static void free_worker(struct worker *w)
+{
+    /* Messages posted after the loop stopped are for sessions long gone. */
+    while (w->inbox != NULL) {
+        struct worker_msg *m = w->inbox;
+        w->inbox = m->next;
+        free(m);
+    }
+    uv_mutex_destroy(&w->inbox_lock);
+    for (size_t i = 0; w->listeners != NULL && i < w->n_listeners; i++)
+        if (w->listeners[i].fd >= 0)
+            close(w->listeners[i].fd);
+    free(w->listeners);
+    w->listeners = NULL;
+    pool_drain(&w->pool);
+}
+
+void worker_join(struct worker *w)
+{
+    uv_thread_join(&w->thread);
+    uv_loop_close(&w->loop);
+    free_worker(w);
+}
+
+void worker_destroy(struct worker *w)
+{
+    w->inbox_closed = 1; /* never started: nobody else can post yet */
+    uv_close((uv_handle_t *)&w->wakeup, NULL);
+    uv_close((uv_handle_t *)&w->drain_timer, NULL);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&w->loop);
+    free_worker(w);
+}
