@@ -1,0 +1,188 @@
+"""Connecting upstream: retries with backoff, failover, connect timeout,
+ephemeral source ports and source_address."""
+
+import os
+import re
+import socket
+import time
+import unittest
+
+from harness import (LOOPBACK, KiB, AcceptServer, EchoServer, LifelineTestCase, addr_str,
+                     bound_client_socket, config, connect, ephemeral_range, free_port,
+                     listen_port, log_time, recv_exact, route, scaled, wait_closed)
+
+
+class UpstreamDown(LifelineTestCase):
+
+    def test_every_try_refused(self):
+        """No listener on any server; retries 2, backoff 50 ms: three tries
+        (servers[0], servers[1], servers[0]), the client is closed after at
+        least 50 + 100 ms, one close line with upstream_connect_failed."""
+        dead = [free_port(), free_port()]
+        servers = [f"{LOOPBACK}:{p}" for p in dead]
+        d = self.start_lifeline(config([route(free_port(), servers, retries=2,
+                                              retry_backoff_ms=50)]))
+        start = time.monotonic()
+        cli = self.client(listen_port(d))
+        client = addr_str(cli.getsockname())
+        cli.sendall(b"hello?")
+        how = wait_closed(cli, timeout=scaled(10))
+        elapsed = time.monotonic() - start
+        self.assertIn(how, ("eof", "reset"))
+
+        rec = self.assertSessionClosed(d, client, "upstream_connect_failed",
+                                       upstream_local_port=0, bytes_from_server=0)
+        self.assertGreaterEqual(elapsed, 0.150, "backoff 50 + 100 ms not respected")
+        self.assertGreaterEqual(rec["duration_ms"], 150, rec)
+        fails = d.find("upstream connect failed", client=client)
+        self.assertEqual([f["attempt"] for f in fails], [1, 2, 3], fails)
+        self.assertEqual([f["server"] for f in fails], [servers[0], servers[1], servers[0]])
+        for f in fails:
+            self.assertEqual(f["route"], "r")
+            self.assertTrue(f.get("error"), f)
+        self.assertEqual(len(d.find("session closed", client=client)), 1)
+
+    def test_backoff_doubles(self):
+        """retries 3, backoff 100 ms: waits of 100, 200 and 400 ms between the
+        four tries, seen in the timing of the warn lines' arrival."""
+        d = self.start_lifeline(config([route(free_port(), [free_port()], retries=3,
+                                              retry_backoff_ms=100)]))
+        cli = self.client(listen_port(d))
+        client = addr_str(cli.getsockname())
+        fails = d.wait_count(4, "upstream connect failed", timeout=scaled(10), client=client)
+        self.assertIn(wait_closed(cli, timeout=scaled(10)), ("eof", "reset"))
+        self.assertEqual([f["attempt"] for f in fails], [1, 2, 3, 4])
+        # The lines' own timestamps (ms) show the waits between tries.
+        stamps = [log_time(f) for f in fails]
+        gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+        for gap, want in zip(gaps, (0.1, 0.2, 0.4)):
+            self.assertGreaterEqual(gap, want - 0.005, f"gaps {gaps}")
+            self.assertLess(gap, want + scaled(0.5), f"gaps {gaps}")
+        self.assertSessionClosed(d, client, "upstream_connect_failed")
+
+
+class Failover(LifelineTestCase):
+
+    def test_dead_then_live(self):
+        """servers [dead, live], retries 1: the second try reaches the live
+        server and the session relays both ways."""
+        dead = free_port()
+        echo = self.server(EchoServer)
+        d = self.start_lifeline(config([route(free_port(), [dead, echo.port], retries=1,
+                                              retry_backoff_ms=50)]))
+        cli = self.client(listen_port(d))
+        client = addr_str(cli.getsockname())
+        msg = os.urandom(100 * KiB)
+        cli.sendall(msg)
+        self.assertEqual(recv_exact(cli, len(msg), timeout=scaled(10)), msg)
+        cli.shutdown(socket.SHUT_WR)
+        self.assertEqual(wait_closed(cli, timeout=scaled(10)), "eof")
+        rec = self.assertSessionClosed(d, client, "client_eof", bytes_from_client=len(msg),
+                                       bytes_from_server=len(msg))
+        self.assertNotEqual(rec["upstream_local_port"], 0)
+        fails = d.find("upstream connect failed", client=client)
+        self.assertEqual([(f["attempt"], f["server"]) for f in fails],
+                         [(1, f"{LOOPBACK}:{dead}")])
+        self.assertEqual(echo.accepted, 1)
+
+    def test_every_session_starts_at_servers_0(self):
+        """Failover is per session: a second session tries servers[0] again."""
+        dead = free_port()
+        echo = self.server(EchoServer)
+        d = self.start_lifeline(config([route(free_port(), [dead, echo.port], retries=1,
+                                              retry_backoff_ms=20)]))
+        for i in range(2):
+            with connect(listen_port(d), timeout=scaled(10)) as cli:
+                client = addr_str(cli.getsockname())
+                cli.sendall(b"ping %d" % i)
+                self.assertEqual(recv_exact(cli, 6), b"ping %d" % i)
+            fails = d.wait_count(1, "upstream connect failed", client=client)
+            self.assertEqual([(f["attempt"], f["server"]) for f in fails],
+                             [(1, f"{LOOPBACK}:{dead}")])
+
+
+class ConnectTimeout(LifelineTestCase):
+
+    def blackhole(self):
+        """A listener with backlog 0 that never accepts, its accept queue
+        filled first: further SYNs are dropped, connects hang."""
+        srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.track(srv)
+        srv.bind((LOOPBACK, 0))
+        srv.listen(0)
+        port = srv.getsockname()[1]
+        full = False
+        for _ in range(8):
+            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            probe.settimeout(0.3)
+            try:
+                probe.connect((LOOPBACK, port))
+                self.track(probe)          # sits in the accept queue
+            except socket.timeout:
+                probe.close()
+                full = True                # this SYN was dropped: the queue is full
+                break
+        self.assertTrue(full, "could not fill the accept queue of the black hole")
+        return port
+
+    def test_black_holed_upstream(self):
+        """connect_timeout_ms 300, retries 0: the client is closed about
+        300 ms after connecting, the warn line names a timeout."""
+        port = self.blackhole()
+        d = self.start_lifeline(config([route(free_port(), [port], connect_timeout_ms=300,
+                                              retries=0)]))
+        start = time.monotonic()
+        cli = self.client(listen_port(d))
+        client = addr_str(cli.getsockname())
+        cli.sendall(b"anyone there?")
+        self.assertIn(wait_closed(cli, timeout=scaled(10)), ("eof", "reset"))
+        elapsed = time.monotonic() - start
+        self.assertGreaterEqual(elapsed, 0.29)
+        self.assertLess(elapsed, 0.3 + scaled(1.5), "connect timeout not enforced")
+        rec = self.assertSessionClosed(d, client, "upstream_connect_failed",
+                                       upstream_local_port=0)
+        fails = d.find("upstream connect failed", client=client)
+        self.assertEqual(len(fails), 1, fails)
+        self.assertEqual(fails[0]["attempt"], 1)
+        self.assertEqual(fails[0]["server"], f"{LOOPBACK}:{port}")
+        self.assertRegex(fails[0]["error"], re.compile(r"time[ds]?[ _-]?out", re.I))
+        self.assertGreaterEqual(rec["duration_ms"], 290, rec)
+
+
+class SourcePort(LifelineTestCase):
+
+    def test_upstream_uses_ephemeral_port_not_clients(self):
+        """A client on a fixed source port (20000-30000): the server sees a
+        different, ephemeral peer port, from 127.0.0.1, the one the close
+        line reports as upstream_local_port. Same with source_address set."""
+        srv_plain = self.server(AcceptServer)
+        srv_src = self.server(AcceptServer)
+        d = self.start_lifeline(config([
+            route(free_port(), [srv_plain.port], name="plain"),
+            route(free_port(), [srv_src.port], name="sourced", source_address=LOOPBACK),
+        ]))
+        rng = ephemeral_range()
+        for i, srv in enumerate((srv_plain, srv_src)):
+            with self.subTest(route=("plain", "sourced")[i]):
+                sock = self.track(bound_client_socket(20000, 30000))
+                fixed = sock.getsockname()[1]
+                cli = connect(listen_port(d, i), sock=sock, timeout=scaled(10))
+                cli.sendall(b"from a fixed port")
+                conn, peer = srv.accept()
+                self.track(conn)
+                self.assertEqual(recv_exact(conn, 17), b"from a fixed port")
+                self.assertEqual(peer[0], LOOPBACK)
+                self.assertNotEqual(peer[1], fixed)
+                if rng:
+                    self.assertTrue(rng[0] <= peer[1] <= rng[1],
+                                    f"upstream port {peer[1]} outside ephemeral range {rng}")
+                cli.close()
+                self.assertEqual(wait_closed(conn), "eof")
+                conn.close()
+                rec = self.assertSessionClosed(d, f"{LOOPBACK}:{fixed}", "client_eof")
+                self.assertEqual(rec["upstream_local_port"], peer[1], rec)
+                self.assertEqual(rec["route"], ("plain", "sourced")[i])
+
+
+if __name__ == "__main__":
+    unittest.main()
