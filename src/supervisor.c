@@ -2,6 +2,7 @@
 #include "lifeline/supervisor.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,8 +43,24 @@ static void stop_workers(struct supervisor *sup, enum worker_command cmd)
         worker_send(&sup->workers[i], cmd);
 }
 
+/* The signals the supervisor handles; workers (and the threads they start)
+ * block them, so that only the supervisor's thread ever receives them. */
+static void handled_signals(sigset_t *set)
+{
+    sigemptyset(set);
+    sigaddset(set, SIGTERM);
+    sigaddset(set, SIGINT);
+    sigaddset(set, SIGHUP);
+}
+
 static void close_own_handles(struct supervisor *sup)
 {
+    /* Closing a uv_signal restores the default action: from here on a late
+     * signal stays pending (blocked), and is dropped once ignored at exit,
+     * instead of killing a process that is finishing a clean exit. */
+    sigset_t set;
+    handled_signals(&set);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
     uv_close((uv_handle_t *)&sup->sigterm, NULL);
     uv_close((uv_handle_t *)&sup->sigint, NULL);
     uv_close((uv_handle_t *)&sup->sighup, NULL);
@@ -121,9 +138,8 @@ static void close_fds(int *fds, size_t n)
 static void log_listen_error(const struct route_config *r, const char *what)
 {
     char addr[ADDR_STR_MAX];
-    snprintf(addr, sizeof(addr), strchr(r->listen.host, ':') ? "[%s]:%u" : "%s:%u",
-             r->listen.host, r->listen.port);
-    log_error("cannot listen", LF_STR("route", r->name), LF_STR("address", addr),
+    log_error("cannot listen", LF_STR("route", r->name),
+              LF_STR("address", addr_format_hostport(&r->listen, addr, sizeof(addr))),
               LF_STR("error", what));
 }
 
@@ -209,6 +225,9 @@ int supervisor_run(const struct config *cfg)
     uv_signal_start(&sup.sigint, signal_cb, SIGINT);
     uv_signal_start(&sup.sighup, sighup_cb, SIGHUP);
 
+    sigset_t set, old_mask;
+    handled_signals(&set);
+    pthread_sigmask(SIG_BLOCK, &set, &old_mask); /* inherited by the workers */
     for (size_t i = 0; i < sup.n_workers; i++) {
         struct worker *w = &sup.workers[i];
         size_t first_unowned = i; /* workers from here on do not own their fds */
@@ -230,6 +249,7 @@ int supervisor_run(const struct config *cfg)
         sup.n_started++;
     }
     free(fds);
+    pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
     if (sup.exit_code != EXIT_CLEAN) {
         if (sup.n_started == 0)
             close_own_handles(&sup);
@@ -241,6 +261,9 @@ int supervisor_run(const struct config *cfg)
     for (size_t i = 0; i < sup.n_started; i++)
         worker_join(&sup.workers[i]);
     uv_loop_close(&sup.loop);
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
     registry_destroy(&sup.registry);
     free(sup.workers);
     if (sup.exit_code == EXIT_CLEAN)
