@@ -194,6 +194,13 @@ int addr_is_any(const struct sockaddr *sa)
     return 0;
 }
 
+char *addr_format_hostport(const struct hostport *hp, char *buf, size_t len)
+{
+    snprintf(buf, len, strchr(hp->host, ':') != NULL ? "[%s]:%u" : "%s:%u", hp->host,
+             (unsigned)hp->port);
+    return buf;
+}
+
 char *addr_format(const struct sockaddr *sa, char *buf, size_t len)
 {
     char ip[INET6_ADDRSTRLEN];

@@ -113,6 +113,10 @@ struct key {
 /* Enum fields are written through an int. */
 _Static_assert(sizeof(enum log_level) == sizeof(int), "enum log_level is int-sized");
 _Static_assert(sizeof(enum log_format) == sizeof(int), "enum log_format is int-sized");
+_Static_assert(sizeof(enum close_mode) == sizeof(int), "enum close_mode is int-sized");
+_Static_assert(sizeof(enum upstream_on_close) == sizeof(int), "enum upstream_on_close is int-sized");
+_Static_assert(sizeof(enum client_identity) == sizeof(int), "enum client_identity is int-sized");
+_Static_assert(sizeof(enum on_duplicate) == sizeof(int), "enum on_duplicate is int-sized");
 _Static_assert(CONFIG_NAME_MAX == 64, "route name message says 1-63 characters");
 
 static int parse_route_name(const char *s, void *field);
@@ -134,6 +138,42 @@ static const struct key server_elem = {
     .name = "server", .kind = KEY_STRING, .parse = parse_endpoint, .expect = "\"host:port\"",
 };
 
+static const struct choice close_choices[] = {
+    { "rst", CLOSE_RST }, { "fin", CLOSE_FIN }, { NULL, 0 },
+};
+
+static const struct choice on_close_choices[] = {
+    { "close_client", ON_CLOSE_CLOSE_CLIENT }, { "reconnect", ON_CLOSE_RECONNECT }, { NULL, 0 },
+};
+
+static const struct choice identity_choices[] = {
+    { "address_port", IDENTITY_ADDRESS_PORT }, { "address", IDENTITY_ADDRESS },
+    { "none", IDENTITY_NONE }, { NULL, 0 },
+};
+
+static const struct choice on_duplicate_choices[] = {
+    { "replace", DUPLICATE_REPLACE }, { "reject", DUPLICATE_REJECT },
+    { "allow", DUPLICATE_ALLOW }, { NULL, 0 },
+};
+
+/* TCP_KEEPIDLE and TCP_KEEPINTVL take at most 32767 s, TCP_KEEPCNT 127. */
+static const struct key heartbeat_keys[] = {
+    U32_KEY("silence_ms", struct heartbeat_config, silence_ms, 0, 86400000, 0),
+    U32_KEY("keepalive_idle_ms", struct heartbeat_config, keepalive_idle_ms, 0, 32767000, 10000),
+    U32_KEY("keepalive_interval_ms", struct heartbeat_config, keepalive_interval_ms, 1, 32767000,
+            2000),
+    U32_KEY("keepalive_count", struct heartbeat_config, keepalive_count, 1, 127, 3),
+    U32_KEY("user_timeout_ms", struct heartbeat_config, user_timeout_ms, 0, 86400000, 20000),
+};
+
+static const struct key client_keys[] = {
+    ENUM_KEY("identity", struct client_config, identity, identity_choices, IDENTITY_ADDRESS_PORT),
+    ENUM_KEY("on_duplicate", struct client_config, on_duplicate, on_duplicate_choices,
+             DUPLICATE_REPLACE),
+    ENUM_KEY("close", struct client_config, close, close_choices, CLOSE_RST),
+    OBJECT_KEY("heartbeat", OPTIONAL, offsetof(struct client_config, heartbeat), heartbeat_keys),
+};
+
 static const struct key upstream_keys[] = {
     ARRAY_KEY("servers", struct upstream_config, servers, n_servers, REQUIRED, &server_elem, 1,
               64, "server"),
@@ -142,6 +182,9 @@ static const struct key upstream_keys[] = {
     U32_KEY("connect_timeout_ms", struct upstream_config, connect_timeout_ms, 1, 600000, 3000),
     U32_KEY("retries", struct upstream_config, retries, 0, 100, 3),
     U32_KEY("retry_backoff_ms", struct upstream_config, retry_backoff_ms, 0, 600000, 200),
+    ENUM_KEY("close", struct upstream_config, close, close_choices, CLOSE_FIN),
+    ENUM_KEY("on_close", struct upstream_config, on_close, on_close_choices,
+             ON_CLOSE_CLOSE_CLIENT),
 };
 
 static const struct key route_keys[] = {
@@ -150,6 +193,7 @@ static const struct key route_keys[] = {
     UNIQUE_STRING_KEY("listen", struct route_config, listen, REQUIRED, parse_endpoint,
                       "\"host:port\"", "listen address", same_endpoint),
     U32_KEY("buffer_bytes", struct route_config, buffer_bytes, 1024, 67108864, 65536),
+    OBJECT_KEY("client", OPTIONAL, offsetof(struct route_config, client), client_keys),
     OBJECT_KEY("upstream", REQUIRED, offsetof(struct route_config, upstream), upstream_keys),
 };
 
@@ -675,6 +719,32 @@ static void errs_reset(struct config_errors *errs)
     }
 }
 
+/* The kernel takes keepalive times in whole seconds: say so when a value
+ * will be rounded up, so nobody is surprised by a slower detection. */
+static void note_whole_seconds(struct ctx *c, size_t route, const char *key, uint32_t ms)
+{
+    if (ms % 1000 == 0)
+        return;
+    struct path p = { .len = 0 };
+    path_push(&p, "routes[%zu].client.heartbeat.%s", route, key);
+    add_error(c, &p, "%u ms is rounded up to %u s (the kernel counts keepalive time in whole "
+              "seconds)", ms, ms / 1000 + 1);
+}
+
+static int add_notes(struct config *cfg)
+{
+    struct ctx c = { 0 };
+    for (size_t i = 0; i < cfg->n_routes; i++) {
+        const struct heartbeat_config *hb = &cfg->routes[i].client.heartbeat;
+        if (hb->keepalive_idle_ms == 0)
+            continue;
+        note_whole_seconds(&c, i, "keepalive_idle_ms", hb->keepalive_idle_ms);
+        note_whole_seconds(&c, i, "keepalive_interval_ms", hb->keepalive_interval_ms);
+    }
+    errors_give(&c, &cfg->notes);
+    return c.oom ? -ENOMEM : 0;
+}
+
 int config_parse(const char *json, size_t len, struct config **out, struct config_errors *errs)
 {
     struct ctx c = { 0 };
@@ -719,6 +789,8 @@ int config_parse(const char *json, size_t len, struct config **out, struct confi
 
     int rc = c.oom ? -ENOMEM : c.n > 0 ? -EINVAL : 0;
     errors_give(&c, errs);
+    if (rc == 0)
+        rc = add_notes(cfg);
     if (rc < 0) {
         config_free(cfg);
         return rc;
@@ -800,6 +872,7 @@ void config_free(struct config *cfg)
     if (cfg == NULL)
         return;
     free_object(root_keys, N_KEYS(root_keys), (char *)cfg);
+    errors_free(cfg->notes.msgs, cfg->notes.n);
     free(cfg);
 }
 

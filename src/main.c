@@ -108,6 +108,8 @@ int main(int argc, char **argv)
     struct config_errors errs = { 0 };
     int rc = config_load(path, &cfg, &errs);
     if (check) {
+        for (size_t i = 0; rc == 0 && i < cfg->notes.n; i++)
+            printf("note: %s\n", cfg->notes.msgs[i]);
         if (rc == 0)
             puts("ok");
         for (size_t i = 0; i < errs.n; i++)
@@ -129,6 +131,8 @@ int main(int argc, char **argv)
         log_set_format(cfg->log_format);
 
     log_info("starting", LF_STR("version", LIFELINE_VERSION), LF_STR("config", path));
+    for (size_t i = 0; i < cfg->notes.n; i++)
+        log_warn("config note", LF_STR("note", cfg->notes.msgs[i]));
     int code = supervisor_run(cfg);
     config_free(cfg);
     return code;

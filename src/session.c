@@ -11,50 +11,99 @@
  *  wait to be written (resuming below half of it). Chunks are held only
  *  while their bytes are in flight.
  *
- *  Session states, moved only by set_state():
+ *  Session states, moved only by set_state() (see `transitions`):
  *
- *    CONNECTING ──▶ RELAYING ──▶ CLOSING ──▶ CLOSED
- *        │              │                      ▲
- *        └──────────────┴──────────────────────┘
+ *    WAITING ──▶ CONNECTING ◀──▶ RELAYING ──▶ CLOSING ──▶ CLOSED
+ *       │            │              │                       ▲
+ *       └────────────┴──────────────┴───────────────────────┘
  *
+ *  WAITING     another session of the same client identity still owns the
+ *              server side; it is being evicted. The registry says when it
+ *              is done (session_go), so the server sees the old
+ *              connection's EOF before the new connection exists.
  *  CONNECTING  resolve, connect (timeout), retry with backoff and failover;
  *              client bytes queue in up.queue (bounded, then backpressure).
+ *              Also entered again from RELAYING when the server closes and
+ *              upstream.on_close is "reconnect".
  *  RELAYING    both directions; a source's EOF flushes then FINs its
  *              destination while the other direction goes on.
- *  CLOSING     the close policy flushes one direction, then FIN; bounded
- *              by CLOSE_LINGER_MS.
- *  CLOSED      the close is logged; handles are closing; the session is
- *              freed in the last close callback (free_if_unused).
+ *  CLOSING     one side is gone and closed; the other gets what was read
+ *              for it, then FIN (CLOSE_FLUSHING, bounded by CLOSE_LINGER_MS).
+ *              A session that owns a client identity then waits until the
+ *              server has finished with the old connection
+ *              (CLOSE_AWAIT_SERVER, bounded by AWAIT_SERVER_MS).
+ *  CLOSED      the close is logged, the identity released; handles are
+ *              closing and the session is freed in the last close callback
+ *              (free_if_unused), never earlier.
  */
 #include "lifeline/session.h"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "lifeline/addr.h"
+#include "lifeline/liveness.h"
 #include "lifeline/log.h"
 #include "lifeline/net.h"
+#include "lifeline/registry.h"
 
 /* How long a closing session may spend flushing before it is cut. */
 #define CLOSE_LINGER_MS 5000
+/* How long a replaced session waits for the server to finish with the old
+ * connection, how often it looks, and the grace after the FIN is acked. */
+#define AWAIT_SERVER_MS 1000
+#define AWAIT_POLL_MS 5
+#define AWAIT_GRACE_MS 50
 #define BACKOFF_CAP_MS 30000
 
 enum session_state {
+    SESSION_WAITING,
     SESSION_CONNECTING,
     SESSION_RELAYING,
     SESSION_CLOSING,
     SESSION_CLOSED,
 };
 
+#define BIT(state) (1u << (state))
+static const unsigned transitions[] = {
+    [SESSION_WAITING] = BIT(SESSION_CONNECTING) | BIT(SESSION_CLOSED),
+    [SESSION_CONNECTING] = BIT(SESSION_RELAYING) | BIT(SESSION_CLOSED),
+    [SESSION_RELAYING] = BIT(SESSION_CONNECTING) | BIT(SESSION_CLOSING) | BIT(SESSION_CLOSED),
+    [SESSION_CLOSING] = BIT(SESSION_CLOSED),
+    [SESSION_CLOSED] = 0,
+};
+
 /* What the connect machinery is doing while the session is CONNECTING. */
 enum connect_step {
     CONNECT_RESOLVING,   /* uv_getaddrinfo in flight (bounded by the resolver) */
     CONNECT_CONNECTING,  /* handshake in flight, timer = connect timeout */
-    CONNECT_CLOSING,     /* failed try: waiting for the upstream handle to close */
+    CONNECT_CLOSING,     /* waiting for the previous upstream handle to close */
     CONNECT_BACKOFF,     /* timer = wait before the next try */
+};
+
+/* Where a CLOSING session is. */
+enum close_step {
+    CLOSE_FLUSHING,      /* writing what is left to the surviving side, then FIN */
+    CLOSE_AWAIT_SERVER,  /* FIN sent upstream: waiting until the server is done */
+};
+
+/* How the server was seen to finish with a replaced session's connection. */
+enum upstream_finish {
+    FINISH_NOT_AWAITED,
+    FINISH_SERVER_EOF,   /* the server closed its side: it has read our EOF */
+    FINISH_FIN_ACKED,    /* our FIN was acknowledged, plus a grace period */
+    FINISH_TIMEOUT,      /* neither within AWAIT_SERVER_MS */
+};
+
+static const char *const finish_names[] = {
+    [FINISH_NOT_AWAITED] = "", [FINISH_SERVER_EOF] = "server_eof",
+    [FINISH_FIN_ACKED] = "fin_acked", [FINISH_TIMEOUT] = "timeout",
 };
 
 /* One direction of the relay. */
@@ -78,12 +127,6 @@ struct half {
     uv_shutdown_t shutdown_req;
 };
 
-/* How finish_close() ends the client connection. */
-enum client_close {
-    CLIENT_CLOSE_FIN,
-    CLIENT_CLOSE_RST,
-};
-
 struct session {
     struct session *prev, *next;   /* the worker's list */
     uint64_t id;                   /* process-wide, for worker messages */
@@ -91,15 +134,19 @@ struct session {
     const struct route_config *route;
     enum session_state state;
     enum connect_step step;
+    enum close_step close_step;
+    enum upstream_finish finish;
     enum reason reason;            /* set once, by the first session_close() */
     enum reason eof_reason;        /* the side whose EOF came first */
     int saw_eof;
-    enum client_close client_close;
+    enum close_mode client_close;  /* how finish_close() ends the client side */
+    int registered;                /* owns (or waits for) its client identity */
 
     uv_tcp_t client;
     uv_tcp_t upstream;
     int upstream_open;             /* upstream handle initialised and not yet closing */
-    uv_timer_t timer;              /* connect timeout, backoff or close linger, by state */
+    uv_timer_t timer;              /* connect timeout, backoff, linger or await, by state */
+    uv_timer_t silence;            /* heartbeat.silence_ms, re-armed lazily */
     uv_connect_t connect_req;
     uv_getaddrinfo_t gai;
     int refs;                      /* handles and requests whose callbacks are due */
@@ -107,23 +154,36 @@ struct session {
     struct half up;                /* client -> upstream */
     struct half down;              /* upstream -> client */
 
-    unsigned tries;                /* connect tries started */
+    unsigned tries;                /* connect tries since the last success */
     size_t server;                 /* index of the server of the current try */
     unsigned short upstream_port;  /* our local port of the upstream connection */
     uint64_t started_ms;
-    char client_addr[64];
+    uint64_t last_rx_ms;           /* when the client last sent a byte */
+    uint64_t await_since_ms;
+    uint64_t fin_acked_ms;         /* 0 until seen */
+    union {
+        struct sockaddr sa;
+        struct sockaddr_in in;
+        struct sockaddr_in6 in6;
+    } peer;                        /* the client's address and port */
 };
 
 static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+static void timer_cb(uv_timer_t *t);
 static void connect_try(struct session *s);
 static void finish_close(struct session *s);
+static void await_server(struct session *s);
+
+static const char *const state_names[] = {
+    "waiting", "connecting", "relaying", "closing", "closed",
+};
 
 static void set_state(struct session *s, enum session_state next)
 {
-    /* Only forward moves; anything else is a bug worth stopping for. */
-    if (next <= s->state) {
-        log_error("illegal session state change", LF_INT("from", s->state),
-                  LF_INT("to", next));
+    /* An illegal move is a bug worth stopping for. */
+    if (!(transitions[s->state] & BIT(next))) {
+        log_error("illegal session state change", LF_STR("from", state_names[s->state]),
+                  LF_STR("to", state_names[next]));
         abort();
     }
     s->state = next;
@@ -133,9 +193,25 @@ struct session *session_next(const struct session *s) { return s->next; }
 
 uint64_t session_id(const struct session *s) { return s->id; }
 
-void session_go(struct session *s) { (void)s; }
-
 static int is_client(const struct session *s, const uv_tcp_t *t) { return t == &s->client; }
+
+static int client_fd(const struct session *s)
+{
+    int fd = -1;
+    uv_fileno((const uv_handle_t *)&s->client, &fd);
+    return fd;
+}
+
+/* The reason for a failed read or write on one side. A client socket that
+ * timed out was ended by keepalive or by the user timeout; TCP_INFO says which. */
+static enum reason failure_reason(const struct session *s, const uv_tcp_t *t, int err)
+{
+    if (!is_client(s, t))
+        return REASON_UPSTREAM_RESET;
+    if (err == UV_ETIMEDOUT)
+        return liveness_timeout_reason(client_fd(s));
+    return REASON_CLIENT_RESET;
+}
 
 /* --- memory: one free point -------------------------------------------- */
 
@@ -148,7 +224,7 @@ static void free_if_unused(struct session *s)
     worker_session_freed(w);
 }
 
-/* TCP handles point at their reading half, the timer at the session. */
+/* TCP handles point at their reading half, timers at the session. */
 static struct session *session_of(const uv_handle_t *h)
 {
     return h->type == UV_TCP ? ((struct half *)h->data)->s : h->data;
@@ -161,7 +237,7 @@ static void handle_closed_cb(uv_handle_t *h)
     free_if_unused(s);
 }
 
-static void close_handle(struct session *s, uv_handle_t *h)
+static void close_handle(uv_handle_t *h)
 {
     if (!uv_is_closing(h))
         uv_close(h, handle_closed_cb);
@@ -176,6 +252,21 @@ static void queue_free(struct session *s, struct half *h)
         pool_put(&s->w->pool, c);
     }
     h->queue_tail = NULL;
+}
+
+/* --- liveness: silence ---------------------------------------------------- */
+
+static void silence_cb(uv_timer_t *t)
+{
+    struct session *s = t->data;
+    uint64_t limit = s->route->client.heartbeat.silence_ms;
+    uint64_t quiet = uv_now(&s->w->loop) - s->last_rx_ms;
+    /* Re-armed here rather than on every read: reads only note the time. */
+    if (quiet < limit) {
+        uv_timer_start(&s->silence, silence_cb, limit - quiet, 0);
+        return;
+    }
+    session_close(s, REASON_CLIENT_SILENCE);
 }
 
 /* --- relay -------------------------------------------------------------- */
@@ -200,9 +291,9 @@ static struct chunk *chunk_of(const uv_buf_t *buf)
 static void half_read_start(struct half *h)
 {
     h->paused = 0;
-    if (uv_read_start((uv_stream_t *)h->src, alloc_cb, read_cb) < 0)
-        session_close(h->s, is_client(h->s, h->src) ? REASON_CLIENT_RESET
-                                                    : REASON_UPSTREAM_RESET);
+    int rc = uv_read_start((uv_stream_t *)h->src, alloc_cb, read_cb);
+    if (rc < 0)
+        session_close(h->s, failure_reason(h->s, h->src, rc));
 }
 
 static void half_pause_if_full(struct half *h)
@@ -213,9 +304,26 @@ static void half_pause_if_full(struct half *h)
     }
 }
 
-static enum reason reset_reason(const struct session *s, const uv_tcp_t *t)
+static void reconnect(struct session *s);
+
+/* upstream.on_close "reconnect" keeps a live client when the server goes. */
+static int should_reconnect(const struct session *s)
 {
-    return is_client(s, t) ? REASON_CLIENT_RESET : REASON_UPSTREAM_RESET;
+    return s->route->upstream.on_close == ON_CLOSE_RECONNECT && s->state == SESSION_RELAYING &&
+           s->up.state == HALF_OPEN;
+}
+
+/* Writing to one side failed. While closing, that was the surviving side:
+ * stop now. */
+static void half_failed(struct half *h, int err)
+{
+    struct session *s = h->s;
+    if (s->state == SESSION_CLOSING)
+        finish_close(s);
+    else if (h->dst == &s->upstream && should_reconnect(s))
+        reconnect(s);
+    else
+        session_close(s, failure_reason(s, h->dst, err));
 }
 
 static void shutdown_cb(uv_shutdown_t *req, int status)
@@ -226,12 +334,15 @@ static void shutdown_cb(uv_shutdown_t *req, int status)
     h->state = HALF_DONE;
     if (status == UV_ECANCELED)
         return;
-    if (s->state == SESSION_CLOSING) {
-        finish_close(s);
+    if (status < 0) {
+        half_failed(h, status);
         return;
     }
-    if (status < 0) {
-        session_close(s, reset_reason(s, h->dst));
+    if (s->state == SESSION_CLOSING) {
+        if (h == &s->up && s->registered)
+            await_server(s);
+        else
+            finish_close(s);
         return;
     }
     if (s->up.state == HALF_DONE && s->down.state == HALF_DONE)
@@ -248,10 +359,7 @@ static void half_flush_then_fin(struct half *h)
     int rc = uv_shutdown(&h->shutdown_req, (uv_stream_t *)h->dst, shutdown_cb);
     if (rc < 0) {
         h->state = HALF_DONE;
-        if (h->s->state == SESSION_CLOSING)
-            finish_close(h->s);
-        else
-            session_close(h->s, reset_reason(h->s, h->dst));
+        half_failed(h, rc);
     }
 }
 
@@ -266,10 +374,7 @@ static void write_cb(uv_write_t *req, int status)
     if (status == UV_ECANCELED)
         return;
     if (status < 0) {
-        if (s->state == SESSION_CLOSING)
-            finish_close(s);
-        else
-            session_close(s, reset_reason(s, h->dst));
+        half_failed(h, status);
         return;
     }
     if (h->paused && h->pending < s->route->buffer_bytes / 2 && s->state == SESSION_RELAYING)
@@ -291,7 +396,7 @@ static void half_write(struct half *h, struct chunk *c)
     }
     if (n < 0 && n != UV_EAGAIN) {
         pool_put(&s->w->pool, c);
-        session_close(s, reset_reason(s, h->dst));
+        half_failed(h, n);
         return;
     }
     if (n > 0) {
@@ -305,24 +410,44 @@ static void half_write(struct half *h, struct chunk *c)
     if (rc < 0) {
         h->pending -= c->len;
         pool_put(&s->w->pool, c);
-        session_close(s, reset_reason(s, h->dst));
+        half_failed(h, rc);
         return;
     }
+    half_pause_if_full(h);
+}
+
+/* Keeps client bytes, in order, until the upstream connection is up. */
+static void half_queue(struct half *h, struct chunk *c)
+{
+    if (h->queue_tail != NULL)
+        h->queue_tail->next = c;
+    else
+        h->queue_head = c;
+    h->queue_tail = c;
+    h->pending += c->len;
     half_pause_if_full(h);
 }
 
 static void half_eof(struct half *h)
 {
     struct session *s = h->s;
+    if (h == &s->down && should_reconnect(s)) {
+        reconnect(s);
+        return;
+    }
     if (!s->saw_eof) {
         s->saw_eof = 1;
-        s->eof_reason = is_client(s, h->src) ? REASON_CLIENT_EOF : REASON_UPSTREAM_EOF;
+        s->eof_reason = h == &s->up ? REASON_CLIENT_EOF : REASON_UPSTREAM_EOF;
     }
+    if (h == &s->up)
+        uv_timer_stop(&s->silence); /* a client that said goodbye is not silent */
     h->state = HALF_FLUSHING;
     if (s->state == SESSION_RELAYING)
         half_flush_then_fin(h);
-    /* While CONNECTING, the queued bytes and the FIN go out once connected. */
+    /* Before RELAYING, the queued bytes and the FIN go out once connected. */
 }
+
+static void await_done(struct session *s, enum upstream_finish how);
 
 static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
@@ -330,21 +455,23 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     struct session *s = h->s;
     struct chunk *c = buf->base != NULL ? chunk_of(buf) : NULL;
 
+    if (s->state == SESSION_CLOSING) {
+        /* Only the server is read while closing: for its EOF, not its bytes. */
+        if (c != NULL)
+            pool_put(&s->w->pool, c);
+        if (nread < 0)
+            await_done(s, FINISH_SERVER_EOF);
+        return;
+    }
     if (nread > 0) {
         c->len = (size_t)nread;
         h->bytes += (uint64_t)nread;
-        if (s->state == SESSION_RELAYING) {
+        if (h == &s->up)
+            s->last_rx_ms = uv_now(&s->w->loop);
+        if (s->state == SESSION_RELAYING)
             half_write(h, c);
-            return;
-        }
-        /* CONNECTING: keep the bytes, in order, until the upstream is up. */
-        if (h->queue_tail != NULL)
-            h->queue_tail->next = c;
         else
-            h->queue_head = c;
-        h->queue_tail = c;
-        h->pending += c->len;
-        half_pause_if_full(h);
+            half_queue(h, c);
         return;
     }
     if (c != NULL)
@@ -356,37 +483,46 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         half_eof(h);
         return;
     }
-    session_close(s, reset_reason(s, h->src));
+    if (h == &s->down && should_reconnect(s)) {
+        reconnect(s);
+        return;
+    }
+    session_close(s, failure_reason(s, h->src, (int)nread));
 }
 
 /* --- upstream connect: tries, timeout, backoff, failover ----------------- */
 
+static const char *server_name(const struct session *s, char *buf, size_t len)
+{
+    return addr_format_hostport(&s->route->upstream.servers[s->server], buf, len);
+}
+
 static void log_try_failed(struct session *s, int err)
 {
-    const struct hostport *srv = &s->route->upstream.servers[s->server];
-    char server[ADDR_STR_MAX];
-    snprintf(server, sizeof(server), strchr(srv->host, ':') ? "[%s]:%u" : "%s:%u", srv->host,
-             srv->port);
+    char server[ADDR_STR_MAX], client[ADDR_STR_MAX];
     log_warn("upstream connect failed", LF_STR("route", s->route->name),
-             LF_STR("client", s->client_addr), LF_STR("server", server),
+             LF_STR("client", addr_format(&s->peer.sa, client, sizeof(client))),
+             LF_STR("server", server_name(s, server, sizeof(server))),
              LF_INT("attempt", s->tries), LF_STR("error", uv_strerror(err)));
 }
 
-static void timer_cb(uv_timer_t *t);
+static uint64_t backoff_ms(const struct session *s)
+{
+    uint64_t base = s->route->upstream.retry_backoff_ms;
+    unsigned shift = s->tries <= 1 ? 0 : s->tries - 1;
+    uint64_t ms = base << (shift < 16 ? shift : 16);
+    return ms < BACKOFF_CAP_MS ? ms : BACKOFF_CAP_MS;
+}
 
-/* A try failed and the upstream handle (if any) is closed: retry or give up. */
+/* The previous try failed and its handle is closed: retry or give up. */
 static void connect_next(struct session *s)
 {
-    const struct upstream_config *u = &s->route->upstream;
-    if (s->tries > u->retries) {
+    if (s->tries > s->route->upstream.retries) {
         session_close(s, REASON_UPSTREAM_CONNECT_FAILED);
         return;
     }
-    uint64_t backoff = (uint64_t)u->retry_backoff_ms << (s->tries - 1 < 16 ? s->tries - 1 : 16);
-    if (backoff > BACKOFF_CAP_MS)
-        backoff = BACKOFF_CAP_MS;
     s->step = CONNECT_BACKOFF;
-    uv_timer_start(&s->timer, timer_cb, backoff, 0);
+    uv_timer_start(&s->timer, timer_cb, s->tries == 0 ? 0 : backoff_ms(s), 0);
 }
 
 static void upstream_retry_closed_cb(uv_handle_t *handle)
@@ -399,29 +535,57 @@ static void upstream_retry_closed_cb(uv_handle_t *handle)
         free_if_unused(s);
 }
 
+/* Closes the upstream handle, then connect_next() decides what comes next. */
+static void close_upstream_then_retry(struct session *s)
+{
+    uv_timer_stop(&s->timer);
+    if (!s->upstream_open) {
+        connect_next(s);
+        return;
+    }
+    s->upstream_open = 0;
+    s->step = CONNECT_CLOSING;
+    uv_close((uv_handle_t *)&s->upstream, upstream_retry_closed_cb);
+}
+
 static void connect_failed(struct session *s, int err)
 {
     log_try_failed(s, err);
-    uv_timer_stop(&s->timer);
-    if (s->upstream_open) {
-        s->upstream_open = 0;
-        s->step = CONNECT_CLOSING;
-        uv_close((uv_handle_t *)&s->upstream, upstream_retry_closed_cb);
-        return;
-    }
-    connect_next(s);
+    close_upstream_then_retry(s);
+}
+
+/* upstream.on_close "reconnect": the server went away but the client is
+ * still here. Bytes queued for the old connection are lost with it; what the
+ * client sends from now on waits for the new one. */
+static void reconnect(struct session *s)
+{
+    char client[ADDR_STR_MAX];
+    log_info("upstream closed, reconnecting", LF_STR("route", s->route->name),
+             LF_STR("client", addr_format(&s->peer.sa, client, sizeof(client))),
+             LF_INT("upstream_local_port", s->upstream_port));
+    set_state(s, SESSION_CONNECTING);
+    s->tries = 0;
+    s->upstream_port = 0;
+    s->down.state = HALF_OPEN;
+    s->down.paused = 0;
+    close_upstream_then_retry(s);
 }
 
 static void connected(struct session *s)
 {
     uv_timer_stop(&s->timer);
     set_state(s, SESSION_RELAYING);
+    s->tries = 0;
     int fd = -1;
     uv_fileno((uv_handle_t *)&s->upstream, &fd);
     net_set_nodelay(fd);
     s->upstream_port = net_local_port(fd);
-    log_debug("upstream connected", LF_STR("route", s->route->name),
-              LF_STR("client", s->client_addr), LF_INT("upstream_local_port", s->upstream_port));
+    if (log_enabled(LOG_DEBUG)) {
+        char client[ADDR_STR_MAX];
+        log_debug("upstream connected", LF_STR("route", s->route->name),
+                  LF_STR("client", addr_format(&s->peer.sa, client, sizeof(client))),
+                  LF_INT("upstream_local_port", s->upstream_port));
+    }
 
     /* Deliver what the client sent meanwhile, in order. */
     struct half *up = &s->up;
@@ -536,6 +700,56 @@ static void connect_try(struct session *s)
     s->refs++;
 }
 
+void session_go(struct session *s)
+{
+    if (s->state != SESSION_WAITING)
+        return;
+    set_state(s, SESSION_CONNECTING);
+    connect_try(s);
+}
+
+/* --- close --------------------------------------------------------------- */
+
+/* After our FIN to the server: the server must be done with the old
+ * connection before the identity passes to the returning client. */
+static void await_server(struct session *s)
+{
+    if (s->down.state != HALF_OPEN || !s->upstream_open) { /* its EOF came already */
+        await_done(s, FINISH_SERVER_EOF);
+        return;
+    }
+    s->close_step = CLOSE_AWAIT_SERVER;
+    s->await_since_ms = uv_now(&s->w->loop);
+    uv_read_start((uv_stream_t *)&s->upstream, alloc_cb, read_cb);
+    uv_timer_start(&s->timer, timer_cb, AWAIT_POLL_MS, AWAIT_POLL_MS);
+}
+
+static void await_done(struct session *s, enum upstream_finish how)
+{
+    s->finish = how;
+    finish_close(s);
+}
+
+/* Polled while CLOSE_AWAIT_SERVER: has the server acknowledged our FIN? */
+static void await_poll(struct session *s)
+{
+    uint64_t now = uv_now(&s->w->loop);
+    if (s->fin_acked_ms == 0) {
+        struct tcp_info ti;
+        socklen_t len = sizeof(ti);
+        int fd = -1;
+        if (uv_fileno((uv_handle_t *)&s->upstream, &fd) == 0 &&
+            getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 &&
+            (ti.tcpi_state == TCP_FIN_WAIT2 || ti.tcpi_state == TCP_TIME_WAIT ||
+             ti.tcpi_state == TCP_CLOSE))
+            s->fin_acked_ms = now;
+    }
+    if (s->fin_acked_ms != 0 && now - s->fin_acked_ms >= AWAIT_GRACE_MS)
+        await_done(s, FINISH_FIN_ACKED);
+    else if (now - s->await_since_ms >= AWAIT_SERVER_MS)
+        await_done(s, FINISH_TIMEOUT);
+}
+
 static void timer_cb(uv_timer_t *t)
 {
     struct session *s = t->data;
@@ -547,22 +761,35 @@ static void timer_cb(uv_timer_t *t)
             connect_failed(s, UV_ETIMEDOUT);
         break;
     case SESSION_CLOSING:
-        finish_close(s); /* flushing took too long: cut it */
+        if (s->close_step == CLOSE_AWAIT_SERVER)
+            await_poll(s);
+        else
+            finish_close(s); /* flushing took too long: cut it */
         break;
     default:
         break;
     }
 }
 
-/* --- close --------------------------------------------------------------- */
-
 static void log_close(struct session *s)
 {
+    if (!log_enabled(LOG_INFO))
+        return;
+    char client[ADDR_STR_MAX];
     uint64_t now = uv_now(&s->w->loop);
-    log_info("session closed", LF_STR("route", s->route->name),
-             LF_STR("client", s->client_addr), LF_INT("upstream_local_port", s->upstream_port),
-             LF_INT("bytes_from_client", s->up.bytes), LF_INT("bytes_from_server", s->down.bytes),
-             LF_INT("duration_ms", now - s->started_ms), LF_STR("reason", reason_name(s->reason)));
+    struct log_field f[10];
+    size_t n = 0;
+    f[n++] = LF_STR("route", s->route->name);
+    f[n++] = LF_INT("worker", s->w->id);
+    f[n++] = LF_STR("client", addr_format(&s->peer.sa, client, sizeof(client)));
+    f[n++] = LF_INT("upstream_local_port", s->upstream_port);
+    f[n++] = LF_INT("bytes_from_client", s->up.bytes);
+    f[n++] = LF_INT("bytes_from_server", s->down.bytes);
+    f[n++] = LF_INT("duration_ms", now - s->started_ms);
+    f[n++] = LF_STR("reason", reason_name(s->reason));
+    if (s->finish != FINISH_NOT_AWAITED)
+        f[n++] = LF_STR("upstream_finish", finish_names[s->finish]);
+    log_write(LOG_INFO, "session closed", f, n);
 }
 
 /* Closes the client connection, abortively when the policy says so. */
@@ -571,25 +798,39 @@ static void close_client(struct session *s)
     if (uv_is_closing((uv_handle_t *)&s->client))
         return;
     /* An abortive close leaves no TIME_WAIT on the client's fixed 5-tuple. */
-    if (s->client_close != CLIENT_CLOSE_RST ||
-        uv_tcp_close_reset(&s->client, handle_closed_cb) < 0)
+    if (s->client_close != CLOSE_RST || uv_tcp_close_reset(&s->client, handle_closed_cb) < 0)
         uv_close((uv_handle_t *)&s->client, handle_closed_cb);
 }
 
-static void close_upstream(struct session *s)
+static void close_upstream(struct session *s, enum close_mode mode)
 {
     if (!s->upstream_open)
         return;
     s->upstream_open = 0;
+    if (mode == CLOSE_RST && uv_tcp_close_reset(&s->upstream, handle_closed_cb) == 0)
+        return;
     /* FIN before close(): if the server sent bytes we never read, close()
      * alone would send a reset, and the server must see its EOF first. */
     int fd = -1;
     if (uv_fileno((uv_handle_t *)&s->upstream, &fd) == 0)
         shutdown(fd, SHUT_WR);
-    close_handle(s, (uv_handle_t *)&s->upstream);
+    close_handle((uv_handle_t *)&s->upstream);
 }
 
-/* Logs the close and closes every handle; freed when the last one is closed. */
+static void release_identity(struct session *s)
+{
+    if (!s->registered)
+        return;
+    s->registered = 0;
+    struct identity id;
+    struct session_ref next;
+    registry_identity(&id, s->route->name, &s->peer.sa,
+                      s->route->client.identity == IDENTITY_ADDRESS_PORT);
+    if (registry_release(s->w->registry, &id, (struct session_ref){ s->w->id, s->id }, &next))
+        worker_post(&s->w->peers[next.worker], WORKER_MSG_GO, next.id);
+}
+
+/* Logs the close, hands the identity on, and closes every handle. */
 static void finish_close(struct session *s)
 {
     if (s->state == SESSION_CLOSED)
@@ -597,6 +838,7 @@ static void finish_close(struct session *s)
     int resolving = s->state == SESSION_CONNECTING && s->step == CONNECT_RESOLVING;
     set_state(s, SESSION_CLOSED);
     log_close(s);
+    atomic_fetch_add_explicit(&s->w->stats.closes[s->reason], 1, memory_order_relaxed);
 
     struct worker *w = s->w;
     if (s->prev != NULL)
@@ -609,15 +851,18 @@ static void finish_close(struct session *s)
 
     queue_free(s, &s->up);
     close_client(s);
-    close_upstream(s);
-    close_handle(s, (uv_handle_t *)&s->timer);
+    close_upstream(s, CLOSE_FIN);
+    close_handle((uv_handle_t *)&s->timer);
+    close_handle((uv_handle_t *)&s->silence);
     if (resolving)
         uv_cancel((uv_req_t *)&s->gai); /* gai_cb still runs, and frees */
+    /* Last: the next owner of the identity may connect from now on. */
+    release_identity(s);
 }
 
-/* Which reasons mean "the client is gone": its upstream gets every byte it
- * sent, then FIN, and the client socket is aborted. */
-static int client_gone(enum reason r)
+/* Reasons that mean lifeline gave up on the client (dead, replaced, refused):
+ * its socket is closed as client.close says. */
+static int gave_up_on_client(enum reason r)
 {
     switch (r) {
     case REASON_CLIENT_RESET:
@@ -625,6 +870,8 @@ static int client_gone(enum reason r)
     case REASON_CLIENT_KEEPALIVE:
     case REASON_CLIENT_USER_TIMEOUT:
     case REASON_REPLACED:
+    case REASON_REJECTED:
+    case REASON_DENIED:
         return 1;
     default:
         return 0;
@@ -647,31 +894,46 @@ void session_close(struct session *s, enum reason reason)
     }
     s->reason = reason;
     uv_timer_stop(&s->timer);
+    uv_timer_stop(&s->silence);
+    if (gave_up_on_client(reason))
+        s->client_close = s->route->client.close;
     if (s->state != SESSION_RELAYING) {
         finish_close(s);
         return;
     }
 
-    /* The side that failed is closed now (its queued writes are cancelled);
-     * the other one gets what was read for it, then FIN. */
     struct half *flush = NULL;
-    if (client_gone(reason)) {
-        s->client_close = CLIENT_CLOSE_RST;
+    if (gave_up_on_client(reason)) {
+        /* The client is gone: abort it now, and give the server every byte
+         * the client sent, then FIN (or a reset, if so configured). */
         close_client(s);
         uv_read_stop((uv_stream_t *)&s->upstream);
-        if (half_can_flush(&s->up))
+        if (s->route->upstream.close == CLOSE_RST) {
+            close_upstream(s, CLOSE_RST);
+            finish_close(s);
+            return;
+        }
+        set_state(s, SESSION_CLOSING);
+        if (half_can_flush(&s->up)) {
             flush = &s->up;
+        } else if (s->registered) {
+            await_server(s); /* FIN went out earlier, with the client's own EOF */
+            return;
+        }
     } else if (reason == REASON_UPSTREAM_RESET) {
-        close_upstream(s);
+        /* The server is gone: the client gets what the server sent, then FIN. */
+        close_upstream(s, CLOSE_FIN);
         uv_read_stop((uv_stream_t *)&s->client);
-        if (half_can_flush(&s->down))
+        if (half_can_flush(&s->down)) {
+            set_state(s, SESSION_CLOSING);
             flush = &s->down;
+        }
     }
     if (flush == NULL) {
         finish_close(s);
         return;
     }
-    set_state(s, SESSION_CLOSING);
+    s->close_step = CLOSE_FLUSHING;
     flush->state = HALF_FLUSHING;
     uv_timer_start(&s->timer, timer_cb, CLOSE_LINGER_MS, 0);
     half_flush_then_fin(flush);
@@ -679,17 +941,49 @@ void session_close(struct session *s, enum reason reason)
 
 /* --- accept -------------------------------------------------------------- */
 
+/* Decides who talks to the server for this client: returns the state the
+ * new session starts in, or closes it as rejected. */
+static enum session_state claim_identity(struct session *s)
+{
+    const struct client_config *cc = &s->route->client;
+    if (cc->identity == IDENTITY_NONE || cc->on_duplicate == DUPLICATE_ALLOW ||
+        s->peer.sa.sa_family == AF_UNSPEC)
+        return SESSION_CONNECTING;
+
+    struct identity id;
+    struct session_ref owner, displaced;
+    registry_identity(&id, s->route->name, &s->peer.sa, cc->identity == IDENTITY_ADDRESS_PORT);
+    enum registry_claim claim =
+        registry_claim(s->w->registry, &id, (struct session_ref){ s->w->id, s->id },
+                       cc->on_duplicate == DUPLICATE_REPLACE, &owner, &displaced);
+    switch (claim) {
+    case REGISTRY_OWNER:
+        s->registered = 1;
+        return SESSION_CONNECTING;
+    case REGISTRY_REFUSED:
+        return SESSION_CLOSED;
+    case REGISTRY_SUCCESSOR:
+        break;
+    }
+    s->registered = 1;
+    atomic_fetch_add_explicit(&s->w->stats.takeovers, 1, memory_order_relaxed);
+    worker_post(&s->w->peers[owner.worker], WORKER_MSG_EVICT, owner.id);
+    if (displaced.worker >= 0)
+        worker_post(&s->w->peers[displaced.worker], WORKER_MSG_EVICT, displaced.id);
+    return SESSION_WAITING;
+}
+
 int session_accept(struct worker *w, struct listener *l)
 {
+    static _Atomic uint64_t next_id = 1;
     struct session *s = calloc(1, sizeof(*s));
     if (s == NULL)
         return UV_ENOMEM;
-    static _Atomic uint64_t next_id = 1;
     s->id = atomic_fetch_add(&next_id, 1);
     s->w = w;
     s->route = l->route;
-    s->state = SESSION_CONNECTING;
-    s->client_close = CLIENT_CLOSE_FIN;
+    s->state = SESSION_WAITING;
+    s->client_close = CLOSE_FIN;
     s->up = (struct half){ .s = s, .src = &s->client, .dst = &s->upstream };
     s->down = (struct half){ .s = s, .src = &s->upstream, .dst = &s->client };
 
@@ -697,25 +991,26 @@ int session_accept(struct worker *w, struct listener *l)
     s->client.data = &s->up;
     int rc = uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&s->client);
     if (rc < 0) {
-        /* Nothing to log or count as a session: close the bare handle. */
+        /* Not a session yet: nothing to log or count, only a handle to close. */
         s->state = SESSION_CLOSED;
         s->refs = 1;
-        uv_close((uv_handle_t *)&s->client, handle_closed_cb);
         w->n_sessions++; /* balanced by worker_session_freed() */
+        uv_close((uv_handle_t *)&s->client, handle_closed_cb);
         return rc;
     }
-    s->refs = 2; /* client and timer */
+    s->refs = 3; /* client, timer, silence */
     uv_timer_init(&w->loop, &s->timer);
+    uv_timer_init(&w->loop, &s->silence);
     s->timer.data = s;
-    s->started_ms = uv_now(&w->loop);
+    s->silence.data = s;
+    s->started_ms = s->last_rx_ms = uv_now(&w->loop);
 
-    struct sockaddr_storage peer;
-    int len = sizeof(peer);
-    if (uv_tcp_getpeername(&s->client, (struct sockaddr *)&peer, &len) == 0)
-        addr_format((struct sockaddr *)&peer, s->client_addr, sizeof(s->client_addr));
-    int fd = -1;
-    uv_fileno((uv_handle_t *)&s->client, &fd);
+    int len = sizeof(s->peer);
+    if (uv_tcp_getpeername(&s->client, &s->peer.sa, &len) < 0)
+        s->peer.sa.sa_family = AF_UNSPEC;
+    int fd = client_fd(s);
     net_set_nodelay(fd);
+    (void)liveness_apply(fd, &s->route->client.heartbeat);
 
     s->next = w->sessions;
     if (w->sessions != NULL)
@@ -723,8 +1018,15 @@ int session_accept(struct worker *w, struct listener *l)
     w->sessions = s;
     w->n_sessions++;
 
+    enum session_state start = claim_identity(s);
+    if (start == SESSION_CLOSED) {
+        session_close(s, REASON_REJECTED);
+        return 0;
+    }
+    if (s->route->client.heartbeat.silence_ms > 0)
+        uv_timer_start(&s->silence, silence_cb, s->route->client.heartbeat.silence_ms, 0);
     half_read_start(&s->up);
-    if (s->state == SESSION_CONNECTING)
-        connect_try(s);
+    if (s->state == SESSION_WAITING && start == SESSION_CONNECTING)
+        session_go(s);
     return 0;
 }

@@ -35,6 +35,10 @@ int addr_is_any(const struct sockaddr *sa);
  * sockaddr). Returns buf. */
 char *addr_format(const struct sockaddr *sa, char *buf, size_t len);
 
+/* Formats a config endpoint as written: "name.example:5", "1.2.3.4:5",
+ * "[::1]:5". Returns buf. */
+char *addr_format_hostport(const struct hostport *hp, char *buf, size_t len);
+
 /* Port of an AF_INET/AF_INET6 sockaddr in host order, 0 for anything else. */
 uint16_t addr_port(const struct sockaddr *sa);
 

@@ -11,6 +11,47 @@
 #define CONFIG_NAME_MAX 64
 #define CONFIG_DEFAULT_PATH "/etc/lifeline/lifeline.json"
 
+/* How lifeline closes one side of a session it ends. */
+enum close_mode {
+    CLOSE_RST,    /* abortive: SO_LINGER 0, no TIME_WAIT */
+    CLOSE_FIN,    /* graceful: every byte, then FIN */
+};
+
+/* What happens to the client when the server closes. */
+enum upstream_on_close {
+    ON_CLOSE_CLOSE_CLIENT,  /* mirror the close to the client */
+    ON_CLOSE_RECONNECT,     /* keep the client, connect to the server again */
+};
+
+/* What makes two connections "the same client" on a route. */
+enum client_identity {
+    IDENTITY_ADDRESS_PORT,  /* source address and port: the fixed-port legacy client */
+    IDENTITY_ADDRESS,       /* source address, any port */
+    IDENTITY_NONE,          /* every connection is a client of its own */
+};
+
+/* What a new connection of a client that already has a session does. */
+enum on_duplicate {
+    DUPLICATE_REPLACE,      /* close the old session, then serve the new one */
+    DUPLICATE_REJECT,       /* keep the old session, close the new one */
+    DUPLICATE_ALLOW,        /* serve both */
+};
+
+struct heartbeat_config {
+    uint32_t silence_ms;             /* 0: off */
+    uint32_t keepalive_idle_ms;      /* 0: TCP keepalive off */
+    uint32_t keepalive_interval_ms;
+    uint32_t keepalive_count;
+    uint32_t user_timeout_ms;        /* 0: the kernel's default */
+};
+
+struct client_config {
+    enum client_identity identity;
+    enum on_duplicate on_duplicate;
+    enum close_mode close;
+    struct heartbeat_config heartbeat;
+};
+
 struct upstream_config {
     struct hostport *servers;      /* at least one */
     size_t n_servers;
@@ -18,13 +59,22 @@ struct upstream_config {
     uint32_t connect_timeout_ms;
     uint32_t retries;              /* further tries after the first one */
     uint32_t retry_backoff_ms;
+    enum close_mode close;         /* for a client lifeline gave up on */
+    enum upstream_on_close on_close;
 };
 
 struct route_config {
     char name[CONFIG_NAME_MAX];
     struct hostport listen;
     uint32_t buffer_bytes;
+    struct client_config client;
     struct upstream_config upstream;
+};
+
+/* Every problem found in one pass, each "json.path: message". */
+struct config_errors {
+    char **msgs;
+    size_t n;
 };
 
 struct config {
@@ -34,12 +84,9 @@ struct config {
     uint32_t drain_timeout_ms;
     struct route_config *routes;   /* at least one */
     size_t n_routes;
-};
-
-/* Every problem found in one pass, each "json.path: message". */
-struct config_errors {
-    char **msgs;
-    size_t n;
+    /* Advice that is not an error, "json.path: message": values the kernel
+     * will round. --check prints them; the daemon logs them. */
+    struct config_errors notes;
 };
 
 /* Parses and validates JSON text. On success returns 0 and sets *out; on
