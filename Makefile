@@ -1,5 +1,5 @@
 # Thin wrapper over CMake: set-up, build, run, test. See README.md.
-.PHONY: all deps build run test test-asan test-tsan check clean
+.PHONY: all deps build run test test-asan test-tsan check demo clean
 
 BUILD      ?= build
 CONFIG     ?= config/lifeline.json
@@ -47,6 +47,11 @@ test-tsan:
 
 check: build
 	./$(BUILD)/lifeline --check -c $(CONFIG)
+
+# Replays a client host crash and return (cases 2 and 3 of the fault tests)
+# in network namespaces, first without lifeline, then through it. Needs root.
+demo: build
+	LIFELINE_BIN=$(BUILD)/lifeline python3 tests/fault/demo.py --with-lifeline
 
 clean:
 	rm -rf build build-asan build-tsan
