@@ -29,6 +29,8 @@
  *              destination while the other direction goes on.
  *  CLOSING     one side is gone and closed; the other gets what was read
  *              for it, then FIN (CLOSE_FLUSHING, bounded by CLOSE_LINGER_MS).
+ *              A client given up on while its upstream handshake was in
+ *              flight first waits for that to end (CLOSE_AWAIT_CONNECT).
  *              A session that owns a client identity then waits until the
  *              server has finished with the old connection
  *              (CLOSE_AWAIT_SERVER, bounded by AWAIT_SERVER_MS).
@@ -73,7 +75,7 @@ enum session_state {
 #define BIT(state) (1u << (state))
 static const unsigned transitions[] = {
     [SESSION_WAITING] = BIT(SESSION_CONNECTING) | BIT(SESSION_CLOSED),
-    [SESSION_CONNECTING] = BIT(SESSION_RELAYING) | BIT(SESSION_CLOSED),
+    [SESSION_CONNECTING] = BIT(SESSION_RELAYING) | BIT(SESSION_CLOSING) | BIT(SESSION_CLOSED),
     [SESSION_RELAYING] = BIT(SESSION_CONNECTING) | BIT(SESSION_CLOSING) | BIT(SESSION_CLOSED),
     [SESSION_CLOSING] = BIT(SESSION_CLOSED),
     [SESSION_CLOSED] = 0,
@@ -90,6 +92,8 @@ enum connect_step {
 /* Where a CLOSING session is. */
 enum close_step {
     CLOSE_FLUSHING,      /* writing what is left to the surviving side, then FIN */
+    CLOSE_AWAIT_CONNECT, /* closed while the upstream handshake was in flight:
+                          * the server may have the connection already */
     CLOSE_AWAIT_SERVER,  /* FIN sent upstream: waiting until the server is done */
 };
 
@@ -339,6 +343,8 @@ static void shutdown_cb(uv_shutdown_t *req, int status)
         return;
     }
     if (s->state == SESSION_CLOSING) {
+        if (s->close_step == CLOSE_AWAIT_SERVER)
+            return; /* this FIN was on its way when the close began */
         if (h == &s->up && s->registered)
             await_server(s);
         else
@@ -611,11 +617,50 @@ static void connected(struct session *s)
         half_read_start(&s->down);
 }
 
+static void flush_then_fin(struct session *s, struct half *h);
+
+/* The handshake of a session given up on while connecting has ended: if the
+ * server has the connection, it gets the client's bytes and its EOF. */
+static void connect_resolved_while_closing(struct session *s, int status)
+{
+    if (status < 0) {
+        finish_close(s);
+        return;
+    }
+    int fd = -1;
+    uv_fileno((uv_handle_t *)&s->upstream, &fd);
+    s->upstream_port = net_local_port(fd);
+    struct half *up = &s->up;
+    struct chunk *queue = up->queue_head;
+    up->queue_head = up->queue_tail = NULL;
+    while (queue != NULL && s->state == SESSION_CLOSING) {
+        struct chunk *c = queue;
+        queue = c->next;
+        c->next = NULL;
+        up->pending -= c->len;
+        half_write(up, c);
+    }
+    while (queue != NULL) { /* a write failed and closed the session */
+        struct chunk *c = queue;
+        queue = c->next;
+        up->pending -= c->len;
+        pool_put(&s->w->pool, c);
+    }
+    if (s->state == SESSION_CLOSING)
+        flush_then_fin(s, up);
+}
+
 static void connect_cb(uv_connect_t *req, int status)
 {
     struct session *s = req->data;
-    if (status == UV_ECANCELED || s->state != SESSION_CONNECTING)
+    if (status == UV_ECANCELED)
         return; /* the handle was closed under us: whoever closed it carries on */
+    if (s->state == SESSION_CLOSING && s->close_step == CLOSE_AWAIT_CONNECT) {
+        connect_resolved_while_closing(s, status);
+        return;
+    }
+    if (s->state != SESSION_CONNECTING)
+        return;
     if (status < 0) {
         connect_failed(s, status);
         return;
@@ -764,7 +809,7 @@ static void timer_cb(uv_timer_t *t)
         if (s->close_step == CLOSE_AWAIT_SERVER)
             await_poll(s);
         else
-            finish_close(s); /* flushing took too long: cut it */
+            finish_close(s); /* connecting or flushing took too long: cut it */
         break;
     default:
         break;
@@ -893,10 +938,21 @@ void session_close(struct session *s, enum reason reason)
         return;
     }
     s->reason = reason;
-    uv_timer_stop(&s->timer);
     uv_timer_stop(&s->silence);
     if (gave_up_on_client(reason))
         s->client_close = s->route->client.close;
+    if (s->state == SESSION_CONNECTING && s->step == CONNECT_CONNECTING &&
+        gave_up_on_client(reason) && s->route->upstream.close == CLOSE_FIN) {
+        /* The server may have accepted the connection already; its EOF must
+         * still come before any successor connects. The connect timeout
+         * keeps running and bounds the wait. */
+        close_client(s);
+        uv_read_stop((uv_stream_t *)&s->client);
+        set_state(s, SESSION_CLOSING);
+        s->close_step = CLOSE_AWAIT_CONNECT;
+        return;
+    }
+    uv_timer_stop(&s->timer);
     if (s->state != SESSION_RELAYING) {
         finish_close(s);
         return;
@@ -933,10 +989,16 @@ void session_close(struct session *s, enum reason reason)
         finish_close(s);
         return;
     }
+    flush_then_fin(s, flush);
+}
+
+/* CLOSING: the surviving side gets what was read for it, then FIN. */
+static void flush_then_fin(struct session *s, struct half *h)
+{
     s->close_step = CLOSE_FLUSHING;
-    flush->state = HALF_FLUSHING;
+    h->state = HALF_FLUSHING;
     uv_timer_start(&s->timer, timer_cb, CLOSE_LINGER_MS, 0);
-    half_flush_then_fin(flush);
+    half_flush_then_fin(h);
 }
 
 /* --- accept -------------------------------------------------------------- */

@@ -9,13 +9,21 @@ follow it:
 
   {"event": "listening", "addr": "10.200.2.2:6000", ...}
   {"event": "accept", "conn": 1, "peer": "10.200.1.2:4000", "local": "...", ...}
-  {"event": "recv", "conn": 1, "len": 12, ...}
+  {"event": "recv", "conn": 1, "len": 12, ...}      (+ "data": text, with --record-data)
   {"event": "eof", "conn": 1, ...}                 recv() returned 0 bytes
   {"event": "error", "conn": 1, "errno": "ECONNRESET", "op": "recv", ...}
   {"event": "close", "conn": 1, ...}                after eof or error
   {"event": "stop", ...}                            SIGTERM/SIGINT
 
 Every line carries "mono" (time.monotonic()) and "t" (time.time()).
+
+Test-only options, off by default (the legacy server never writes):
+  --record-data          also record the bytes of every recv, latin-1 decoded
+  --write-interval-ms N  write --write-bytes bytes to every open connection every
+                         N ms (non-blocking; EAGAIN is skipped): a server that DOES
+                         write, so the proxy has data in flight to its client.  A
+                         failed write is recorded as {"event": "send_error", ...}
+                         (not "error": recv() alone decides how a connection ends).
 
   python3 legacy_server.py --listen 10.200.2.2:6000 --record /tmp/x.jsonl
 """
@@ -51,6 +59,9 @@ def main():
     ap.add_argument("--listen", required=True, help="HOST:PORT")
     ap.add_argument("--record", required=True, help="JSON-lines record file (appended)")
     ap.add_argument("--recv-size", type=int, default=65536)
+    ap.add_argument("--record-data", action="store_true")
+    ap.add_argument("--write-interval-ms", type=int, default=0)
+    ap.add_argument("--write-bytes", type=int, default=64)
     args = ap.parse_args()
 
     rec = Recorder(args.record)
@@ -67,9 +78,26 @@ def main():
     rec("listening", addr="%s:%d" % lsock.getsockname())
 
     next_id = 1
+    conns = {}                                         # cid -> socket, for --write-interval-ms
+    write_every = args.write_interval_ms / 1000.0
+    next_write = time.monotonic() + write_every
+    payload = b"S" * args.write_bytes
     while not stopping:
+        timeout = 0.5
+        if write_every:
+            now = time.monotonic()
+            if now >= next_write:
+                next_write = now + write_every
+                for cid, conn in list(conns.items()):
+                    try:
+                        conn.send(payload, socket.MSG_DONTWAIT)
+                    except BlockingIOError:
+                        pass
+                    except OSError as e:
+                        rec("send_error", conn=cid, errno=errno.errorcode.get(e.errno, str(e.errno)))
+            timeout = max(0.0, min(timeout, next_write - time.monotonic()))
         try:
-            ready = sel.select(timeout=0.5)
+            ready = sel.select(timeout=timeout)
         except InterruptedError:
             continue
         for key, _ in ready:
@@ -82,6 +110,7 @@ def main():
                 cid = next_id
                 next_id += 1
                 sel.register(conn, selectors.EVENT_READ, cid)
+                conns[cid] = conn
                 rec("accept", conn=cid, peer="%s:%d" % peer, local="%s:%d" % conn.getsockname())
                 continue
             cid, conn = key.data, key.fileobj
@@ -92,10 +121,14 @@ def main():
                 data = None
             else:
                 if data:
-                    rec("recv", conn=cid, len=len(data))
+                    if args.record_data:
+                        rec("recv", conn=cid, len=len(data), data=data.decode("latin-1"))
+                    else:
+                        rec("recv", conn=cid, len=len(data))
                     continue
                 rec("eof", conn=cid)
             sel.unregister(conn)
+            conns.pop(cid, None)
             conn.close()
             rec("close", conn=cid)
     rec("stop")

@@ -51,6 +51,10 @@ errors as JSON lines), legacy_client.py (fixed source port, heartbeats, never
 reads), sniff.py (AF_PACKET TCP recorder for the proxy namespace), scenarios.py
 (run_case(2|3, lifeline_bin=None, config=None) and start_lifeline(topo, bin, cfg)),
 demo.py (`make demo`), test_*.py (ctest "fault" label: exit 0/1/77).
+faultlib.py is the shared rig of the liveness/takeover tests (test_liveness.py,
+test_takeover.py, test_server_side.py): lifeline + recording server per case, clients
+as legacy_client.py processes or as sockets created in the client namespace, timelines,
+and the exit-0-on-SIGTERM health check.
 """
 
 import atexit
