@@ -577,6 +577,25 @@ static void reconnect(struct session *s)
     close_upstream_then_retry(s);
 }
 
+/* Writes what the client sent before the upstream was up, in order, for as
+ * long as the session stays in `state` (a failed write ends it). */
+static void deliver_queue(struct session *s, enum session_state state)
+{
+    struct half *up = &s->up;
+    struct chunk *queue = up->queue_head;
+    up->queue_head = up->queue_tail = NULL;
+    while (queue != NULL) {
+        struct chunk *c = queue;
+        queue = c->next;
+        c->next = NULL;
+        up->pending -= c->len;
+        if (s->state == state)
+            half_write(up, c);
+        else
+            pool_put(&s->w->pool, c);
+    }
+}
+
 static void connected(struct session *s)
 {
     uv_timer_stop(&s->timer);
@@ -593,23 +612,10 @@ static void connected(struct session *s)
                   LF_INT("upstream_local_port", s->upstream_port));
     }
 
-    /* Deliver what the client sent meanwhile, in order. */
-    struct half *up = &s->up;
-    struct chunk *queue = up->queue_head;
-    up->queue_head = up->queue_tail = NULL;
-    while (queue != NULL) {
-        struct chunk *c = queue;
-        queue = c->next;
-        c->next = NULL;
-        up->pending -= c->len;
-        if (s->state != SESSION_RELAYING) {
-            pool_put(&s->w->pool, c);
-            continue;
-        }
-        half_write(up, c);
-    }
+    deliver_queue(s, SESSION_RELAYING);
     if (s->state != SESSION_RELAYING)
         return;
+    struct half *up = &s->up;
     if (up->state == HALF_OPEN && up->paused && up->pending < s->route->buffer_bytes / 2)
         half_read_start(up);
     half_flush_then_fin(up);
@@ -630,24 +636,9 @@ static void connect_resolved_while_closing(struct session *s, int status)
     int fd = -1;
     uv_fileno((uv_handle_t *)&s->upstream, &fd);
     s->upstream_port = net_local_port(fd);
-    struct half *up = &s->up;
-    struct chunk *queue = up->queue_head;
-    up->queue_head = up->queue_tail = NULL;
-    while (queue != NULL && s->state == SESSION_CLOSING) {
-        struct chunk *c = queue;
-        queue = c->next;
-        c->next = NULL;
-        up->pending -= c->len;
-        half_write(up, c);
-    }
-    while (queue != NULL) { /* a write failed and closed the session */
-        struct chunk *c = queue;
-        queue = c->next;
-        up->pending -= c->len;
-        pool_put(&s->w->pool, c);
-    }
+    deliver_queue(s, SESSION_CLOSING);
     if (s->state == SESSION_CLOSING)
-        flush_then_fin(s, up);
+        flush_then_fin(s, &s->up);
 }
 
 static void connect_cb(uv_connect_t *req, int status)

@@ -184,6 +184,20 @@ class RunMode(LifelineTestCase):
                 self.assertEqual(d.find("ready"), [])
                 holder.close()
 
+    def test_unresolvable_listen_host_exits_2(self):
+        """A listen host name that does not resolve: `cannot listen` naming
+        the route and the address, exit 2, no `ready`. (.invalid never
+        resolves, RFC 6761.)"""
+        cfg = config([route(free_port(), [free_port()])])
+        cfg["routes"][0]["listen"] = "lifeline-test.invalid:5000"
+        d = self.start_lifeline(cfg, wait_ready=False, expect_errors=True)
+        self.assertEqual(d.wait_exit(scaled(20)), 2, d.log_tail())
+        errs = d.find("cannot listen")
+        self.assertEqual(len(errs), 1, d.log_tail())
+        self.assertEqual(errs[0]["address"], "lifeline-test.invalid:5000")
+        self.assertTrue(errs[0]["error"], d.log_tail())
+        self.assertEqual(d.find("ready"), [])
+
     def test_config_from_env(self):
         """Without -c the daemon runs the file named by $LIFELINE_CONFIG."""
         echo = self.server(EchoServer)
