@@ -105,6 +105,15 @@ void net_set_nodelay(int fd)
     (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
+int net_was_reset(int fd)
+{
+    int err = 0;
+    socklen_t len = sizeof(err);
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+        return 0;
+    return err != 0;
+}
+
 unsigned short net_local_port(int fd)
 {
     struct sockaddr_storage ss;

@@ -484,11 +484,14 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         pool_put(&s->w->pool, c);
     if (nread == 0)
         return; /* EAGAIN */
-    if (nread == UV_EOF) {
+    int fd = -1;
+    if (nread == UV_EOF && uv_fileno((uv_handle_t *)stream, &fd) == 0 && !net_was_reset(fd)) {
         uv_read_stop(stream);
         half_eof(h);
         return;
     }
+    if (nread == UV_EOF)
+        nread = UV_ECONNRESET;
     if (h == &s->down && should_reconnect(s)) {
         reconnect(s);
         return;

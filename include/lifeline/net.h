@@ -26,6 +26,10 @@ int net_upstream_socket(int family, const struct sockaddr *source);
 /* TCP_NODELAY on; errors ignored (a socket that refuses it still relays). */
 void net_set_nodelay(int fd);
 
+/* Did the peer reset this connection? After a reset, read() can report a
+ * plain EOF while the error is still pending on the socket (SO_ERROR). */
+int net_was_reset(int fd);
+
 /* Local port of a connected socket, 0 if unknown. */
 unsigned short net_local_port(int fd);
 
