@@ -194,6 +194,122 @@ int addr_is_any(const struct sockaddr *sa)
     return 0;
 }
 
+int addr_is_loopback(const struct sockaddr *sa)
+{
+    if (sa->sa_family == AF_INET) {
+        struct sockaddr_in sin;
+        copy_in(sa, &sin);
+        return (ntohl(sin.sin_addr.s_addr) >> 24) == 127;
+    }
+    if (sa->sa_family == AF_INET6) {
+        struct sockaddr_in6 sin6;
+        copy_in6(sa, &sin6);
+        return IN6_IS_ADDR_LOOPBACK(&sin6.sin6_addr);
+    }
+    return 0;
+}
+
+static const uint8_t v4_mapped_prefix[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+
+/* Zeroes every bit of `a` (len bytes) past the first `prefix`. */
+static void mask_host_bits(uint8_t *a, size_t len, unsigned prefix)
+{
+    for (size_t i = 0; i < len; i++) {
+        unsigned first = (unsigned)i * 8;
+        if (prefix >= first + 8)
+            continue;
+        a[i] = prefix <= first ? 0 : (uint8_t)(a[i] & (0xFFu << (8 - (prefix - first))));
+    }
+}
+
+int addr_parse_cidr(const char *s, struct cidr *out)
+{
+    if (s == NULL)
+        return -EINVAL;
+    const char *slash = strchr(s, '/');
+    size_t text_len = slash != NULL ? (size_t)(slash - s) : strlen(s);
+    char text[INET6_ADDRSTRLEN];
+    if (text_len == 0 || text_len >= sizeof(text))
+        return -EINVAL;
+    memcpy(text, s, text_len);
+    text[text_len] = '\0';
+
+    struct cidr c;
+    memset(&c, 0, sizeof(c));
+    unsigned max;
+    if (inet_pton(AF_INET, text, c.addr) == 1) {
+        c.family = AF_INET;
+        max = 32;
+    } else if (inet_pton(AF_INET6, text, c.addr) == 1) {
+        c.family = AF_INET6;
+        max = 128;
+    } else {
+        return -EINVAL;
+    }
+
+    unsigned prefix = max;
+    if (slash != NULL) {
+        const char *p = slash + 1;
+        if (*p == '\0')
+            return -EINVAL;
+        prefix = 0;
+        for (; *p; p++) {
+            if (!is_digit(*p))
+                return -EINVAL;
+            prefix = prefix * 10 + (unsigned)(*p - '0');
+            if (prefix > max)
+                return -EINVAL;
+        }
+    }
+
+    /* A client is matched by the address it maps (see addr_cidr_match()), so
+     * a mapped block must be an IPv4 block to match anything. */
+    if (c.family == AF_INET6 && prefix >= 96 &&
+        memcmp(c.addr, v4_mapped_prefix, sizeof(v4_mapped_prefix)) == 0) {
+        memmove(c.addr, c.addr + 12, 4);
+        memset(c.addr + 4, 0, 12);
+        c.family = AF_INET;
+        prefix -= 96;
+    }
+    mask_host_bits(c.addr, c.family == AF_INET ? 4 : 16, prefix);
+    c.prefix = prefix;
+    *out = c;
+    return 0;
+}
+
+int addr_cidr_match(const struct cidr *c, const struct sockaddr *sa)
+{
+    uint8_t a[16];
+    int family;
+    if (sa->sa_family == AF_INET) {
+        struct sockaddr_in sin;
+        copy_in(sa, &sin);
+        memcpy(a, &sin.sin_addr, 4);
+        family = AF_INET;
+    } else if (sa->sa_family == AF_INET6) {
+        struct sockaddr_in6 sin6;
+        copy_in6(sa, &sin6);
+        memcpy(a, &sin6.sin6_addr, 16);
+        family = AF_INET6;
+        if (memcmp(a, v4_mapped_prefix, sizeof(v4_mapped_prefix)) == 0) {
+            memmove(a, a + 12, 4);
+            family = AF_INET;
+        }
+    } else {
+        return 0;
+    }
+    if (family != c->family)
+        return 0;
+    size_t whole = c->prefix / 8;
+    unsigned rest = c->prefix % 8;
+    if (memcmp(a, c->addr, whole) != 0)
+        return 0;
+    if (rest == 0)
+        return 1;
+    uint8_t mask = (uint8_t)(0xFFu << (8 - rest));
+    return (a[whole] & mask) == c->addr[whole];
+}
+
 char *addr_format_hostport(const struct hostport *hp, char *buf, size_t len)
 {
     snprintf(buf, len, strchr(hp->host, ':') != NULL ? "[%s]:%u" : "%s:%u", hp->host,

@@ -1,6 +1,8 @@
 /* Configuration: JSON text -> validated, immutable struct config, driven by key tables. */
 #include "lifeline/config.h"
 
+#include "lifeline/metrics.h"
+
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -28,10 +30,16 @@
  * new key is a new row, and a new nested object is a new table plus an
  * OBJECT_KEY row pointing at it. Offsets are relative to the C struct that
  * holds the enclosing JSON object; a JSON object may map onto its parent's
- * struct (offset 0), as "log" does onto struct config. */
+ * struct (offset 0), as "log" does onto struct config.
+ *
+ * Before a string value is checked, ${VAR}, ${VAR:-default} and $$ in it are
+ * replaced (see substitute()), so every message quotes the value as used.
+ * Rules that span keys (the admin address against the routes') run once the
+ * whole document is parsed, in check_admin(). */
 
 enum key_kind {
     KEY_U32,    /* JSON integer in [min, max], stored in a uint32_t */
+    KEY_BOOL,   /* JSON true or false, stored as an int 0 or 1 */
     KEY_ENUM,   /* JSON string, one of `choices`, stored in an int-sized enum */
     KEY_STRING, /* JSON string checked and stored by `parse` */
     KEY_OBJECT, /* nested JSON object described by `keys` */
@@ -51,7 +59,7 @@ struct key {
     int required;
     size_t offset;
 
-    /* KEY_U32, and the default of KEY_ENUM (an enum value). */
+    /* KEY_U32, and the default of KEY_ENUM (an enum value) and KEY_BOOL. */
     int64_t min, max, def;
 
     /* KEY_ENUM: the allowed names, ended by a NULL name. */
@@ -69,6 +77,10 @@ struct key {
     /* KEY_OBJECT, and KEY_ARRAY elements that are objects. */
     const struct key *keys;
     size_t n_keys;
+    /* KEY_OBJECT whose presence turns a feature on: an int at switch_offset
+     * (from the same base as `offset`) is set to 1 when the object is given. */
+    int has_switch;
+    size_t switch_offset;
 
     /* KEY_ARRAY: the element (a row with offset 0), its C size, where the
      * count lives, bounds on the count (max 0: no bound), and the noun for
@@ -87,6 +99,9 @@ struct key {
     { .name = (key), .kind = KEY_U32, .offset = offsetof(type, field), .min = (lo),  \
       .max = (hi), .def = (dflt) }
 
+#define BOOL_KEY(key, type, field, dflt)                                              \
+    { .name = (key), .kind = KEY_BOOL, .offset = offsetof(type, field), .def = (dflt) }
+
 #define ENUM_KEY(key, type, field, choice_table, dflt)                                \
     { .name = (key), .kind = KEY_ENUM, .offset = offsetof(type, field),              \
       .choices = (choice_table), .def = (dflt) }
@@ -104,6 +119,12 @@ struct key {
     { .name = (key), .kind = KEY_OBJECT, .required = (req), .offset = (off),         \
       .keys = (table), .n_keys = N_KEYS(table) }
 
+/* An optional object that, when present, sets `switch_field` of `type` to 1. */
+#define SWITCH_OBJECT_KEY(key, off, table, type, switch_field)                        \
+    { .name = (key), .kind = KEY_OBJECT, .offset = (off), .keys = (table),           \
+      .n_keys = N_KEYS(table), .has_switch = 1,                                      \
+      .switch_offset = offsetof(type, switch_field) }
+
 #define ARRAY_KEY(key, type, field, count_field, req, elem_row, lo, hi, what)         \
     { .name = (key), .kind = KEY_ARRAY, .required = (req), .offset = offsetof(type, field), \
       .elem = (elem_row), .elem_size = FIELD_SIZE(type, field[0]),                     \
@@ -118,10 +139,13 @@ _Static_assert(sizeof(enum upstream_on_close) == sizeof(int), "enum upstream_on_
 _Static_assert(sizeof(enum client_identity) == sizeof(int), "enum client_identity is int-sized");
 _Static_assert(sizeof(enum on_duplicate) == sizeof(int), "enum on_duplicate is int-sized");
 _Static_assert(CONFIG_NAME_MAX == 64, "route name message says 1-63 characters");
+_Static_assert(CONFIG_ACCOUNT_MAX == 34, "account names are 1-32 characters and a '$'");
 
 static int parse_route_name(const char *s, void *field);
 static int parse_endpoint(const char *s, void *field);
 static int parse_source_address(const char *s, void *field);
+static int parse_account(const char *s, void *field);
+static int parse_cidr(const char *s, void *field);
 static int same_name(const void *a, const void *b);
 static int same_endpoint(const void *a, const void *b);
 
@@ -136,6 +160,10 @@ static const struct choice log_format_choices[] = {
 
 static const struct key server_elem = {
     .name = "server", .kind = KEY_STRING, .parse = parse_endpoint, .expect = "\"host:port\"",
+};
+
+static const struct key allow_elem = {
+    .name = "allow", .kind = KEY_STRING, .parse = parse_cidr, .expect = "an address or CIDR",
 };
 
 static const struct choice close_choices[] = {
@@ -172,6 +200,10 @@ static const struct key client_keys[] = {
              DUPLICATE_REPLACE),
     ENUM_KEY("close", struct client_config, close, close_choices, CLOSE_RST),
     OBJECT_KEY("heartbeat", OPTIONAL, offsetof(struct client_config, heartbeat), heartbeat_keys),
+    ARRAY_KEY("allow", struct client_config, allow, n_allow, OPTIONAL, &allow_elem, 1, 1024,
+              "CIDR"),
+    U32_KEY("max_connections", struct client_config, max_connections, 0, 10000000, 0),
+    U32_KEY("max_per_address", struct client_config, max_per_address, 0, 10000000, 0),
 };
 
 static const struct key upstream_keys[] = {
@@ -211,10 +243,20 @@ static const struct key shutdown_keys[] = {
     U32_KEY("drain_timeout_ms", struct config, drain_timeout_ms, 0, 3600000, 10000),
 };
 
+/* "admin" is off unless the object is given; then it needs an address. */
+static const struct key admin_keys[] = {
+    STRING_KEY("listen", struct admin_config, listen, REQUIRED, parse_endpoint, "\"host:port\""),
+    BOOL_KEY("allow_remote", struct admin_config, allow_remote, 0),
+};
+
 static const struct key root_keys[] = {
     U32_KEY("workers", struct config, workers, 0, 256, 0),
     OBJECT_KEY("log", OPTIONAL, 0, log_keys),
     OBJECT_KEY("shutdown", OPTIONAL, 0, shutdown_keys),
+    SWITCH_OBJECT_KEY("admin", offsetof(struct config, admin), admin_keys, struct config,
+                      admin.enabled),
+    STRING_KEY("user", struct config, user, OPTIONAL, parse_account, "an account name"),
+    STRING_KEY("group", struct config, group, OPTIONAL, parse_account, "an account name"),
     ARRAY_KEY("routes", struct config, routes, n_routes, REQUIRED, &route_elem, 1, 0, "route"),
 };
 
@@ -253,6 +295,31 @@ static int parse_source_address(const char *s, void *field)
     }
     memcpy(field, &ss, sizeof(ss));
     return 0;
+}
+
+/* The portable form of a user or group name, as useradd and groupadd take it:
+ * 1-32 characters of [a-z_][a-z0-9_.-]*, and a trailing '$' for a machine
+ * account. Whether the account exists is the daemon's question. */
+static int parse_account(const char *s, void *field)
+{
+    size_t len = strlen(s);
+    size_t body = len > 0 && s[len - 1] == '$' ? len - 1 : len;
+    if (body == 0 || body > CONFIG_ACCOUNT_MAX - 2)
+        return -EINVAL;
+    for (size_t i = 0; i < body; i++) {
+        char c = s[i];
+        int ok = (c >= 'a' && c <= 'z') || c == '_' ||
+                 (i > 0 && ((c >= '0' && c <= '9') || c == '.' || c == '-'));
+        if (!ok)
+            return -EINVAL;
+    }
+    memcpy(field, s, len + 1);
+    return 0;
+}
+
+static int parse_cidr(const char *s, void *field)
+{
+    return addr_parse_cidr(s, field);
 }
 
 static int same_name(const void *a, const void *b)
@@ -439,6 +506,8 @@ static const char *expected_word(enum key_kind kind)
     switch (kind) {
     case KEY_U32:
         return "integer";
+    case KEY_BOOL:
+        return "boolean";
     case KEY_ENUM:
     case KEY_STRING:
         return "string";
@@ -455,6 +524,8 @@ static int has_type(const struct key *k, const cJSON *v)
     switch (k->kind) {
     case KEY_U32:
         return cJSON_IsNumber(v) && is_integral(v->valuedouble);
+    case KEY_BOOL:
+        return cJSON_IsBool(v);
     case KEY_ENUM:
     case KEY_STRING:
         return cJSON_IsString(v);
@@ -464,6 +535,116 @@ static int has_type(const struct key *k, const cJSON *v)
         return cJSON_IsArray(v);
     }
     return 0;
+}
+
+/* ---- Environment substitution --------------------------------------------- */
+
+static int is_var_start(char ch)
+{
+    return ch == '_' || (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z');
+}
+
+static int is_var_char(char ch)
+{
+    return is_var_start(ch) || (ch >= '0' && ch <= '9');
+}
+
+/* A growing string; `oom` is set once and the text is then incomplete. */
+struct text {
+    char *buf;
+    size_t len, cap;
+    int oom;
+};
+
+static void text_add(struct text *t, const char *s, size_t n)
+{
+    if (t->oom)
+        return;
+    if (t->len + n + 1 > t->cap) {
+        size_t cap = t->cap ? t->cap : 64;
+        while (cap < t->len + n + 1)
+            cap *= 2;
+        char *buf = realloc(t->buf, cap);
+        if (buf == NULL) {
+            t->oom = 1;
+            return;
+        }
+        t->buf = buf;
+        t->cap = cap;
+    }
+    memcpy(t->buf + t->len, s, n);
+    t->len += n;
+    t->buf[t->len] = '\0';
+}
+
+/* Replaces, in the tree, a string value's ${VAR} with the variable's value,
+ * ${VAR:-default} with the value or, when VAR is unset or empty, the default
+ * (taken literally, up to the first '}'), and $$ with '$'. Any other '$' is
+ * kept. Values are not scanned again. Returns 0, or -1 after adding the error
+ * (or setting oom): the value must then not be used. */
+static int substitute(struct ctx *c, cJSON *v, const struct path *p)
+{
+    const char *s = v->valuestring;
+    if (strchr(s, '$') == NULL)
+        return 0;
+    struct text out = { 0 };
+    text_add(&out, "", 0);
+    char q[ECHO_MAX + 16];
+    const char *at = s;
+    for (const char *dollar; (dollar = strchr(at, '$')) != NULL;) {
+        text_add(&out, at, (size_t)(dollar - at));
+        at = dollar + 1;
+        if (*at == '$') {
+            text_add(&out, "$", 1);
+            at++;
+            continue;
+        }
+        if (*at != '{') {
+            text_add(&out, "$", 1);
+            continue;
+        }
+        const char *name = at + 1;
+        const char *close = strchr(name, '}');
+        if (close == NULL) {
+            add_error(c, p, "unterminated ${ in %s", quote(s, q, sizeof(q)));
+            goto fail;
+        }
+        const char *end = name;
+        if (is_var_start(*end))
+            while (is_var_char(*++end))
+                ;
+        if (end == name || (end != close && strncmp(end, ":-", 2) != 0)) {
+            add_error(c, p, "invalid variable name in %s", quote(s, q, sizeof(q)));
+            goto fail;
+        }
+        char *var = strndup(name, (size_t)(end - name));
+        if (var == NULL) {
+            c->oom = 1;
+            goto fail;
+        }
+        const char *val = getenv(var);
+        if (end != close && (val == NULL || *val == '\0')) {
+            text_add(&out, end + 2, (size_t)(close - (end + 2)));
+        } else if (val == NULL) {
+            add_error(c, p, "environment variable %.*s is not set", ECHO_MAX, var);
+            free(var);
+            goto fail;
+        } else {
+            text_add(&out, val, strlen(val));
+        }
+        free(var);
+        at = close + 1;
+    }
+    text_add(&out, at, strlen(at));
+    if (out.oom || cJSON_SetValuestring(v, out.buf) == NULL) {
+        c->oom = 1;
+        goto fail;
+    }
+    free(out.buf);
+    return 0;
+fail:
+    free(out.buf);
+    return -1;
 }
 
 /* ---- The walk ------------------------------------------------------------- */
@@ -477,7 +658,7 @@ struct siblings {
     const char *array_path;
 };
 
-static void parse_object(struct ctx *c, const struct key *keys, size_t n_keys, const cJSON *obj,
+static void parse_object(struct ctx *c, const struct key *keys, size_t n_keys, cJSON *obj,
                          char *base, struct path *p, const struct siblings *sib);
 
 static void apply_defaults(const struct key *keys, size_t n_keys, char *base)
@@ -488,7 +669,7 @@ static void apply_defaults(const struct key *keys, size_t n_keys, char *base)
         if (k->kind == KEY_U32) {
             uint32_t v = (uint32_t)k->def;
             memcpy(field, &v, sizeof(v));
-        } else if (k->kind == KEY_ENUM) {
+        } else if (k->kind == KEY_ENUM || k->kind == KEY_BOOL) {
             int v = (int)k->def;
             memcpy(field, &v, sizeof(v));
         } else if (k->kind == KEY_OBJECT) {
@@ -547,7 +728,7 @@ static void parse_enum(struct ctx *c, const struct key *k, const cJSON *v, char 
     add_error(c, p, "expected one of %s, got %s", list, quote(v->valuestring, q, sizeof(q)));
 }
 
-static void parse_array(struct ctx *c, const struct key *k, const cJSON *v, char *base,
+static void parse_array(struct ctx *c, const struct key *k, cJSON *v, char *base,
                         struct path *p)
 {
     size_t count = (size_t)cJSON_GetArraySize(v);
@@ -582,7 +763,7 @@ static void parse_array(struct ctx *c, const struct key *k, const cJSON *v, char
     struct siblings sib = { .base = items, .elem_size = k->elem_size, .array_path = array_path };
 
     size_t i = 0;
-    for (const cJSON *item = v->child; item != NULL; item = item->next, i++) {
+    for (cJSON *item = v->child; item != NULL; item = item->next, i++) {
         char *elem_base = items + i * k->elem_size;
         size_t saved = path_push(p, "[%zu]", i);
         if (!has_type(e, item)) {
@@ -592,7 +773,9 @@ static void parse_array(struct ctx *c, const struct key *k, const cJSON *v, char
             sib.index = i;
             parse_object(c, e->keys, e->n_keys, item, elem_base, p, &sib);
         } else if (e->kind == KEY_STRING) {
-            if (e->parse(item->valuestring, elem_base) < 0) {
+            if (substitute(c, item, p) < 0) {
+                /* Reported; the value as written means nothing. */
+            } else if (e->parse(item->valuestring, elem_base) < 0) {
                 char q[ECHO_MAX + 16];
                 add_error(c, p, "expected %s, got %s", e->expect,
                           quote(item->valuestring, q, sizeof(q)));
@@ -603,7 +786,7 @@ static void parse_array(struct ctx *c, const struct key *k, const cJSON *v, char
 }
 
 /* Parses one member value; `p` already names it. */
-static void parse_value(struct ctx *c, const struct key *k, const cJSON *v, char *base,
+static void parse_value(struct ctx *c, const struct key *k, cJSON *v, char *base,
                         struct path *p, const struct siblings *sib)
 {
     char *field = base + k->offset;
@@ -611,6 +794,8 @@ static void parse_value(struct ctx *c, const struct key *k, const cJSON *v, char
         add_error(c, p, "expected %s, got %s", expected_word(k->kind), type_word(v));
         return;
     }
+    if ((k->kind == KEY_STRING || k->kind == KEY_ENUM) && substitute(c, v, p) < 0)
+        return;
     switch (k->kind) {
     case KEY_U32: {
         double d = v->valuedouble;
@@ -625,6 +810,11 @@ static void parse_value(struct ctx *c, const struct key *k, const cJSON *v, char
         memcpy(field, &u, sizeof(u));
         break;
     }
+    case KEY_BOOL: {
+        int b = cJSON_IsTrue(v) ? 1 : 0;
+        memcpy(field, &b, sizeof(b));
+        break;
+    }
     case KEY_ENUM:
         parse_enum(c, k, v, field, p);
         break;
@@ -637,6 +827,10 @@ static void parse_value(struct ctx *c, const struct key *k, const cJSON *v, char
         }
         break;
     case KEY_OBJECT:
+        if (k->has_switch) {
+            int on = 1;
+            memcpy(base + k->switch_offset, &on, sizeof(on));
+        }
         parse_object(c, k->keys, k->n_keys, v, field, p, NULL);
         break;
     case KEY_ARRAY:
@@ -664,10 +858,10 @@ static const cJSON *find_member(const cJSON *obj, const char *name, const cJSON 
 }
 
 /* Members in document order, then the required keys that are missing. */
-static void parse_object(struct ctx *c, const struct key *keys, size_t n_keys, const cJSON *obj,
+static void parse_object(struct ctx *c, const struct key *keys, size_t n_keys, cJSON *obj,
                          char *base, struct path *p, const struct siblings *sib)
 {
-    for (const cJSON *m = obj->child; m != NULL; m = m->next) {
+    for (cJSON *m = obj->child; m != NULL; m = m->next) {
         size_t saved = path_key(p, m->string);
         const struct key *k = find_key(keys, n_keys, m->string);
         if (find_member(obj, m->string, m) != NULL)
@@ -683,6 +877,46 @@ static void parse_object(struct ctx *c, const struct key *keys, size_t n_keys, c
             size_t saved = path_key(p, keys[i].name);
             add_error(c, p, "required key is missing");
             path_pop(p, saved);
+        }
+    }
+}
+
+/* ---- Rules across keys ---------------------------------------------------- */
+
+static int is_localhost(const char *host)
+{
+    return strcasecmp(host, "localhost") == 0 || strcasecmp(host, "localhost.") == 0;
+}
+
+/* The admin endpoint serves sessions and can close them, so it stays on the
+ * loopback interface unless the config says otherwise; and it needs a socket
+ * of its own. Runs after the whole document, as "admin" may come before
+ * "routes". An address that failed to parse was reported already. */
+static void check_admin(struct ctx *c, const struct config *cfg, const cJSON *root)
+{
+    const struct hostport *l = &cfg->admin.listen;
+    if (!cfg->admin.enabled || l->host[0] == '\0')
+        return;
+    const cJSON *admin = find_member(root, "admin", NULL);
+    const cJSON *v = admin != NULL ? find_member(admin, "listen", NULL) : NULL;
+    if (!cJSON_IsString(v))
+        return;
+    char q[ECHO_MAX + 16];
+    quote(v->valuestring, q, sizeof(q));
+    struct path p = { .len = 0 };
+    path_push(&p, "admin.listen");
+    if (!cfg->admin.allow_remote) {
+        if (l->numeric && !addr_is_loopback((const struct sockaddr *)&l->sa))
+            add_error(c, &p, "%s is not a loopback address; set admin.allow_remote to true to "
+                      "serve it", q);
+        else if (!l->numeric && !is_localhost(l->host))
+            add_error(c, &p, "%s is a host name other than \"localhost\"; set admin.allow_remote "
+                      "to true to serve it", q);
+    }
+    for (size_t i = 0; i < cfg->n_routes; i++) {
+        if (same_endpoint(l, &cfg->routes[i].listen)) {
+            add_error(c, &p, "duplicate listen address %s (also routes[%zu].listen)", q, i);
+            break;
         }
     }
 }
@@ -783,6 +1017,7 @@ int config_parse(const char *json, size_t len, struct config **out, struct confi
             struct path p = { .len = 0 };
             apply_defaults(root_keys, N_KEYS(root_keys), (char *)cfg);
             parse_object(&c, root_keys, N_KEYS(root_keys), root, (char *)cfg, &p, NULL);
+            check_admin(&c, cfg, root);
         }
         cJSON_Delete(root);
     }
@@ -795,6 +1030,7 @@ int config_parse(const char *json, size_t len, struct config **out, struct confi
         config_free(cfg);
         return rc;
     }
+    metrics_hash(json, len, cfg->hash);
     *out = cfg;
     return 0;
 }

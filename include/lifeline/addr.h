@@ -31,6 +31,32 @@ int addr_parse_ip(const char *s, struct sockaddr_storage *out);
 /* Is the address the wildcard (0.0.0.0 or ::)? */
 int addr_is_any(const struct sockaddr *sa);
 
+/* Is the address a loopback address (127.0.0.0/8 or ::1)? An IPv4-mapped
+ * IPv6 address is not: only the two forms above count. */
+int addr_is_loopback(const struct sockaddr *sa);
+
+/* A block of addresses: "10.0.0.0/8", "2001:db8::/32". `addr` holds 4
+ * (AF_INET) or 16 (AF_INET6) bytes in network order with every bit past
+ * `prefix` zero. */
+struct cidr {
+    int family;       /* AF_INET or AF_INET6 */
+    uint8_t addr[16];
+    unsigned prefix;  /* 0..32 or 0..128 */
+};
+
+/* Parses "10.0.0.0/8", "2001:db8::/32" or a bare address, which is /32 or
+ * /128. Host bits are masked off ("10.1.2.3/8" is 10.0.0.0/8). An IPv4-mapped
+ * block ("::ffff:10.0.0.0/104") is stored as the IPv4 block it maps
+ * (10.0.0.0/8). The prefix is decimal digits, at most 32 or 128. Returns 0, or
+ * -EINVAL and leaves `out` alone. */
+int addr_parse_cidr(const char *s, struct cidr *out);
+
+/* Is the AF_INET/AF_INET6 address in the block? An IPv4-mapped IPv6 address
+ * (a dual-stack listener's IPv4 client, "::ffff:a.b.c.d") is matched as the
+ * IPv4 address it maps, so it matches IPv4 blocks and no IPv6 block. Any
+ * other family matches nothing. Returns 1 or 0. */
+int addr_cidr_match(const struct cidr *c, const struct sockaddr *sa);
+
 /* Formats "1.2.3.4:5" or "[::1]:5" into buf (ADDR_STR_MAX is enough for any
  * sockaddr). Returns buf. */
 char *addr_format(const struct sockaddr *sa, char *buf, size_t len);

@@ -10,6 +10,8 @@
 
 #define CONFIG_NAME_MAX 64
 #define CONFIG_DEFAULT_PATH "/etc/lifeline/lifeline.json"
+/* An account name: up to 32 characters, a trailing '$', and the NUL. */
+#define CONFIG_ACCOUNT_MAX 34
 
 /* How lifeline closes one side of a session it ends. */
 enum close_mode {
@@ -50,6 +52,10 @@ struct client_config {
     enum on_duplicate on_duplicate;
     enum close_mode close;
     struct heartbeat_config heartbeat;
+    struct cidr *allow;            /* NULL (n_allow 0): every address may connect */
+    size_t n_allow;
+    uint32_t max_connections;      /* per route, across workers; 0: no limit */
+    uint32_t max_per_address;      /* per client IP address; 0: no limit */
 };
 
 struct upstream_config {
@@ -71,6 +77,13 @@ struct route_config {
     struct upstream_config upstream;
 };
 
+/* The admin endpoint (HTTP on the supervisor's loop). */
+struct admin_config {
+    int enabled;                   /* the "admin" object is present */
+    struct hostport listen;        /* loopback unless allow_remote */
+    int allow_remote;
+};
+
 /* Every problem found in one pass, each "json.path: message". */
 struct config_errors {
     char **msgs;
@@ -82,16 +95,25 @@ struct config {
     enum log_level log_level;
     enum log_format log_format;
     uint32_t drain_timeout_ms;
+    struct admin_config admin;
+    /* Accounts to drop privileges to after binding; "" keeps the one
+     * lifeline was started as. Checked for form only: the daemon resolves
+     * them when it starts. */
+    char user[CONFIG_ACCOUNT_MAX];
+    char group[CONFIG_ACCOUNT_MAX];
     struct route_config *routes;   /* at least one */
     size_t n_routes;
     /* Advice that is not an error, "json.path: message": values the kernel
      * will round. --check prints them; the daemon logs them. */
     struct config_errors notes;
+    char hash[17];                 /* FNV-1a 64 of the JSON text, hex: names the loaded config */
 };
 
-/* Parses and validates JSON text. On success returns 0 and sets *out; on
- * failure returns -EINVAL, *out stays NULL and errs holds every problem found
- * (invalid JSON is one error naming line and column). */
+/* Parses and validates JSON text. In string values, ${VAR}, ${VAR:-default}
+ * and $$ are replaced from the environment first. On success returns 0 and
+ * sets *out; on failure returns -EINVAL (-ENOMEM when memory ran out), *out
+ * stays NULL and errs holds every problem found (invalid JSON is one error
+ * naming line and column). */
 int config_parse(const char *json, size_t len, struct config **out,
                  struct config_errors *errs);
 

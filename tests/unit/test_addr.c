@@ -1,4 +1,4 @@
-/* Unit tests for addr.c: "host:port" parsing, IP literals, formatting, ports. */
+/* Unit tests for addr.c: "host:port" parsing, IP literals, CIDR blocks, formatting, ports. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -223,6 +223,163 @@ static void test_is_any(void **state)
     assert_false(addr_is_any((struct sockaddr *)&ss));
 }
 
+static void test_is_loopback(void **state)
+{
+    (void)state;
+    const char *yes[] = { "127.0.0.1", "127.0.0.0", "127.255.255.255", "127.1.2.3", "::1",
+                          "0:0:0:0:0:0:0:1" };
+    const char *no[] = { "126.255.255.255", "128.0.0.1", "0.0.0.0", "10.0.0.1", "::",
+                         "::2", "::ffff:127.0.0.1", "fe80::1", "2001:db8::1" };
+    struct sockaddr_storage ss;
+    for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) {
+        ss = ip(yes[i], 80);
+        if (!addr_is_loopback((struct sockaddr *)&ss))
+            fail_msg("%s: not loopback", yes[i]);
+    }
+    for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++) {
+        ss = ip(no[i], 80);
+        if (addr_is_loopback((struct sockaddr *)&ss))
+            fail_msg("%s: loopback", no[i]);
+    }
+    memset(&ss, 0, sizeof(ss));
+    ss.ss_family = AF_UNIX;
+    assert_false(addr_is_loopback((struct sockaddr *)&ss));
+}
+
+struct cidr_case {
+    const char *in;
+    int family;
+    const char *addr; /* the stored block address, as inet_ntop writes it */
+    unsigned prefix;
+};
+
+static const struct cidr_case good_cidrs[] = {
+    { "10.0.0.0/8", AF_INET, "10.0.0.0", 8 },
+    { "192.168.1.7", AF_INET, "192.168.1.7", 32 },
+    { "192.168.1.7/32", AF_INET, "192.168.1.7", 32 },
+    { "0.0.0.0/0", AF_INET, "0.0.0.0", 0 },
+    { "255.255.255.255/0", AF_INET, "0.0.0.0", 0 },
+    /* Host bits are masked off, not refused. */
+    { "10.1.2.3/8", AF_INET, "10.0.0.0", 8 },
+    { "172.31.255.255/12", AF_INET, "172.16.0.0", 12 },
+    { "192.168.1.255/25", AF_INET, "192.168.1.128", 25 },
+    { "10.0.0.1/31", AF_INET, "10.0.0.0", 31 },
+    { "10.0.0.0/08", AF_INET, "10.0.0.0", 8 },
+    { "::1/128", AF_INET6, "::1", 128 },
+    { "::1", AF_INET6, "::1", 128 },
+    { "::/0", AF_INET6, "::", 0 },
+    { "2001:db8::/32", AF_INET6, "2001:db8::", 32 },
+    { "2001:DB8:ffff::1/33", AF_INET6, "2001:db8:8000::", 33 },
+    { "fe80::1:2:3:4/64", AF_INET6, "fe80::", 64 },
+    { "2001:db8::ff/121", AF_INET6, "2001:db8::80", 121 },
+    /* An IPv4-mapped block is the IPv4 block it maps. */
+    { "::ffff:10.0.0.0/104", AF_INET, "10.0.0.0", 8 },
+    { "::ffff:192.168.1.7", AF_INET, "192.168.1.7", 32 },
+    { "::ffff:0:0/96", AF_INET, "0.0.0.0", 0 },
+    /* A shorter one stays IPv6 (and so matches only IPv6 clients). */
+    { "::ffff:0:0/95", AF_INET6, "::fffe:0:0", 95 },
+};
+
+static void test_parse_cidr(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof(good_cidrs) / sizeof(good_cidrs[0]); i++) {
+        const struct cidr_case *g = &good_cidrs[i];
+        struct cidr c;
+        memset(&c, 0xAB, sizeof(c));
+        if (addr_parse_cidr(g->in, &c) != 0)
+            fail_msg("\"%s\" refused", g->in);
+        char text[INET6_ADDRSTRLEN];
+        assert_int_equal(c.family, g->family);
+        assert_non_null(inet_ntop(c.family, c.addr, text, sizeof(text)));
+        if (strcmp(text, g->addr) != 0 || c.prefix != g->prefix)
+            fail_msg("\"%s\": got %s/%u, want %s/%u", g->in, text, c.prefix, g->addr, g->prefix);
+        if (c.family == AF_INET)
+            for (size_t j = 4; j < 16; j++)
+                assert_int_equal(c.addr[j], 0);
+    }
+
+    const char *bad_cidrs[] = {
+        "", "/8", "10.0.0.0/", "10.0.0.0/33", "10.0.0.0/-1", "10.0.0.0/+8", "10.0.0.0/8/8",
+        "10.0.0.0/ 8", "10.0.0.0 /8", " 10.0.0.0/8", "10.0.0.0/8 ", "10.0.0.0/x",
+        "10.0.0.0/99999999999999999999", "10.0.0/8", "10.0.0.256/8", "010.0.0.0/8", "::/129",
+        "::1/1000", "[::1]/128", "[::1]", "fe80::1%eth0/64", "10.0.0.1:80", "localhost",
+        "localhost/8", "1:2:3:4:5:6:7:8:9/64", "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255x/1",
+    };
+    for (size_t i = 0; i < sizeof(bad_cidrs) / sizeof(bad_cidrs[0]); i++) {
+        struct cidr c;
+        memset(&c, 0x5A, sizeof(c));
+        struct cidr before = c;
+        if (addr_parse_cidr(bad_cidrs[i], &c) != -EINVAL)
+            fail_msg("\"%s\" accepted", bad_cidrs[i]);
+        assert_memory_equal(&c, &before, sizeof(c));
+    }
+    struct cidr c;
+    assert_int_equal(addr_parse_cidr(NULL, &c), -EINVAL);
+}
+
+struct match_case {
+    const char *cidr;
+    const char *client;
+    int match;
+};
+
+static const struct match_case matches[] = {
+    { "10.0.0.0/8", "10.0.0.0", 1 },
+    { "10.0.0.0/8", "10.255.255.255", 1 },
+    { "10.0.0.0/8", "11.0.0.0", 0 },
+    { "10.0.0.0/8", "9.255.255.255", 0 },
+    { "192.168.1.7", "192.168.1.7", 1 },
+    { "192.168.1.7", "192.168.1.6", 0 },
+    { "192.168.1.128/25", "192.168.1.200", 1 },
+    { "192.168.1.128/25", "192.168.1.127", 0 },
+    { "172.16.0.0/12", "172.31.0.1", 1 },
+    { "172.16.0.0/12", "172.32.0.1", 0 },
+    { "0.0.0.0/0", "203.0.113.9", 1 },
+    { "0.0.0.0/0", "2001:db8::1", 0 },
+    { "::/0", "2001:db8::1", 1 },
+    { "::/0", "203.0.113.9", 0 },
+    { "::1/128", "::1", 1 },
+    { "::1/128", "::2", 0 },
+    { "::1/128", "127.0.0.1", 0 },
+    { "2001:db8::/32", "2001:db8:ffff::1", 1 },
+    { "2001:db8::/32", "2001:db9::1", 0 },
+    { "2001:db8::80/121", "2001:db8::ff", 1 },
+    { "2001:db8::80/121", "2001:db8::7f", 0 },
+    /* A dual-stack listener's IPv4 client is matched as IPv4. */
+    { "10.0.0.0/8", "::ffff:10.1.2.3", 1 },
+    { "10.0.0.0/8", "::ffff:11.1.2.3", 0 },
+    { "192.168.1.7", "::ffff:192.168.1.7", 1 },
+    { "0.0.0.0/0", "::ffff:1.2.3.4", 1 },
+    { "::/0", "::ffff:1.2.3.4", 0 },
+    { "::ffff:10.0.0.0/104", "10.9.9.9", 1 },
+    { "::ffff:10.0.0.0/104", "::ffff:10.9.9.9", 1 },
+    /* IPv4-compatible (::a.b.c.d) is plain IPv6. */
+    { "10.0.0.0/8", "::10.1.2.3", 0 },
+    { "::/96", "::10.1.2.3", 1 },
+};
+
+static void test_cidr_match(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof(matches) / sizeof(matches[0]); i++) {
+        const struct match_case *m = &matches[i];
+        struct cidr c;
+        assert_int_equal(addr_parse_cidr(m->cidr, &c), 0);
+        struct sockaddr_storage ss = ip(m->client, 40000);
+        if (addr_cidr_match(&c, (struct sockaddr *)&ss) != m->match)
+            fail_msg("%s in %s: want %d", m->client, m->cidr, m->match);
+    }
+    struct cidr c;
+    assert_int_equal(addr_parse_cidr("0.0.0.0/0", &c), 0);
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    ss.ss_family = AF_UNIX;
+    assert_int_equal(addr_cidr_match(&c, (struct sockaddr *)&ss), 0);
+    ss.ss_family = AF_UNSPEC;
+    assert_int_equal(addr_cidr_match(&c, (struct sockaddr *)&ss), 0);
+}
+
 static void test_port_and_len(void **state)
 {
     (void)state;
@@ -294,6 +451,9 @@ int main(void)
         cmocka_unit_test(test_bad),
         cmocka_unit_test(test_parse_ip),
         cmocka_unit_test(test_is_any),
+        cmocka_unit_test(test_is_loopback),
+        cmocka_unit_test(test_parse_cidr),
+        cmocka_unit_test(test_cidr_match),
         cmocka_unit_test(test_port_and_len),
         cmocka_unit_test(test_format),
         cmocka_unit_test(test_round_trip),

@@ -101,6 +101,13 @@ static struct config *expect_ok(const char *json_sq)
 #define CLOSES "\"rst\", \"fin\""
 #define ON_CLOSES "\"close_client\", \"reconnect\""
 #define HB "routes[0].client.heartbeat."
+#define NOT_LOOPBACK " is not a loopback address; set admin.allow_remote to true to serve it"
+#define NOT_LOCALHOST \
+    " is a host name other than \"localhost\"; set admin.allow_remote to true to serve it"
+#define ACCOUNT_RULE "expected an account name, got "
+#define CIDR_RULE "expected an address or CIDR, got "
+/* A config with an admin object holding `a`, before a valid route list. */
+#define WITH_ADMIN(a) TOP("'admin':{" a "},")
 
 struct bad_case {
     const char *label;
@@ -381,6 +388,128 @@ static const struct bad_case bad_cases[] = {
         "routes[3].name: duplicate route name \"a\" (also routes[0].name)",
         "routes[3].listen: duplicate listen address \"127.0.0.1:1\" (also routes[0].listen)" } },
 
+    /* admin: types, the required address, loopback unless allow_remote. */
+    { "admin given a boolean", TOP("'admin':true,"), { "admin: expected object, got boolean" } },
+    { "admin given a string", TOP("'admin':'127.0.0.1:9900',"),
+      { "admin: expected object, got string" } },
+    { "admin without listen", WITH_ADMIN(""), { "admin.listen: required key is missing" } },
+    { "admin with only allow_remote", WITH_ADMIN("'allow_remote':true"),
+      { "admin.listen: required key is missing" } },
+    { "allow_remote given a string", WITH_ADMIN("'listen':'127.0.0.1:9900','allow_remote':'yes'"),
+      { "admin.allow_remote: expected boolean, got string" } },
+    { "allow_remote given an integer", WITH_ADMIN("'listen':'127.0.0.1:9900','allow_remote':1"),
+      { "admin.allow_remote: expected boolean, got integer" } },
+    { "allow_remote given null", WITH_ADMIN("'listen':'127.0.0.1:9900','allow_remote':null"),
+      { "admin.allow_remote: expected boolean, got null" } },
+    { "admin listen without port", WITH_ADMIN("'listen':'127.0.0.1'"),
+      { "admin.listen: expected \"host:port\", got \"127.0.0.1\"" } },
+    { "admin listen given an integer", WITH_ADMIN("'listen':9900"),
+      { "admin.listen: expected string, got integer" } },
+    { "unknown admin key", WITH_ADMIN("'listen':'127.0.0.1:9900','port':9900"),
+      { "admin.port: unknown key" } },
+    { "admin keys are case-sensitive", WITH_ADMIN("'Listen':'127.0.0.1:9900'"),
+      { "admin.Listen: unknown key", "admin.listen: required key is missing" } },
+    { "duplicate admin key",
+      TOP("'admin':{'listen':'127.0.0.1:9900'},'admin':{'listen':'0.0.0.0:9900'},"),
+      { "admin: duplicate key" } },
+    { "admin on the IPv4 wildcard", WITH_ADMIN("'listen':'0.0.0.0:9900'"),
+      { "admin.listen: \"0.0.0.0:9900\"" NOT_LOOPBACK } },
+    { "admin on the IPv6 wildcard", WITH_ADMIN("'listen':'[::]:9900'"),
+      { "admin.listen: \"[::]:9900\"" NOT_LOOPBACK } },
+    { "admin on a private address", WITH_ADMIN("'listen':'10.0.0.5:9900'"),
+      { "admin.listen: \"10.0.0.5:9900\"" NOT_LOOPBACK } },
+    { "admin just outside 127/8", WITH_ADMIN("'listen':'128.0.0.1:9900'"),
+      { "admin.listen: \"128.0.0.1:9900\"" NOT_LOOPBACK } },
+    { "admin on IPv4-mapped loopback", WITH_ADMIN("'listen':'[::ffff:127.0.0.1]:9900'"),
+      { "admin.listen: \"[::ffff:127.0.0.1]:9900\"" NOT_LOOPBACK } },
+    { "admin on a host name", WITH_ADMIN("'listen':'admin.example:9900'"),
+      { "admin.listen: \"admin.example:9900\"" NOT_LOCALHOST } },
+    { "admin on a name that starts like localhost", WITH_ADMIN("'listen':'localhost.example:9900'"),
+      { "admin.listen: \"localhost.example:9900\"" NOT_LOCALHOST } },
+    { "allow_remote false", WITH_ADMIN("'allow_remote':false,'listen':'0.0.0.0:9900'"),
+      { "admin.listen: \"0.0.0.0:9900\"" NOT_LOOPBACK } },
+    { "allow_remote of the wrong type does not allow",
+      WITH_ADMIN("'listen':'0.0.0.0:9900','allow_remote':'true'"),
+      { "admin.allow_remote: expected boolean, got string",
+        "admin.listen: \"0.0.0.0:9900\"" NOT_LOOPBACK } },
+    { "admin on a route's address", WITH_ADMIN("'listen':'127.0.0.1:5000'"),
+      { "admin.listen: duplicate listen address \"127.0.0.1:5000\" (also routes[0].listen)" } },
+    { "admin after the routes it duplicates",
+      "{'routes':[" ROUTE_NAMED("a", "127.0.0.1:1") "," ROUTE_NAMED("b", "[::1]:2") ","
+      ROUTE_NAMED("c", "[::1]:2") "],'admin':{'listen':'[0::1]:2'}}",
+      { "routes[2].listen: duplicate listen address \"[::1]:2\" (also routes[1].listen)",
+        "admin.listen: duplicate listen address \"[0::1]:2\" (also routes[1].listen)" } },
+    { "admin duplicates a host name ignoring case",
+      "{'admin':{'listen':'LocalHost:80'},'routes':[" ROUTE_NAMED("a", "localhost:80") "]}",
+      { "admin.listen: duplicate listen address \"LocalHost:80\" (also routes[0].listen)" } },
+    { "remote admin on a route's address",
+      "{'admin':{'listen':'0.0.0.0:5000','allow_remote':true},'routes':["
+      ROUTE_NAMED("a", "0.0.0.0:5000") "]}",
+      { "admin.listen: duplicate listen address \"0.0.0.0:5000\" (also routes[0].listen)" } },
+    { "both admin address errors",
+      "{'admin':{'listen':'0.0.0.0:5000'},'routes':[" ROUTE_NAMED("a", "0.0.0.0:5000") "]}",
+      { "admin.listen: \"0.0.0.0:5000\"" NOT_LOOPBACK,
+        "admin.listen: duplicate listen address \"0.0.0.0:5000\" (also routes[0].listen)" } },
+    { "admin checks follow every other error",
+      "{'admin':{'listen':'0.0.0.0:9900'},'workers':-1," ROUTES ",'log':{'level':'x'}}",
+      { "workers: must be between 0 and 256, got -1",
+        "log.level: expected one of " LEVELS ", got \"x\"",
+        "admin.listen: \"0.0.0.0:9900\"" NOT_LOOPBACK } },
+
+    /* user and group: account names, not resolved here. */
+    { "user with a space", TOP("'user':'Bad Name',"), { "user: " ACCOUNT_RULE "\"Bad Name\"" } },
+    { "user in capitals", TOP("'user':'Lifeline',"), { "user: " ACCOUNT_RULE "\"Lifeline\"" } },
+    { "user empty", TOP("'user':'',"), { "user: " ACCOUNT_RULE "\"\"" } },
+    { "user starting with a digit", TOP("'user':'1000',"), { "user: " ACCOUNT_RULE "\"1000\"" } },
+    { "user starting with a dash", TOP("'user':'-x',"), { "user: " ACCOUNT_RULE "\"-x\"" } },
+    { "user starting with a dot", TOP("'user':'.x',"), { "user: " ACCOUNT_RULE "\".x\"" } },
+    { "user of 33 characters", TOP("'user':'abcdefghijklmnopqrstuvwxyz0123456',"),
+      { "user: " ACCOUNT_RULE "\"abcdefghijklmnopqrstuvwxyz0123456\"" } },
+    { "user with '$' inside", TOP("'user':'a$b',"), { "user: " ACCOUNT_RULE "\"a$b\"" } },
+    { "user of only '$'", TOP("'user':'$',"), { "user: " ACCOUNT_RULE "\"$\"" } },
+    { "user with two '$'", TOP("'user':'ab$$$',"), { "user: " ACCOUNT_RULE "\"ab$$\"" } },
+    { "user with a slash", TOP("'user':'a/b',"), { "user: " ACCOUNT_RULE "\"a/b\"" } },
+    { "user given an integer", TOP("'user':0,"), { "user: expected string, got integer" } },
+    { "group with punctuation", TOP("'group':'wheel!',"),
+      { "group: " ACCOUNT_RULE "\"wheel!\"" } },
+    { "group given an array", TOP("'group':['a'],"), { "group: expected string, got array" } },
+    { "user and group", TOP("'group':'Staff','user':'root ',"),
+      { "group: " ACCOUNT_RULE "\"Staff\"", "user: " ACCOUNT_RULE "\"root \"" } },
+    { "duplicate user key", TOP("'user':'a','user':'b',"), { "user: duplicate key" } },
+
+    /* routes[].client admission: allow, max_connections, max_per_address. */
+    { "allow empty", WITH_CLIENT("'allow':[]"),
+      { "routes[0].client.allow: must hold at least one CIDR" } },
+    { "allow given a string", WITH_CLIENT("'allow':'10.0.0.0/8'"),
+      { "routes[0].client.allow: expected array, got string" } },
+    { "allow given null", WITH_CLIENT("'allow':null"),
+      { "routes[0].client.allow: expected array, got null" } },
+    { "bad CIDRs",
+      WITH_CLIENT("'allow':['10.0.0.0/8','10.0.0.0/33','::1/129','localhost','10.0.0.0/',"
+                  "5,'[::1]','10.0.0.0/8 ','fe80::1%eth0',null,'10.0.0/8','::1']"),
+      { "routes[0].client.allow[1]: " CIDR_RULE "\"10.0.0.0/33\"",
+        "routes[0].client.allow[2]: " CIDR_RULE "\"::1/129\"",
+        "routes[0].client.allow[3]: " CIDR_RULE "\"localhost\"",
+        "routes[0].client.allow[4]: " CIDR_RULE "\"10.0.0.0/\"",
+        "routes[0].client.allow[5]: expected string, got integer",
+        "routes[0].client.allow[6]: " CIDR_RULE "\"[::1]\"",
+        "routes[0].client.allow[7]: " CIDR_RULE "\"10.0.0.0/8 \"",
+        "routes[0].client.allow[8]: " CIDR_RULE "\"fe80::1%eth0\"",
+        "routes[0].client.allow[9]: expected string, got null",
+        "routes[0].client.allow[10]: " CIDR_RULE "\"10.0.0/8\"" } },
+    { "max_connections above range", WITH_CLIENT("'max_connections':10000001"),
+      { "routes[0].client.max_connections: must be between 0 and 10000000, got 10000001" } },
+    { "max_connections negative", WITH_CLIENT("'max_connections':-1"),
+      { "routes[0].client.max_connections: must be between 0 and 10000000, got -1" } },
+    { "max_connections given a fraction", WITH_CLIENT("'max_connections':1.5"),
+      { "routes[0].client.max_connections: expected integer, got number" } },
+    { "max_per_address above range", WITH_CLIENT("'max_per_address':10000001"),
+      { "routes[0].client.max_per_address: must be between 0 and 10000000, got 10000001" } },
+    { "max_per_address given a string", WITH_CLIENT("'max_per_address':'5'"),
+      { "routes[0].client.max_per_address: expected integer, got string" } },
+    { "admission keys are client keys", WITH_UPSTREAM(SERVERS ",'max_connections':1"),
+      { "routes[0].upstream.max_connections: unknown key" } },
+
     /* The document root. */
     { "root is an array", "[" ROUTE "]", { "(root): expected object, got array" } },
     { "root is a string", "'routes'", { "(root): expected object, got string" } },
@@ -482,6 +611,10 @@ static void assert_client_defaults(const struct route_config *r)
     assert_int_equal(r->client.heartbeat.keepalive_interval_ms, 2000);
     assert_int_equal(r->client.heartbeat.keepalive_count, 3);
     assert_int_equal(r->client.heartbeat.user_timeout_ms, 20000);
+    assert_null(r->client.allow);
+    assert_int_equal(r->client.n_allow, 0);
+    assert_int_equal(r->client.max_connections, 0);
+    assert_int_equal(r->client.max_per_address, 0);
     assert_int_equal(r->upstream.close, CLOSE_FIN);
     assert_int_equal(r->upstream.on_close, ON_CLOSE_CLOSE_CLIENT);
 }
@@ -494,6 +627,11 @@ static void test_minimal_defaults(void **state)
     assert_int_equal(cfg->log_level, LOG_INFO);
     assert_int_equal(cfg->log_format, LOG_FORMAT_TEXT);
     assert_int_equal(cfg->drain_timeout_ms, 10000);
+    assert_int_equal(cfg->admin.enabled, 0);
+    assert_int_equal(cfg->admin.allow_remote, 0);
+    assert_string_equal(cfg->admin.listen.host, "");
+    assert_string_equal(cfg->user, "");
+    assert_string_equal(cfg->group, "");
     assert_int_equal(cfg->n_routes, 1);
     const struct route_config *r = &cfg->routes[0];
     assert_string_equal(r->name, "r");
@@ -545,6 +683,9 @@ static const char full_config[] =
     "  'workers': 8,\n"
     "  'log': { 'level': 'debug', 'format': 'json' },\n"
     "  'shutdown': { 'drain_timeout_ms': 0 },\n"
+    "  'admin': { 'listen': '[::1]:9900', 'allow_remote': false },\n"
+    "  'user': 'lifeline',\n"
+    "  'group': 'nogroup',\n"
     "  'routes': [\n"
     "    {\n"
     "      'name': 'legacy',\n"
@@ -554,6 +695,9 @@ static const char full_config[] =
     "        'identity': 'address',\n"
     "        'on_duplicate': 'reject',\n"
     "        'close': 'fin',\n"
+    "        'allow': ['10.0.0.0/8', '::1/128', '192.168.1.7', '172.16.5.4/12'],\n"
+    "        'max_connections': 10000000,\n"
+    "        'max_per_address': 1,\n"
     "        'heartbeat': {\n"
     "          'silence_ms': 30000,\n"
     "          'keepalive_idle_ms': 0,\n"
@@ -594,12 +738,24 @@ static const char full_config[] =
     "          'silence_ms': 86400000\n"
     "        },\n"
     "        'close': 'fin',\n"
+    "        'max_per_address': 10000000,\n"
+    "        'allow': ['::/0'],\n"
     "        'on_duplicate': 'allow',\n"
+    "        'max_connections': 0,\n"
     "        'identity': 'none'\n"
     "      }\n"
     "    }\n"
     "  ]\n"
     "}\n";
+
+static void assert_cidr(const struct cidr *c, int family, const char *addr, unsigned prefix)
+{
+    char text[INET6_ADDRSTRLEN];
+    assert_int_equal(c->family, family);
+    assert_non_null(inet_ntop(family, c->addr, text, sizeof(text)));
+    assert_string_equal(text, addr);
+    assert_int_equal(c->prefix, prefix);
+}
 
 static void test_full_config(void **state)
 {
@@ -610,6 +766,13 @@ static void test_full_config(void **state)
     assert_int_equal(cfg->log_level, LOG_DEBUG);
     assert_int_equal(cfg->log_format, LOG_FORMAT_JSON);
     assert_int_equal(cfg->drain_timeout_ms, 0);
+    assert_int_equal(cfg->admin.enabled, 1);
+    assert_int_equal(cfg->admin.allow_remote, 0);
+    assert_string_equal(cfg->admin.listen.host, "::1");
+    assert_int_equal(cfg->admin.listen.port, 9900);
+    assert_int_equal(cfg->admin.listen.sa.ss_family, AF_INET6);
+    assert_string_equal(cfg->user, "lifeline");
+    assert_string_equal(cfg->group, "nogroup");
     assert_int_equal(cfg->n_routes, 2);
 
     const struct route_config *r = &cfg->routes[0];
@@ -645,6 +808,13 @@ static void test_full_config(void **state)
     assert_int_equal(cl->heartbeat.keepalive_interval_ms, 1);
     assert_int_equal(cl->heartbeat.keepalive_count, 1);
     assert_int_equal(cl->heartbeat.user_timeout_ms, 0);
+    assert_int_equal(cl->n_allow, 4);
+    assert_cidr(&cl->allow[0], AF_INET, "10.0.0.0", 8);
+    assert_cidr(&cl->allow[1], AF_INET6, "::1", 128);
+    assert_cidr(&cl->allow[2], AF_INET, "192.168.1.7", 32);
+    assert_cidr(&cl->allow[3], AF_INET, "172.16.0.0", 12); /* host bits masked off */
+    assert_int_equal(cl->max_connections, 10000000);
+    assert_int_equal(cl->max_per_address, 1);
 
     r = &cfg->routes[1];
     assert_string_equal(r->name, "Next_1.b-2");
@@ -675,6 +845,10 @@ static void test_full_config(void **state)
     assert_int_equal(cl->heartbeat.keepalive_interval_ms, 32767000);
     assert_int_equal(cl->heartbeat.keepalive_count, 127);
     assert_int_equal(cl->heartbeat.user_timeout_ms, 86400000);
+    assert_int_equal(cl->n_allow, 1);
+    assert_cidr(&cl->allow[0], AF_INET6, "::", 0);
+    assert_int_equal(cl->max_connections, 0);
+    assert_int_equal(cl->max_per_address, 10000000);
 
     /* Keepalive is off on routes[0] (its 1 ms interval is not used), and
      * routes[1] uses whole seconds. */
@@ -758,6 +932,302 @@ static void test_notes(void **state)
     assert_string_equal(cfg->notes.msgs[0], idle[0]);
     config_free(cfg);
     free(json);
+}
+
+/* The admin endpoint: off unless given; loopback or "localhost" unless
+ * allow_remote says otherwise. */
+static void test_admin(void **state)
+{
+    (void)state;
+    struct config *cfg = expect_ok(WITH_ADMIN("'listen':'127.0.0.1:9900'"));
+    assert_int_equal(cfg->admin.enabled, 1);
+    assert_int_equal(cfg->admin.allow_remote, 0);
+    assert_string_equal(cfg->admin.listen.host, "127.0.0.1");
+    assert_int_equal(cfg->admin.listen.port, 9900);
+    assert_int_equal(cfg->admin.listen.numeric, 1);
+    assert_int_equal(addr_port((const struct sockaddr *)&cfg->admin.listen.sa), 9900);
+    config_free(cfg);
+
+    const char *local[] = { "127.255.0.9:1", "[::1]:65535", "[0:0::1]:2", "localhost:9900",
+                            "LocalHost.:9900" };
+    for (size_t i = 0; i < sizeof(local) / sizeof(local[0]); i++) {
+        char json[256];
+        snprintf(json, sizeof(json), TOP("'admin':{'listen':'%s'},"), local[i]);
+        cfg = expect_ok(json);
+        assert_int_equal(cfg->admin.enabled, 1);
+        config_free(cfg);
+    }
+
+    const char *remote[] = { "0.0.0.0:9900", "[::]:9900", "10.0.0.5:9900", "admin.example:9900",
+                             "[::ffff:127.0.0.1]:9900" };
+    for (size_t i = 0; i < sizeof(remote) / sizeof(remote[0]); i++) {
+        char json[256];
+        snprintf(json, sizeof(json), TOP("'admin':{'allow_remote':true,'listen':'%s'},"),
+                 remote[i]);
+        cfg = expect_ok(json);
+        assert_int_equal(cfg->admin.enabled, 1);
+        assert_int_equal(cfg->admin.allow_remote, 1);
+        config_free(cfg);
+    }
+
+    /* allow_remote on a loopback address changes nothing. */
+    cfg = expect_ok(WITH_ADMIN("'listen':'[::1]:9900','allow_remote':true"));
+    assert_int_equal(cfg->admin.allow_remote, 1);
+    config_free(cfg);
+    cfg = expect_ok(WITH_ADMIN("'listen':'[::1]:9900','allow_remote':false"));
+    assert_int_equal(cfg->admin.allow_remote, 0);
+    config_free(cfg);
+
+    /* Another port, or another address on a route's port, is no clash. */
+    cfg = expect_ok("{'admin':{'listen':'127.0.0.1:5001'},'routes':["
+                    ROUTE_NAMED("a", "127.0.0.1:5000") "," ROUTE_NAMED("b", "[::1]:5001") "]}");
+    assert_int_equal(cfg->admin.listen.port, 5001);
+    config_free(cfg);
+}
+
+static void test_user_and_group(void **state)
+{
+    (void)state;
+    struct config *cfg = expect_ok(TOP("'user':'lifeline','group':'lifeline',"));
+    assert_string_equal(cfg->user, "lifeline");
+    assert_string_equal(cfg->group, "lifeline");
+    config_free(cfg);
+
+    const char *names[] = { "a", "_", "_svc", "www-data", "svc.relay_1", "host$", "n0body-",
+                            "abcdefghijklmnopqrstuvwxyz012345", "abcdefghijklmnopqrstuvwxyz01234$",
+                            "abcdefghijklmnopqrstuvwxyz012345$" };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        char json[256];
+        snprintf(json, sizeof(json), TOP("'user':'%s','group':'%s',"), names[i], names[i]);
+        cfg = expect_ok(json);
+        assert_string_equal(cfg->user, names[i]);
+        assert_string_equal(cfg->group, names[i]);
+        config_free(cfg);
+    }
+
+    /* Only the form is checked: an account that does not exist is the
+     * daemon's problem, when it starts. */
+    cfg = expect_ok(TOP("'user':'no_such_user_lifeline',"));
+    assert_string_equal(cfg->user, "no_such_user_lifeline");
+    assert_string_equal(cfg->group, "");
+    config_free(cfg);
+}
+
+static void test_allow(void **state)
+{
+    (void)state;
+    struct config *cfg = expect_ok(
+        WITH_CLIENT("'allow':['10.1.2.3/8','::ffff:192.168.0.0/112','2001:db8::1/32','::1']"));
+    const struct client_config *cl = &cfg->routes[0].client;
+    assert_int_equal(cl->n_allow, 4);
+    assert_cidr(&cl->allow[0], AF_INET, "10.0.0.0", 8);
+    assert_cidr(&cl->allow[1], AF_INET, "192.168.0.0", 16);
+    assert_cidr(&cl->allow[2], AF_INET6, "2001:db8::", 32);
+    assert_cidr(&cl->allow[3], AF_INET6, "::1", 128);
+    config_free(cfg);
+
+    /* 1024 entries are fine, 1025 are one too many. */
+    size_t cap = 1100 * 24;
+    char *json = malloc(cap);
+    assert_non_null(json);
+    for (int count = 1024; count <= 1025; count++) {
+        size_t o = (size_t)snprintf(json, cap,
+                                    "{'routes':[{'name':'r','listen':'127.0.0.1:1',"
+                                    "'client':{'allow':[");
+        for (int i = 0; i < count; i++)
+            o += (size_t)snprintf(json + o, cap - o, "%s'10.%d.%d.0/24'", i ? "," : "",
+                                  i / 256, i % 256);
+        snprintf(json + o, cap - o, "]}," UPSTREAM "}]}");
+        if (count == 1024) {
+            cfg = expect_ok(json);
+            assert_int_equal(cfg->routes[0].client.n_allow, 1024);
+            assert_cidr(&cfg->routes[0].client.allow[1023], AF_INET, "10.3.255.0", 24);
+            config_free(cfg);
+        } else {
+            const char *want[] = { "routes[0].client.allow: must hold at most 1024 CIDRs", NULL };
+            expect_errors("1025 CIDRs", json, want);
+        }
+    }
+    free(json);
+
+    /* Each route has its own list and limits. */
+    cfg = expect_ok("{'routes':["
+                    "{'name':'a','listen':'127.0.0.1:1','client':{'allow':['10.0.0.0/8'],"
+                    "'max_connections':5}," UPSTREAM "},"
+                    "{'name':'b','listen':'127.0.0.1:2','client':{'max_per_address':2},"
+                    UPSTREAM "}"
+                    "]}");
+    assert_int_equal(cfg->routes[0].client.n_allow, 1);
+    assert_int_equal(cfg->routes[0].client.max_connections, 5);
+    assert_int_equal(cfg->routes[0].client.max_per_address, 0);
+    assert_null(cfg->routes[1].client.allow);
+    assert_int_equal(cfg->routes[1].client.max_connections, 0);
+    assert_int_equal(cfg->routes[1].client.max_per_address, 2);
+    config_free(cfg);
+}
+
+/* The variables the substitution tests set, all unset before and after. */
+static const char *const test_vars[] = {
+    "LIFELINE_PORT",   "LIFELINE_T_HOST", "LIFELINE_T_EMPTY", "LIFELINE_T_LEVEL",
+    "LIFELINE_T_RAW",  "LIFELINE_T_NAME", "LIFELINE_T_CIDR",  "UPSTREAM_HOST",
+    "UPSTREAM_PORT",   "LIFELINE_T_KEY",  "LIFELINE_T_ADMIN", "PORT",
+};
+
+static void unset_test_vars(void)
+{
+    for (size_t i = 0; i < sizeof(test_vars) / sizeof(test_vars[0]); i++)
+        assert_int_equal(unsetenv(test_vars[i]), 0);
+}
+
+static void test_env_substitution(void **state)
+{
+    (void)state;
+    unset_test_vars();
+    assert_int_equal(setenv("LIFELINE_PORT", "5123", 1), 0);
+    assert_int_equal(setenv("LIFELINE_T_HOST", "10.9.8.7", 1), 0);
+    assert_int_equal(setenv("LIFELINE_T_EMPTY", "", 1), 0);
+    assert_int_equal(setenv("LIFELINE_T_LEVEL", "debug", 1), 0);
+    assert_int_equal(setenv("LIFELINE_T_NAME", "from-env", 1), 0);
+    assert_int_equal(setenv("LIFELINE_T_CIDR", "192.168.0.0/16", 1), 0);
+    assert_int_equal(setenv("UPSTREAM_PORT", "7001", 1), 0);
+
+    struct config *cfg = expect_ok(
+        "{'log':{'level':'${LIFELINE_T_LEVEL}','format':'${LIFELINE_T_UNSET_FORMAT:-json}'},"
+        "'user':'svc$$','group':'${LIFELINE_T_EMPTY:-staff}',"
+        "'admin':{'listen':'${LIFELINE_T_ADMIN:-127.0.0.1:9900}'},"
+        "'routes':[{'name':'${LIFELINE_T_NAME}',"
+        "'listen':'127.0.0.1:${LIFELINE_PORT}${LIFELINE_T_EMPTY}',"
+        "'client':{'allow':['${LIFELINE_T_CIDR}','${LIFELINE_T_UNSET_CIDR:-::1}']},"
+        "'upstream':{'servers':['${UPSTREAM_HOST:-127.0.0.1}:${UPSTREAM_PORT}',"
+        "'${LIFELINE_T_HOST}:${LIFELINE_T_EMPTY:-1}'],"
+        "'source_address':'${LIFELINE_T_HOST}'}}]}");
+    assert_int_equal(cfg->log_level, LOG_DEBUG);
+    assert_int_equal(cfg->log_format, LOG_FORMAT_JSON);
+    /* "$$" is one "$". */
+    assert_string_equal(cfg->user, "svc$");
+    /* Set but empty takes the default too. */
+    assert_string_equal(cfg->group, "staff");
+    assert_string_equal(cfg->admin.listen.host, "127.0.0.1");
+    assert_int_equal(cfg->admin.listen.port, 9900);
+    const struct route_config *r = &cfg->routes[0];
+    assert_string_equal(r->name, "from-env");
+    assert_int_equal(r->listen.port, 5123);
+    assert_int_equal(r->client.n_allow, 2);
+    assert_cidr(&r->client.allow[0], AF_INET, "192.168.0.0", 16);
+    assert_cidr(&r->client.allow[1], AF_INET6, "::1", 128);
+    assert_int_equal(r->upstream.n_servers, 2);
+    assert_string_equal(r->upstream.servers[0].host, "127.0.0.1");
+    assert_int_equal(r->upstream.servers[0].port, 7001);
+    assert_string_equal(r->upstream.servers[1].host, "10.9.8.7");
+    assert_int_equal(r->upstream.servers[1].port, 1);
+    assert_int_equal(r->upstream.source.ss_family, AF_INET);
+    config_free(cfg);
+
+    /* The sidecar form with both variables set; a long value grows the string. */
+    char long_host[201];
+    memset(long_host, 'h', 200);
+    long_host[200] = '\0';
+    long_host[100] = '.';
+    assert_int_equal(setenv("UPSTREAM_HOST", long_host, 1), 0);
+    cfg = expect_ok(WITH_UPSTREAM("'servers':['${UPSTREAM_HOST:-127.0.0.1}:${UPSTREAM_PORT}']"));
+    assert_string_equal(cfg->routes[0].upstream.servers[0].host, long_host);
+    assert_int_equal(cfg->routes[0].upstream.servers[0].port, 7001);
+    config_free(cfg);
+
+    /* A '$' that starts nothing is kept. */
+    cfg = expect_ok(TOP("'user':'svc$','group':'${LIFELINE_T_UNSET_G:-wheel}$',"));
+    assert_string_equal(cfg->user, "svc$");
+    assert_string_equal(cfg->group, "wheel$");
+    config_free(cfg);
+    /* The default is taken as written, up to the first '}'. */
+    const char *literal[] = { "user: " ACCOUNT_RULE "\"a$$\"",
+                              "group: " ACCOUNT_RULE "\"b}\"", NULL };
+    expect_errors("literal default",
+                  TOP("'user':'${LIFELINE_T_UNSET_U:-a$$}','group':'${LIFELINE_T_UNSET_G:-b}}',"),
+                  literal);
+
+    /* Errors quote the substituted value; a value is not scanned again. */
+    assert_int_equal(setenv("LIFELINE_PORT", "http", 1), 0);
+    assert_int_equal(setenv("LIFELINE_T_LEVEL", "loud", 1), 0);
+    assert_int_equal(setenv("LIFELINE_T_RAW", "${LIFELINE_T_HOST}", 1), 0);
+    const char *quoted[] = {
+        "log.level: expected one of " LEVELS ", got \"loud\"",
+        "routes[0].listen: expected \"host:port\", got \"127.0.0.1:http\"",
+        "routes[0].upstream.servers[0]: expected \"host:port\", got \"${LIFELINE_T_HOST}\"",
+        NULL };
+    expect_errors("substituted values",
+                  "{'log':{'level':'${LIFELINE_T_LEVEL}'},'routes':[{'name':'r',"
+                  "'listen':'127.0.0.1:${LIFELINE_PORT}',"
+                  "'upstream':{'servers':['${LIFELINE_T_RAW}']}}]}",
+                  quoted);
+
+    const char *admin[] = { "admin.listen: \"0.0.0.0:9900\"" NOT_LOOPBACK, NULL };
+    expect_errors("admin default", WITH_ADMIN("'listen':'${LIFELINE_T_ADMIN:-0.0.0.0:9900}'"),
+                  admin);
+
+    /* Values that must differ are compared after substitution. */
+    const char *dup[] = {
+        "routes[1].name: duplicate route name \"from-env\" (also routes[0].name)", NULL };
+    expect_errors("duplicate after substitution",
+                  "{'routes':[" ROUTE_NAMED("from-env", "127.0.0.1:1") ","
+                  ROUTE_NAMED("${LIFELINE_T_NAME}", "127.0.0.1:2") "]}",
+                  dup);
+
+    /* Unset without a default, unterminated, bad names: one error each, in
+     * document order, and the value is not checked further. */
+    assert_int_equal(unsetenv("LIFELINE_PORT"), 0);
+    const char *errors[] = {
+        "routes[0].listen: environment variable LIFELINE_PORT is not set",
+        "routes[0].client.allow[0]: unterminated ${ in \"${LIFELINE_T_CIDR\"",
+        "routes[0].client.allow[2]: " CIDR_RULE "\"192.168.0.0/16}\"",
+        "routes[0].upstream.servers[0]: environment variable LIFELINE_T_UNSET_HOST is not set",
+        "routes[0].upstream.servers[1]: invalid variable name in \"${1X}\"",
+        "routes[0].upstream.servers[2]: invalid variable name in \"${}:1\"",
+        "routes[0].upstream.servers[3]: invalid variable name in \"h:${A-B}\"",
+        "routes[0].upstream.servers[4]: invalid variable name in \"${A:x}\"",
+        "routes[0].upstream.servers[5]: invalid variable name in \"${ A}\"",
+        "routes[0].upstream.servers[6]: unterminated ${ in \"a:${LIFELINE_T_HOST}${B\"",
+        "routes[0].upstream.source_address: environment variable LIFELINE_T_UNSET_SRC is not set",
+        NULL };
+    expect_errors("substitution errors",
+                  "{'routes':[{'name':'r','listen':'127.0.0.1:${LIFELINE_PORT}',"
+                  "'client':{'allow':['${LIFELINE_T_CIDR','::1','${LIFELINE_T_CIDR}}']},"
+                  "'upstream':{'servers':['${LIFELINE_T_UNSET_HOST}:1','${1X}','${}:1',"
+                  "'h:${A-B}','${A:x}','${ A}','a:${LIFELINE_T_HOST}${B'],"
+                  "'source_address':'${LIFELINE_T_UNSET_SRC}'}}]}",
+                  errors);
+
+    /* The messages as the README shows them. */
+    const char *unterminated[] = { "routes[0].listen: unterminated ${ in \"${PORT\"", NULL };
+    expect_errors("unterminated", ONE_ROUTE(ROUTE_NAMED("r", "${PORT")), unterminated);
+    const char *unset[] = { "routes[0].listen: environment variable PORT is not set", NULL };
+    expect_errors("unset", ONE_ROUTE(ROUTE_NAMED("r", "0.0.0.0:${PORT}")), unset);
+    assert_int_equal(setenv("PORT", "", 1), 0);
+    const char *empty[] = { "routes[0].listen: expected \"host:port\", got \"0.0.0.0:\"", NULL };
+    expect_errors("set but empty", ONE_ROUTE(ROUTE_NAMED("r", "0.0.0.0:${PORT}")), empty);
+
+    /* Only values the schema reads are substituted: keys never, and a value
+     * of the wrong type or under an unknown key is reported as such. */
+    assert_int_equal(setenv("LIFELINE_T_KEY", "workers", 1), 0);
+    const char *keys[] = { "${LIFELINE_T_KEY}: unknown key",
+                           "workers: expected integer, got string",
+                           "extra: unknown key", NULL };
+    expect_errors("keys and types",
+                  TOP("'${LIFELINE_T_KEY}':1,'workers':'${LIFELINE_T_UNSET_W}',"
+                      "'extra':'${LIFELINE_T_UNSET_X}',"),
+                  keys);
+
+    /* A long variable name is cut in the message like any echoed value. */
+    char json[1024], want0[512];
+    char name[301];
+    memset(name, 'V', 300);
+    name[300] = '\0';
+    snprintf(json, sizeof(json), TOP("'user':'${%s}',"), name);
+    snprintf(want0, sizeof(want0), "user: environment variable %.200s is not set", name);
+    const char *long_name[] = { want0, NULL };
+    expect_errors("long name", json, long_name);
+
+    unset_test_vars();
 }
 
 static void test_ipv6_listen(void **state)
@@ -1046,8 +1516,8 @@ static void test_shipped_example(void **state)
 }
 
 /* Sets the member named by a documented path ("routes[].upstream.retries")
- * to `true` inside a valid config, creating objects on the way. */
-static void set_true_at(cJSON *doc, const char *doc_path)
+ * to `value` inside a valid config, creating objects on the way. */
+static void set_at(cJSON *doc, const char *doc_path, cJSON *value)
 {
     char segs[256];
     snprintf(segs, sizeof(segs), "%s", doc_path);
@@ -1060,7 +1530,7 @@ static void set_true_at(cJSON *doc, const char *doc_path)
             seg[len - 2] = '\0';
         if (*save == '\0' && !into_array) {
             cJSON_DeleteItemFromObjectCaseSensitive(at, seg);
-            cJSON_AddItemToObject(at, seg, cJSON_CreateTrue());
+            cJSON_AddItemToObject(at, seg, value);
             return;
         }
         cJSON *next = cJSON_GetObjectItemCaseSensitive(at, seg);
@@ -1080,6 +1550,11 @@ static const char *const all_keys[] = {
     "log.format",
     "shutdown",
     "shutdown.drain_timeout_ms",
+    "admin",
+    "admin.listen",
+    "admin.allow_remote",
+    "user",
+    "group",
     "routes",
     "routes[].name",
     "routes[].listen",
@@ -1094,6 +1569,9 @@ static const char *const all_keys[] = {
     "routes[].client.heartbeat.keepalive_interval_ms",
     "routes[].client.heartbeat.keepalive_count",
     "routes[].client.heartbeat.user_timeout_ms",
+    "routes[].client.allow",
+    "routes[].client.max_connections",
+    "routes[].client.max_per_address",
     "routes[].upstream",
     "routes[].upstream.servers",
     "routes[].upstream.source_address",
@@ -1132,11 +1610,14 @@ static void test_documented_keys(void **state)
         for (size_t i = 0; i < N_ALL_KEYS; i++)
             if (strcmp(all_keys[i], key) == 0)
                 documented[i]++;
-        char *base_json = dq(ONE_ROUTE(ROUTE));
+        /* The admin object is there so that its keys can be set one at a
+         * time; a boolean key is given a string, any other key `true`. */
+        char *base_json = dq("{'admin':{'listen':'127.0.0.1:9900'}," ROUTES "}");
         cJSON *doc = cJSON_Parse(base_json);
         free(base_json);
         assert_non_null(doc);
-        set_true_at(doc, key);
+        int boolean = strncmp(type, "boolean", 7) == 0;
+        set_at(doc, key, boolean ? cJSON_CreateString("yes") : cJSON_CreateTrue());
         char *json = cJSON_PrintUnformatted(doc);
         cJSON_Delete(doc);
         assert_non_null(json);
@@ -1154,7 +1635,8 @@ static void test_documented_keys(void **state)
         err_path[o] = '\0';
         const char *word = strncmp(type, "array", 5) == 0 ? "array" : strtok(type, " ");
         char want0[512];
-        snprintf(want0, sizeof(want0), "%s: expected %s, got boolean", err_path, word);
+        snprintf(want0, sizeof(want0), "%s: expected %s, got %s", err_path, word,
+                 boolean ? "string" : "boolean");
         const char *want[] = { want0, NULL };
         expect_errors(key, json, want);
         cJSON_free(json);
@@ -1181,6 +1663,10 @@ int main(void)
         cmocka_unit_test(test_minimal_defaults),
         cmocka_unit_test(test_full_config),
         cmocka_unit_test(test_notes),
+        cmocka_unit_test(test_admin),
+        cmocka_unit_test(test_user_and_group),
+        cmocka_unit_test(test_allow),
+        cmocka_unit_test(test_env_substitution),
         cmocka_unit_test(test_ipv6_listen),
         cmocka_unit_test(test_wildcard_source_is_unset),
         cmocka_unit_test(test_integer_vs_number),
