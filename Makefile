@@ -8,7 +8,7 @@ JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_ARGS ?=
 
 # Debian packages the build and the test suite need.
-DEPS = gcc make cmake pkg-config libuv1-dev libcjson-dev libcmocka-dev python3 \
+DEPS = gcc make cmake pkg-config libuv1-dev libcjson-dev libcmocka-dev libhttp-parser-dev python3 \
        iproute2 nftables
 
 all: build

@@ -40,6 +40,7 @@
  */
 #include "lifeline/session.h"
 
+#include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdatomic.h>
@@ -136,6 +137,7 @@ struct session {
     uint64_t id;                   /* process-wide, for worker messages */
     struct worker *w;
     const struct route_config *route;
+    struct route_stats *stats;     /* the route's counters on this worker */
     enum session_state state;
     enum connect_step step;
     enum close_step close_step;
@@ -145,6 +147,8 @@ struct session {
     int saw_eof;
     enum close_mode client_close;  /* how finish_close() ends the client side */
     int registered;                /* owns (or waits for) its client identity */
+    int limited;                   /* counted in the shared limits */
+    int quiet;                     /* denied: counted, logged rate-limited, no close line */
 
     uv_tcp_t client;
     uv_tcp_t upstream;
@@ -194,6 +198,22 @@ static void set_state(struct session *s, enum session_state next)
 }
 
 struct session *session_next(const struct session *s) { return s->next; }
+
+int session_json(const struct session *s, char *buf, size_t len)
+{
+    char client[ADDR_STR_MAX];
+    uint64_t now = uv_now(&s->w->loop);
+    int n = snprintf(buf, len,
+                     "{\"id\":%" PRIu64 ",\"route\":\"%s\",\"worker\":%d,\"client\":\"%s\","
+                     "\"upstream_local_port\":%u,\"state\":\"%s\",\"bytes_from_client\":%" PRIu64
+                     ",\"bytes_from_server\":%" PRIu64 ",\"age_ms\":%" PRIu64
+                     ",\"client_idle_ms\":%" PRIu64 "}",
+                     s->id, s->route->name, s->w->id,
+                     addr_format(&s->peer.sa, client, sizeof(client)), s->upstream_port,
+                     state_names[s->state], s->up.bytes, s->down.bytes, now - s->started_ms,
+                     now - s->last_rx_ms);
+    return n < (int)len ? n : (int)len - 1;
+}
 
 uint64_t session_id(const struct session *s) { return s->id; }
 
@@ -472,8 +492,12 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     if (nread > 0) {
         c->len = (size_t)nread;
         h->bytes += (uint64_t)nread;
-        if (h == &s->up)
+        if (h == &s->up) {
             s->last_rx_ms = uv_now(&s->w->loop);
+            metric_add(&s->stats->bytes_from_client, (uint64_t)nread);
+        } else {
+            metric_add(&s->stats->bytes_from_server, (uint64_t)nread);
+        }
         if (s->state == SESSION_RELAYING)
             half_write(h, c);
         else
@@ -559,6 +583,7 @@ static void close_upstream_then_retry(struct session *s)
 
 static void connect_failed(struct session *s, int err)
 {
+    metric_add(&s->stats->connect_failures[s->server], 1);
     log_try_failed(s, err);
     close_upstream_then_retry(s);
 }
@@ -721,6 +746,7 @@ static void connect_try(struct session *s)
     const struct upstream_config *u = &s->route->upstream;
     s->server = s->tries % u->n_servers;
     s->tries++;
+    metric_add(&s->stats->connect_attempts[s->server], 1);
     const struct hostport *srv = &u->servers[s->server];
     if (srv->numeric) {
         connect_to(s, (const struct sockaddr *)&srv->sa);
@@ -812,7 +838,7 @@ static void timer_cb(uv_timer_t *t)
 
 static void log_close(struct session *s)
 {
-    if (!log_enabled(LOG_INFO))
+    if (s->quiet || !log_enabled(LOG_INFO))
         return;
     char client[ADDR_STR_MAX];
     uint64_t now = uv_now(&s->w->loop);
@@ -866,7 +892,7 @@ static void release_identity(struct session *s)
     registry_identity(&id, s->route->name, &s->peer.sa,
                       s->route->client.identity == IDENTITY_ADDRESS_PORT);
     if (registry_release(s->w->registry, &id, (struct session_ref){ s->w->id, s->id }, &next))
-        worker_post(&s->w->peers[next.worker], WORKER_MSG_GO, next.id);
+        worker_post(&s->w->peers[next.worker], WORKER_MSG_GO, next.id, NULL);
 }
 
 /* Logs the close, hands the identity on, and closes every handle. */
@@ -877,7 +903,8 @@ static void finish_close(struct session *s)
     int resolving = s->state == SESSION_CONNECTING && s->step == CONNECT_RESOLVING;
     set_state(s, SESSION_CLOSED);
     log_close(s);
-    atomic_fetch_add_explicit(&s->w->stats.closes[s->reason], 1, memory_order_relaxed);
+    metric_add(&s->stats->closes[s->reason], 1);
+    metric_sub(&s->stats->sessions_active, 1);
 
     struct worker *w = s->w;
     if (s->prev != NULL)
@@ -888,6 +915,8 @@ static void finish_close(struct session *s)
         s->next->prev = s->prev;
     s->prev = s->next = NULL;
 
+    if (s->limited)
+        limits_give(w->limits, (size_t)(s->route - w->cfg->routes), &s->peer.sa);
     queue_free(s, &s->up);
     close_client(s);
     close_upstream(s, CLOSE_FIN);
@@ -997,6 +1026,58 @@ static void flush_then_fin(struct session *s, struct half *h)
 
 /* --- accept -------------------------------------------------------------- */
 
+static int allowed(const struct client_config *cc, const struct sockaddr *sa)
+{
+    if (cc->n_allow == 0)
+        return 1;
+    for (size_t i = 0; i < cc->n_allow; i++)
+        if (addr_cidr_match(&cc->allow[i], sa))
+            return 1;
+    return 0;
+}
+
+static const char *const deny_words[] = {
+    [DENY_ALLOW] = "allow", [DENY_MAX_CONNECTIONS] = "max_connections",
+    [DENY_MAX_PER_ADDRESS] = "max_per_address",
+};
+
+/* Access control and limits. Returns 1 when the connection may become a
+ * session; else counts and logs it (at most one line a second per worker,
+ * so that a flood cannot flood the log). */
+static int admit(struct session *s)
+{
+    const struct client_config *cc = &s->route->client;
+    struct worker *w = s->w;
+    enum deny_cause cause;
+    if (!allowed(cc, &s->peer.sa)) {
+        cause = DENY_ALLOW;
+    } else if (cc->max_connections == 0 && cc->max_per_address == 0) {
+        return 1;
+    } else {
+        int rc = limits_take(w->limits, (size_t)(s->route - w->cfg->routes), &s->peer.sa,
+                             cc->max_connections, cc->max_per_address);
+        if (rc == 0) {
+            s->limited = 1;
+            return 1;
+        }
+        cause = rc == -1 ? DENY_MAX_CONNECTIONS : DENY_MAX_PER_ADDRESS;
+    }
+    metric_add(&s->stats->denied[cause], 1);
+    s->quiet = 1;
+    uint64_t now = uv_now(&w->loop);
+    if (w->deny_logged_ms != 0 && now - w->deny_logged_ms < 1000) {
+        w->deny_suppressed++;
+        return 0;
+    }
+    char client[ADDR_STR_MAX];
+    log_warn("connection denied", LF_STR("route", s->route->name),
+             LF_STR("client", addr_format(&s->peer.sa, client, sizeof(client))),
+             LF_STR("cause", deny_words[cause]), LF_INT("suppressed", w->deny_suppressed));
+    w->deny_logged_ms = now;
+    w->deny_suppressed = 0;
+    return 0;
+}
+
 /* Decides who talks to the server for this client: returns the state the
  * new session starts in, or closes it as rejected. */
 static enum session_state claim_identity(struct session *s)
@@ -1022,10 +1103,10 @@ static enum session_state claim_identity(struct session *s)
         break;
     }
     s->registered = 1;
-    atomic_fetch_add_explicit(&s->w->stats.takeovers, 1, memory_order_relaxed);
-    worker_post(&s->w->peers[owner.worker], WORKER_MSG_EVICT, owner.id);
+    metric_add(&s->stats->takeovers, 1);
+    worker_post(&s->w->peers[owner.worker], WORKER_MSG_EVICT, owner.id, NULL);
     if (displaced.worker >= 0)
-        worker_post(&s->w->peers[displaced.worker], WORKER_MSG_EVICT, displaced.id);
+        worker_post(&s->w->peers[displaced.worker], WORKER_MSG_EVICT, displaced.id, NULL);
     return SESSION_WAITING;
 }
 
@@ -1038,6 +1119,7 @@ int session_accept(struct worker *w, struct listener *l)
     s->id = atomic_fetch_add(&next_id, 1);
     s->w = w;
     s->route = l->route;
+    s->stats = &w->stats[l->route - w->cfg->routes];
     s->state = SESSION_WAITING;
     s->client_close = CLOSE_FIN;
     s->up = (struct half){ .s = s, .src = &s->client, .dst = &s->upstream };
@@ -1073,7 +1155,13 @@ int session_accept(struct worker *w, struct listener *l)
         w->sessions->prev = s;
     w->sessions = s;
     w->n_sessions++;
+    metric_add(&s->stats->sessions_total, 1);
+    metric_add(&s->stats->sessions_active, 1);
 
+    if (!admit(s)) {
+        session_close(s, REASON_DENIED);
+        return 0;
+    }
     enum session_state start = claim_identity(s);
     if (start == SESSION_CLOSED) {
         session_close(s, REASON_REJECTED);

@@ -2,19 +2,29 @@
 #include "lifeline/supervisor.h"
 
 #include <errno.h>
+#include <grp.h>
+#include <inttypes.h>
+#include <pwd.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 #include <uv.h>
 
+#include "lifeline/admin.h"
 #include "lifeline/log.h"
+#include "lifeline/metrics.h"
 #include "lifeline/net.h"
 #include "lifeline/worker.h"
 
 #define LISTEN_BACKLOG 4096
+/* A worker loop that has not turned for this long is stuck: /healthz says
+ * 503 and the supervisor logs it. */
+#define WORKER_STALL_MS 2000
+#define WATCHDOG_MS 500
 
 enum sup_phase {
     SUP_STARTING,   /* waiting for every worker to run */
@@ -30,10 +40,16 @@ struct supervisor {
     struct worker *workers;
     size_t n_workers;
     struct registry registry;     /* client identities, shared by the workers */
+    struct limits limits;         /* open sessions per route and address */
     size_t n_started;             /* workers whose thread was created */
     enum sup_phase phase;
     int signals;                  /* shutdown signals received */
     int exit_code;
+    struct admin *admin;          /* NULL when the config has no admin object */
+    int admin_fd;                 /* bound before the workers start */
+    uv_timer_t watchdog;          /* looks for stuck worker loops */
+    unsigned char *stalled;       /* per worker: stuck, and logged as such */
+    struct process_stats ps;
 };
 
 static void stop_workers(struct supervisor *sup, enum worker_command cmd)
@@ -65,6 +81,143 @@ static void close_own_handles(struct supervisor *sup)
     uv_close((uv_handle_t *)&sup->sigint, NULL);
     uv_close((uv_handle_t *)&sup->sighup, NULL);
     uv_close((uv_handle_t *)&sup->notify, NULL);
+    uv_close((uv_handle_t *)&sup->watchdog, NULL);
+    admin_stop(sup->admin);
+    sup->admin = NULL;
+}
+
+/* --- watchdog and the admin backend ---------------------------------------- */
+
+static int worker_stuck(struct supervisor *sup, size_t i)
+{
+    struct worker *w = &sup->workers[i];
+    return atomic_load(&w->phase) == WORKER_PHASE_RUNNING &&
+           worker_stalled_ms(w) > WORKER_STALL_MS;
+}
+
+static void watchdog_cb(uv_timer_t *t)
+{
+    struct supervisor *sup = t->data;
+    for (size_t i = 0; i < sup->n_started; i++) {
+        int stuck = worker_stuck(sup, i);
+        if (stuck && !sup->stalled[i])
+            log_error("worker loop not responding", LF_INT("worker", i),
+                      LF_INT("stalled_ms", worker_stalled_ms(&sup->workers[i])));
+        else if (!stuck && sup->stalled[i])
+            log_info("worker loop responding again", LF_INT("worker", i));
+        sup->stalled[i] = (unsigned char)stuck;
+    }
+}
+
+static int backend_healthy(void *ctx)
+{
+    struct supervisor *sup = ctx;
+    for (size_t i = 0; i < sup->n_started; i++)
+        if (worker_stuck(sup, i))
+            return 0;
+    return 1;
+}
+
+static int backend_ready(void *ctx)
+{
+    struct supervisor *sup = ctx;
+    return sup->phase == SUP_RUNNING;
+}
+
+static char *backend_metrics(void *ctx)
+{
+    struct supervisor *sup = ctx;
+    struct route_stats *stats[sup->n_started + 1];
+    for (size_t i = 0; i < sup->n_started; i++)
+        stats[i] = sup->workers[i].stats;
+    return metrics_render(sup->cfg, stats, sup->n_started, &sup->ps);
+}
+
+static void gather_closed_cb(uv_handle_t *h)
+{
+    struct gather *g = h->data;
+    for (size_t i = 0; g->parts != NULL && i < g->n_parts; i++)
+        free(g->parts[i]);
+    free(g->parts);
+    uv_mutex_destroy(&g->lock);
+    free(g);
+}
+
+/* Every worker answered: build the HTTP response. */
+static void gather_done_cb(uv_async_t *a)
+{
+    struct gather *g = a->data;
+    if (g->type == WORKER_MSG_KILL) {
+        char body[64];
+        snprintf(body, sizeof(body), "{\"closed\":%" PRIu64 "}\n", g->session_id);
+        admin_reply(g->owner, g->found ? 200 : 404, "application/json",
+                    strdup(g->found ? body : "{\"error\":\"no such session\"}\n"));
+    } else {
+        size_t len = 4;
+        for (size_t i = 0; i < g->n_parts; i++)
+            len += (g->parts[i] ? strlen(g->parts[i]) : 0) + 1;
+        char *body = malloc(len);
+        if (body != NULL) {
+            size_t o = 0;
+            body[o++] = '[';
+            for (size_t i = 0; i < g->n_parts; i++) {
+                if (g->parts[i] == NULL || g->parts[i][0] == '\0')
+                    continue;
+                if (o > 1)
+                    body[o++] = ',';
+                memcpy(body + o, g->parts[i], strlen(g->parts[i]));
+                o += strlen(g->parts[i]);
+            }
+            body[o++] = ']';
+            body[o++] = '\n';
+            body[o] = '\0';
+        }
+        admin_reply(g->owner, body ? 200 : 500, "application/json", body);
+    }
+    uv_close((uv_handle_t *)&g->done, gather_closed_cb);
+}
+
+/* Asks every worker; the answer comes in gather_done_cb(). */
+static void gather_start(struct supervisor *sup, struct admin_conn *c, enum worker_msg_type type,
+                         uint64_t id)
+{
+    struct gather *g = calloc(1, sizeof(*g));
+    if (g != NULL && (g->parts = calloc(sup->n_started + 1, sizeof(*g->parts))) == NULL) {
+        free(g);
+        g = NULL;
+    }
+    if (g == NULL) {
+        admin_reply(c, 500, "text/plain; charset=utf-8", strdup("out of memory\n"));
+        return;
+    }
+    g->type = type;
+    g->session_id = id;
+    g->owner = c;
+    g->n_parts = sup->n_started;
+    g->pending = sup->n_started + 1; /* one for this function, released below */
+    uv_mutex_init(&g->lock);
+    uv_async_init(&sup->loop, &g->done, gather_done_cb);
+    g->done.data = g;
+    size_t unreachable = 0;
+    for (size_t i = 0; i < sup->n_started; i++)
+        if (worker_post(&sup->workers[i], type, id, g) < 0)
+            unreachable++; /* its loop ended: it has no sessions */
+    uv_mutex_lock(&g->lock);
+    g->pending -= unreachable + 1;
+    int last = g->pending == 0;
+    uv_mutex_unlock(&g->lock);
+    if (last)
+        uv_async_send(&g->done);
+}
+
+static void backend_sessions(void *ctx, struct admin_conn *c)
+{
+    gather_start(ctx, c, WORKER_MSG_DESCRIBE, 0);
+}
+
+static void backend_close_session(void *ctx, struct admin_conn *c, uint64_t id)
+{
+    gather_start(ctx, c, WORKER_MSG_KILL, id);
 }
 
 static void notify_cb(uv_async_t *a)
@@ -135,104 +288,141 @@ static void close_fds(int *fds, size_t n)
             close(fds[i]);
 }
 
-static void log_listen_error(const struct route_config *r, const char *what)
+static void log_listen_error(const char *name, const struct hostport *hp, const char *what)
 {
     char addr[ADDR_STR_MAX];
-    log_error("cannot listen", LF_STR("route", r->name),
-              LF_STR("address", addr_format_hostport(&r->listen, addr, sizeof(addr))),
+    log_error("cannot listen", LF_STR("route", name),
+              LF_STR("address", addr_format_hostport(hp, addr, sizeof(addr))),
               LF_STR("error", what));
 }
 
-/* Resolves and binds every route's address, once per worker. On success
- * fds[w * n_routes + r] holds worker w's socket for route r. */
-static int open_listen_sockets(const struct config *cfg, size_t n_workers, int *fds)
+/* Resolves a listen address (blocking: no loop runs yet), checks that
+ * nobody holds it, and logs what went wrong. Returns an exit code. */
+static int resolve_listen(const char *name, const struct hostport *hp, struct sockaddr_storage *sa)
 {
-    size_t n = n_workers * cfg->n_routes;
-    for (size_t i = 0; i < n; i++)
-        fds[i] = -1;
-
-    for (size_t r = 0; r < cfg->n_routes; r++) {
-        const struct route_config *route = &cfg->routes[r];
-        struct sockaddr_storage sa;
-        const char *why = NULL;
-
-        if (route->listen.numeric) {
-            sa = route->listen.sa;
-        } else if (net_resolve_listen(route->listen.host, route->listen.port, &sa, &why) < 0) {
-            log_listen_error(route, why);
-            close_fds(fds, n);
-            return EXIT_USAGE;
-        }
-        int rc = net_probe_bind((struct sockaddr *)&sa);
-        for (size_t w = 0; rc == 0 && w < n_workers; w++) {
-            int fd = net_listen_socket((struct sockaddr *)&sa, LISTEN_BACKLOG);
-            if (fd < 0)
-                rc = fd;
-            else
-                fds[w * cfg->n_routes + r] = fd;
-        }
-        if (rc < 0) {
-            log_listen_error(route, strerror(-rc));
-            close_fds(fds, n);
-            return EXIT_RUNTIME;
-        }
-        char addr[ADDR_STR_MAX];
-        log_info("listening", LF_STR("route", route->name),
-                 LF_STR("address", addr_format((struct sockaddr *)&sa, addr, sizeof(addr))));
+    const char *why = NULL;
+    if (hp->numeric) {
+        *sa = hp->sa;
+    } else if (net_resolve_listen(hp->host, hp->port, sa, &why) < 0) {
+        log_listen_error(name, hp, why);
+        return EXIT_USAGE;
+    }
+    int rc = net_probe_bind((struct sockaddr *)sa);
+    if (rc < 0) {
+        log_listen_error(name, hp, strerror(-rc));
+        return EXIT_RUNTIME;
     }
     return EXIT_CLEAN;
 }
 
-int supervisor_run(const struct config *cfg)
+static void log_listening(const char *name, const struct sockaddr_storage *sa)
 {
-    struct supervisor sup = { .cfg = cfg, .phase = SUP_STARTING, .exit_code = EXIT_CLEAN };
-    sup.n_workers = cfg->workers != 0 ? cfg->workers : uv_available_parallelism();
+    char addr[ADDR_STR_MAX];
+    log_info("listening", LF_STR("route", name),
+             LF_STR("address", addr_format((const struct sockaddr *)sa, addr, sizeof(addr))));
+}
 
-    /* A peer that vanishes mid-write must be an error return, not a signal. */
-    signal(SIGPIPE, SIG_IGN);
-    raise_fd_limit();
-
-    int *fds = calloc(sup.n_workers * cfg->n_routes, sizeof(*fds));
-    sup.workers = calloc(sup.n_workers, sizeof(*sup.workers));
-    if (fds == NULL || sup.workers == NULL) {
-        log_error("out of memory");
-        free(fds);
-        free(sup.workers);
-        return EXIT_RUNTIME;
+/* Binds every route's address once per worker: fds[w * n_routes + r] is
+ * worker w's socket for route r. */
+static int open_route_sockets(const struct config *cfg, size_t n_workers, int *fds)
+{
+    for (size_t r = 0; r < cfg->n_routes; r++) {
+        const struct route_config *route = &cfg->routes[r];
+        struct sockaddr_storage sa;
+        int code = resolve_listen(route->name, &route->listen, &sa);
+        if (code != EXIT_CLEAN)
+            return code;
+        for (size_t w = 0; w < n_workers; w++) {
+            int fd = net_listen_socket((struct sockaddr *)&sa, LISTEN_BACKLOG);
+            if (fd < 0) {
+                log_listen_error(route->name, &route->listen, strerror(-fd));
+                return EXIT_RUNTIME;
+            }
+            fds[w * cfg->n_routes + r] = fd;
+        }
+        log_listening(route->name, &sa);
     }
-    int code = open_listen_sockets(cfg, sup.n_workers, fds);
-    if (code != EXIT_CLEAN) {
-        free(fds);
-        free(sup.workers);
+    return EXIT_CLEAN;
+}
+
+/* The admin endpoint's socket, or -1 when the config has none. */
+static int open_admin_socket(const struct config *cfg, int *fd)
+{
+    *fd = -1;
+    if (!cfg->admin.enabled)
+        return EXIT_CLEAN;
+    struct sockaddr_storage sa;
+    int code = resolve_listen("admin", &cfg->admin.listen, &sa);
+    if (code != EXIT_CLEAN)
         return code;
-    }
-
-    if (registry_init(&sup.registry) < 0) {
-        log_error("out of memory");
-        close_fds(fds, sup.n_workers * cfg->n_routes);
-        free(fds);
-        free(sup.workers);
+    *fd = net_listen_socket((struct sockaddr *)&sa, 128);
+    if (*fd < 0) {
+        log_listen_error("admin", &cfg->admin.listen, strerror(-*fd));
         return EXIT_RUNTIME;
     }
-    uv_loop_init(&sup.loop);
-    uv_async_init(&sup.loop, &sup.notify, notify_cb);
-    sup.notify.data = &sup;
-    uv_signal_init(&sup.loop, &sup.sigterm);
-    uv_signal_init(&sup.loop, &sup.sigint);
-    uv_signal_init(&sup.loop, &sup.sighup);
-    sup.sigterm.data = sup.sigint.data = sup.sighup.data = &sup;
-    uv_signal_start(&sup.sigterm, signal_cb, SIGTERM);
-    uv_signal_start(&sup.sigint, signal_cb, SIGINT);
-    uv_signal_start(&sup.sighup, sighup_cb, SIGHUP);
+    log_listening("admin", &sa);
+    return EXIT_CLEAN;
+}
 
+/* Drops to the configured user and group once every socket is bound, so a
+ * legacy port below 1024 needs root only for bind(). Returns an exit code. */
+static int drop_privileges(const struct config *cfg)
+{
+    if (cfg->user[0] == '\0' && cfg->group[0] == '\0')
+        return EXIT_CLEAN;
+    gid_t gid = getgid();
+    struct passwd *pw = NULL;
+    errno = 0;
+    if (cfg->user[0] != '\0') {
+        pw = getpwnam(cfg->user);
+        if (pw == NULL) {
+            log_error("cannot drop privileges", LF_STR("user", cfg->user),
+                      LF_STR("error", errno ? strerror(errno) : "no such user"));
+            return EXIT_RUNTIME;
+        }
+        gid = pw->pw_gid;
+    }
+    if (cfg->group[0] != '\0') {
+        struct group *gr = getgrnam(cfg->group);
+        if (gr == NULL) {
+            log_error("cannot drop privileges", LF_STR("group", cfg->group),
+                      LF_STR("error", errno ? strerror(errno) : "no such group"));
+            return EXIT_RUNTIME;
+        }
+        gid = gr->gr_gid;
+    }
+    /* Supplementary groups first (needs root), then the group, then the user. */
+    int rc = 0;
+    if (pw != NULL && getuid() == 0)
+        rc = initgroups(pw->pw_name, gid);
+    else if (getuid() == 0)
+        rc = setgroups(1, &gid);
+    if (rc < 0 || setgid(gid) < 0) {
+        log_error("cannot drop privileges", LF_INT("gid", gid), LF_STR("error", strerror(errno)));
+        return EXIT_RUNTIME;
+    }
+    if (pw != NULL && setuid(pw->pw_uid) < 0) {
+        log_error("cannot drop privileges", LF_STR("user", cfg->user),
+                  LF_STR("error", strerror(errno)));
+        return EXIT_RUNTIME;
+    }
+    log_info("dropped privileges", LF_INT("uid", getuid()), LF_INT("gid", getgid()));
+    return EXIT_CLEAN;
+}
+
+/* Starts every worker on its sockets; on a failure the rest of the fds are
+ * closed and the exit code says so. */
+static void start_workers(struct supervisor *sup, int *fds)
+{
+    const struct config *cfg = sup->cfg;
     sigset_t set, old_mask;
     handled_signals(&set);
     pthread_sigmask(SIG_BLOCK, &set, &old_mask); /* inherited by the workers */
-    for (size_t i = 0; i < sup.n_workers; i++) {
-        struct worker *w = &sup.workers[i];
+    for (size_t i = 0; i < sup->n_workers; i++) {
+        struct worker *w = &sup->workers[i];
         size_t first_unowned = i; /* workers from here on do not own their fds */
-        int rc = worker_init(w, (int)i, cfg, &fds[i * cfg->n_routes], &sup.notify, sup.workers,
-                             sup.n_workers, &sup.registry);
+        int rc = worker_init(w, (int)i, cfg, &fds[i * cfg->n_routes], &sup->notify, sup->workers,
+                             sup->n_workers, &sup->registry, &sup->limits);
         if (rc == 0) {
             first_unowned = i + 1;
             rc = worker_start(w);
@@ -242,14 +432,102 @@ int supervisor_run(const struct config *cfg)
         if (rc < 0) {
             log_error("cannot start worker", LF_INT("worker", i), LF_STR("error", uv_strerror(rc)));
             close_fds(&fds[first_unowned * cfg->n_routes],
-                      (sup.n_workers - first_unowned) * cfg->n_routes);
-            sup.exit_code = EXIT_RUNTIME;
+                      (sup->n_workers - first_unowned) * cfg->n_routes);
+            sup->exit_code = EXIT_RUNTIME;
             break;
         }
-        sup.n_started++;
+        sup->n_started++;
     }
-    free(fds);
     pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
+}
+
+static void init_loop(struct supervisor *sup)
+{
+    uv_loop_init(&sup->loop);
+    uv_async_init(&sup->loop, &sup->notify, notify_cb);
+    sup->notify.data = sup;
+    uv_signal_init(&sup->loop, &sup->sigterm);
+    uv_signal_init(&sup->loop, &sup->sigint);
+    uv_signal_init(&sup->loop, &sup->sighup);
+    sup->sigterm.data = sup->sigint.data = sup->sighup.data = sup;
+    uv_signal_start(&sup->sigterm, signal_cb, SIGTERM);
+    uv_signal_start(&sup->sigint, signal_cb, SIGINT);
+    uv_signal_start(&sup->sighup, sighup_cb, SIGHUP);
+    uv_timer_init(&sup->loop, &sup->watchdog);
+    sup->watchdog.data = sup;
+    uv_timer_start(&sup->watchdog, watchdog_cb, WATCHDOG_MS, WATCHDOG_MS);
+}
+
+static int start_admin(struct supervisor *sup)
+{
+    static const struct admin_backend backend = {
+        .healthy = backend_healthy,
+        .ready = backend_ready,
+        .metrics = backend_metrics,
+        .sessions = backend_sessions,
+        .close_session = backend_close_session,
+    };
+    if (sup->admin_fd < 0)
+        return 0;
+    struct admin_backend b = backend;
+    b.ctx = sup;
+    int rc = admin_start(&sup->admin, &sup->loop, sup->admin_fd, &b);
+    sup->admin_fd = -1; /* adopted, or closed */
+    if (rc < 0)
+        log_error("cannot start the admin endpoint", LF_STR("error", uv_strerror(rc)));
+    return rc;
+}
+
+int supervisor_run(const struct config *cfg)
+{
+    struct supervisor sup = { .cfg = cfg, .phase = SUP_STARTING, .exit_code = EXIT_CLEAN,
+                              .admin_fd = -1 };
+    sup.n_workers = cfg->workers != 0 ? cfg->workers : uv_available_parallelism();
+    sup.ps.start_time = (double)time(NULL);
+    memcpy(sup.ps.config_hash, cfg->hash, sizeof(sup.ps.config_hash));
+
+    /* A peer that vanishes mid-write must be an error return, not a signal. */
+    signal(SIGPIPE, SIG_IGN);
+    raise_fd_limit();
+
+    size_t n_fds = sup.n_workers * cfg->n_routes;
+    int *fds = malloc(n_fds * sizeof(*fds));
+    sup.workers = calloc(sup.n_workers, sizeof(*sup.workers));
+    sup.stalled = calloc(sup.n_workers, 1);
+    int code = EXIT_RUNTIME;
+    if (fds == NULL || sup.workers == NULL || sup.stalled == NULL ||
+        registry_init(&sup.registry) < 0) {
+        log_error("out of memory");
+        goto out;
+    }
+    if (limits_init(&sup.limits, cfg->n_routes) < 0) {
+        log_error("out of memory");
+        registry_destroy(&sup.registry);
+        goto out;
+    }
+    for (size_t i = 0; i < n_fds; i++)
+        fds[i] = -1;
+    code = open_route_sockets(cfg, sup.n_workers, fds);
+    if (code == EXIT_CLEAN)
+        code = open_admin_socket(cfg, &sup.admin_fd);
+    if (code == EXIT_CLEAN)
+        code = drop_privileges(cfg);
+    if (code != EXIT_CLEAN) {
+        close_fds(fds, n_fds);
+        if (sup.admin_fd >= 0)
+            close(sup.admin_fd);
+        registry_destroy(&sup.registry);
+        limits_destroy(&sup.limits);
+        goto out;
+    }
+
+    init_loop(&sup);
+    if (start_admin(&sup) < 0) {
+        close_fds(fds, n_fds);
+        sup.exit_code = EXIT_RUNTIME;
+    } else {
+        start_workers(&sup, fds);
+    }
     if (sup.exit_code != EXIT_CLEAN) {
         if (sup.n_started == 0)
             close_own_handles(&sup);
@@ -265,8 +543,13 @@ int supervisor_run(const struct config *cfg)
     signal(SIGINT, SIG_IGN);
     signal(SIGHUP, SIG_IGN);
     registry_destroy(&sup.registry);
-    free(sup.workers);
-    if (sup.exit_code == EXIT_CLEAN)
+    limits_destroy(&sup.limits);
+    code = sup.exit_code;
+    if (code == EXIT_CLEAN)
         log_info("stopped");
-    return sup.exit_code;
+out:
+    free(fds);
+    free(sup.workers);
+    free(sup.stalled);
+    return code;
 }

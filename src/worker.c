@@ -9,6 +9,7 @@
 #include "lifeline/session.h"
 
 #define LISTEN_BACKLOG 4096
+#define TICK_MS 500
 #define POOL_MAX_FREE 64 /* cached buffers per worker: 4 MiB */
 
 static void set_phase(struct worker *w, enum worker_phase phase)
@@ -21,6 +22,8 @@ static void connection_cb(uv_stream_t *server, int status)
 {
     struct listener *l = server->data;
     int rc = status < 0 ? status : session_accept(l->w, l);
+    if (rc < 0)
+        metric_add(&l->w->stats[l->route - l->w->cfg->routes].accept_errors, 1);
     if (rc < 0)
         log_warn("accept failed", LF_STR("route", l->route->name), LF_INT("worker", l->w->id),
                  LF_STR("error", uv_strerror(rc)));
@@ -36,6 +39,8 @@ static void close_all_sessions(struct worker *w)
     }
 }
 
+static void drain_inbox(struct worker *w);
+
 /* Once draining and the last session is gone, closing the worker's own
  * handles lets uv_run() return. */
 static void exit_if_idle(struct worker *w)
@@ -46,7 +51,9 @@ static void exit_if_idle(struct worker *w)
         uv_mutex_lock(&w->inbox_lock);
         w->inbox_closed = 1;
         uv_mutex_unlock(&w->inbox_lock);
+        drain_inbox(w); /* questions posted before the close still get answers */
         uv_close((uv_handle_t *)&w->wakeup, NULL);
+        uv_close((uv_handle_t *)&w->tick, NULL);
     }
     if (!uv_is_closing((uv_handle_t *)&w->drain_timer))
         uv_close((uv_handle_t *)&w->drain_timer, NULL);
@@ -77,17 +84,82 @@ static struct session *find_session(struct worker *w, uint64_t id)
     return NULL;
 }
 
+static uint64_t now_ms(void) { return uv_hrtime() / 1000000; }
+
+static void tick_cb(uv_timer_t *t)
+{
+    struct worker *w = t->data;
+    atomic_store(&w->last_tick_ms, now_ms());
+}
+
+uint64_t worker_stalled_ms(struct worker *w)
+{
+    uint64_t last = atomic_load(&w->last_tick_ms);
+    uint64_t now = now_ms();
+    return now > last + TICK_MS ? now - last - TICK_MS : 0;
+}
+
+static void gather_answer(struct gather *g, char *part, int id, int found)
+{
+    uv_mutex_lock(&g->lock);
+    if (part != NULL)
+        g->parts[id] = part;
+    g->found |= found;
+    int last = --g->pending == 0;
+    uv_mutex_unlock(&g->lock);
+    if (last)
+        uv_async_send(&g->done);
+}
+
+/* Every session of this worker as JSON objects separated by commas. */
+static char *describe_all(struct worker *w)
+{
+    size_t cap = 256 * (w->n_sessions + 1), len = 0;
+    char *out = malloc(cap);
+    if (out == NULL)
+        return NULL;
+    out[0] = '\0';
+    for (struct session *s = w->sessions; s != NULL; s = session_next(s)) {
+        char one[SESSION_JSON_MAX];
+        int n = session_json(s, one, sizeof(one));
+        if (len + (size_t)n + 2 > cap) {
+            cap = cap * 2 + (size_t)n;
+            char *bigger = realloc(out, cap);
+            if (bigger == NULL)
+                break;
+            out = bigger;
+        }
+        len += (size_t)snprintf(out + len, cap - len, "%s%s", len > 0 ? "," : "", one);
+    }
+    return out;
+}
+
 /* A message for a session that is gone already needs nothing: its own close
  * released its identity, and the registry handed it on. */
 static void deliver(struct worker *w, const struct worker_msg *m)
 {
-    struct session *s = find_session(w, m->session_id);
-    if (s == NULL)
+    if (m->type == WORKER_MSG_DESCRIBE) {
+        gather_answer(m->gather, describe_all(w), w->id, 0);
         return;
-    if (m->type == WORKER_MSG_EVICT)
-        session_close(s, REASON_REPLACED);
-    else
-        session_go(s);
+    }
+    struct session *s = find_session(w, m->session_id);
+    switch (m->type) {
+    case WORKER_MSG_EVICT:
+        if (s != NULL)
+            session_close(s, REASON_REPLACED);
+        break;
+    case WORKER_MSG_GO:
+        if (s != NULL)
+            session_go(s);
+        break;
+    case WORKER_MSG_KILL:
+        if (s != NULL)
+            session_close(s, REASON_ADMIN_KILL);
+        gather_answer(m->gather, NULL, w->id, s != NULL);
+        break;
+    case WORKER_MSG_DESCRIBE:
+        break;
+    }
 }
 
 static void drain_inbox(struct worker *w)
@@ -105,7 +177,8 @@ static void drain_inbox(struct worker *w)
     }
 }
 
-int worker_post(struct worker *to, enum worker_msg_type type, uint64_t session_id)
+int worker_post(struct worker *to, enum worker_msg_type type, uint64_t session_id,
+                struct gather *g)
 {
     struct worker_msg *m = malloc(sizeof(*m));
     if (m == NULL)
@@ -113,12 +186,13 @@ int worker_post(struct worker *to, enum worker_msg_type type, uint64_t session_i
     m->next = NULL;
     m->type = type;
     m->session_id = session_id;
+    m->gather = g;
     uv_mutex_lock(&to->inbox_lock);
     if (to->inbox_closed) {
         /* Only while shutting down: its sessions are closing anyway. */
         uv_mutex_unlock(&to->inbox_lock);
         free(m);
-        return 0;
+        return UV_ECANCELED;
     }
     if (to->inbox_tail != NULL)
         to->inbox_tail->next = m;
@@ -151,7 +225,7 @@ void worker_session_freed(struct worker *w)
 
 int worker_init(struct worker *w, int id, const struct config *cfg, const int *fds,
                 uv_async_t *notify, struct worker *peers, size_t n_peers,
-                struct registry *registry)
+                struct registry *registry, struct limits *limits)
 {
     memset(w, 0, sizeof(*w));
     w->id = id;
@@ -160,11 +234,16 @@ int worker_init(struct worker *w, int id, const struct config *cfg, const int *f
     w->peers = peers;
     w->n_peers = n_peers;
     w->registry = registry;
+    w->limits = limits;
     atomic_init(&w->command, WORKER_CMD_NONE);
     atomic_init(&w->phase, WORKER_PHASE_STARTING);
     w->listeners = calloc(cfg->n_routes, sizeof(*w->listeners));
-    if (w->listeners == NULL)
+    w->stats = metrics_routes_new(cfg);
+    if (w->listeners == NULL || w->stats == NULL) {
+        free(w->listeners);
+        metrics_routes_free(w->stats, cfg->n_routes);
         return UV_ENOMEM;
+    }
     w->n_listeners = cfg->n_routes;
     for (size_t i = 0; i < cfg->n_routes; i++) {
         w->listeners[i].w = w;
@@ -175,6 +254,8 @@ int worker_init(struct worker *w, int id, const struct config *cfg, const int *f
     if (rc < 0) {
         free(w->listeners);
         w->listeners = NULL;
+        metrics_routes_free(w->stats, cfg->n_routes);
+        w->stats = NULL;
         return rc;
     }
     uv_mutex_init(&w->inbox_lock);
@@ -182,6 +263,9 @@ int worker_init(struct worker *w, int id, const struct config *cfg, const int *f
     w->wakeup.data = w;
     uv_timer_init(&w->loop, &w->drain_timer);
     w->drain_timer.data = w;
+    uv_timer_init(&w->loop, &w->tick);
+    w->tick.data = w;
+    atomic_init(&w->last_tick_ms, now_ms());
     pool_init(&w->pool, POOL_MAX_FREE);
     return 0;
 }
@@ -218,6 +302,7 @@ static void worker_main(void *arg)
         set_phase(w, WORKER_PHASE_FAILED);
         return;
     }
+    uv_timer_start(&w->tick, tick_cb, TICK_MS, TICK_MS);
     set_phase(w, WORKER_PHASE_RUNNING);
     /* A command may have come before the loop ran. */
     wakeup_cb(&w->wakeup);
@@ -253,6 +338,8 @@ static void free_worker(struct worker *w)
             close(w->listeners[i].fd);
     free(w->listeners);
     w->listeners = NULL;
+    metrics_routes_free(w->stats, w->n_listeners);
+    w->stats = NULL;
     pool_drain(&w->pool);
 }
 
@@ -267,6 +354,7 @@ void worker_destroy(struct worker *w)
 {
     w->inbox_closed = 1; /* never started: nobody else can post yet */
     uv_close((uv_handle_t *)&w->wakeup, NULL);
+    uv_close((uv_handle_t *)&w->tick, NULL);
     uv_close((uv_handle_t *)&w->drain_timer, NULL);
     uv_run(&w->loop, UV_RUN_DEFAULT);
     uv_loop_close(&w->loop);

@@ -22,6 +22,11 @@ void session_go(struct session *s);
 /* Process-wide id, the address of a session in worker messages. */
 uint64_t session_id(const struct session *s);
 
+/* Writes the session as one JSON object (admin /sessions); returns its
+ * length. SESSION_JSON_MAX is always enough. */
+#define SESSION_JSON_MAX 512
+int session_json(const struct session *s, char *buf, size_t len);
+
 /* The next session in the worker's list, for walking it while closing. */
 struct session *session_next(const struct session *s);
 

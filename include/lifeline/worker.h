@@ -7,6 +7,8 @@
 #include <uv.h>
 
 #include "lifeline/config.h"
+#include "lifeline/limits.h"
+#include "lifeline/metrics.h"
 #include "lifeline/pool.h"
 #include "lifeline/reason.h"
 #include "lifeline/registry.h"
@@ -34,18 +36,29 @@ enum worker_command {
 enum worker_msg_type {
     WORKER_MSG_EVICT,    /* close that session: a new connection replaces it */
     WORKER_MSG_GO,       /* that session now owns its identity: connect upstream */
+    WORKER_MSG_DESCRIBE, /* add every session to the gather (admin /sessions) */
+    WORKER_MSG_KILL,     /* close that session, reason admin_kill, if it is here */
+};
+
+/* A question the supervisor asks every worker at once; the last worker to
+ * answer wakes the supervisor through `done`. */
+struct gather {
+    enum worker_msg_type type;   /* DESCRIBE or KILL */
+    uint64_t session_id;         /* KILL */
+    uv_mutex_t lock;
+    size_t pending;              /* workers yet to answer */
+    char **parts;                /* DESCRIBE: one JSON fragment per worker */
+    size_t n_parts;
+    int found;                   /* KILL: a worker had the session */
+    uv_async_t done;             /* on the supervisor's loop */
+    void *owner;                 /* the supervisor's request */
 };
 
 struct worker_msg {
     struct worker_msg *next;
     enum worker_msg_type type;
     uint64_t session_id;
-};
-
-/* Counters a worker keeps for its own sessions; read from other threads. */
-struct worker_stats {
-    _Atomic uint64_t closes[REASON_COUNT];
-    _Atomic uint64_t takeovers;   /* sessions that replaced an older one */
+    struct gather *gather;       /* DESCRIBE and KILL */
 };
 
 /* Where the worker is in its life; written by the worker, read by the supervisor. */
@@ -73,12 +86,18 @@ struct worker {
     struct worker *peers;         /* every worker, this one included */
     size_t n_peers;
     struct registry *registry;    /* shared by every worker */
-    struct worker_stats stats;
+    struct limits *limits;        /* shared by every worker */
+    uint64_t deny_logged_ms;      /* denied connections: one log line a second */
+    uint64_t deny_suppressed;     /* denied since the last line */
+    struct route_stats *stats;    /* one per route, written only by this loop */
 
     uv_mutex_t inbox_lock;        /* guards inbox only */
     struct worker_msg *inbox;     /* posted by any thread, drained by this loop */
     struct worker_msg *inbox_tail;
     int inbox_closed;             /* the loop is ending: messages are dropped */
+
+    uv_timer_t tick;              /* proves the loop turns: see last_tick_ms */
+    _Atomic uint64_t last_tick_ms;
 
     _Atomic int command;          /* enum worker_command */
     _Atomic int phase;            /* enum worker_phase */
@@ -90,7 +109,7 @@ struct worker {
  * route, in route order; the worker owns them from now on). */
 int worker_init(struct worker *w, int id, const struct config *cfg, const int *fds,
                 uv_async_t *notify, struct worker *peers, size_t n_peers,
-                struct registry *registry);
+                struct registry *registry, struct limits *limits);
 /* Starts the thread. Returns 0 or a negative UV error. */
 int worker_start(struct worker *w);
 /* Thread-safe: asks the worker to drain or stop. */
@@ -100,9 +119,13 @@ void worker_join(struct worker *w);
 /* Frees a worker that was initialised but never started. */
 void worker_destroy(struct worker *w);
 
-/* Thread-safe: posts a message to a session on worker `to`. Returns 0 or
- * UV_ENOMEM. */
-int worker_post(struct worker *to, enum worker_msg_type type, uint64_t session_id);
+/* Thread-safe: posts a message to a session on worker `to`. Returns 0,
+ * UV_ENOMEM, or UV_ECANCELED when the worker's loop has ended. */
+int worker_post(struct worker *to, enum worker_msg_type type, uint64_t session_id,
+                struct gather *g);
+
+/* Thread-safe: milliseconds since the worker's loop last turned. */
+uint64_t worker_stalled_ms(struct worker *w);
 
 /* Called by the session module when a session is gone for good. */
 void worker_session_freed(struct worker *w);

@@ -1,0 +1,124 @@
+/* Connection limits shared by the workers: per route, and per client address. */
+#include "lifeline/limits.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Open sessions of one route from one client address. */
+struct limit_entry {
+    struct limit_entry *next;
+    size_t route;
+    int family;
+    uint8_t addr[16];
+    uint64_t open;
+};
+
+static void key_of(const struct sockaddr *sa, int *family, uint8_t addr[16])
+{
+    memset(addr, 0, 16);
+    *family = sa->sa_family;
+    if (sa->sa_family == AF_INET)
+        memcpy(addr, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+    else if (sa->sa_family == AF_INET6)
+        memcpy(addr, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
+}
+
+static size_t bucket_of(const struct limits *l, size_t route, const uint8_t addr[16])
+{
+    uint64_t h = 1469598103934665603ull ^ route;
+    for (int i = 0; i < 16; i++)
+        h = (h ^ addr[i]) * 1099511628211ull;
+    return (size_t)(h % l->n_buckets);
+}
+
+int limits_init(struct limits *l, size_t n_routes)
+{
+    memset(l, 0, sizeof(*l));
+    l->n_routes = n_routes;
+    l->n_buckets = 1024;
+    l->route_open = calloc(n_routes, sizeof(*l->route_open));
+    l->buckets = calloc(l->n_buckets, sizeof(*l->buckets));
+    if (l->route_open == NULL || l->buckets == NULL) {
+        free(l->route_open);
+        free(l->buckets);
+        return -ENOMEM;
+    }
+    pthread_mutex_init(&l->lock, NULL);
+    return 0;
+}
+
+void limits_destroy(struct limits *l)
+{
+    for (size_t i = 0; l->buckets != NULL && i < l->n_buckets; i++) {
+        while (l->buckets[i] != NULL) {
+            struct limit_entry *e = l->buckets[i];
+            l->buckets[i] = e->next;
+            free(e);
+        }
+    }
+    free(l->buckets);
+    free(l->route_open);
+    l->buckets = NULL;
+    l->route_open = NULL;
+    pthread_mutex_destroy(&l->lock);
+}
+
+static struct limit_entry **find(struct limits *l, size_t route, int family, const uint8_t addr[16])
+{
+    struct limit_entry **p = &l->buckets[bucket_of(l, route, addr)];
+    while (*p != NULL && !((*p)->route == route && (*p)->family == family &&
+                           memcmp((*p)->addr, addr, 16) == 0))
+        p = &(*p)->next;
+    return p;
+}
+
+int limits_take(struct limits *l, size_t route, const struct sockaddr *sa,
+                uint64_t max_route, uint64_t max_per_address)
+{
+    uint64_t open = atomic_fetch_add(&l->route_open[route], 1);
+    if (max_route != 0 && open >= max_route) {
+        atomic_fetch_sub(&l->route_open[route], 1);
+        return -1;
+    }
+    int family;
+    uint8_t addr[16];
+    key_of(sa, &family, addr);
+    int rc = 0;
+    pthread_mutex_lock(&l->lock);
+    struct limit_entry **p = find(l, route, family, addr);
+    if (*p == NULL) {
+        struct limit_entry *e = calloc(1, sizeof(*e));
+        if (e != NULL) {
+            e->route = route;
+            e->family = family;
+            memcpy(e->addr, addr, 16);
+            *p = e;
+        }
+    }
+    if (*p != NULL && max_per_address != 0 && (*p)->open >= max_per_address)
+        rc = -2;
+    else if (*p != NULL)
+        (*p)->open++;
+    pthread_mutex_unlock(&l->lock);
+    if (rc < 0)
+        atomic_fetch_sub(&l->route_open[route], 1);
+    return rc;
+}
+
+void limits_give(struct limits *l, size_t route, const struct sockaddr *sa)
+{
+    int family;
+    uint8_t addr[16];
+    key_of(sa, &family, addr);
+    atomic_fetch_sub(&l->route_open[route], 1);
+    pthread_mutex_lock(&l->lock);
+    struct limit_entry **p = find(l, route, family, addr);
+    struct limit_entry *e = *p;
+    if (e != NULL && --e->open == 0) {
+        *p = e->next;
+        free(e);
+    }
+    pthread_mutex_unlock(&l->lock);
+}
