@@ -7,10 +7,12 @@
 
 #include "lifeline/config.h"
 #include "lifeline/log.h"
+#include "lifeline/probe.h"
 #include "lifeline/supervisor.h"
 
 static const char usage[] =
     "Usage: lifeline [options]\n"
+    "       lifeline probe [--timeout MS] URL\n"
     "\n"
     "A TCP proxy that closes a dead or returning client's server connection\n"
     "with FIN, before the client's new connection reaches the server.\n"
@@ -23,6 +25,9 @@ static const char usage[] =
     "      --log-format FMT   text or json (overrides the config)\n"
     "  -h, --help             show this help\n"
     "  -V, --version          show the version\n"
+    "\n"
+    "lifeline probe GETs an http:// URL and exits 0 on a 2xx answer: a health\n"
+    "check for containers ('lifeline probe --help').\n"
     "\n"
     "Exit codes: 0 clean shutdown, 1 runtime failure, 2 usage or config error.\n";
 
@@ -58,6 +63,10 @@ int main(int argc, char **argv)
     enum log_level level = LOG_INFO;
     enum log_format format = LOG_FORMAT_TEXT;
     int opt;
+
+    /* A subcommand with its own options, before lifeline's are parsed. */
+    if (argc > 1 && strcmp(argv[1], "probe") == 0)
+        return probe_main(argc - 1, argv + 1);
 
     opterr = 0;
     while ((opt = getopt_long(argc, argv, ":c:hV", options, NULL)) != -1) {

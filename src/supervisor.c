@@ -18,6 +18,7 @@
 #include "lifeline/log.h"
 #include "lifeline/metrics.h"
 #include "lifeline/net.h"
+#include "lifeline/notify.h"
 #include "lifeline/worker.h"
 
 #define LISTEN_BACKLOG 4096
@@ -48,6 +49,7 @@ struct supervisor {
     struct admin *admin;          /* NULL when the config has no admin object */
     int admin_fd;                 /* bound before the workers start */
     uv_timer_t watchdog;          /* looks for stuck worker loops */
+    uv_timer_t sd_watchdog;       /* WATCHDOG=1 to systemd while healthy */
     unsigned char *stalled;       /* per worker: stuck, and logged as such */
     struct process_stats ps;
 };
@@ -82,6 +84,7 @@ static void close_own_handles(struct supervisor *sup)
     uv_close((uv_handle_t *)&sup->sighup, NULL);
     uv_close((uv_handle_t *)&sup->notify, NULL);
     uv_close((uv_handle_t *)&sup->watchdog, NULL);
+    uv_close((uv_handle_t *)&sup->sd_watchdog, NULL);
     admin_stop(sup->admin);
     sup->admin = NULL;
 }
@@ -116,6 +119,14 @@ static int backend_healthy(void *ctx)
         if (worker_stuck(sup, i))
             return 0;
     return 1;
+}
+
+/* systemd's watchdog hears from us only while every worker loop turns. */
+static void sd_watchdog_cb(uv_timer_t *t)
+{
+    struct supervisor *sup = t->data;
+    if (backend_healthy(sup))
+        notify_send("WATCHDOG=1");
 }
 
 static int backend_ready(void *ctx)
@@ -246,6 +257,7 @@ static void notify_cb(uv_async_t *a)
         sup->phase = SUP_RUNNING;
         log_info("ready", LF_INT("workers", sup->n_workers),
                  LF_INT("routes", sup->cfg->n_routes), LF_INT("pid", getpid()));
+        notify_send("READY=1\nSTATUS=ready");
     }
     if (done == sup->n_started && sup->phase == SUP_STOPPING)
         close_own_handles(sup);
@@ -259,6 +271,7 @@ static void signal_cb(uv_signal_t *h, int signum)
     if (++sup->signals == 1) {
         log_info("shutting down", LF_STR("signal", name),
                  LF_INT("drain_timeout_ms", sup->cfg->drain_timeout_ms));
+        notify_send("STOPPING=1\nSTATUS=draining");
         stop_workers(sup, WORKER_CMD_DRAIN);
     } else {
         log_info("second signal: closing every session now", LF_STR("signal", name));
@@ -456,6 +469,13 @@ static void init_loop(struct supervisor *sup)
     uv_timer_init(&sup->loop, &sup->watchdog);
     sup->watchdog.data = sup;
     uv_timer_start(&sup->watchdog, watchdog_cb, WATCHDOG_MS, WATCHDOG_MS);
+    uv_timer_init(&sup->loop, &sup->sd_watchdog);
+    sup->sd_watchdog.data = sup;
+    uint64_t usec = notify_watchdog_usec();
+    if (usec > 0) {
+        uint64_t every_ms = usec / 2000 > 0 ? usec / 2000 : 1; /* twice per period */
+        uv_timer_start(&sup->sd_watchdog, sd_watchdog_cb, every_ms, every_ms);
+    }
 }
 
 static int start_admin(struct supervisor *sup)
