@@ -23,8 +23,12 @@ enum conn_state {
     CONN_READING,    /* parsing the request */
     CONN_WAITING,    /* the backend holds the request (gathering from workers) */
     CONN_WRITING,    /* the response is on its way */
+    CONN_LINGERING,  /* response sent and FIN'd: discarding what the client still sends */
     CONN_CLOSING,    /* handles closing; freed in the last close callback */
 };
+
+/* How long a closing connection waits for the client's own close. */
+#define ADMIN_LINGER_MS 1000
 
 struct admin_conn {
     struct admin_conn *prev, *next;
@@ -43,6 +47,7 @@ struct admin_conn {
     size_t url_len;
     char in[2048];
     uv_write_t write_req;
+    uv_shutdown_t shutdown_req;
     char *out;
 };
 
@@ -113,9 +118,32 @@ static void conn_close(struct admin_conn *c)
     free_if_done(a);
 }
 
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+static void timeout_cb(uv_timer_t *t);
+
+/* Closing with unread request bytes would reset the connection and could
+ * destroy the response in flight: FIN first, then read until the client
+ * closes too (bounded). */
+static void shutdown_cb(uv_shutdown_t *req, int status)
+{
+    struct admin_conn *c = req->data;
+    if (status < 0 || c->state != CONN_WRITING) {
+        conn_close(c);
+        return;
+    }
+    c->state = CONN_LINGERING;
+    uv_timer_start(&c->timer, timeout_cb, ADMIN_LINGER_MS, 0);
+    if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) < 0)
+        conn_close(c);
+}
+
 static void write_cb(uv_write_t *req, int status)
 {
-    conn_close(req->data);
+    struct admin_conn *c = req->data;
+    c->shutdown_req.data = c;
+    if (status < 0 || uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, shutdown_cb) < 0)
+        conn_close(c);
 }
 
 static void respond(struct admin_conn *c, int status, const char *type, const char *body,
@@ -289,6 +317,11 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
     struct admin_conn *c = stream->data;
+    if (c->state == CONN_LINGERING) {
+        if (nread < 0)
+            conn_close(c); /* the client closed too */
+        return;
+    }
     if (c->state != CONN_READING)
         return;
     if (nread < 0) {

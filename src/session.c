@@ -902,10 +902,10 @@ static void finish_close(struct session *s)
         return;
     int resolving = s->state == SESSION_CONNECTING && s->step == CONNECT_RESOLVING;
     set_state(s, SESSION_CLOSED);
-    log_close(s);
+    /* Counted and unlisted before the line is logged: whoever reads the
+     * line and then asks the admin endpoint sees the session gone. */
     metric_add(&s->stats->closes[s->reason], 1);
     metric_sub(&s->stats->sessions_active, 1);
-
     struct worker *w = s->w;
     if (s->prev != NULL)
         s->prev->next = s->next;
@@ -914,6 +914,7 @@ static void finish_close(struct session *s)
     if (s->next != NULL)
         s->next->prev = s->prev;
     s->prev = s->next = NULL;
+    log_close(s);
 
     if (s->limited)
         limits_give(w->limits, (size_t)(s->route - w->cfg->routes), &s->peer.sa);
