@@ -77,16 +77,19 @@ static struct limit_entry **find(struct limits *l, size_t route, int family, con
 int limits_take(struct limits *l, size_t route, const struct sockaddr *sa,
                 uint64_t max_route, uint64_t max_per_address)
 {
-    uint64_t open = atomic_fetch_add(&l->route_open[route], 1);
-    if (max_route != 0 && open >= max_route) {
-        atomic_fetch_sub(&l->route_open[route], 1);
-        return -1;
-    }
     int family;
     uint8_t addr[16];
     key_of(sa, &family, addr);
-    int rc = 0;
+    /* Both checks and both counts under the lock: a take refused for its
+     * address never holds a route slot, even for a moment, so it cannot make
+     * another client's take see the route full. (limits_give() lowers the
+     * route count outside the lock; that only frees room.) */
     pthread_mutex_lock(&l->lock);
+    if (max_route != 0 && atomic_load(&l->route_open[route]) >= max_route) {
+        pthread_mutex_unlock(&l->lock);
+        return -1;
+    }
+    int rc = 0;
     struct limit_entry **p = find(l, route, family, addr);
     if (*p == NULL) {
         struct limit_entry *e = calloc(1, sizeof(*e));
@@ -101,9 +104,9 @@ int limits_take(struct limits *l, size_t route, const struct sockaddr *sa,
         rc = -2;
     else if (*p != NULL)
         (*p)->open++;
+    if (rc == 0)
+        atomic_fetch_add(&l->route_open[route], 1);
     pthread_mutex_unlock(&l->lock);
-    if (rc < 0)
-        atomic_fetch_sub(&l->route_open[route], 1);
     return rc;
 }
 

@@ -148,7 +148,7 @@ struct session {
     enum close_mode client_close;  /* how finish_close() ends the client side */
     int registered;                /* owns (or waits for) its client identity */
     int limited;                   /* counted in the shared limits */
-    int quiet;                     /* denied: counted, logged rate-limited, no close line */
+    int refused;                   /* denied at accept: logged rate-limited, no close line */
 
     uv_tcp_t client;
     uv_tcp_t upstream;
@@ -838,7 +838,7 @@ static void timer_cb(uv_timer_t *t)
 
 static void log_close(struct session *s)
 {
-    if (s->quiet || !log_enabled(LOG_INFO))
+    if (s->refused || !log_enabled(LOG_INFO))
         return;
     char client[ADDR_STR_MAX];
     uint64_t now = uv_now(&s->w->loop);
@@ -902,8 +902,9 @@ static void finish_close(struct session *s)
         return;
     int resolving = s->state == SESSION_CONNECTING && s->step == CONNECT_RESOLVING;
     set_state(s, SESSION_CLOSED);
-    /* Counted and unlisted before the line is logged: whoever reads the
-     * line and then asks the admin endpoint sees the session gone. */
+    /* Counted, unlisted and its limit slot given back before the line is
+     * logged: whoever reads the line and then asks the admin endpoint, or
+     * connects again, sees the session gone. */
     metric_add(&s->stats->closes[s->reason], 1);
     metric_sub(&s->stats->sessions_active, 1);
     struct worker *w = s->w;
@@ -914,10 +915,10 @@ static void finish_close(struct session *s)
     if (s->next != NULL)
         s->next->prev = s->prev;
     s->prev = s->next = NULL;
-    log_close(s);
-
     if (s->limited)
         limits_give(w->limits, (size_t)(s->route - w->cfg->routes), &s->peer.sa);
+    log_close(s);
+
     queue_free(s, &s->up);
     close_client(s);
     close_upstream(s, CLOSE_FIN);
@@ -1064,7 +1065,7 @@ static int admit(struct session *s)
         cause = rc == -1 ? DENY_MAX_CONNECTIONS : DENY_MAX_PER_ADDRESS;
     }
     metric_add(&s->stats->denied[cause], 1);
-    s->quiet = 1;
+    s->refused = 1;
     uint64_t now = uv_now(&w->loop);
     if (w->deny_logged_ms != 0 && now - w->deny_logged_ms < 1000) {
         w->deny_suppressed++;
