@@ -347,8 +347,9 @@ class Lifeline:
     thread: `lines` (raw text) and `records` (parsed JSON lines)."""
 
     def __init__(self, cfg, directory, args=None, env=None, log_format="json",
-                 use_config_flag=True):
+                 use_config_flag=True, wrapper=None):
         self.cfg = cfg
+        self.wrapper = list(wrapper or [])   # e.g. setpriv/unshare, exec'ing BIN
         self.dir = directory
         self.path = write_config(directory, cfg) if cfg is not None else None
         self.extra_args = list(args or [])
@@ -366,7 +367,7 @@ class Lifeline:
     # -- process
 
     def start(self):
-        argv = [BIN]
+        argv = self.wrapper + [BIN]
         if self.use_config_flag and self.path is not None:
             argv += ["-c", self.path]
         if self.log_format is not None:

@@ -63,28 +63,7 @@ class WrappedLifeline(Lifeline):
     execs or forks the real binary: `wrapper + [BIN] + args`."""
 
     def __init__(self, cfg, directory, wrapper, **kwargs):
-        super().__init__(cfg, directory, **kwargs)
-        self.wrapper = list(wrapper)
-
-    def start(self):
-        argv = self.wrapper + [BIN]
-        if self.use_config_flag and self.path is not None:
-            argv += ["-c", self.path]
-        if self.log_format is not None:
-            argv += ["--log-format", self.log_format]
-        argv += self.extra_args
-        env = dict(os.environ)
-        env.pop("LIFELINE_CONFIG", None)
-        if self.env:
-            env.update(self.env)
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env=env)
-        for stream, fn in ((self.proc.stderr, self._read_stderr),
-                           (self.proc.stdout, self._read_stdout)):
-            t = threading.Thread(target=fn, args=(stream,), daemon=True)
-            t.start()
-            self._threads.append(t)
-        return self
+        super().__init__(cfg, directory, wrapper=wrapper, **kwargs)
 
 
 class TempUser:
