@@ -1,6 +1,9 @@
 /* A worker thread: one uv_loop, its listening sockets, its sessions. */
+#define _GNU_SOURCE /* pthread_setname_np */
 #include "lifeline/worker.h"
 
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -294,6 +297,10 @@ static int open_listeners(struct worker *w)
 static void worker_main(void *arg)
 {
     struct worker *w = arg;
+    /* Named, so that top -H, gdb and /proc/PID/task tell the loops apart. */
+    char name[16];
+    snprintf(name, sizeof(name), "worker-%d", w->id);
+    pthread_setname_np(pthread_self(), name);
     int rc = open_listeners(w);
     if (rc < 0) {
         w->start_error = rc;

@@ -5,6 +5,7 @@ malformed requests); the loopback-only rule of `admin.listen`.
 Every request is written on a raw socket, so the tests control each byte and
 see each byte of the answer (and whether the server closed the connection)."""
 
+import ctypes
 import json
 import os
 import re
@@ -726,6 +727,56 @@ class Sessions(AdminCase):
             conn.close()
             self.assertEqual(wait_closed(cli, timeout=scaled(5)), "eof")
         d.wait_count(3, "session closed", route="s")
+
+
+PTRACE_ATTACH, PTRACE_DETACH = 16, 17
+WAIT_ALL_THREADS = 0x40000000  # __WALL: wait for a thread of another process
+
+
+class Watchdog(AdminCase):
+
+    def test_stuck_worker_makes_healthz_503(self):
+        """A worker loop that stops turning (its one thread held by ptrace,
+        the rest of the process running) makes /healthz 503 once the 2 s
+        bound has passed, and is logged; released, /healthz is 200 again and
+        the recovery is logged."""
+        if os.geteuid() != 0:
+            self.skipTest("holding one thread with ptrace needs root")
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+        echo = self.server(EchoServer)
+        d = self.start_lifeline(with_admin(config([route(free_port(), [echo.port])], workers=1)),
+                                expect_errors=True)
+        tids = []
+        for t in os.listdir(f"/proc/{d.pid}/task"):
+            with open(f"/proc/{d.pid}/task/{t}/comm") as f:
+                if f.read().strip() == "worker-0":
+                    tids.append(int(t))
+        self.assertEqual(len(tids), 1, f"expected one thread named worker-0, got {tids}")
+        self.assertEqual(self.get(d, "/healthz").status, 200)
+
+        if libc.ptrace(PTRACE_ATTACH, tids[0], None, None) != 0:
+            self.skipTest(f"ptrace refused: {os.strerror(ctypes.get_errno())}")
+        try:
+            os.waitpid(tids[0], WAIT_ALL_THREADS)
+            held = time.monotonic()
+
+            def unhealthy():
+                r = http_exchange(admin_port(d), request_bytes("GET", "/healthz"))
+                return r if r.status == 503 else None
+            r = wait_until(unhealthy, scaled(2) + 3, "/healthz 503 with the worker held",
+                           interval=0.1)
+            self.assertGreaterEqual(time.monotonic() - held, 2.0, "503 before the 2 s bound")
+            self.assertFraming(r)
+            rec = d.wait_log("worker loop not responding", worker=0)
+            self.assertEqual(rec["level"], "error")
+        finally:
+            libc.ptrace(PTRACE_DETACH, tids[0], None, None)
+
+        wait_until(lambda: http_exchange(admin_port(d), request_bytes("GET", "/healthz")).status
+                   == 200, scaled(5), "/healthz 200 after the worker was released", interval=0.1)
+        d.wait_log("worker loop responding again", worker=0)
+        self.assertEqual(d.stop(), 0, d.log_tail())
 
 
 class Readiness(AdminCase):
