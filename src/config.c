@@ -1,6 +1,7 @@
 /* Configuration: JSON text -> validated, immutable struct config, driven by key tables. */
 #include "lifeline/config.h"
 
+#include "lifeline/liveness.h"
 #include "lifeline/metrics.h"
 
 #include <cjson/cJSON.h>
@@ -962,7 +963,7 @@ static void note_whole_seconds(struct ctx *c, size_t route, const char *key, uin
     struct path p = { .len = 0 };
     path_push(&p, "routes[%zu].client.heartbeat.%s", route, key);
     add_error(c, &p, "%u ms is rounded up to %u s (the kernel counts keepalive time in whole "
-              "seconds)", ms, ms / 1000 + 1);
+              "seconds)", ms, liveness_ms_to_s(ms));
 }
 
 static int add_notes(struct config *cfg)

@@ -23,23 +23,9 @@ import traceback
 
 import netns
 import scenarios
+from faultlib import Checks
 
 WINDOW_S = 5.0
-
-
-class Checks:
-    def __init__(self):
-        self.passed = 0
-        self.failed = 0
-
-    def check(self, ok, what, observed=""):
-        if ok:
-            self.passed += 1
-            print("ok    %s" % what, flush=True)
-        else:
-            self.failed += 1
-            print("FAIL  %s%s" % (what, ("  -- observed: %s" % observed) if observed else ""),
-                  flush=True)
 
 
 def case2(c):
