@@ -196,7 +196,9 @@ class NsClient:
         self.ended = None    # the first end this socket showed: a reset is reported once by the
                              # kernel (the reader that gets ECONNRESET consumes it), so keep it
 
-    def connect(self, timeout=5.0):
+    def connect(self, timeout=5.0, reset_ok=False):
+        """reset_ok: lifeline may abort this connection (replaced) before
+        connect() returns; the socket then counts as ended by ECONNRESET."""
         topo = self.rig.topo
         s = ns_socket(topo.ns("client"))
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -211,6 +213,9 @@ class NsClient:
             self.rig.event(time.monotonic(), "client", "%s: connect() failed: %s"
                            % (self.name, _ename(e)))
             s.close()
+            if reset_ok and isinstance(e, ConnectionResetError):
+                self.ended = "ECONNRESET"
+                return self
             raise
         s.settimeout(None)
         self.t_connected = time.monotonic()

@@ -361,8 +361,11 @@ def _bursts(c, rig, port0):
         burst = []
         for k in range(3):
             cl = rig.sock("b%d.%d" % (b, k), port0 + 3 * b + k)
-            cl.connect(margin(5))
-            cl.send("burst %d %d\n" % (b, k), quiet=True)
+            # An older connection of the burst may be replaced before this
+            # connect() or send() returns: that reset is the abort checked below.
+            cl.connect(margin(5), reset_ok=True)
+            if cl.ended is None:
+                cl.try_send("burst %d %d\n" % (b, k))
             burst.append(cl)
         ports = [cl.port for cl in burst]
         prev_ports = [cl.port for cl in socks[-3:]]
