@@ -209,6 +209,26 @@ int addr_is_loopback(const struct sockaddr *sa)
     return 0;
 }
 
+int addr_equal(const struct sockaddr *a, const struct sockaddr *b)
+{
+    if (a->sa_family != b->sa_family)
+        return 0;
+    if (a->sa_family == AF_INET) {
+        struct sockaddr_in x, y;
+        copy_in(a, &x);
+        copy_in(b, &y);
+        return x.sin_port == y.sin_port && x.sin_addr.s_addr == y.sin_addr.s_addr;
+    }
+    if (a->sa_family == AF_INET6) {
+        struct sockaddr_in6 x, y;
+        copy_in6(a, &x);
+        copy_in6(b, &y);
+        return x.sin6_port == y.sin6_port && x.sin6_scope_id == y.sin6_scope_id &&
+               memcmp(&x.sin6_addr, &y.sin6_addr, sizeof(x.sin6_addr)) == 0;
+    }
+    return 0;
+}
+
 static const uint8_t v4_mapped_prefix[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
 
 /* Zeroes every bit of `a` (len bytes) past the first `prefix`. */

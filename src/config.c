@@ -1032,6 +1032,7 @@ int config_parse(const char *json, size_t len, struct config **out, struct confi
         return rc;
     }
     metrics_hash(json, len, cfg->hash);
+    atomic_init(&cfg->refs, 1);
     *out = cfg;
     return 0;
 }
@@ -1104,9 +1105,19 @@ int config_load(const char *path, struct config **out, struct config_errors *err
     return rc;
 }
 
+struct config *config_ref(struct config *cfg)
+{
+    atomic_fetch_add_explicit(&cfg->refs, 1, memory_order_relaxed);
+    return cfg;
+}
+
 void config_free(struct config *cfg)
 {
     if (cfg == NULL)
+        return;
+    /* A config that failed validation was never shared: refs is still 0. */
+    unsigned refs = atomic_load(&cfg->refs);
+    if (refs > 0 && atomic_fetch_sub_explicit(&cfg->refs, 1, memory_order_acq_rel) != 1)
         return;
     free_object(root_keys, N_KEYS(root_keys), (char *)cfg);
     errors_free(cfg->notes.msgs, cfg->notes.n);

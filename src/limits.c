@@ -9,7 +9,7 @@
 /* Open sessions of one route from one client address. */
 struct limit_entry {
     struct limit_entry *next;
-    size_t route;
+    const struct limit_route *route;
     int family;
     uint8_t addr[16];
     uint64_t open;
@@ -25,26 +25,22 @@ static void key_of(const struct sockaddr *sa, int *family, uint8_t addr[16])
         memcpy(addr, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
 }
 
-static size_t bucket_of(const struct limits *l, size_t route, const uint8_t addr[16])
+static size_t bucket_of(const struct limits *l, const struct limit_route *route,
+                        const uint8_t addr[16])
 {
-    uint64_t h = 1469598103934665603ull ^ route;
+    uint64_t h = 1469598103934665603ull ^ (uint64_t)(uintptr_t)route;
     for (int i = 0; i < 16; i++)
         h = (h ^ addr[i]) * 1099511628211ull;
     return (size_t)(h % l->n_buckets);
 }
 
-int limits_init(struct limits *l, size_t n_routes)
+int limits_init(struct limits *l)
 {
     memset(l, 0, sizeof(*l));
-    l->n_routes = n_routes;
     l->n_buckets = 1024;
-    l->route_open = calloc(n_routes, sizeof(*l->route_open));
     l->buckets = calloc(l->n_buckets, sizeof(*l->buckets));
-    if (l->route_open == NULL || l->buckets == NULL) {
-        free(l->route_open);
-        free(l->buckets);
+    if (l->buckets == NULL)
         return -ENOMEM;
-    }
     pthread_mutex_init(&l->lock, NULL);
     return 0;
 }
@@ -58,14 +54,34 @@ void limits_destroy(struct limits *l)
             free(e);
         }
     }
+    while (l->routes != NULL) {
+        struct limit_route *r = l->routes;
+        l->routes = r->next;
+        free(r);
+    }
     free(l->buckets);
-    free(l->route_open);
     l->buckets = NULL;
-    l->route_open = NULL;
     pthread_mutex_destroy(&l->lock);
 }
 
-static struct limit_entry **find(struct limits *l, size_t route, int family, const uint8_t addr[16])
+struct limit_route *limits_route(struct limits *l, const char *name)
+{
+    pthread_mutex_lock(&l->lock);
+    struct limit_route *r = l->routes;
+    while (r != NULL && strcmp(r->name, name) != 0)
+        r = r->next;
+    if (r == NULL && (r = calloc(1, sizeof(*r) + strlen(name) + 1)) != NULL) {
+        memcpy(r->name, name, strlen(name) + 1);
+        atomic_init(&r->open, 0);
+        r->next = l->routes;
+        l->routes = r;
+    }
+    pthread_mutex_unlock(&l->lock);
+    return r;
+}
+
+static struct limit_entry **find(struct limits *l, const struct limit_route *route, int family,
+                                 const uint8_t addr[16])
 {
     struct limit_entry **p = &l->buckets[bucket_of(l, route, addr)];
     while (*p != NULL && !((*p)->route == route && (*p)->family == family &&
@@ -74,7 +90,7 @@ static struct limit_entry **find(struct limits *l, size_t route, int family, con
     return p;
 }
 
-int limits_take(struct limits *l, size_t route, const struct sockaddr *sa,
+int limits_take(struct limits *l, struct limit_route *route, const struct sockaddr *sa,
                 uint64_t max_route, uint64_t max_per_address)
 {
     int family;
@@ -85,7 +101,7 @@ int limits_take(struct limits *l, size_t route, const struct sockaddr *sa,
      * another client's take see the route full. (limits_give() lowers the
      * route count outside the lock; that only frees room.) */
     pthread_mutex_lock(&l->lock);
-    if (max_route != 0 && atomic_load(&l->route_open[route]) >= max_route) {
+    if (max_route != 0 && atomic_load(&route->open) >= max_route) {
         pthread_mutex_unlock(&l->lock);
         return -1;
     }
@@ -105,17 +121,17 @@ int limits_take(struct limits *l, size_t route, const struct sockaddr *sa,
     else if (*p != NULL)
         (*p)->open++;
     if (rc == 0)
-        atomic_fetch_add(&l->route_open[route], 1);
+        atomic_fetch_add(&route->open, 1);
     pthread_mutex_unlock(&l->lock);
     return rc;
 }
 
-void limits_give(struct limits *l, size_t route, const struct sockaddr *sa)
+void limits_give(struct limits *l, struct limit_route *route, const struct sockaddr *sa)
 {
     int family;
     uint8_t addr[16];
     key_of(sa, &family, addr);
-    atomic_fetch_sub(&l->route_open[route], 1);
+    atomic_fetch_sub(&route->open, 1);
     pthread_mutex_lock(&l->lock);
     struct limit_entry **p = find(l, route, family, addr);
     struct limit_entry *e = *p;

@@ -67,32 +67,84 @@ static const struct {
     { REASON_CLIENT_USER_TIMEOUT, "user_timeout" },
 };
 
-struct route_stats *metrics_routes_new(const struct config *cfg)
+void worker_stats_init(struct worker_stats *ws)
 {
-    struct route_stats *r = calloc(cfg->n_routes, sizeof(*r));
-    if (r == NULL)
-        return NULL;
-    for (size_t i = 0; i < cfg->n_routes; i++) {
-        size_t n = cfg->routes[i].upstream.n_servers;
-        r[i].connect_attempts = calloc(n, sizeof(*r[i].connect_attempts));
-        r[i].connect_failures = calloc(n, sizeof(*r[i].connect_failures));
-        if (r[i].connect_attempts == NULL || r[i].connect_failures == NULL) {
-            metrics_routes_free(r, i + 1);
-            return NULL;
-        }
+    pthread_mutex_init(&ws->lock, NULL);
+    ws->routes = NULL;
+}
+
+static void route_stats_free(struct route_stats *r)
+{
+    while (r->servers != NULL) {
+        struct server_stats *sv = r->servers;
+        r->servers = sv->next;
+        free(sv);
+    }
+    free(r);
+}
+
+void worker_stats_destroy(struct worker_stats *ws)
+{
+    while (ws->routes != NULL) {
+        struct route_stats *r = ws->routes;
+        ws->routes = r->next;
+        route_stats_free(r);
+    }
+    pthread_mutex_destroy(&ws->lock);
+}
+
+/* Appends keep the config's order in the exposition. Callers hold the lock
+ * when the list is shared. */
+static struct route_stats *route_find_or_add(struct route_stats **list, const char *name)
+{
+    struct route_stats **p = list;
+    for (; *p != NULL; p = &(*p)->next)
+        if (strcmp((*p)->name, name) == 0)
+            return *p;
+    struct route_stats *r = calloc(1, sizeof(*r));
+    if (r != NULL) {
+        snprintf(r->name, sizeof(r->name), "%s", name);
+        *p = r;
     }
     return r;
 }
 
-void metrics_routes_free(struct route_stats *r, size_t n_routes)
+static struct server_stats *server_find(struct route_stats *r, const char *label, int add)
 {
-    if (r == NULL)
-        return;
-    for (size_t i = 0; i < n_routes; i++) {
-        free(r[i].connect_attempts);
-        free(r[i].connect_failures);
+    struct server_stats **p = &r->servers;
+    for (; *p != NULL; p = &(*p)->next)
+        if (strcmp((*p)->label, label) == 0)
+            return *p;
+    if (!add)
+        return NULL;
+    struct server_stats *sv = calloc(1, sizeof(*sv));
+    if (sv != NULL) {
+        snprintf(sv->label, sizeof(sv->label), "%s", label);
+        *p = sv;
     }
-    free(r);
+    return sv;
+}
+
+struct route_stats *metrics_route(struct worker_stats *ws, const struct route_config *route)
+{
+    pthread_mutex_lock(&ws->lock);
+    struct route_stats *r = route_find_or_add(&ws->routes, route->name);
+    for (size_t i = 0; r != NULL && i < route->upstream.n_servers; i++) {
+        char label[ADDR_STR_MAX];
+        addr_format_hostport(&route->upstream.servers[i], label, sizeof(label));
+        if (server_find(r, label, 1) == NULL)
+            r = NULL; /* out of memory: what was added stays, and is harmless */
+    }
+    pthread_mutex_unlock(&ws->lock);
+    return r;
+}
+
+struct server_stats *metrics_server(struct route_stats *r, const struct hostport *server)
+{
+    /* Only the owning loop appends, and it is the caller: no lock needed. */
+    char label[ADDR_STR_MAX];
+    addr_format_hostport(server, label, sizeof(label));
+    return server_find(r, label, 0);
 }
 
 void metrics_hash(const void *data, size_t len, char out[17])
@@ -148,91 +200,119 @@ static void header(struct text *t, enum family f)
         families[f].type);
 }
 
-/* Sums one counter of one route (at byte offset `off` in struct
- * route_stats) over every worker. */
-static uint64_t sum(struct route_stats *const *stats, size_t n_workers, size_t route, size_t off)
+static void sum_into(struct route_stats *d, struct route_stats *r)
 {
-    uint64_t total = 0;
-    for (size_t w = 0; w < n_workers; w++)
-        total += metric_get((_Atomic uint64_t *)((char *)&stats[w][route] + off));
-    return total;
+    metric_add(&d->sessions_active, metric_get(&r->sessions_active));
+    metric_add(&d->sessions_total, metric_get(&r->sessions_total));
+    for (int i = 0; i < REASON_COUNT; i++)
+        metric_add(&d->closes[i], metric_get(&r->closes[i]));
+    metric_add(&d->bytes_from_client, metric_get(&r->bytes_from_client));
+    metric_add(&d->bytes_from_server, metric_get(&r->bytes_from_server));
+    metric_add(&d->takeovers, metric_get(&r->takeovers));
+    for (size_t i = 0; i < sizeof(d->denied) / sizeof(d->denied[0]); i++)
+        metric_add(&d->denied[i], metric_get(&r->denied[i]));
+    metric_add(&d->accept_errors, metric_get(&r->accept_errors));
 }
 
-#define SUM(field) sum(stats, n_workers, r, offsetof(struct route_stats, field))
+/* Every worker's counters summed by route name and server; NULL on ENOMEM
+ * (*oom set). The caller frees the list. */
+static struct route_stats *sum_workers(struct worker_stats *const *stats, size_t n_workers,
+                                       int *oom)
+{
+    struct route_stats *sums = NULL;
+    for (size_t w = 0; w < n_workers && !*oom; w++) {
+        pthread_mutex_lock(&stats[w]->lock);
+        for (struct route_stats *r = stats[w]->routes; r != NULL && !*oom; r = r->next) {
+            struct route_stats *d = route_find_or_add(&sums, r->name);
+            if (d == NULL) {
+                *oom = 1;
+                break;
+            }
+            sum_into(d, r);
+            for (struct server_stats *sv = r->servers; sv != NULL; sv = sv->next) {
+                struct server_stats *ds = server_find(d, sv->label, 1);
+                if (ds == NULL) {
+                    *oom = 1;
+                    break;
+                }
+                metric_add(&ds->attempts, metric_get(&sv->attempts));
+                metric_add(&ds->failures, metric_get(&sv->failures));
+            }
+        }
+        pthread_mutex_unlock(&stats[w]->lock);
+    }
+    return sums;
+}
 
-char *metrics_render(const struct config *cfg, struct route_stats *const *stats,
-                     size_t n_workers, const struct process_stats *ps)
+char *metrics_render(struct worker_stats *const *stats, size_t n_workers,
+                     const struct process_stats *ps)
 {
     struct text t = { .cap = 16384 };
     t.buf = malloc(t.cap);
     if (t.buf == NULL)
         return NULL;
     t.buf[0] = '\0';
-    size_t nr = cfg->n_routes;
+    struct route_stats *sums = sum_workers(stats, n_workers, &t.oom);
 
-#define PER_ROUTE(fam, field)                                                         \
-    do {                                                                              \
-        header(&t, fam);                                                              \
-        for (size_t r = 0; r < nr; r++)                                               \
-            put(&t, "%s{route=\"%s\"} %" PRIu64 "\n", families[fam].name,            \
-                cfg->routes[r].name, SUM(field));                \
+#define EACH_ROUTE for (struct route_stats *r = sums; r != NULL; r = r->next)
+#define PER_ROUTE(fam, field)                                                             \
+    do {                                                                                  \
+        header(&t, fam);                                                                  \
+        EACH_ROUTE                                                                        \
+        put(&t, "%s{route=\"%s\"} %" PRIu64 "\n", families[fam].name, r->name,           \
+            metric_get(&r->field));                                                       \
     } while (0)
 
     PER_ROUTE(FAMILY_SESSIONS_ACTIVE, sessions_active);
     PER_ROUTE(FAMILY_SESSIONS_TOTAL, sessions_total);
 
     header(&t, FAMILY_CLOSES);
-    for (size_t r = 0; r < nr; r++)
-        for (int why = 0; why < REASON_COUNT; why++)
-            put(&t, "%s{route=\"%s\",reason=\"%s\"} %" PRIu64 "\n", families[FAMILY_CLOSES].name,
-                cfg->routes[r].name, reason_name((enum reason)why),
-                SUM(closes[why]));
+    EACH_ROUTE
+    for (int why = 0; why < REASON_COUNT; why++)
+        put(&t, "%s{route=\"%s\",reason=\"%s\"} %" PRIu64 "\n", families[FAMILY_CLOSES].name,
+            r->name, reason_name((enum reason)why), metric_get(&r->closes[why]));
 
     header(&t, FAMILY_BYTES);
-    for (size_t r = 0; r < nr; r++) {
+    EACH_ROUTE {
         put(&t, "%s{route=\"%s\",direction=\"from_client\"} %" PRIu64 "\n",
-            families[FAMILY_BYTES].name, cfg->routes[r].name,
-            SUM(bytes_from_client));
+            families[FAMILY_BYTES].name, r->name, metric_get(&r->bytes_from_client));
         put(&t, "%s{route=\"%s\",direction=\"from_server\"} %" PRIu64 "\n",
-            families[FAMILY_BYTES].name, cfg->routes[r].name,
-            SUM(bytes_from_server));
+            families[FAMILY_BYTES].name, r->name, metric_get(&r->bytes_from_server));
     }
 
     for (int f = FAMILY_CONNECT_ATTEMPTS; f <= FAMILY_CONNECT_FAILURES; f++) {
         header(&t, (enum family)f);
-        for (size_t r = 0; r < nr; r++) {
-            const struct upstream_config *u = &cfg->routes[r].upstream;
-            for (size_t i = 0; i < u->n_servers; i++) {
-                char server[ADDR_STR_MAX];
-                uint64_t sum = 0;
-                for (size_t w = 0; w < n_workers; w++)
-                    sum += metric_get(f == FAMILY_CONNECT_ATTEMPTS ? &stats[w][r].connect_attempts[i]
-                                                                   : &stats[w][r].connect_failures[i]);
-                put(&t, "%s{route=\"%s\",server=\"%s\"} %" PRIu64 "\n", families[f].name,
-                    cfg->routes[r].name, addr_format_hostport(&u->servers[i], server, sizeof(server)),
-                    sum);
-            }
-        }
+        EACH_ROUTE
+        for (struct server_stats *sv = r->servers; sv != NULL; sv = sv->next)
+            put(&t, "%s{route=\"%s\",server=\"%s\"} %" PRIu64 "\n", families[f].name, r->name,
+                sv->label,
+                metric_get(f == FAMILY_CONNECT_ATTEMPTS ? &sv->attempts : &sv->failures));
     }
 
     PER_ROUTE(FAMILY_TAKEOVERS, takeovers);
     PER_ROUTE(FAMILY_REJECTIONS, closes[REASON_REJECTED]);
 
     header(&t, FAMILY_LIVENESS);
-    for (size_t r = 0; r < nr; r++)
-        for (size_t k = 0; k < sizeof(liveness_kinds) / sizeof(liveness_kinds[0]); k++)
-            put(&t, "%s{route=\"%s\",kind=\"%s\"} %" PRIu64 "\n", families[FAMILY_LIVENESS].name,
-                cfg->routes[r].name, liveness_kinds[k].kind,
-                SUM(closes[liveness_kinds[k].reason]));
+    EACH_ROUTE
+    for (size_t k = 0; k < sizeof(liveness_kinds) / sizeof(liveness_kinds[0]); k++)
+        put(&t, "%s{route=\"%s\",kind=\"%s\"} %" PRIu64 "\n", families[FAMILY_LIVENESS].name,
+            r->name, liveness_kinds[k].kind, metric_get(&r->closes[liveness_kinds[k].reason]));
 
     header(&t, FAMILY_DENIED);
-    for (size_t r = 0; r < nr; r++)
-        for (size_t c = 0; c < sizeof(deny_names) / sizeof(deny_names[0]); c++)
-            put(&t, "%s{route=\"%s\",cause=\"%s\"} %" PRIu64 "\n", families[FAMILY_DENIED].name,
-                cfg->routes[r].name, deny_names[c], SUM(denied[c]));
+    EACH_ROUTE
+    for (size_t c = 0; c < sizeof(deny_names) / sizeof(deny_names[0]); c++)
+        put(&t, "%s{route=\"%s\",cause=\"%s\"} %" PRIu64 "\n", families[FAMILY_DENIED].name,
+            r->name, deny_names[c], metric_get(&r->denied[c]));
 
     PER_ROUTE(FAMILY_ACCEPT_ERRORS, accept_errors);
 #undef PER_ROUTE
+#undef EACH_ROUTE
+
+    while (sums != NULL) {
+        struct route_stats *r = sums;
+        sums = r->next;
+        route_stats_free(r);
+    }
 
     header(&t, FAMILY_RELOADS);
     put(&t, "%s{result=\"ok\"} %" PRIu64 "\n%s{result=\"failed\"} %" PRIu64 "\n",

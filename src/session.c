@@ -136,7 +136,8 @@ struct session {
     struct session *prev, *next;   /* the worker's list */
     uint64_t id;                   /* process-wide, for worker messages */
     struct worker *w;
-    const struct route_config *route;
+    struct config *cfg;            /* a reference: the config the session started with */
+    const struct route_config *route; /* in cfg */
     struct route_stats *stats;     /* the route's counters on this worker */
     enum session_state state;
     enum connect_step step;
@@ -147,7 +148,7 @@ struct session {
     int saw_eof;
     enum close_mode client_close;  /* how finish_close() ends the client side */
     int registered;                /* owns (or waits for) its client identity */
-    int limited;                   /* counted in the shared limits */
+    struct limit_route *limit;     /* non-NULL: counted in the shared limits */
     int refused;                   /* denied at accept: logged rate-limited, no close line */
 
     uv_tcp_t client;
@@ -244,6 +245,7 @@ static void free_if_unused(struct session *s)
     if (s->refs > 0 || s->state != SESSION_CLOSED)
         return;
     struct worker *w = s->w;
+    config_free(s->cfg);
     free(s);
     worker_session_freed(w);
 }
@@ -583,7 +585,9 @@ static void close_upstream_then_retry(struct session *s)
 
 static void connect_failed(struct session *s, int err)
 {
-    metric_add(&s->stats->connect_failures[s->server], 1);
+    struct server_stats *sv = metrics_server(s->stats, &s->route->upstream.servers[s->server]);
+    if (sv != NULL)
+        metric_add(&sv->failures, 1);
     log_try_failed(s, err);
     close_upstream_then_retry(s);
 }
@@ -746,8 +750,10 @@ static void connect_try(struct session *s)
     const struct upstream_config *u = &s->route->upstream;
     s->server = s->tries % u->n_servers;
     s->tries++;
-    metric_add(&s->stats->connect_attempts[s->server], 1);
     const struct hostport *srv = &u->servers[s->server];
+    struct server_stats *sv = metrics_server(s->stats, srv);
+    if (sv != NULL)
+        metric_add(&sv->attempts, 1);
     if (srv->numeric) {
         connect_to(s, (const struct sockaddr *)&srv->sa);
         return;
@@ -915,8 +921,8 @@ static void finish_close(struct session *s)
     if (s->next != NULL)
         s->next->prev = s->prev;
     s->prev = s->next = NULL;
-    if (s->limited)
-        limits_give(w->limits, (size_t)(s->route - w->cfg->routes), &s->peer.sa);
+    if (s->limit != NULL)
+        limits_give(w->limits, s->limit, &s->peer.sa);
     log_close(s);
 
     queue_free(s, &s->up);
@@ -1046,7 +1052,7 @@ static const char *const deny_words[] = {
 /* Access control and limits. Returns 1 when the connection may become a
  * session; else counts and logs it (at most one line a second per worker,
  * so that a flood cannot flood the log). */
-static int admit(struct session *s)
+static int admit(struct session *s, struct limit_route *limit)
 {
     const struct client_config *cc = &s->route->client;
     struct worker *w = s->w;
@@ -1056,10 +1062,10 @@ static int admit(struct session *s)
     } else if (cc->max_connections == 0 && cc->max_per_address == 0) {
         return 1;
     } else {
-        int rc = limits_take(w->limits, (size_t)(s->route - w->cfg->routes), &s->peer.sa,
-                             cc->max_connections, cc->max_per_address);
+        int rc = limits_take(w->limits, limit, &s->peer.sa, cc->max_connections,
+                             cc->max_per_address);
         if (rc == 0) {
-            s->limited = 1;
+            s->limit = limit;
             return 1;
         }
         cause = rc == -1 ? DENY_MAX_CONNECTIONS : DENY_MAX_PER_ADDRESS;
@@ -1120,8 +1126,9 @@ int session_accept(struct worker *w, struct listener *l)
         return UV_ENOMEM;
     s->id = atomic_fetch_add(&next_id, 1);
     s->w = w;
+    s->cfg = config_ref(w->cfg);
     s->route = l->route;
-    s->stats = &w->stats[l->route - w->cfg->routes];
+    s->stats = l->stats;
     s->state = SESSION_WAITING;
     s->client_close = CLOSE_FIN;
     s->up = (struct half){ .s = s, .src = &s->client, .dst = &s->upstream };
@@ -1160,7 +1167,7 @@ int session_accept(struct worker *w, struct listener *l)
     metric_add(&s->stats->sessions_total, 1);
     metric_add(&s->stats->sessions_active, 1);
 
-    if (!admit(s)) {
+    if (!admit(s, l->limit)) {
         session_close(s, REASON_DENIED);
         return 0;
     }

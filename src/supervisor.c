@@ -34,7 +34,11 @@ enum sup_phase {
 };
 
 struct supervisor {
-    const struct config *cfg;
+    struct config *cfg;           /* for new sessions; a reference */
+    struct sockaddr_storage *addrs; /* cfg's listen addresses, resolved */
+    const struct supervisor_options *opts;
+    int reloading;                /* a reload waits for the workers' answers */
+    int reload_again;             /* a SIGHUP came meanwhile */
     uv_loop_t loop;
     uv_signal_t sigterm, sigint, sighup;
     uv_async_t notify;            /* workers report phase changes here */
@@ -138,10 +142,10 @@ static int backend_ready(void *ctx)
 static char *backend_metrics(void *ctx)
 {
     struct supervisor *sup = ctx;
-    struct route_stats *stats[sup->n_started + 1];
+    struct worker_stats *stats[sup->n_started + 1];
     for (size_t i = 0; i < sup->n_started; i++)
-        stats[i] = sup->workers[i].stats;
-    return metrics_render(sup->cfg, stats, sup->n_started, &sup->ps);
+        stats[i] = &sup->workers[i].stats;
+    return metrics_render(stats, sup->n_started, &sup->ps);
 }
 
 static void gather_closed_cb(uv_handle_t *h)
@@ -154,11 +158,15 @@ static void gather_closed_cb(uv_handle_t *h)
     free(g);
 }
 
-/* Every worker answered: build the HTTP response. */
+static void reload_done(struct supervisor *sup, struct gather *g);
+
+/* Every worker answered: build the HTTP response, or finish the reload. */
 static void gather_done_cb(uv_async_t *a)
 {
     struct gather *g = a->data;
-    if (g->type == WORKER_MSG_KILL) {
+    if (g->type == WORKER_MSG_RELOAD) {
+        reload_done(g->owner, g);
+    } else if (g->type == WORKER_MSG_KILL) {
         char body[64];
         snprintf(body, sizeof(body), "{\"closed\":%" PRIu64 "}\n", g->session_id);
         admin_reply(g->owner, g->found ? 200 : 404, "application/json",
@@ -188,31 +196,38 @@ static void gather_done_cb(uv_async_t *a)
     uv_close((uv_handle_t *)&g->done, gather_closed_cb);
 }
 
-/* Asks every worker; the answer comes in gather_done_cb(). */
-static void gather_start(struct supervisor *sup, struct admin_conn *c, enum worker_msg_type type,
-                         uint64_t id)
+static struct gather *gather_new(struct supervisor *sup, enum worker_msg_type type, void *owner)
 {
     struct gather *g = calloc(1, sizeof(*g));
     if (g != NULL && (g->parts = calloc(sup->n_started + 1, sizeof(*g->parts))) == NULL) {
         free(g);
         g = NULL;
     }
-    if (g == NULL) {
-        admin_reply(c, 500, "text/plain; charset=utf-8", strdup("out of memory\n"));
-        return;
-    }
+    if (g == NULL)
+        return NULL;
     g->type = type;
-    g->session_id = id;
-    g->owner = c;
+    g->owner = owner;
     g->n_parts = sup->n_started;
+    return g;
+}
+
+/* Asks every worker; the answer comes in gather_done_cb(). */
+static void gather_post(struct supervisor *sup, struct gather *g)
+{
     g->pending = sup->n_started + 1; /* one for this function, released below */
     uv_mutex_init(&g->lock);
     uv_async_init(&sup->loop, &g->done, gather_done_cb);
     g->done.data = g;
     size_t unreachable = 0;
-    for (size_t i = 0; i < sup->n_started; i++)
-        if (worker_post(&sup->workers[i], type, id, g) < 0)
+    for (size_t i = 0; i < sup->n_started; i++) {
+        if (g->type == WORKER_MSG_RELOAD)
+            config_ref(g->cfg); /* the worker's to drop once it has answered */
+        if (worker_post(&sup->workers[i], g->type, g->session_id, g) < 0) {
             unreachable++; /* its loop ended: it has no sessions */
+            if (g->type == WORKER_MSG_RELOAD)
+                config_free(g->cfg);
+        }
+    }
     uv_mutex_lock(&g->lock);
     g->pending -= unreachable + 1;
     int last = g->pending == 0;
@@ -221,15 +236,29 @@ static void gather_start(struct supervisor *sup, struct admin_conn *c, enum work
         uv_async_send(&g->done);
 }
 
+static void gather_admin(struct supervisor *sup, struct admin_conn *c, enum worker_msg_type type,
+                         uint64_t id)
+{
+    struct gather *g = gather_new(sup, type, c);
+    if (g == NULL) {
+        admin_reply(c, 500, "text/plain; charset=utf-8", strdup("out of memory\n"));
+        return;
+    }
+    g->session_id = id;
+    gather_post(sup, g);
+}
+
 static void backend_sessions(void *ctx, struct admin_conn *c)
 {
-    gather_start(ctx, c, WORKER_MSG_DESCRIBE, 0);
+    gather_admin(ctx, c, WORKER_MSG_DESCRIBE, 0);
 }
 
 static void backend_close_session(void *ctx, struct admin_conn *c, uint64_t id)
 {
-    gather_start(ctx, c, WORKER_MSG_KILL, id);
+    gather_admin(ctx, c, WORKER_MSG_KILL, id);
 }
+
+static void reload_start(struct supervisor *sup);
 
 static void notify_cb(uv_async_t *a)
 {
@@ -258,6 +287,8 @@ static void notify_cb(uv_async_t *a)
         log_info("ready", LF_INT("workers", sup->n_workers),
                  LF_INT("routes", sup->cfg->n_routes), LF_INT("pid", getpid()));
         notify_send("READY=1\nSTATUS=ready");
+        if (sup->reload_again)
+            reload_start(sup);
     }
     if (done == sup->n_started && sup->phase == SUP_STOPPING)
         close_own_handles(sup);
@@ -279,10 +310,6 @@ static void signal_cb(uv_signal_t *h, int signum)
     }
 }
 
-static void sighup_cb(uv_signal_t *h, int signum)
-{
-    log_warn("SIGHUP ignored: live reload is not available in this version");
-}
 
 static void raise_fd_limit(void)
 {
@@ -309,8 +336,8 @@ static void log_listen_error(const char *name, const struct hostport *hp, const 
               LF_STR("error", what));
 }
 
-/* Resolves a listen address (blocking: no loop runs yet), checks that
- * nobody holds it, and logs what went wrong. Returns an exit code. */
+/* Resolves a listen address (blocking: a name is resolved at start and on
+ * a reload only) and logs what went wrong. Returns an exit code. */
 static int resolve_listen(const char *name, const struct hostport *hp, struct sockaddr_storage *sa)
 {
     const char *why = NULL;
@@ -320,7 +347,14 @@ static int resolve_listen(const char *name, const struct hostport *hp, struct so
         log_listen_error(name, hp, why);
         return EXIT_USAGE;
     }
-    int rc = net_probe_bind((struct sockaddr *)sa);
+    return EXIT_CLEAN;
+}
+
+/* Checks that nobody holds a listen address. Returns an exit code. */
+static int probe_listen(const char *name, const struct hostport *hp,
+                        const struct sockaddr_storage *sa)
+{
+    int rc = net_probe_bind((const struct sockaddr *)sa);
     if (rc < 0) {
         log_listen_error(name, hp, strerror(-rc));
         return EXIT_RUNTIME;
@@ -335,25 +369,42 @@ static void log_listening(const char *name, const struct sockaddr_storage *sa)
              LF_STR("address", addr_format((const struct sockaddr *)sa, addr, sizeof(addr))));
 }
 
-/* Binds every route's address once per worker: fds[w * n_routes + r] is
- * worker w's socket for route r. */
-static int open_route_sockets(const struct config *cfg, size_t n_workers, int *fds)
+static int bound_already(const struct sockaddr_storage *sa, const struct sockaddr_storage *bound,
+                         size_t n_bound)
+{
+    for (size_t i = 0; i < n_bound; i++)
+        if (addr_equal((const struct sockaddr *)sa, (const struct sockaddr *)&bound[i]))
+            return 1;
+    return 0;
+}
+
+/* Resolves every route's address into addrs[r] and binds it once per
+ * worker: fds[w * n_routes + r] is worker w's socket for route r. An
+ * address in `bound` (the running config's, on a reload) keeps its sockets:
+ * its fds stay -1. Returns an exit code; the caller closes the fds. */
+static int open_route_sockets(const struct config *cfg, size_t n_workers,
+                              const struct sockaddr_storage *bound, size_t n_bound,
+                              struct sockaddr_storage *addrs, int *fds)
 {
     for (size_t r = 0; r < cfg->n_routes; r++) {
         const struct route_config *route = &cfg->routes[r];
-        struct sockaddr_storage sa;
-        int code = resolve_listen(route->name, &route->listen, &sa);
+        struct sockaddr_storage *sa = &addrs[r];
+        int code = resolve_listen(route->name, &route->listen, sa);
         if (code != EXIT_CLEAN)
             return code;
+        if (bound_already(sa, bound, n_bound))
+            continue;
+        if ((code = probe_listen(route->name, &route->listen, sa)) != EXIT_CLEAN)
+            return code;
         for (size_t w = 0; w < n_workers; w++) {
-            int fd = net_listen_socket((struct sockaddr *)&sa, LISTEN_BACKLOG);
+            int fd = net_listen_socket((struct sockaddr *)sa, LISTEN_BACKLOG);
             if (fd < 0) {
                 log_listen_error(route->name, &route->listen, strerror(-fd));
                 return EXIT_RUNTIME;
             }
             fds[w * cfg->n_routes + r] = fd;
         }
-        log_listening(route->name, &sa);
+        log_listening(route->name, sa);
     }
     return EXIT_CLEAN;
 }
@@ -366,6 +417,8 @@ static int open_admin_socket(const struct config *cfg, int *fd)
         return EXIT_CLEAN;
     struct sockaddr_storage sa;
     int code = resolve_listen("admin", &cfg->admin.listen, &sa);
+    if (code == EXIT_CLEAN)
+        code = probe_listen("admin", &cfg->admin.listen, &sa);
     if (code != EXIT_CLEAN)
         return code;
     *fd = net_listen_socket((struct sockaddr *)&sa, 128);
@@ -423,6 +476,156 @@ static int drop_privileges(const struct config *cfg)
     return EXIT_CLEAN;
 }
 
+/* --- reload ------------------------------------------------------------------ */
+
+/* Settings that only a restart changes: the worker threads, the privileges
+ * already dropped and the admin socket stay as they are. */
+static void warn_restart_only(const struct config *cur, const struct config *next)
+{
+    char a[ADDR_STR_MAX], b[ADDR_STR_MAX];
+    const char *changed[4];
+    size_t n = 0;
+    if (cur->workers != next->workers)
+        changed[n++] = "workers";
+    if (strcmp(cur->user, next->user) != 0)
+        changed[n++] = "user";
+    if (strcmp(cur->group, next->group) != 0)
+        changed[n++] = "group";
+    if (cur->admin.enabled != next->admin.enabled ||
+        cur->admin.allow_remote != next->admin.allow_remote ||
+        (cur->admin.enabled &&
+         strcmp(addr_format_hostport(&cur->admin.listen, a, sizeof(a)),
+                addr_format_hostport(&next->admin.listen, b, sizeof(b))) != 0))
+        changed[n++] = "admin";
+    for (size_t i = 0; i < n; i++)
+        log_warn("config change needs a restart: keeping the running value",
+                 LF_STR("key", changed[i]));
+}
+
+static void reload_finished(struct supervisor *sup, int ok)
+{
+    if (ok)
+        sup->ps.reloads_ok++;
+    else
+        sup->ps.reloads_failed++;
+    if (sup->phase != SUP_STOPPING)
+        notify_send(ok ? "READY=1\nSTATUS=ready" : "READY=1\nSTATUS=ready (reload failed)");
+    if (sup->reload_again && sup->phase == SUP_RUNNING)
+        reload_start(sup);
+}
+
+static void reload_failed(struct supervisor *sup)
+{
+    log_error("reload failed: keeping the running config",
+              LF_STR("config", sup->opts->config_path), LF_STR("hash", sup->ps.config_hash));
+    reload_finished(sup, 0);
+}
+
+/* Reads the config file again and hands it to every worker. Sessions keep
+ * the config they started with; new connections get the new one. The
+ * workers answer through the gather: reload_done(). */
+static void reload_start(struct supervisor *sup)
+{
+    const char *path = sup->opts->config_path;
+    char monotonic[64];
+    snprintf(monotonic, sizeof(monotonic), "RELOADING=1\nSTATUS=reloading\nMONOTONIC_USEC=%" PRIu64,
+             notify_monotonic_usec());
+    notify_send(monotonic);
+    sup->reload_again = 0;
+    log_info("reloading", LF_STR("config", path));
+
+    struct config *cfg = NULL;
+    struct config_errors errs = { 0 };
+    int rc = config_load(path, &cfg, &errs);
+    for (size_t i = 0; i < errs.n; i++) /* the lines --check prints, and startup logs */
+        log_error("invalid config", LF_STR("file", path), LF_STR("error", errs.msgs[i]));
+    config_errors_free(&errs);
+    if (rc < 0) {
+        reload_failed(sup);
+        return;
+    }
+
+    size_t n_fds = sup->n_workers * cfg->n_routes;
+    struct sockaddr_storage *addrs = calloc(cfg->n_routes, sizeof(*addrs));
+    int *fds = malloc(n_fds * sizeof(*fds));
+    struct gather *g = gather_new(sup, WORKER_MSG_RELOAD, sup);
+    int code = EXIT_RUNTIME;
+    if (addrs != NULL && fds != NULL && g != NULL) {
+        for (size_t i = 0; i < n_fds; i++)
+            fds[i] = -1;
+        code = open_route_sockets(cfg, sup->n_workers, sup->addrs, sup->cfg->n_routes, addrs, fds);
+    } else {
+        log_error("out of memory");
+    }
+    if (code != EXIT_CLEAN) {
+        if (fds != NULL)
+            close_fds(fds, n_fds);
+        free(fds);
+        free(addrs);
+        if (g != NULL)
+            free(g->parts);
+        free(g);
+        config_free(cfg);
+        reload_failed(sup);
+        return;
+    }
+    warn_restart_only(sup->cfg, cfg);
+    for (size_t i = 0; i < cfg->notes.n; i++)
+        log_warn("config note", LF_STR("note", cfg->notes.msgs[i]));
+    if (!sup->opts->log_level_fixed)
+        log_set_level(cfg->log_level);
+    if (!sup->opts->log_format_fixed)
+        log_set_format(cfg->log_format);
+
+    g->cfg = cfg; /* the supervisor's reference, until reload_done() */
+    g->addrs = addrs;
+    g->fds = fds;
+    sup->reloading = 1;
+    gather_post(sup, g);
+}
+
+/* Every worker serves the new config (a draining one ignored it). */
+static void reload_done(struct supervisor *sup, struct gather *g)
+{
+    struct config *cfg = g->cfg, *prev = sup->cfg;
+    /* Sockets no worker adopted: a worker had ended or was draining. */
+    close_fds(g->fds, sup->n_workers * cfg->n_routes);
+    free(g->fds);
+    for (size_t r = 0; r < prev->n_routes; r++)
+        if (!bound_already(&sup->addrs[r], g->addrs, cfg->n_routes)) {
+            char addr[ADDR_STR_MAX];
+            log_info("stopped listening", LF_STR("route", prev->routes[r].name),
+                     LF_STR("address", addr_format((const struct sockaddr *)&sup->addrs[r], addr,
+                                                   sizeof(addr))));
+        }
+    free(sup->addrs);
+    sup->addrs = (struct sockaddr_storage *)g->addrs;
+    sup->cfg = cfg;
+    config_free(prev);
+    memcpy(sup->ps.config_hash, cfg->hash, sizeof(sup->ps.config_hash));
+    sup->reloading = 0;
+    if (g->found)
+        log_error("reloaded with errors: a worker could not serve every route",
+                  LF_STR("hash", cfg->hash));
+    else
+        log_info("reloaded", LF_INT("routes", cfg->n_routes), LF_STR("hash", cfg->hash));
+    reload_finished(sup, !g->found);
+}
+
+static void sighup_cb(uv_signal_t *h, int signum)
+{
+    struct supervisor *sup = h->data;
+    if (sup->phase == SUP_STOPPING) {
+        log_info("SIGHUP ignored: shutting down");
+    } else if (sup->phase == SUP_STARTING || sup->reloading) {
+        sup->reload_again = 1; /* once the workers run, or this reload is done */
+    } else {
+        reload_start(sup);
+    }
+}
+
+/* --- start-up -------------------------------------------------------------- */
+
 /* Starts every worker on its sockets; on a failure the rest of the fds are
  * closed and the exit code says so. */
 static void start_workers(struct supervisor *sup, int *fds)
@@ -433,19 +636,18 @@ static void start_workers(struct supervisor *sup, int *fds)
     pthread_sigmask(SIG_BLOCK, &set, &old_mask); /* inherited by the workers */
     for (size_t i = 0; i < sup->n_workers; i++) {
         struct worker *w = &sup->workers[i];
-        size_t first_unowned = i; /* workers from here on do not own their fds */
-        int rc = worker_init(w, (int)i, cfg, &fds[i * cfg->n_routes], &sup->notify, sup->workers,
-                             sup->n_workers, &sup->registry, &sup->limits);
+        /* worker_init() owns worker i's fds from the call on, even on failure. */
+        int rc = worker_init(w, (int)i, sup->cfg, sup->addrs, &fds[i * cfg->n_routes],
+                             &sup->notify, sup->workers, sup->n_workers, &sup->registry,
+                             &sup->limits);
         if (rc == 0) {
-            first_unowned = i + 1;
             rc = worker_start(w);
             if (rc < 0)
                 worker_destroy(w);
         }
         if (rc < 0) {
             log_error("cannot start worker", LF_INT("worker", i), LF_STR("error", uv_strerror(rc)));
-            close_fds(&fds[first_unowned * cfg->n_routes],
-                      (sup->n_workers - first_unowned) * cfg->n_routes);
+            close_fds(&fds[(i + 1) * cfg->n_routes], (sup->n_workers - i - 1) * cfg->n_routes);
             sup->exit_code = EXIT_RUNTIME;
             break;
         }
@@ -498,10 +700,10 @@ static int start_admin(struct supervisor *sup)
     return rc;
 }
 
-int supervisor_run(const struct config *cfg)
+int supervisor_run(struct config *cfg, const struct supervisor_options *opts)
 {
-    struct supervisor sup = { .cfg = cfg, .phase = SUP_STARTING, .exit_code = EXIT_CLEAN,
-                              .admin_fd = -1 };
+    struct supervisor sup = { .cfg = config_ref(cfg), .opts = opts, .phase = SUP_STARTING,
+                              .exit_code = EXIT_CLEAN, .admin_fd = -1 };
     sup.n_workers = cfg->workers != 0 ? cfg->workers : uv_available_parallelism();
     sup.ps.start_time = (double)time(NULL);
     memcpy(sup.ps.config_hash, cfg->hash, sizeof(sup.ps.config_hash));
@@ -514,20 +716,21 @@ int supervisor_run(const struct config *cfg)
     int *fds = malloc(n_fds * sizeof(*fds));
     sup.workers = calloc(sup.n_workers, sizeof(*sup.workers));
     sup.stalled = calloc(sup.n_workers, 1);
+    sup.addrs = calloc(cfg->n_routes, sizeof(*sup.addrs));
     int code = EXIT_RUNTIME;
-    if (fds == NULL || sup.workers == NULL || sup.stalled == NULL ||
+    if (fds == NULL || sup.workers == NULL || sup.stalled == NULL || sup.addrs == NULL ||
         registry_init(&sup.registry) < 0) {
         log_error("out of memory");
         goto out;
     }
-    if (limits_init(&sup.limits, cfg->n_routes) < 0) {
+    if (limits_init(&sup.limits) < 0) {
         log_error("out of memory");
         registry_destroy(&sup.registry);
         goto out;
     }
     for (size_t i = 0; i < n_fds; i++)
         fds[i] = -1;
-    code = open_route_sockets(cfg, sup.n_workers, fds);
+    code = open_route_sockets(cfg, sup.n_workers, NULL, 0, sup.addrs, fds);
     if (code == EXIT_CLEAN)
         code = open_admin_socket(cfg, &sup.admin_fd);
     if (code == EXIT_CLEAN)
@@ -571,5 +774,7 @@ out:
     free(fds);
     free(sup.workers);
     free(sup.stalled);
+    free(sup.addrs);
+    config_free(sup.cfg);
     return code;
 }

@@ -25,11 +25,141 @@ static void connection_cb(uv_stream_t *server, int status)
 {
     struct listener *l = server->data;
     int rc = status < 0 ? status : session_accept(l->w, l);
-    if (rc < 0)
-        metric_add(&l->w->stats[l->route - l->w->cfg->routes].accept_errors, 1);
-    if (rc < 0)
+    if (rc < 0) {
+        metric_add(&l->stats->accept_errors, 1);
         log_warn("accept failed", LF_STR("route", l->route->name), LF_INT("worker", l->w->id),
                  LF_STR("error", uv_strerror(rc)));
+    }
+}
+
+/* --- listeners -------------------------------------------------------------- */
+
+/* A listener for a socket the supervisor bound; the worker owns fd from now on. */
+static struct listener *listener_new(struct worker *w, int fd, const struct sockaddr_storage *addr)
+{
+    struct listener *l = calloc(1, sizeof(*l));
+    if (l == NULL) {
+        close(fd);
+        return NULL;
+    }
+    l->w = w;
+    l->fd = fd;
+    l->addr = *addr;
+    return l;
+}
+
+static void listener_closed_cb(uv_handle_t *h) { free(h->data); }
+
+static void listener_close(struct listener *l)
+{
+    if (l->fd >= 0) /* not adopted by the handle (or there is none) */
+        close(l->fd);
+    if (l->tcp.data == NULL) { /* never opened: no handle to close */
+        free(l);
+        return;
+    }
+    uv_close((uv_handle_t *)&l->tcp, listener_closed_cb);
+}
+
+static int listener_open(struct listener *l)
+{
+    uv_tcp_init(&l->w->loop, &l->tcp);
+    l->tcp.data = l; /* from here on the handle needs uv_close() */
+    int rc = uv_tcp_open(&l->tcp, l->fd);
+    if (rc < 0)
+        return rc; /* fd still ours: listener_close() closes it and the handle */
+    l->fd = -1;
+    return uv_listen((uv_stream_t *)&l->tcp, LISTEN_BACKLOG, connection_cb);
+}
+
+/* Points a listener at its route in the worker's (new) config. */
+static int listener_serve(struct listener *l, const struct route_config *route)
+{
+    struct route_stats *stats = metrics_route(&l->w->stats, route);
+    struct limit_route *limit = limits_route(l->w->limits, route->name);
+    if (stats == NULL || limit == NULL)
+        return UV_ENOMEM;
+    l->route = route;
+    l->stats = stats;
+    l->limit = limit;
+    return 0;
+}
+
+static void close_listeners(struct worker *w)
+{
+    while (w->listeners != NULL) {
+        struct listener *l = w->listeners;
+        w->listeners = l->next;
+        listener_close(l);
+    }
+}
+
+/* Takes the listener bound to addr out of the list. */
+static struct listener *listener_unlink(struct listener **list, const struct sockaddr_storage *addr)
+{
+    for (struct listener **p = list; *p != NULL; p = &(*p)->next) {
+        struct listener *l = *p;
+        if (addr_equal((const struct sockaddr *)&l->addr, (const struct sockaddr *)addr)) {
+            *p = l->next;
+            l->next = NULL;
+            return l;
+        }
+    }
+    return NULL;
+}
+
+static void log_listener_error(struct worker *w, const struct route_config *route, int err)
+{
+    log_error("cannot serve route", LF_STR("route", route->name), LF_INT("worker", w->id),
+              LF_STR("error", uv_strerror(err)));
+}
+
+/* Serves cfg from now on: keeps the listeners whose address it still
+ * lists, opens the new sockets in fds (one per route, -1 where a listener
+ * is kept; adopted entries are set to -1), closes the listeners of routes
+ * it dropped. Sessions stay where they are, on the config they started
+ * with. Returns 0, or the first error (the other routes are served). */
+static int serve_config(struct worker *w, struct config *cfg, const struct sockaddr_storage *addrs,
+                        int *fds)
+{
+    struct listener *old = w->listeners, **tail = &w->listeners;
+    w->listeners = NULL;
+    int first_error = 0;
+    for (size_t r = 0; r < cfg->n_routes; r++) {
+        struct listener *l;
+        int rc = 0;
+        if (fds[r] >= 0) {
+            l = listener_new(w, fds[r], &addrs[r]);
+            fds[r] = -1;
+            rc = l == NULL ? UV_ENOMEM : listener_open(l);
+        } else {
+            l = listener_unlink(&old, &addrs[r]);
+            rc = l == NULL ? UV_ENOENT : 0; /* the supervisor said it was kept */
+        }
+        if (rc == 0)
+            rc = listener_serve(l, &cfg->routes[r]);
+        if (rc < 0) {
+            log_listener_error(w, &cfg->routes[r], rc);
+            if (l != NULL)
+                listener_close(l);
+            if (first_error == 0)
+                first_error = rc;
+            continue;
+        }
+        *tail = l;
+        tail = &l->next;
+    }
+    /* What is left belongs to routes the new config dropped: they stop
+     * accepting, and their sessions run on until they end. */
+    while (old != NULL) {
+        struct listener *l = old;
+        old = l->next;
+        listener_close(l);
+    }
+    struct config *prev = w->cfg;
+    w->cfg = config_ref(cfg);
+    config_free(prev);
+    return first_error;
 }
 
 static void close_all_sessions(struct worker *w)
@@ -73,8 +203,7 @@ static void begin_drain(struct worker *w)
     if (w->draining)
         return;
     w->draining = 1;
-    for (size_t i = 0; i < w->n_listeners; i++)
-        uv_close((uv_handle_t *)&w->listeners[i].tcp, NULL);
+    close_listeners(w);
     uv_timer_start(&w->drain_timer, drain_timer_cb, w->cfg->drain_timeout_ms, 0);
     exit_if_idle(w);
 }
@@ -137,6 +266,17 @@ static char *describe_all(struct worker *w)
     return out;
 }
 
+/* A draining worker keeps its sessions on the config they started with and
+ * accepts nothing: the new config is of no use to it. */
+static void reload(struct worker *w, struct gather *g)
+{
+    int rc = 0;
+    if (!w->draining)
+        rc = serve_config(w, g->cfg, g->addrs, &g->fds[(size_t)w->id * g->cfg->n_routes]);
+    config_free(g->cfg); /* the reference the supervisor took for this worker */
+    gather_answer(g, NULL, w->id, rc < 0);
+}
+
 /* A message for a session that is gone already needs nothing: its own close
  * released its identity, and the registry handed it on. */
 static void deliver(struct worker *w, const struct worker_msg *m)
@@ -159,6 +299,9 @@ static void deliver(struct worker *w, const struct worker_msg *m)
         if (s != NULL)
             session_close(s, REASON_ADMIN_KILL);
         gather_answer(m->gather, NULL, w->id, s != NULL);
+        break;
+    case WORKER_MSG_RELOAD:
+        reload(w, m->gather);
         break;
     case WORKER_MSG_DESCRIBE:
         break;
@@ -226,13 +369,13 @@ void worker_session_freed(struct worker *w)
     exit_if_idle(w);
 }
 
-int worker_init(struct worker *w, int id, const struct config *cfg, const int *fds,
-                uv_async_t *notify, struct worker *peers, size_t n_peers,
-                struct registry *registry, struct limits *limits)
+int worker_init(struct worker *w, int id, struct config *cfg,
+                const struct sockaddr_storage *addrs, const int *fds, uv_async_t *notify,
+                struct worker *peers, size_t n_peers, struct registry *registry,
+                struct limits *limits)
 {
     memset(w, 0, sizeof(*w));
     w->id = id;
-    w->cfg = cfg;
     w->notify = notify;
     w->peers = peers;
     w->n_peers = n_peers;
@@ -240,27 +383,30 @@ int worker_init(struct worker *w, int id, const struct config *cfg, const int *f
     w->limits = limits;
     atomic_init(&w->command, WORKER_CMD_NONE);
     atomic_init(&w->phase, WORKER_PHASE_STARTING);
-    w->listeners = calloc(cfg->n_routes, sizeof(*w->listeners));
-    w->stats = metrics_routes_new(cfg);
-    if (w->listeners == NULL || w->stats == NULL) {
-        free(w->listeners);
-        metrics_routes_free(w->stats, cfg->n_routes);
-        return UV_ENOMEM;
-    }
-    w->n_listeners = cfg->n_routes;
+    worker_stats_init(&w->stats);
+    /* The sockets wait, unopened, for the loop's thread: serve_config(). */
+    int rc = 0;
+    struct listener **tail = &w->listeners;
     for (size_t i = 0; i < cfg->n_routes; i++) {
-        w->listeners[i].w = w;
-        w->listeners[i].route = &cfg->routes[i];
-        w->listeners[i].fd = fds[i];
+        struct listener *l = rc == 0 ? listener_new(w, fds[i], &addrs[i]) : NULL;
+        if (l == NULL) {
+            if (rc == 0)
+                rc = UV_ENOMEM;
+            else
+                close(fds[i]);
+            continue;
+        }
+        *tail = l;
+        tail = &l->next;
     }
-    int rc = uv_loop_init(&w->loop);
+    if (rc == 0)
+        rc = uv_loop_init(&w->loop);
     if (rc < 0) {
-        free(w->listeners);
-        w->listeners = NULL;
-        metrics_routes_free(w->stats, cfg->n_routes);
-        w->stats = NULL;
+        close_listeners(w);
+        worker_stats_destroy(&w->stats);
         return rc;
     }
+    w->cfg = config_ref(cfg);
     uv_mutex_init(&w->inbox_lock);
     uv_async_init(&w->loop, &w->wakeup, wakeup_cb);
     w->wakeup.data = w;
@@ -273,25 +419,19 @@ int worker_init(struct worker *w, int id, const struct config *cfg, const int *f
     return 0;
 }
 
+/* Opens the sockets worker_init() was given, in route order. */
 static int open_listeners(struct worker *w)
 {
-    /* Every handle is initialised first, so that a failure part-way leaves
-     * only handles that begin_drain() can close. */
-    for (size_t i = 0; i < w->n_listeners; i++) {
-        uv_tcp_init(&w->loop, &w->listeners[i].tcp);
-        w->listeners[i].tcp.data = &w->listeners[i];
-    }
-    for (size_t i = 0; i < w->n_listeners; i++) {
-        struct listener *l = &w->listeners[i];
-        int rc = uv_tcp_open(&l->tcp, l->fd);
+    size_t r = 0;
+    int rc = 0;
+    for (struct listener *l = w->listeners; l != NULL && rc == 0; l = l->next, r++) {
+        rc = listener_open(l);
+        if (rc == 0)
+            rc = listener_serve(l, &w->cfg->routes[r]);
         if (rc < 0)
-            return rc;
-        l->fd = -1; /* the handle owns it now */
-        rc = uv_listen((uv_stream_t *)&l->tcp, LISTEN_BACKLOG, connection_cb);
-        if (rc < 0)
-            return rc;
+            log_listener_error(w, &w->cfg->routes[r], rc);
     }
-    return 0;
+    return rc;
 }
 
 static void worker_main(void *arg)
@@ -340,13 +480,9 @@ static void free_worker(struct worker *w)
         free(m);
     }
     uv_mutex_destroy(&w->inbox_lock);
-    for (size_t i = 0; w->listeners != NULL && i < w->n_listeners; i++)
-        if (w->listeners[i].fd >= 0)
-            close(w->listeners[i].fd);
-    free(w->listeners);
-    w->listeners = NULL;
-    metrics_routes_free(w->stats, w->n_listeners);
-    w->stats = NULL;
+    worker_stats_destroy(&w->stats);
+    config_free(w->cfg);
+    w->cfg = NULL;
     pool_drain(&w->pool);
 }
 
@@ -360,6 +496,7 @@ void worker_join(struct worker *w)
 void worker_destroy(struct worker *w)
 {
     w->inbox_closed = 1; /* never started: nobody else can post yet */
+    close_listeners(w);  /* unopened: their fds are closed at once */
     uv_close((uv_handle_t *)&w->wakeup, NULL);
     uv_close((uv_handle_t *)&w->tick, NULL);
     uv_close((uv_handle_t *)&w->drain_timer, NULL);

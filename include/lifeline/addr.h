@@ -31,6 +31,9 @@ int addr_parse_ip(const char *s, struct sockaddr_storage *out);
 /* Is the address the wildcard (0.0.0.0 or ::)? */
 int addr_is_any(const struct sockaddr *sa);
 
+/* Same family, address and port (IPv4 or IPv6; anything else is unequal)? */
+int addr_equal(const struct sockaddr *a, const struct sockaddr *b);
+
 /* Is the address a loopback address (127.0.0.0/8 or ::1)? An IPv4-mapped
  * IPv6 address is not: only the two forms above count. */
 int addr_is_loopback(const struct sockaddr *sa);

@@ -2,6 +2,7 @@
 #ifndef LIFELINE_CONFIG_H
 #define LIFELINE_CONFIG_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -107,11 +108,14 @@ struct config {
      * will round. --check prints them; the daemon logs them. */
     struct config_errors notes;
     char hash[17];                 /* FNV-1a 64 of the JSON text, hex: names the loaded config */
+    /* Owners: the supervisor, each worker, each session started under it.
+     * A reload leaves established sessions on the config they started with. */
+    _Atomic unsigned refs;
 };
 
 /* Parses and validates JSON text. In string values, ${VAR}, ${VAR:-default}
  * and $$ are replaced from the environment first. On success returns 0 and
- * sets *out; on failure returns -EINVAL (-ENOMEM when memory ran out), *out
+ * sets *out (holding one reference); on failure returns -EINVAL (-ENOMEM when memory ran out), *out
  * stays NULL and errs holds every problem found (invalid JSON is one error
  * naming line and column). */
 int config_parse(const char *json, size_t len, struct config **out,
@@ -121,6 +125,9 @@ int config_parse(const char *json, size_t len, struct config **out,
  * error naming the path and strerror, with return value -errno. */
 int config_load(const char *path, struct config **out, struct config_errors *errs);
 
+/* Takes one more reference (thread-safe). Returns cfg. */
+struct config *config_ref(struct config *cfg);
+/* Drops one reference (thread-safe); the last one frees. NULL is a no-op. */
 void config_free(struct config *cfg);
 void config_errors_free(struct config_errors *errs);
 

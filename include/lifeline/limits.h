@@ -10,26 +10,37 @@
 
 struct limit_entry;
 
+/* One route's open sessions, kept by route name so that the count spans
+ * config reloads: sessions started before and after a reload share it. */
+struct limit_route {
+    struct limit_route *next;
+    _Atomic uint64_t open;
+    char name[];
+};
+
 /* Counts of open sessions that the workers check at accept time. Taken
  * once when a session starts and once when it ends, never on the relay path. */
 struct limits {
-    _Atomic uint64_t *route_open;   /* per route index */
-    size_t n_routes;
-    pthread_mutex_t lock;           /* guards the per-address table */
-    struct limit_entry **buckets;
+    pthread_mutex_t lock;           /* guards both tables */
+    struct limit_route *routes;     /* grows only: entries live as long as the limits */
+    struct limit_entry **buckets;   /* per route and client address */
     size_t n_buckets;
 };
 
-int limits_init(struct limits *l, size_t n_routes);
+int limits_init(struct limits *l);
 void limits_destroy(struct limits *l);
+
+/* The counter of the route with this name, created on first use. The
+ * pointer stays valid until limits_destroy(). NULL on ENOMEM. */
+struct limit_route *limits_route(struct limits *l, const char *name);
 
 /* Counts one more session of `route` from `sa` unless that would pass a
  * non-zero max. Returns 0, or -1 (route full) or -2 (address full), in which
  * case nothing was counted. */
-int limits_take(struct limits *l, size_t route, const struct sockaddr *sa,
+int limits_take(struct limits *l, struct limit_route *route, const struct sockaddr *sa,
                 uint64_t max_route, uint64_t max_per_address);
 
 /* Gives back what limits_take() counted. */
-void limits_give(struct limits *l, size_t route, const struct sockaddr *sa);
+void limits_give(struct limits *l, struct limit_route *route, const struct sockaddr *sa);
 
 #endif

@@ -2,13 +2,13 @@
 #ifndef LIFELINE_METRICS_H
 #define LIFELINE_METRICS_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
+#include "lifeline/config.h"
 #include "lifeline/reason.h"
-
-struct config;
 
 /* Why a connection was refused before it became a session. */
 enum deny_cause {
@@ -17,10 +17,21 @@ enum deny_cause {
     DENY_MAX_PER_ADDRESS,  /* its address is at client.max_per_address */
 };
 
-/* One route's counters on one worker. Only that worker's loop writes them
+/* One upstream server's connection tries on one worker. */
+struct server_stats {
+    struct server_stats *next;
+    _Atomic uint64_t attempts;
+    _Atomic uint64_t failures;
+    char label[ADDR_STR_MAX];      /* "host:port" as written in the config */
+};
+
+/* One route's counters on one worker, kept by route name: a reload that
+ * keeps the name keeps the counters. Only that worker's loop writes them
  * (metric_add), any thread reads them (metric_get): no lock, no atomic
  * read-modify-write on the relay path. */
 struct route_stats {
+    struct route_stats *next;
+    char name[CONFIG_NAME_MAX];
     _Atomic uint64_t sessions_active;
     _Atomic uint64_t sessions_total;
     _Atomic uint64_t closes[REASON_COUNT];
@@ -29,8 +40,15 @@ struct route_stats {
     _Atomic uint64_t takeovers;
     _Atomic uint64_t denied[3];          /* enum deny_cause */
     _Atomic uint64_t accept_errors;
-    _Atomic uint64_t *connect_attempts;  /* one per upstream server */
-    _Atomic uint64_t *connect_failures;
+    struct server_stats *servers;        /* every server the route ever had */
+};
+
+/* One worker's counters. The lists only grow (entries live until
+ * worker_stats_destroy), so a session may keep pointers into them; `lock`
+ * guards appends against readers on other threads. */
+struct worker_stats {
+    pthread_mutex_t lock;
+    struct route_stats *routes;
 };
 
 static inline void metric_add(_Atomic uint64_t *m, uint64_t n)
@@ -51,9 +69,16 @@ static inline uint64_t metric_get(_Atomic uint64_t *m)
     return atomic_load_explicit(m, memory_order_relaxed);
 }
 
-/* Allocates zeroed counters for every route of cfg. Returns NULL on ENOMEM. */
-struct route_stats *metrics_routes_new(const struct config *cfg);
-void metrics_routes_free(struct route_stats *r, size_t n_routes);
+void worker_stats_init(struct worker_stats *ws);
+void worker_stats_destroy(struct worker_stats *ws);
+
+/* The counters of this route (by name) and of each of its servers, created
+ * on first use. Called by the owning worker's loop. NULL on ENOMEM. */
+struct route_stats *metrics_route(struct worker_stats *ws, const struct route_config *route);
+
+/* The counters of one server of a route that metrics_route() returned for a
+ * config listing it; NULL if it never did. */
+struct server_stats *metrics_server(struct route_stats *r, const struct hostport *server);
 
 /* Process-wide facts the supervisor owns. */
 struct process_stats {
@@ -63,11 +88,11 @@ struct process_stats {
     char config_hash[17];         /* FNV-1a of the loaded file, hex */
 };
 
-/* Renders the Prometheus text exposition of every worker's counters
- * (stats[w] is worker w's array of cfg->n_routes). Returns a malloc'd,
- * NUL-terminated string, or NULL on ENOMEM. */
-char *metrics_render(const struct config *cfg, struct route_stats *const *stats,
-                     size_t n_workers, const struct process_stats *ps);
+/* Renders the Prometheus text exposition of every worker's counters, summed
+ * by route name (a route removed by a reload keeps its series). Returns a
+ * malloc'd, NUL-terminated string, or NULL on ENOMEM. */
+char *metrics_render(struct worker_stats *const *stats, size_t n_workers,
+                     const struct process_stats *ps);
 
 /* FNV-1a 64 of a buffer, as 16 hex digits. */
 void metrics_hash(const void *data, size_t len, char out[17]);

@@ -11,8 +11,16 @@ enum exit_code {
     EXIT_USAGE = 2,    /* bad command line or bad config */
 };
 
+/* What the supervisor needs to reload the config on SIGHUP. */
+struct supervisor_options {
+    const char *config_path;   /* read again on SIGHUP */
+    int log_level_fixed;       /* --log-level was given: it wins over every config */
+    int log_format_fixed;      /* --log-format likewise */
+};
+
 /* Binds every listener, runs the workers until a signal drains them, and
- * returns the process exit code. The config outlives the call. */
-int supervisor_run(const struct config *cfg);
+ * returns the process exit code. The supervisor takes its own reference to
+ * cfg; the caller keeps (and frees) its own. */
+int supervisor_run(struct config *cfg, const struct supervisor_options *opts);
 
 #endif

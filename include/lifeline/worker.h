@@ -16,12 +16,18 @@
 struct session;
 struct worker;
 
-/* One route's listening socket on one worker (SO_REUSEPORT shares the port). */
+/* One route's listening socket on one worker (SO_REUSEPORT shares the
+ * port). A reload that keeps the address keeps the socket, and with it the
+ * connections queued on it, and points it at the new route config. */
 struct listener {
-    uv_tcp_t tcp;
+    uv_tcp_t tcp;                      /* data is NULL until initialised */
+    struct listener *next;             /* the worker's list */
     struct worker *w;
-    const struct route_config *route;
-    int fd;              /* handed over by the supervisor; owned by tcp once opened */
+    struct sockaddr_storage addr;      /* what it is bound to */
+    const struct route_config *route;  /* in the worker's current config */
+    struct route_stats *stats;         /* the route's counters on this worker */
+    struct limit_route *limit;         /* the route's open sessions, all workers */
+    int fd;              /* handed over by the supervisor; -1 once tcp owns it */
 };
 
 /* What the supervisor asks of a worker; read by the worker's loop. */
@@ -38,18 +44,26 @@ enum worker_msg_type {
     WORKER_MSG_GO,       /* that session now owns its identity: connect upstream */
     WORKER_MSG_DESCRIBE, /* add every session to the gather (admin /sessions) */
     WORKER_MSG_KILL,     /* close that session, reason admin_kill, if it is here */
+    WORKER_MSG_RELOAD,   /* serve the gather's config to new connections */
 };
 
 /* A question the supervisor asks every worker at once; the last worker to
  * answer wakes the supervisor through `done`. */
 struct gather {
-    enum worker_msg_type type;   /* DESCRIBE or KILL */
+    enum worker_msg_type type;   /* DESCRIBE, KILL or RELOAD */
     uint64_t session_id;         /* KILL */
+    /* RELOAD: the config (one reference per worker it was posted to), its
+     * listen addresses resolved, and the sockets to add: fds[worker *
+     * n_routes + route], -1 where the worker keeps its listener on that
+     * address. A worker sets the entries it adopts to -1. */
+    struct config *cfg;
+    const struct sockaddr_storage *addrs;
+    int *fds;
     uv_mutex_t lock;
     size_t pending;              /* workers yet to answer */
     char **parts;                /* DESCRIBE: one JSON fragment per worker */
     size_t n_parts;
-    int found;                   /* KILL: a worker had the session */
+    int found;                   /* KILL: a worker had the session; RELOAD: one failed */
     uv_async_t done;             /* on the supervisor's loop */
     void *owner;                 /* the supervisor's request */
 };
@@ -71,13 +85,12 @@ enum worker_phase {
 
 struct worker {
     int id;
-    const struct config *cfg;
+    struct config *cfg;           /* for new connections; a reference */
     uv_loop_t loop;
     uv_thread_t thread;
     uv_async_t wakeup;            /* the supervisor's commands arrive here */
     uv_timer_t drain_timer;
-    struct listener *listeners;   /* one per route */
-    size_t n_listeners;
+    struct listener *listeners;   /* one per route of cfg */
     struct pool pool;
     struct session *sessions;     /* every live session, for drain and shutdown */
     size_t n_sessions;
@@ -89,7 +102,7 @@ struct worker {
     struct limits *limits;        /* shared by every worker */
     uint64_t deny_logged_ms;      /* denied connections: one log line a second */
     uint64_t deny_suppressed;     /* denied since the last line */
-    struct route_stats *stats;    /* one per route, written only by this loop */
+    struct worker_stats stats;    /* per route, written only by this loop */
 
     uv_mutex_t inbox_lock;        /* guards inbox only */
     struct worker_msg *inbox;     /* posted by any thread, drained by this loop */
@@ -105,11 +118,13 @@ struct worker {
     uv_async_t *notify;           /* the supervisor's: sent on every phase change */
 };
 
-/* Prepares a worker that will serve `cfg` on the listening fds (one per
- * route, in route order; the worker owns them from now on). */
-int worker_init(struct worker *w, int id, const struct config *cfg, const int *fds,
-                uv_async_t *notify, struct worker *peers, size_t n_peers,
-                struct registry *registry, struct limits *limits);
+/* Prepares a worker that will serve `cfg` (it takes a reference) on the
+ * listening fds bound to addrs (one per route, in route order; the worker
+ * owns the fds from now on, even on failure). */
+int worker_init(struct worker *w, int id, struct config *cfg,
+                const struct sockaddr_storage *addrs, const int *fds, uv_async_t *notify,
+                struct worker *peers, size_t n_peers, struct registry *registry,
+                struct limits *limits);
 /* Starts the thread. Returns 0 or a negative UV error. */
 int worker_start(struct worker *w);
 /* Thread-safe: asks the worker to drain or stop. */

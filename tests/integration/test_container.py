@@ -376,7 +376,6 @@ class SystemdNotify(LifelineTestCase):
             self.assertEqual(self.wait_message(sock, "WATCHDOG", scaled(1))["WATCHDOG"], "1")
         self.assertEqual(d.stop(), 0)
 
-    @unittest.skip("live reload (SIGHUP) is not implemented yet")
     def test_reload_messages(self):
         sock, path = self.notify_socket()
         echo = self.server(EchoServer)

@@ -223,6 +223,28 @@ static void test_is_any(void **state)
     assert_false(addr_is_any((struct sockaddr *)&ss));
 }
 
+/* A reload keeps a listener whose address is equal: family, IP and port. */
+static void test_equal(void **state)
+{
+    (void)state;
+    struct sockaddr_storage a = ip("127.0.0.1", 80), b = ip("127.0.0.1", 80);
+    assert_true(addr_equal((struct sockaddr *)&a, (struct sockaddr *)&b));
+    b = ip("127.0.0.1", 81);
+    assert_false(addr_equal((struct sockaddr *)&a, (struct sockaddr *)&b));
+    b = ip("127.0.0.2", 80);
+    assert_false(addr_equal((struct sockaddr *)&a, (struct sockaddr *)&b));
+    b = ip("::ffff:127.0.0.1", 80);
+    assert_false(addr_equal((struct sockaddr *)&a, (struct sockaddr *)&b));
+    a = ip("::1", 80);
+    b = ip("0:0:0:0:0:0:0:1", 80);
+    assert_true(addr_equal((struct sockaddr *)&a, (struct sockaddr *)&b));
+    b = ip("::1", 8080);
+    assert_false(addr_equal((struct sockaddr *)&a, (struct sockaddr *)&b));
+    memset(&a, 0, sizeof(a));
+    memset(&b, 0, sizeof(b));
+    assert_false(addr_equal((struct sockaddr *)&a, (struct sockaddr *)&b)); /* AF_UNSPEC */
+}
+
 static void test_is_loopback(void **state)
 {
     (void)state;
@@ -451,6 +473,7 @@ int main(void)
         cmocka_unit_test(test_bad),
         cmocka_unit_test(test_parse_ip),
         cmocka_unit_test(test_is_any),
+        cmocka_unit_test(test_equal),
         cmocka_unit_test(test_is_loopback),
         cmocka_unit_test(test_parse_cidr),
         cmocka_unit_test(test_cidr_match),

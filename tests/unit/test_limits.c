@@ -38,22 +38,31 @@ static struct sockaddr_storage client(const char *ip, uint16_t port)
 
 #define SA(ss) ((const struct sockaddr *)&(ss))
 
+/* Routes are counted by name; the tests number them. */
+static struct limit_route *RT(struct limits *l, size_t route)
+{
+    static const char *const names[N_ROUTES] = { "alpha", "beta", "gamma" };
+    struct limit_route *r = limits_route(l, names[route]);
+    assert_non_null(r);
+    return r;
+}
+
 static int take(struct limits *l, size_t route, const char *ip, uint16_t port,
                 uint64_t max_route, uint64_t max_addr)
 {
     struct sockaddr_storage ss = client(ip, port);
-    return limits_take(l, route, SA(ss), max_route, max_addr);
+    return limits_take(l, RT(l, route), SA(ss), max_route, max_addr);
 }
 
 static void give(struct limits *l, size_t route, const char *ip, uint16_t port)
 {
     struct sockaddr_storage ss = client(ip, port);
-    limits_give(l, route, SA(ss));
+    limits_give(l, RT(l, route), SA(ss));
 }
 
 static uint64_t route_open(struct limits *l, size_t route)
 {
-    return atomic_load(&l->route_open[route]);
+    return atomic_load(&RT(l, route)->open);
 }
 
 /* No per-address entry is left in the table (struct limit_entry is private
@@ -68,7 +77,7 @@ static int table_empty(const struct limits *l)
 
 static void assert_empty(struct limits *l)
 {
-    for (size_t r = 0; r < l->n_routes; r++)
+    for (size_t r = 0; r < N_ROUTES; r++)
         assert_int_equal(route_open(l, r), 0);
     assert_true(table_empty(l));
 }
@@ -76,7 +85,7 @@ static void assert_empty(struct limits *l)
 static int setup(void **state)
 {
     static struct limits l;
-    if (limits_init(&l, N_ROUTES) != 0)
+    if (limits_init(&l) != 0)
         return -1;
     *state = &l;
     return 0;
@@ -94,9 +103,28 @@ static int teardown(void **state)
 static void test_init_empty(void **state)
 {
     struct limits *l = *state;
-    assert_int_equal(l->n_routes, N_ROUTES);
     assert_non_null(l->buckets);
     assert_true(l->n_buckets > 0);
+    assert_empty(l);
+}
+
+/* A route is its name: a reload that keeps the name keeps the count, so
+ * sessions from before and after it share one max_connections. */
+static void test_route_by_name(void **state)
+{
+    struct limits *l = *state;
+    struct limit_route *a = limits_route(l, "alpha");
+    assert_non_null(a);
+    assert_ptr_equal(limits_route(l, "alpha"), a);
+    assert_ptr_not_equal(limits_route(l, "alphabet"), a);
+    assert_int_equal(take(l, 0, "10.0.0.1", 1000, 2, 0), 0);
+    assert_int_equal(atomic_load(&a->open), 1);
+    struct sockaddr_storage ss = client("10.0.0.2", 1000);
+    assert_int_equal(limits_take(l, limits_route(l, "alpha"), SA(ss), 2, 0), 0);
+    assert_int_equal(take(l, 0, "10.0.0.3", 1000, 2, 0), -1);
+    assert_int_equal(route_open(l, 1), 0);
+    give(l, 0, "10.0.0.1", 1000);
+    limits_give(l, a, SA(ss));
     assert_empty(l);
 }
 
@@ -344,7 +372,7 @@ static void hammer_give(struct hammer *h, struct held *slot)
 {
     atomic_fetch_sub(&h->cur_addr[slot->route][slot->addr], 1);
     atomic_fetch_sub(&h->cur_route[slot->route], 1);
-    limits_give(h->l, (size_t)slot->route, SA(h->addrs[slot->addr]));
+    limits_give(h->l, RT(h->l, (size_t)slot->route), SA(h->addrs[slot->addr]));
 }
 
 static void *hammer_thread(void *arg)
@@ -372,7 +400,7 @@ static void *hammer_thread(void *arg)
         int addr = (int)((x >> 9) % HAMMER_ADDRS);
         /* Route 0 has both maxima; route 1 only the per-address one. */
         uint64_t max_route = route == 0 ? HAMMER_MAX_ROUTE : 0;
-        int rc = limits_take(h->l, (size_t)route, SA(h->addrs[addr]), max_route, HAMMER_MAX_ADDR);
+        int rc = limits_take(h->l, RT(h->l, (size_t)route), SA(h->addrs[addr]), max_route, HAMMER_MAX_ADDR);
         if (rc == 0) {
             raise_peak(&h->peak_route[route], atomic_fetch_add(&h->cur_route[route], 1) + 1);
             raise_peak(&h->peak_addr, atomic_fetch_add(&h->cur_addr[route][addr], 1) + 1);
@@ -451,10 +479,10 @@ static void *spurious_prober(void *arg)
     pthread_barrier_wait(&sp->start);
     while (!atomic_load(&sp->stop)) {
         /* -2, or -1 while the other thread holds the second slot; never 0. */
-        int rc = limits_take(sp->l, 0, SA(sp->full), 2, 1);
+        int rc = limits_take(sp->l, RT(sp->l, 0), SA(sp->full), 2, 1);
         if (rc == 0) {
             atomic_fetch_add(&sp->bad, 1);
-            limits_give(sp->l, 0, SA(sp->full));
+            limits_give(sp->l, RT(sp->l, 0), SA(sp->full));
         }
     }
     return NULL;
@@ -466,9 +494,9 @@ static void *spurious_taker(void *arg)
     pthread_barrier_wait(&sp->start);
     for (int i = 0; i < 200000; i++) {
         atomic_fetch_add(&sp->tries, 1);
-        int rc = limits_take(sp->l, 0, SA(sp->other), 2, 1);
+        int rc = limits_take(sp->l, RT(sp->l, 0), SA(sp->other), 2, 1);
         if (rc == 0)
-            limits_give(sp->l, 0, SA(sp->other));
+            limits_give(sp->l, RT(sp->l, 0), SA(sp->other));
         else
             atomic_fetch_add(&sp->refused, 1);
     }
@@ -484,7 +512,7 @@ static void test_threads_no_spurious_route_full(void **state)
     sp.l = l;
     sp.full = client("10.0.0.1", 1);
     sp.other = client("10.0.0.2", 1);
-    assert_int_equal(limits_take(l, 0, SA(sp.full), 2, 1), 0);
+    assert_int_equal(limits_take(l, RT(l, 0), SA(sp.full), 2, 1), 0);
     assert_int_equal(pthread_barrier_init(&sp.start, NULL, 2), 0);
     pthread_t prober, taker;
     assert_int_equal(pthread_create(&prober, NULL, spurious_prober, &sp), 0);
@@ -496,7 +524,7 @@ static void test_threads_no_spurious_route_full(void **state)
            (unsigned long long)atomic_load(&sp.tries), (unsigned long long)atomic_load(&sp.refused));
     assert_int_equal(atomic_load(&sp.bad), 0);
     assert_int_equal(atomic_load(&sp.refused), 0);
-    limits_give(l, 0, SA(sp.full));
+    limits_give(l, RT(l, 0), SA(sp.full));
     assert_empty(l);
 }
 
@@ -504,6 +532,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_init_empty, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_route_by_name, setup, teardown),
         cmocka_unit_test_setup_teardown(test_route_max, setup, teardown),
         cmocka_unit_test_setup_teardown(test_per_address_max, setup, teardown),
         cmocka_unit_test_setup_teardown(test_route_max_checked_first, setup, teardown),
