@@ -165,6 +165,23 @@ def bound_client_socket(lo=20000, hi=30000, host=LOOPBACK):
     raise AssertionError(f"no free port in {lo}-{hi}")
 
 
+def listening(port):
+    """Is any socket of this process's network namespace listening on the
+    TCP port (any address)? Read from /proc/net/tcp and tcp6."""
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(name) as f:
+                rows = f.read().split("\n")[1:]
+        except FileNotFoundError:
+            continue
+        for row in rows:
+            cols = row.split()
+            # local_address is "ADDR:PORT" in hex; state 0A is LISTEN.
+            if len(cols) > 3 and cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
 def connect(port, host=LOOPBACK, timeout=5.0, sock=None):
     """A connected blocking client socket with a timeout on every operation."""
     if sock is None:

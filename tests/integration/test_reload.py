@@ -4,16 +4,15 @@ logged as --check reports it and changes nothing; routes come and go;
 counters and limits follow a route by name across the reload."""
 
 import json
-import os
 import signal
 import socket
 import threading
-import time
 import unittest
 
 from harness import (LOOPBACK, KiB, AcceptServer, EchoServer, addr_str, config, connect,
-                     free_port, listen_port, recv_exact, route, run_cli, scaled, wait_closed,
+                     free_port, listening, recv_exact, route, run_cli, scaled, wait_closed,
                      wait_until, write_config)
+from test_access import refused
 from test_admin import AdminCase, with_admin
 
 
@@ -191,7 +190,9 @@ class Reload(AdminCase):
         self.reload(d, new)
         d.wait_log("stopped listening", route="gone", address=f"{LOOPBACK}:{p_gone}")
         self.assertEqual(len(d.find("listening", route="kept")), 1, "the kept route was bound again")
+        self.assertTrue(listening(p_new))
 
+        self.assertFalse(listening(p_gone))
         with self.assertRaises(ConnectionRefusedError):
             connect(p_gone, timeout=scaled(5)).close()
         for port in (p_new, p_kept):
@@ -224,8 +225,7 @@ class Reload(AdminCase):
         new = json.loads(json.dumps(cfg))
         new["routes"][0]["buffer_bytes"] = 32768
         self.reload(d, new)
-        late = self.client(port)
-        self.assertIn(wait_closed(late, timeout=scaled(5)), ("eof", "reset"))
+        self.assertIn(refused(port)[0], ("eof", "reset"))
         self.assertEqual(self.metrics(d).get("lifeline_denied_total", route="r",
                                              cause="max_connections"), 1)
         first = addr_str(held[0].getsockname())
@@ -234,6 +234,32 @@ class Reload(AdminCase):
         again = self.client(port)
         again.sendall(b"y")
         self.assertEqual(recv_exact(again, 1), b"y")
+
+    def test_takeover_spans_the_reload(self):
+        """identity "address": a client that connects again after a reload
+        replaces its session from before it, which ends (replaced) before
+        the new one reaches the new server."""
+        a = self.server(EchoServer)
+        b = self.server(AcceptServer)
+        port = free_port()
+        cfg = with_admin(config([route(port, [a.port])], workers=2))
+        cfg["routes"][0]["client"] = {"identity": "address", "on_duplicate": "replace"}
+        d = self.start_lifeline(cfg)
+        old = self.client(port)
+        old.sendall(b"x")
+        self.assertEqual(recv_exact(old, 1), b"x")
+
+        new = json.loads(json.dumps(cfg))
+        new["routes"][0]["upstream"]["servers"] = [f"{LOOPBACK}:{b.port}"]
+        self.reload(d, new)
+        fresh = self.client(port)
+        self.assertSessionClosed(d, addr_str(old.getsockname()), "replaced", timeout=scaled(5))
+        self.assertIn(wait_closed(old, timeout=scaled(5)), ("eof", "reset"))
+        conn, _ = b.accept(timeout=scaled(5))
+        self.track(conn)
+        fresh.sendall(b"to b")
+        self.assertEqual(recv_exact(conn, 4), b"to b")
+        self.assertEqual(self.metrics(d).get("lifeline_takeovers_total", route="r"), 1)
 
     def test_restart_only_keys(self):
         """workers, user, group and admin need a restart: a reload that

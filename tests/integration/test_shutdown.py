@@ -10,7 +10,7 @@ import time
 import unittest
 
 from harness import (KiB, MiB, AcceptServer, FloodServer, Reader, LifelineTestCase, addr_str, config, connect, free_port,
-                     listen_port, recv_exact, route, scaled, wait_closed,
+                     listen_port, listening, recv_exact, route, scaled, wait_closed,
                      wait_until)
 
 
@@ -28,8 +28,11 @@ class Shutdown(LifelineTestCase):
         return srv, d, cli, conn
 
     def assert_new_connection_refused(self, d, srv):
-        """A connection attempt now is refused, or closed without ever
-        reaching the server."""
+        """The listening sockets close; a connection attempt then is
+        refused, or closed without ever reaching the server."""
+        # The workers close their listeners a moment after the line is
+        # logged: a connection in between would be a session that drains.
+        wait_until(lambda: not listening(listen_port(d)), scaled(5), "the listeners to close")
         accepted = srv.accepted_count()
         try:
             late = connect(listen_port(d), timeout=scaled(5))
