@@ -1,5 +1,5 @@
 # Thin wrapper over CMake: set-up, build, run, test. See README.md.
-.PHONY: all deps build run test test-asan test-tsan check demo clean
+.PHONY: all deps build run test test-asan test-tsan check demo bench clean
 
 BUILD      ?= build
 CONFIG     ?= config/lifeline.json
@@ -52,6 +52,26 @@ check: build
 # in network namespaces, first without lifeline, then through it. Needs root.
 demo: build
 	LIFELINE_BIN=$(BUILD)/lifeline python3 tests/fault/demo.py --with-lifeline
+
+# lifeline against a direct connection and HAProxy (plain and splice), interleaved rounds,
+# into bench/RESULTS.md. QUICK=1: one short round. Never part of `make test`.
+BENCH_DEPS = iperf3 redis-server redis-tools wrk nginx-light haproxy
+
+bench: build
+	@missing=$$(for p in $(BENCH_DEPS); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; \
+	  done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" -ne 0 ]; then \
+	    echo "Missing benchmark packages: $$missing"; \
+	    echo "Install them as root:  apt-get install -y $$missing"; \
+	    echo "(the rows that need them read n/a)"; \
+	  else \
+	    echo "Installing: $$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  fi; \
+	fi
+	LIFELINE_BIN=$(BUILD)/lifeline python3 bench/run.py $(if $(filter-out 0,$(QUICK)),--quick)
 
 clean:
 	rm -rf build build-asan build-tsan
