@@ -698,6 +698,12 @@ static void connect_to(struct session *s, const struct sockaddr *sa)
         source = (const struct sockaddr *)&s->route->upstream.source;
 
     int fd = net_upstream_socket(sa->sa_family, source);
+    if (fd == UV_EMFILE || fd == UV_ENFILE) {
+        /* At the limit: stop accepting, and spend the spare on this one. */
+        worker_pause_accepting(s->w, s->route->name, fd);
+        if (worker_use_spare_fd(s->w))
+            fd = net_upstream_socket(sa->sa_family, source);
+    }
     if (fd < 0) {
         connect_failed(s, fd);
         return;
@@ -1118,12 +1124,14 @@ static enum session_state claim_identity(struct session *s)
     return SESSION_WAITING;
 }
 
-int session_accept(struct worker *w, struct listener *l)
+int session_accept(struct worker *w, struct listener *l, int fd)
 {
     static _Atomic uint64_t next_id = 1;
     struct session *s = calloc(1, sizeof(*s));
-    if (s == NULL)
+    if (s == NULL) {
+        close(fd);
         return UV_ENOMEM;
+    }
     s->id = atomic_fetch_add(&next_id, 1);
     s->w = w;
     s->cfg = config_ref(w->cfg);
@@ -1136,8 +1144,9 @@ int session_accept(struct worker *w, struct listener *l)
 
     uv_tcp_init(&w->loop, &s->client);
     s->client.data = &s->up;
-    int rc = uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&s->client);
+    int rc = uv_tcp_open(&s->client, fd);
     if (rc < 0) {
+        close(fd);
         /* Not a session yet: nothing to log or count, only a handle to close. */
         s->state = SESSION_CLOSED;
         s->refs = 1;
@@ -1155,7 +1164,6 @@ int session_accept(struct worker *w, struct listener *l)
     int len = sizeof(s->peer);
     if (uv_tcp_getpeername(&s->client, &s->peer.sa, &len) < 0)
         s->peer.sa.sa_family = AF_UNSPEC;
-    int fd = client_fd(s);
     net_set_nodelay(fd);
     (void)liveness_apply(fd, &s->route->client.heartbeat);
 

@@ -2,18 +2,22 @@
 #define _GNU_SOURCE /* pthread_setname_np */
 #include "lifeline/worker.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "lifeline/log.h"
 #include "lifeline/session.h"
 
-#define LISTEN_BACKLOG 4096
 #define TICK_MS 500
 #define POOL_MAX_FREE 64 /* cached buffers per worker: 4 MiB */
+#define ACCEPT_BATCH 64
+#define ACCEPT_RETRY_MS 100 /* out of descriptors: try accepting again after this */
 
 static void set_phase(struct worker *w, enum worker_phase phase)
 {
@@ -21,14 +25,89 @@ static void set_phase(struct worker *w, enum worker_phase phase)
     uv_async_send(w->notify);
 }
 
-static void connection_cb(uv_stream_t *server, int status)
+static void accept_cb(uv_poll_t *p, int status, int events);
+static void accept_retry_cb(uv_timer_t *t);
+
+/* Out of descriptors: stop accepting on every listener of this worker, so
+ * that new connections wait in the kernel's queues while the sessions
+ * already open go on, and try again shortly. */
+void worker_pause_accepting(struct worker *w, const char *route, int err)
 {
-    struct listener *l = server->data;
-    int rc = status < 0 ? status : session_accept(l->w, l);
-    if (rc < 0) {
-        metric_add(&l->stats->accept_errors, 1);
-        log_warn("accept failed", LF_STR("route", l->route->name), LF_INT("worker", l->w->id),
-                 LF_STR("error", uv_strerror(rc)));
+    if (w->draining)
+        return;
+    if (!w->fd_exhausted)
+        log_warn("accept paused: out of file descriptors", LF_STR("route", route),
+                 LF_INT("worker", w->id), LF_INT("sessions", w->n_sessions),
+                 LF_STR("error", uv_strerror(err)));
+    w->fd_exhausted = 1;
+    w->accept_paused = 1;
+    for (struct listener *x = w->listeners; x != NULL; x = x->next)
+        if (x->poll.data != NULL)
+            uv_poll_stop(&x->poll);
+    uv_timer_start(&w->accept_retry, accept_retry_cb, ACCEPT_RETRY_MS, 0);
+}
+
+static int open_spare(void) { return open("/dev/null", O_RDONLY | O_CLOEXEC); }
+
+int worker_use_spare_fd(struct worker *w)
+{
+    if (w->spare_fd < 0)
+        return 0;
+    close(w->spare_fd);
+    w->spare_fd = -1;
+    return 1;
+}
+
+/* Accepting again needs the spare back first: a connection accepted now can
+ * then always get its server socket. */
+static void resume_accepting(struct worker *w)
+{
+    if (!w->accept_paused || w->draining)
+        return;
+    if (w->spare_fd < 0 && (w->spare_fd = open_spare()) < 0) {
+        uv_timer_start(&w->accept_retry, accept_retry_cb, ACCEPT_RETRY_MS, 0);
+        return;
+    }
+    int probe = open_spare(); /* room beyond the spare: the shortage is over */
+    if (probe >= 0) {
+        close(probe);
+        if (w->fd_exhausted)
+            log_info("accepting again", LF_INT("worker", w->id), LF_INT("sessions", w->n_sessions));
+        w->fd_exhausted = 0;
+    }
+    w->accept_paused = 0;
+    for (struct listener *x = w->listeners; x != NULL; x = x->next)
+        if (x->poll.data != NULL)
+            uv_poll_start(&x->poll, UV_READABLE, accept_cb);
+}
+
+static void accept_retry_cb(uv_timer_t *t) { resume_accepting(t->data); }
+
+static void accept_cb(uv_poll_t *p, int status, int events)
+{
+    struct listener *l = p->data;
+    struct worker *w = l->w;
+    (void)events;
+    /* A batch, so that a burst costs one wakeup; bounded, so that one busy
+     * route cannot starve the rest of the loop. */
+    for (int i = 0; i < ACCEPT_BATCH && status == 0 && !w->accept_paused; i++) {
+        int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int rc = fd < 0 ? -errno : session_accept(w, l, fd);
+        if (rc == UV_EAGAIN)
+            return;
+        if (rc == UV_ECONNABORTED || rc == UV_EINTR)
+            continue;
+        if (rc == UV_EMFILE || rc == UV_ENFILE || rc == UV_ENOBUFS || rc == UV_ENOMEM) {
+            metric_add(&l->stats->accept_errors, 1);
+            worker_pause_accepting(w, l->route->name, rc);
+            return;
+        }
+        if (rc < 0) {
+            metric_add(&l->stats->accept_errors, 1);
+            log_warn("accept failed", LF_STR("route", l->route->name), LF_INT("worker", w->id),
+                     LF_STR("error", uv_strerror(rc)));
+            return;
+        }
     }
 }
 
@@ -48,28 +127,31 @@ static struct listener *listener_new(struct worker *w, int fd, const struct sock
     return l;
 }
 
-static void listener_closed_cb(uv_handle_t *h) { free(h->data); }
+static void listener_free(struct listener *l)
+{
+    /* Closed after the poll handle: connections still queued are reset. */
+    close(l->fd);
+    free(l);
+}
+
+static void listener_closed_cb(uv_handle_t *h) { listener_free(h->data); }
 
 static void listener_close(struct listener *l)
 {
-    if (l->fd >= 0) /* not adopted by the handle (or there is none) */
-        close(l->fd);
-    if (l->tcp.data == NULL) { /* never opened: no handle to close */
-        free(l);
-        return;
-    }
-    uv_close((uv_handle_t *)&l->tcp, listener_closed_cb);
+    if (l->poll.data == NULL) /* never opened: no handle to close */
+        listener_free(l);
+    else
+        uv_close((uv_handle_t *)&l->poll, listener_closed_cb);
 }
 
+/* The socket is bound and listening already (the supervisor did that). */
 static int listener_open(struct listener *l)
 {
-    uv_tcp_init(&l->w->loop, &l->tcp);
-    l->tcp.data = l; /* from here on the handle needs uv_close() */
-    int rc = uv_tcp_open(&l->tcp, l->fd);
+    int rc = uv_poll_init(&l->w->loop, &l->poll, l->fd);
     if (rc < 0)
-        return rc; /* fd still ours: listener_close() closes it and the handle */
-    l->fd = -1;
-    return uv_listen((uv_stream_t *)&l->tcp, LISTEN_BACKLOG, connection_cb);
+        return rc;
+    l->poll.data = l; /* from here on the handle needs uv_close() */
+    return l->w->accept_paused ? 0 : uv_poll_start(&l->poll, UV_READABLE, accept_cb);
 }
 
 /* Points a listener at its route in the worker's (new) config. */
@@ -187,6 +269,7 @@ static void exit_if_idle(struct worker *w)
         drain_inbox(w); /* questions posted before the close still get answers */
         uv_close((uv_handle_t *)&w->wakeup, NULL);
         uv_close((uv_handle_t *)&w->tick, NULL);
+        uv_close((uv_handle_t *)&w->accept_retry, NULL);
     }
     if (!uv_is_closing((uv_handle_t *)&w->drain_timer))
         uv_close((uv_handle_t *)&w->drain_timer, NULL);
@@ -414,6 +497,9 @@ int worker_init(struct worker *w, int id, struct config *cfg,
     w->drain_timer.data = w;
     uv_timer_init(&w->loop, &w->tick);
     w->tick.data = w;
+    uv_timer_init(&w->loop, &w->accept_retry);
+    w->accept_retry.data = w;
+    w->spare_fd = open_spare();
     atomic_init(&w->last_tick_ms, now_ms());
     pool_init(&w->pool, POOL_MAX_FREE);
     return 0;
@@ -480,6 +566,8 @@ static void free_worker(struct worker *w)
         free(m);
     }
     uv_mutex_destroy(&w->inbox_lock);
+    if (w->spare_fd >= 0)
+        close(w->spare_fd);
     worker_stats_destroy(&w->stats);
     config_free(w->cfg);
     w->cfg = NULL;
@@ -499,6 +587,7 @@ void worker_destroy(struct worker *w)
     close_listeners(w);  /* unopened: their fds are closed at once */
     uv_close((uv_handle_t *)&w->wakeup, NULL);
     uv_close((uv_handle_t *)&w->tick, NULL);
+    uv_close((uv_handle_t *)&w->accept_retry, NULL);
     uv_close((uv_handle_t *)&w->drain_timer, NULL);
     uv_run(&w->loop, UV_RUN_DEFAULT);
     uv_loop_close(&w->loop);

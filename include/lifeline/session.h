@@ -7,9 +7,10 @@
 
 struct session;
 
-/* Accepts one pending connection from the listener and starts its session.
- * Returns 0 or a negative UV error (nothing is left behind then). */
-int session_accept(struct worker *w, struct listener *l);
+/* Starts the session of a connection accepted on the listener; fd is the
+ * session's from now on. Returns 0 or a negative UV error (nothing is left
+ * behind then). */
+int session_accept(struct worker *w, struct listener *l, int fd);
 
 /* Ends the session with this reason (the first reason given wins). Safe to
  * call in any state and more than once; REASON_SHUTDOWN also cuts short a

@@ -20,14 +20,14 @@ struct worker;
  * port). A reload that keeps the address keeps the socket, and with it the
  * connections queued on it, and points it at the new route config. */
 struct listener {
-    uv_tcp_t tcp;                      /* data is NULL until initialised */
+    uv_poll_t poll;                    /* readable: connections to accept; data is NULL until initialised */
     struct listener *next;             /* the worker's list */
     struct worker *w;
     struct sockaddr_storage addr;      /* what it is bound to */
     const struct route_config *route;  /* in the worker's current config */
     struct route_stats *stats;         /* the route's counters on this worker */
     struct limit_route *limit;         /* the route's open sessions, all workers */
-    int fd;              /* handed over by the supervisor; -1 once tcp owns it */
+    int fd;                            /* handed over by the supervisor; the listener's */
 };
 
 /* What the supervisor asks of a worker; read by the worker's loop. */
@@ -95,6 +95,12 @@ struct worker {
     struct session *sessions;     /* every live session, for drain and shutdown */
     size_t n_sessions;
     int draining;                 /* loop-local: listeners closed, waiting for sessions */
+    /* Out of file descriptors: accepting is paused (the connections wait
+     * in the kernel's queue) and retried on accept_retry. Loop-local. */
+    int accept_paused;
+    int fd_exhausted;             /* logged; cleared once descriptors are free again */
+    uv_timer_t accept_retry;
+    int spare_fd;                 /* held back for the server socket of an accepted client */
 
     struct worker *peers;         /* every worker, this one included */
     size_t n_peers;
@@ -141,6 +147,15 @@ int worker_post(struct worker *to, enum worker_msg_type type, uint64_t session_i
 
 /* Thread-safe: milliseconds since the worker's loop last turned. */
 uint64_t worker_stalled_ms(struct worker *w);
+
+/* Out of file descriptors (err: UV_EMFILE, ...): stop accepting for a
+ * moment, so that new connections wait in the kernel's queue while the open
+ * sessions go on. Logged once until an accept works again. */
+void worker_pause_accepting(struct worker *w, const char *route, int err);
+
+/* Gives up the worker's spare descriptor, so that a session accepted at the
+ * limit can still open its server socket. Returns 1, or 0 if it was spent. */
+int worker_use_spare_fd(struct worker *w);
 
 /* Called by the session module when a session is gone for good. */
 void worker_session_freed(struct worker *w);
