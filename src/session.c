@@ -129,7 +129,6 @@ struct half {
     struct chunk *queue_head;   /* bytes waiting for the upstream to connect */
     struct chunk *queue_tail;
     uint64_t bytes;             /* bytes read from the source */
-    uv_shutdown_t shutdown_req;
 };
 
 struct session {
@@ -156,8 +155,13 @@ struct session {
     int upstream_open;             /* upstream handle initialised and not yet closing */
     uv_timer_t timer;              /* connect timeout, backoff, linger or await, by state */
     uv_timer_t silence;            /* heartbeat.silence_ms, re-armed lazily */
-    uv_connect_t connect_req;
-    uv_getaddrinfo_t gai;
+    /* One step of a connect try at a time: resolving, then connecting (a
+     * request's memory is free once its callback runs). Shared, so that an
+     * idle session does not carry both. */
+    union {
+        uv_connect_t connect_req;
+        uv_getaddrinfo_t gai;
+    };
     int refs;                      /* handles and requests whose callbacks are due */
 
     struct half up;                /* client -> upstream */
@@ -357,6 +361,7 @@ static void shutdown_cb(uv_shutdown_t *req, int status)
     struct half *h = req->data;
     struct session *s = h->s;
 
+    free(req);
     h->state = HALF_DONE;
     if (status == UV_ECANCELED)
         return;
@@ -383,8 +388,15 @@ static void half_flush_then_fin(struct half *h)
     if (h->state != HALF_FLUSHING || h->pending > 0)
         return;
     h->state = HALF_SHUTTING;
-    h->shutdown_req.data = h;
-    int rc = uv_shutdown(&h->shutdown_req, (uv_stream_t *)h->dst, shutdown_cb);
+    /* Allocated when needed: most of a session's life has no FIN in flight. */
+    uv_shutdown_t *req = malloc(sizeof(*req));
+    int rc = req == NULL ? UV_ENOMEM : 0;
+    if (req != NULL) {
+        req->data = h;
+        rc = uv_shutdown(req, (uv_stream_t *)h->dst, shutdown_cb);
+        if (rc < 0)
+            free(req);
+    }
     if (rc < 0) {
         h->state = HALF_DONE;
         half_failed(h, rc);
