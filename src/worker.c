@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +18,7 @@
 #define TICK_MS 500
 #define POOL_MAX_FREE 64 /* cached buffers per worker: 4 MiB */
 #define ACCEPT_BATCH 64
+#define TRIM_AFTER_FREES 1024 /* sessions ended before memory is handed back */
 #define ACCEPT_RETRY_MS 100 /* out of descriptors: try accepting again after this */
 
 static void set_phase(struct worker *w, enum worker_phase phase)
@@ -305,6 +307,13 @@ static void tick_cb(uv_timer_t *t)
 {
     struct worker *w = t->data;
     atomic_store(&w->last_tick_ms, now_ms());
+    /* After many sessions ended, give their memory back to the system: the
+     * allocator keeps freed chunks in the middle of its heap otherwise. At
+     * most twice a second, and only after a wave of closes. */
+    if (w->freed_since_trim >= TRIM_AFTER_FREES) {
+        w->freed_since_trim = 0;
+        malloc_trim(0);
+    }
 }
 
 uint64_t worker_stalled_ms(struct worker *w)
@@ -449,6 +458,7 @@ static void wakeup_cb(uv_async_t *a)
 void worker_session_freed(struct worker *w)
 {
     w->n_sessions--;
+    w->freed_since_trim++;
     exit_if_idle(w);
 }
 

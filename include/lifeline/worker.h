@@ -116,6 +116,7 @@ struct worker {
     int inbox_closed;             /* the loop is ending: messages are dropped */
 
     uv_timer_t tick;              /* proves the loop turns: see last_tick_ms */
+    size_t freed_since_trim;      /* sessions freed since memory was last trimmed */
     _Atomic uint64_t last_tick_ms;
 
     _Atomic int command;          /* enum worker_command */
