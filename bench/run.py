@@ -922,6 +922,9 @@ class Report:
             "",
             self.targets(),
             "",
+        ]
+        parts += profile_notes()
+        parts += [
             "## All figures",
             "",
             self.figures(),
@@ -961,6 +964,18 @@ class Report:
         if not b.problems:
             parts.append("none")
         return "\n".join(parts) + "\n"
+
+
+def profile_notes():
+    """bench/PROFILE.md, written by hand: where the time goes for the targets
+    lifeline misses, and what would close them. Quoted into every report."""
+    path = os.path.join(HERE, "PROFILE.md")
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except FileNotFoundError:
+        return []
+    return [text, ""]
 
 
 # --------------------------------------------------------------------------
