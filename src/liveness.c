@@ -17,17 +17,17 @@ static int set_int(int fd, int level, int name, int value)
 
 int liveness_apply(int fd, const struct heartbeat_config *hb)
 {
+    /* Every option, on or off: a listener keeps its socket across reloads,
+     * and what it holds is what the next connections inherit. */
     int rc = 0;
-    if (hb->keepalive_idle_ms > 0) {
-        if ((rc = set_int(fd, IPPROTO_TCP, TCP_KEEPIDLE, (int)liveness_ms_to_s(hb->keepalive_idle_ms))) < 0 ||
-            (rc = set_int(fd, IPPROTO_TCP, TCP_KEEPINTVL, (int)liveness_ms_to_s(hb->keepalive_interval_ms))) < 0 ||
-            (rc = set_int(fd, IPPROTO_TCP, TCP_KEEPCNT, (int)hb->keepalive_count)) < 0 ||
-            (rc = set_int(fd, SOL_SOCKET, SO_KEEPALIVE, 1)) < 0)
-            return rc;
-    }
-    if (hb->user_timeout_ms > 0)
-        rc = set_int(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, (int)hb->user_timeout_ms);
-    return rc;
+    if (hb->keepalive_idle_ms > 0 &&
+        ((rc = set_int(fd, IPPROTO_TCP, TCP_KEEPIDLE, (int)liveness_ms_to_s(hb->keepalive_idle_ms))) < 0 ||
+         (rc = set_int(fd, IPPROTO_TCP, TCP_KEEPINTVL, (int)liveness_ms_to_s(hb->keepalive_interval_ms))) < 0 ||
+         (rc = set_int(fd, IPPROTO_TCP, TCP_KEEPCNT, (int)hb->keepalive_count)) < 0))
+        return rc;
+    if ((rc = set_int(fd, SOL_SOCKET, SO_KEEPALIVE, hb->keepalive_idle_ms > 0)) < 0)
+        return rc;
+    return set_int(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, (int)hb->user_timeout_ms);
 }
 
 enum reason liveness_timeout_reason(int fd)

@@ -1176,8 +1176,8 @@ int session_accept(struct worker *w, struct listener *l, int fd)
     int len = sizeof(s->peer);
     if (uv_tcp_getpeername(&s->client, &s->peer.sa, &len) < 0)
         s->peer.sa.sa_family = AF_UNSPEC;
-    net_set_nodelay(fd);
-    (void)liveness_apply(fd, &s->route->client.heartbeat);
+    /* TCP_NODELAY, keepalive and the user timeout came with the socket:
+     * accepted sockets inherit them from the listener (listener_serve). */
 
     s->next = w->sessions;
     if (w->sessions != NULL)

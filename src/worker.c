@@ -12,7 +12,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "lifeline/liveness.h"
 #include "lifeline/log.h"
+#include "lifeline/net.h"
 #include "lifeline/session.h"
 
 #define TICK_MS 500
@@ -163,6 +165,11 @@ static int listener_serve(struct listener *l, const struct route_config *route)
     struct limit_route *limit = limits_route(l->w->limits, route->name);
     if (stats == NULL || limit == NULL)
         return UV_ENOMEM;
+    /* Accepted sockets inherit these from the listener. */
+    net_set_nodelay(l->fd);
+    int rc = liveness_apply(l->fd, &route->client.heartbeat);
+    if (rc < 0)
+        return rc;
     l->route = route;
     l->stats = stats;
     l->limit = limit;

@@ -10,7 +10,9 @@ struct heartbeat_config;
 
 /* Sets SO_KEEPALIVE with TCP_KEEPIDLE/TCP_KEEPINTVL/TCP_KEEPCNT (whole
  * seconds, rounded up; idle 0 turns keepalive off) and TCP_USER_TIMEOUT
- * (0 keeps the kernel default) on a client socket. Returns 0 or -errno. */
+ * (0: the kernel default). Set on a route's listening socket: the clients
+ * it accepts inherit them, with no system call per connection. Returns 0
+ * or -errno. */
 int liveness_apply(int fd, const struct heartbeat_config *hb);
 
 /* A client read failed with ETIMEDOUT: did keepalive probes or unacknowledged

@@ -4,8 +4,10 @@ logged as --check reports it and changes nothing; routes come and go;
 counters and limits follow a route by name across the reload."""
 
 import json
+import shutil
 import signal
 import socket
+import subprocess
 import threading
 import unittest
 
@@ -260,6 +262,45 @@ class Reload(AdminCase):
         fresh.sendall(b"to b")
         self.assertEqual(recv_exact(conn, 4), b"to b")
         self.assertEqual(self.metrics(d).get("lifeline_takeovers_total", route="r"), 1)
+
+    def keepalive_on(self, port, client):
+        """Does lifeline's socket of this client connection run a keepalive
+        timer? (ss -o shows it; the kernel arms it once SO_KEEPALIVE is on.)"""
+        cport = client.getsockname()[1]
+        out = subprocess.run(["ss", "-tnoH", "state", "established", "sport", "=", f":{port}",
+                              "dport", "=", f":{cport}"], capture_output=True, text=True,
+                             check=True).stdout
+        self.assertIn(f":{cport}", out, "no such connection in ss")
+        return "timer:(keepalive" in out
+
+    @unittest.skipIf(shutil.which("ss") is None, "ss (iproute2) is not installed")
+    def test_keepalive_follows_the_config_of_the_session(self):
+        """Keepalive is set on the listening socket and inherited by the
+        connections it accepts: those before a reload that turns it off keep
+        it, those after have none."""
+        a = self.server(EchoServer)
+        port = free_port()
+        cfg = with_admin(config([route(port, [a.port])], workers=2))
+        cfg["routes"][0]["client"] = {"heartbeat": {"keepalive_idle_ms": 7000,
+                                                    "keepalive_interval_ms": 1000,
+                                                    "keepalive_count": 3}}
+        d = self.start_lifeline(cfg)
+        old = [self.client(port) for _ in range(4)]  # both workers, most likely
+        for c in old:
+            c.sendall(b"o")
+            self.assertEqual(recv_exact(c, 1), b"o")
+            self.assertTrue(self.keepalive_on(port, c))
+
+        new = json.loads(json.dumps(cfg))
+        new["routes"][0]["client"] = {"heartbeat": {"keepalive_idle_ms": 0}}
+        self.reload(d, new)
+        fresh = [self.client(port) for _ in range(4)]
+        for c in fresh:
+            c.sendall(b"n")
+            self.assertEqual(recv_exact(c, 1), b"n")
+            self.assertFalse(self.keepalive_on(port, c))
+        for c in old:
+            self.assertTrue(self.keepalive_on(port, c))
 
     def test_restart_only_keys(self):
         """workers, user, group and admin need a restart: a reload that
