@@ -13,19 +13,27 @@ DEPS = gcc make cmake pkg-config libuv1-dev libcjson-dev libcmocka-dev libhttp-p
 
 all: build
 
-deps:
-	@missing=$$(for p in $(DEPS); do \
+# $(call install_missing,PACKAGES,IF_NOT_ROOT): installs the Debian packages
+# that are missing when run as root; otherwise prints the apt-get line, then
+# runs IF_NOT_ROOT (`exit 1` for what the build needs).
+define install_missing
+	@missing=$$(for p in $(1); do \
 	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; \
 	  done); \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" -ne 0 ]; then \
 	    echo "Missing packages: $$missing"; \
 	    echo "Install them as root:  apt-get install -y $$missing"; \
-	    exit 1; \
+	    $(2); \
+	  else \
+	    echo "Installing: $$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	  fi; \
-	  echo "Installing: $$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
+endef
+
+deps:
+	$(call install_missing,$(DEPS),exit 1)
 
 build: deps
 	cmake -S . -B $(BUILD) -DLIFELINE_WERROR=$(WERROR) $(CMAKE_ARGS)
@@ -58,19 +66,7 @@ demo: build
 BENCH_DEPS = iperf3 redis-server redis-tools wrk nginx-light haproxy
 
 bench: build
-	@missing=$$(for p in $(BENCH_DEPS); do \
-	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; \
-	  done); \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" -ne 0 ]; then \
-	    echo "Missing benchmark packages: $$missing"; \
-	    echo "Install them as root:  apt-get install -y $$missing"; \
-	    echo "(the rows that need them read n/a)"; \
-	  else \
-	    echo "Installing: $$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	  fi; \
-	fi
+	$(call install_missing,$(BENCH_DEPS),echo "(the rows that need them read n/a)")
 	LIFELINE_BIN=$(BUILD)/lifeline python3 bench/run.py $(if $(filter-out 0,$(QUICK)),--quick)
 
 clean:
