@@ -39,12 +39,11 @@ void worker_pause_accepting(struct worker *w, const char *route, int err)
 {
     if (w->draining)
         return;
-    if (!w->fd_exhausted)
+    if (w->accept == ACCEPT_ON)
         log_warn("accept paused: out of file descriptors", LF_STR("route", route),
                  LF_INT("worker", w->id), LF_INT("sessions", w->n_sessions),
                  LF_STR("error", uv_strerror(err)));
-    w->fd_exhausted = 1;
-    w->accept_paused = 1;
+    w->accept = ACCEPT_PAUSED;
     for (struct listener *x = w->listeners; x != NULL; x = x->next)
         if (x->poll.data != NULL)
             uv_poll_stop(&x->poll);
@@ -62,24 +61,37 @@ int worker_use_spare_fd(struct worker *w)
     return 1;
 }
 
+/* Is there a descriptor free beyond the spare? Then the shortage is over. */
+static int room_to_spare(void)
+{
+    int probe = open_spare();
+    if (probe < 0)
+        return 0;
+    close(probe);
+    return 1;
+}
+
+/* PAUSED or SCARCE -> ON once there is room to spare. */
+static void end_shortage(struct worker *w)
+{
+    if (w->accept == ACCEPT_ON || !room_to_spare())
+        return;
+    w->accept = ACCEPT_ON;
+    log_info("accepting again", LF_INT("worker", w->id), LF_INT("sessions", w->n_sessions));
+}
+
 /* Accepting again needs the spare back first: a connection accepted now can
  * then always get its server socket. */
 static void resume_accepting(struct worker *w)
 {
-    if (!w->accept_paused || w->draining)
+    if (w->accept != ACCEPT_PAUSED || w->draining)
         return;
     if (w->spare_fd < 0 && (w->spare_fd = open_spare()) < 0) {
         uv_timer_start(&w->accept_retry, accept_retry_cb, ACCEPT_RETRY_MS, 0);
         return;
     }
-    int probe = open_spare(); /* room beyond the spare: the shortage is over */
-    if (probe >= 0) {
-        close(probe);
-        if (w->fd_exhausted)
-            log_info("accepting again", LF_INT("worker", w->id), LF_INT("sessions", w->n_sessions));
-        w->fd_exhausted = 0;
-    }
-    w->accept_paused = 0;
+    w->accept = ACCEPT_SCARCE;
+    end_shortage(w);
     for (struct listener *x = w->listeners; x != NULL; x = x->next)
         if (x->poll.data != NULL)
             uv_poll_start(&x->poll, UV_READABLE, accept_cb);
@@ -94,7 +106,7 @@ static void accept_cb(uv_poll_t *p, int status, int events)
     (void)events;
     /* A batch, so that a burst costs one wakeup; bounded, so that one busy
      * route cannot starve the rest of the loop. */
-    for (int i = 0; i < ACCEPT_BATCH && status == 0 && !w->accept_paused; i++) {
+    for (int i = 0; i < ACCEPT_BATCH && status == 0 && w->accept != ACCEPT_PAUSED; i++) {
         int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         int rc = fd < 0 ? -errno : session_accept(w, l, fd);
         if (rc == UV_EAGAIN)
@@ -155,7 +167,7 @@ static int listener_open(struct listener *l)
     if (rc < 0)
         return rc;
     l->poll.data = l; /* from here on the handle needs uv_close() */
-    return l->w->accept_paused ? 0 : uv_poll_start(&l->poll, UV_READABLE, accept_cb);
+    return l->w->accept == ACCEPT_PAUSED ? 0 : uv_poll_start(&l->poll, UV_READABLE, accept_cb);
 }
 
 /* Points a listener at its route in the worker's (new) config. */
@@ -314,6 +326,8 @@ static void tick_cb(uv_timer_t *t)
 {
     struct worker *w = t->data;
     atomic_store(&w->last_tick_ms, now_ms());
+    if (w->accept == ACCEPT_SCARCE)
+        end_shortage(w);
     /* After many sessions ended, give their memory back to the system: the
      * allocator keeps freed chunks in the middle of its heap otherwise. At
      * most twice a second, and only after a wave of closes. */

@@ -83,6 +83,16 @@ enum worker_phase {
     WORKER_PHASE_EXITED,
 };
 
+/* Accepting, as descriptors allow. A shortage is logged when it begins
+ * (ON -> PAUSED) and when it is over (back to ON), not at every pause. */
+enum accept_state {
+    ACCEPT_ON,       /* accepting, with descriptors to spare */
+    ACCEPT_PAUSED,   /* out of descriptors: listeners stopped, accept_retry armed;
+                      * connections wait in the kernel's queue */
+    ACCEPT_SCARCE,   /* accepting again, with no room beyond the spare yet: the
+                      * worker's tick looks for room */
+};
+
 struct worker {
     int id;
     struct config *cfg;           /* for new connections; a reference */
@@ -95,11 +105,8 @@ struct worker {
     struct session *sessions;     /* every live session, for drain and shutdown */
     size_t n_sessions;
     int draining;                 /* loop-local: listeners closed, waiting for sessions */
-    /* Out of file descriptors: accepting is paused (the connections wait
-     * in the kernel's queue) and retried on accept_retry. Loop-local. */
-    int accept_paused;
-    int fd_exhausted;             /* logged; cleared once descriptors are free again */
-    uv_timer_t accept_retry;
+    enum accept_state accept;     /* loop-local */
+    uv_timer_t accept_retry;      /* ACCEPT_PAUSED: try again */
     int spare_fd;                 /* held back for the server socket of an accepted client */
 
     struct worker *peers;         /* every worker, this one included */
