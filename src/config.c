@@ -225,7 +225,7 @@ static const struct key route_keys[] = {
                       "1-63 characters of A-Z a-z 0-9 _ . -", "route name", same_name),
     UNIQUE_STRING_KEY("listen", struct route_config, listen, REQUIRED, parse_endpoint,
                       "\"host:port\"", "listen address", same_endpoint),
-    U32_KEY("buffer_bytes", struct route_config, buffer_bytes, 1024, 67108864, 65536),
+    U32_KEY("buffer_bytes", struct route_config, buffer_bytes, 1024, 67108864, 1048576),
     OBJECT_KEY("client", OPTIONAL, offsetof(struct route_config, client), client_keys),
     OBJECT_KEY("upstream", REQUIRED, offsetof(struct route_config, upstream), upstream_keys),
 };

@@ -9,6 +9,7 @@ void pool_init(struct pool *p, size_t max_free)
     p->n_free = 0;
     p->max_free = max_free;
     p->n_out = 0;
+    p->read_buf = NULL;
 }
 
 struct chunk *pool_get(struct pool *p)
@@ -41,8 +42,19 @@ void pool_put(struct pool *p, struct chunk *c)
     p->n_free++;
 }
 
+char *pool_read_buffer(struct pool *p)
+{
+    /* Large enough to be served by mmap: pages are touched only when a
+     * read is that large. */
+    if (p->read_buf == NULL)
+        p->read_buf = malloc(POOL_READ_SIZE);
+    return p->read_buf;
+}
+
 void pool_drain(struct pool *p)
 {
+    free(p->read_buf);
+    p->read_buf = NULL;
     while (p->free != NULL) {
         struct chunk *c = p->free;
         p->free = c->next;

@@ -3,13 +3,16 @@
 /*
  *  legacy client                 lifeline (one worker's loop)                 server
  *
- *   fixed port ──▶ s->client ── up:   client ─▶ chunks ─▶ upstream ──▶ s->upstream ──▶
- *              ◀──           ── down: client ◀─ chunks ◀─ upstream ◀──  (ephemeral port)
+ *   fixed port ──▶ s->client ── up:   client ─▶ read buffer ─▶ upstream ──▶ s->upstream ──▶
+ *              ◀──           ── down: client ◀─ read buffer ◀─ upstream ◀──  (ephemeral port)
  *
- *  Each direction (struct half) reads its source into pool chunks, writes
- *  them to its destination, and stops reading while more than buffer_bytes
- *  wait to be written (resuming below half of it). Chunks are held only
- *  while their bytes are in flight.
+ *  Each direction (struct half) reads its source into the worker's read
+ *  buffer (up to buffer_bytes at a time, at most POOL_READ_SIZE) and writes
+ *  the bytes to its destination at once. What the destination does not take
+ *  is copied into pool chunks and queued, and reading stops until it is
+ *  written: the destination is the bottleneck then, and reading on would
+ *  only copy more. So a direction holds at most one read, buffer_bytes.
+ *  Chunks are held only while their bytes are in flight.
  *
  *  Session states, moved only by set_state() (see `transitions`):
  *
@@ -64,6 +67,8 @@
 #define AWAIT_POLL_MS 5
 #define AWAIT_GRACE_MS 50
 #define BACKOFF_CAP_MS 30000
+/* The smallest read, when the direction is close to buffer_bytes. */
+#define READ_MIN 1024
 
 enum session_state {
     SESSION_WAITING,
@@ -124,7 +129,7 @@ struct half {
     uv_tcp_t *src;
     uv_tcp_t *dst;
     enum half_state state;
-    int paused;                 /* reading stopped by backpressure */
+    int paused;                 /* reading stopped until pending is written */
     size_t pending;             /* bytes read and not yet written */
     struct chunk *queue_head;   /* bytes waiting for the upstream to connect */
     struct chunk *queue_tail;
@@ -301,21 +306,19 @@ static void silence_cb(uv_timer_t *t)
 
 /* --- relay -------------------------------------------------------------- */
 
+/* Reads as much as the direction may still hold: large reads mean few
+ * system calls per byte when the destination keeps up. */
 static void alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
 {
     struct half *h = handle->data;
-    struct chunk *c = pool_get(&h->s->w->pool);
-    if (c == NULL) {
+    char *base = pool_read_buffer(&h->s->w->pool);
+    if (base == NULL) {
         *buf = uv_buf_init(NULL, 0); /* read_cb gets UV_ENOBUFS */
         return;
     }
-    size_t len = h->s->route->buffer_bytes;
-    *buf = uv_buf_init(c->data, (unsigned)(len < POOL_CHUNK_SIZE ? len : POOL_CHUNK_SIZE));
-}
-
-static struct chunk *chunk_of(const uv_buf_t *buf)
-{
-    return (struct chunk *)(buf->base - offsetof(struct chunk, data));
+    size_t limit = h->s->route->buffer_bytes;
+    size_t room = h->pending + READ_MIN < limit ? limit - h->pending : READ_MIN;
+    *buf = uv_buf_init(base, (unsigned)(room < POOL_READ_SIZE ? room : POOL_READ_SIZE));
 }
 
 static void half_read_start(struct half *h)
@@ -326,9 +329,9 @@ static void half_read_start(struct half *h)
         session_close(h->s, failure_reason(h->s, h->src, rc));
 }
 
-static void half_pause_if_full(struct half *h)
+static void half_pause(struct half *h)
 {
-    if (h->pending >= h->s->route->buffer_bytes && !h->paused && h->state == HALF_OPEN) {
+    if (!h->paused && h->state == HALF_OPEN) {
         uv_read_stop((uv_stream_t *)h->src);
         h->paused = 1;
     }
@@ -417,55 +420,127 @@ static void write_cb(uv_write_t *req, int status)
         half_failed(h, status);
         return;
     }
-    if (h->paused && h->pending < s->route->buffer_bytes / 2 && s->state == SESSION_RELAYING)
+    if (h->paused && h->pending == 0 && s->state == SESSION_RELAYING)
         half_read_start(h);
     half_flush_then_fin(h);
 }
 
-/* Writes what the chunk holds: directly when the socket takes it, else
- * queued in libuv with the chunk held until write_cb. */
-static void half_write(struct half *h, struct chunk *c)
+/* Queues a write of c's bytes from `off` in libuv; the chunk is held until
+ * write_cb. Returns 0, or a negative UV error once the half has failed. */
+static int half_write_queued(struct half *h, struct chunk *c, size_t off)
 {
-    struct session *s = h->s;
-    uv_buf_t buf = uv_buf_init(c->data, (unsigned)c->len);
-
-    int n = uv_try_write((uv_stream_t *)h->dst, &buf, 1);
-    if (n == (int)c->len) {
-        pool_put(&s->w->pool, c);
-        return;
-    }
-    if (n < 0 && n != UV_EAGAIN) {
-        pool_put(&s->w->pool, c);
-        half_failed(h, n);
-        return;
-    }
-    if (n > 0) {
-        c->len -= (size_t)n; /* from here on, len counts what is still pending */
-        buf = uv_buf_init(c->data + n, (unsigned)c->len);
-    }
+    uv_buf_t buf = uv_buf_init(c->data + off, (unsigned)(c->len - off));
+    c->len -= off; /* from here on, len counts what is still pending */
     c->owner = h;
     c->req.data = c;
     h->pending += c->len;
     int rc = uv_write(&c->req, (uv_stream_t *)h->dst, &buf, 1, write_cb);
     if (rc < 0) {
         h->pending -= c->len;
-        pool_put(&s->w->pool, c);
+        pool_put(&h->s->w->pool, c);
         half_failed(h, rc);
-        return;
     }
-    half_pause_if_full(h);
+    return rc;
 }
 
-/* Keeps client bytes, in order, until the upstream connection is up. */
-static void half_queue(struct half *h, struct chunk *c)
+/* Writes what the chunk holds: directly when the socket takes it, else
+ * queued. */
+static void half_write(struct half *h, struct chunk *c)
 {
+    uv_buf_t buf = uv_buf_init(c->data, (unsigned)c->len);
+    int n = uv_try_write((uv_stream_t *)h->dst, &buf, 1);
+    if (n == (int)c->len) {
+        pool_put(&h->s->w->pool, c);
+        return;
+    }
+    if (n < 0 && n != UV_EAGAIN) {
+        pool_put(&h->s->w->pool, c);
+        half_failed(h, n);
+        return;
+    }
+    if (half_write_queued(h, c, n > 0 ? (size_t)n : 0) == 0)
+        half_pause(h);
+}
+
+/* Copies bytes of the read buffer into chunks, which the caller queues.
+ * Returns the first chunk of the list, or NULL when out of memory. */
+static struct chunk *copy_to_chunks(struct half *h, const char *data, size_t len)
+{
+    struct chunk *head = NULL, **tail = &head;
+    while (len > 0) {
+        struct chunk *c = pool_get(&h->s->w->pool);
+        if (c == NULL) {
+            while (head != NULL) {
+                struct chunk *next = head->next;
+                pool_put(&h->s->w->pool, head);
+                head = next;
+            }
+            return NULL;
+        }
+        c->len = len < POOL_CHUNK_SIZE ? len : POOL_CHUNK_SIZE;
+        memcpy(c->data, data, c->len);
+        data += c->len;
+        len -= c->len;
+        *tail = c;
+        tail = &c->next;
+    }
+    return head;
+}
+
+/* Writes bytes from the read buffer: directly when the socket takes them,
+ * else the rest is copied into chunks and queued in libuv. */
+static void half_send(struct half *h, const char *data, size_t len)
+{
+    uv_buf_t buf = uv_buf_init((char *)data, (unsigned)len);
+    int n = uv_try_write((uv_stream_t *)h->dst, &buf, 1);
+    if (n == (int)len)
+        return;
+    if (n < 0 && n != UV_EAGAIN) {
+        half_failed(h, n);
+        return;
+    }
+    if (n > 0) {
+        data += n;
+        len -= (size_t)n;
+    }
+    struct chunk *c = copy_to_chunks(h, data, len);
+    if (c == NULL) {
+        half_failed(h, UV_ENOBUFS);
+        return;
+    }
+    while (c != NULL) {
+        struct chunk *next = c->next;
+        c->next = NULL;
+        if (half_write_queued(h, c, 0) < 0) {
+            for (c = next; c != NULL; c = next) {
+                next = c->next;
+                pool_put(&h->s->w->pool, c);
+            }
+            return;
+        }
+        c = next;
+    }
+    half_pause(h);
+}
+
+/* Keeps client bytes, in order, until the upstream connection is up.
+ * Returns 0, or UV_ENOBUFS when out of memory. */
+static int half_queue(struct half *h, const char *data, size_t len)
+{
+    struct chunk *c = copy_to_chunks(h, data, len);
+    if (c == NULL)
+        return UV_ENOBUFS;
     if (h->queue_tail != NULL)
         h->queue_tail->next = c;
     else
         h->queue_head = c;
-    h->queue_tail = c;
-    h->pending += c->len;
-    half_pause_if_full(h);
+    for (; c != NULL; c = c->next) {
+        h->pending += c->len;
+        h->queue_tail = c;
+    }
+    if (h->pending >= h->s->route->buffer_bytes)
+        half_pause(h);
+    return 0;
 }
 
 static void half_eof(struct half *h)
@@ -493,18 +568,14 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
     struct half *h = stream->data;
     struct session *s = h->s;
-    struct chunk *c = buf->base != NULL ? chunk_of(buf) : NULL;
 
     if (s->state == SESSION_CLOSING) {
         /* Only the server is read while closing: for its EOF, not its bytes. */
-        if (c != NULL)
-            pool_put(&s->w->pool, c);
         if (nread < 0)
             await_done(s, FINISH_SERVER_EOF);
         return;
     }
     if (nread > 0) {
-        c->len = (size_t)nread;
         h->bytes += (uint64_t)nread;
         if (h == &s->up) {
             s->last_rx_ms = uv_now(&s->w->loop);
@@ -513,13 +584,11 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
             metric_add(&s->stats->bytes_from_server, (uint64_t)nread);
         }
         if (s->state == SESSION_RELAYING)
-            half_write(h, c);
-        else
-            half_queue(h, c);
+            half_send(h, buf->base, (size_t)nread);
+        else if (half_queue(h, buf->base, (size_t)nread) < 0)
+            session_close(s, failure_reason(s, h->src, UV_ENOBUFS));
         return;
     }
-    if (c != NULL)
-        pool_put(&s->w->pool, c);
     if (nread == 0)
         return; /* EAGAIN */
     int fd = -1;
@@ -660,7 +729,7 @@ static void connected(struct session *s)
     if (s->state != SESSION_RELAYING)
         return;
     struct half *up = &s->up;
-    if (up->state == HALF_OPEN && up->paused && up->pending < s->route->buffer_bytes / 2)
+    if (up->state == HALF_OPEN && up->paused && up->pending == 0)
         half_read_start(up);
     half_flush_then_fin(up);
     if (s->state == SESSION_RELAYING)

@@ -297,7 +297,7 @@ def raise_nofile_to_hard():
 # configuration
 
 
-def route(listen_port, servers, name="r", listen_host=LOOPBACK, buffer_bytes=65536,
+def route(listen_port, servers, name="r", listen_host=LOOPBACK, buffer_bytes=None,
           connect_timeout_ms=3000, retries=0, retry_backoff_ms=50, source_address=None):
     """One route. `servers` are ports (on 127.0.0.1) or "host:port" strings."""
     up = {
@@ -309,7 +309,10 @@ def route(listen_port, servers, name="r", listen_host=LOOPBACK, buffer_bytes=655
     if source_address is not None:
         up["source_address"] = source_address
     listen = f"[{listen_host}]:{listen_port}" if ":" in listen_host else f"{listen_host}:{listen_port}"
-    return {"name": name, "listen": listen, "buffer_bytes": buffer_bytes, "upstream": up}
+    r = {"name": name, "listen": listen, "upstream": up}
+    if buffer_bytes is not None:  # else lifeline's default
+        r["buffer_bytes"] = buffer_bytes
+    return r
 
 
 def config(routes, workers=1, drain_timeout_ms=5000, log_level="info", log_format="json"):

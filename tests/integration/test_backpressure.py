@@ -10,29 +10,32 @@ from harness import (MiB, SANITIZER, AcceptServer, Flooder, LifelineTestCase, Re
                      route, scaled, wait_stable)
 
 BUFFER_BYTES = 65536
-CHUNK = 64 * 1024  # lifeline's pool chunk (README: "Buffers (64 KiB)")
 
-# Bound on the growth of lifeline's RSS while one direction is stalled.
-# - The stalled direction holds at most buffer_bytes read and not yet written
-#   (the contract), plus at most one chunk being filled when reading stops:
-#   buffer_bytes + 64 KiB.
-# - The other direction is allowed the same at worst: x2.
-#   => 2 * (buffer_bytes + 64 KiB) = 4 * buffer_bytes for buffer_bytes = 64 KiB.
-# - 4 MiB slack: the per-worker pool may cache up to 64 free chunks (4 MiB),
-#   plus malloc heap growth granularity and libuv bookkeeping.
-# Without backpressure the growth is the whole flood minus kernel buffers:
-# hundreds of MiB.
-RSS_BOUND = 4 * BUFFER_BYTES + 4 * MiB
-# Sanitized builds add shadow memory (ASan 1/8, TSan 2-4x of what the
-# program touches), redzones and ASan's quarantine of freed blocks: allow
-# five times the bound, still far below what a missing backpressure costs.
-if SANITIZER:
-    RSS_BOUND *= 5
+
+def rss_bound(buffer_bytes):
+    """Bound on the growth of lifeline's RSS while one direction is stalled.
+    - The stalled direction holds at most buffer_bytes read and not yet
+      written (the contract): one read, kept in 64 KiB chunks.
+    - The other direction is allowed the same at worst: x2. Another x2 for
+      the worker's read buffer and chunk rounding: 4 * buffer_bytes.
+    - 4 MiB slack: the per-worker pool may cache up to 64 free chunks
+      (4 MiB), plus malloc heap growth granularity and libuv bookkeeping.
+    Without backpressure the growth is the whole flood minus kernel buffers:
+    hundreds of MiB."""
+    bound = 4 * buffer_bytes + 4 * MiB
+    # Sanitized builds add shadow memory (ASan 1/8, TSan 2-4x of what the
+    # program touches), redzones and ASan's quarantine of freed blocks: allow
+    # five times the bound, still far below what a missing backpressure costs.
+    return bound * 5 if SANITIZER else bound
+
+
+RSS_BOUND = rss_bound(BUFFER_BYTES)
 FLOOD = 256 * MiB
 WARMUP = 1 * MiB
 
 
 class Backpressure(LifelineTestCase):
+    buffer_bytes = BUFFER_BYTES
 
     def setUp(self):
         super().setUp()
@@ -40,7 +43,7 @@ class Backpressure(LifelineTestCase):
             self.skipTest("no /proc/PID/status: cannot read the daemon's VmRSS")
         self.srv = self.server(AcceptServer)
         self.d = self.start_lifeline(config([route(free_port(), [self.srv.port],
-                                                   buffer_bytes=BUFFER_BYTES)], workers=1))
+                                                   buffer_bytes=self.buffer_bytes)], workers=1))
         self.cli = self.client(listen_port(self.d))
         self.client_addr = addr_str(self.cli.getsockname())
         self.conn, _ = self.srv.accept()
@@ -73,9 +76,10 @@ class Backpressure(LifelineTestCase):
 
     def check_rss(self, base, peak, stalled_at):
         growth = (peak - base) * 1024
+        bound = rss_bound(self.buffer_bytes)
         msg = (f"RSS grew by {growth / MiB:.1f} MiB (baseline {base} KiB, peak {peak} KiB) "
-               f"with {stalled_at / MiB:.1f} MiB sent; bound {RSS_BOUND / MiB:.2f} MiB")
-        self.assertLess(growth, RSS_BOUND, msg)
+               f"with {stalled_at / MiB:.1f} MiB sent; bound {bound / MiB:.2f} MiB")
+        self.assertLess(growth, bound, msg)
 
     def test_server_floods_client_that_does_not_read(self):
         flooder, base, peak = self.flood_until_stalled(self.conn)
@@ -108,6 +112,12 @@ class Backpressure(LifelineTestCase):
         self.cli.close()
         self.assertSessionClosed(self.d, self.client_addr, "client_eof",
                                  bytes_from_client=WARMUP + FLOOD, bytes_from_server=WARMUP)
+
+
+class BackpressureLargeBuffer(Backpressure):
+    """The same with the default buffer_bytes, 1 MiB: reads of up to 1 MiB,
+    and the bound scales with it."""
+    buffer_bytes = MiB
 
 
 class BackpressureWhileConnecting(LifelineTestCase):

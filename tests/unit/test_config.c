@@ -639,7 +639,7 @@ static void test_minimal_defaults(void **state)
     assert_int_equal(r->listen.port, 5000);
     assert_int_equal(r->listen.numeric, 1);
     assert_int_equal(r->listen.sa.ss_family, AF_INET);
-    assert_int_equal(r->buffer_bytes, 65536);
+    assert_int_equal(r->buffer_bytes, 1048576);
     assert_int_equal(r->upstream.n_servers, 1);
     assert_string_equal(r->upstream.servers[0].host, "127.0.0.1");
     assert_int_equal(r->upstream.servers[0].port, 6000);
