@@ -43,6 +43,7 @@
  */
 #include "lifeline/session.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -120,7 +121,6 @@ static const char *const finish_names[] = {
 enum half_state {
     HALF_OPEN,      /* reading the source, writing the destination */
     HALF_FLUSHING,  /* source finished: write what is pending, then FIN */
-    HALF_SHUTTING,  /* FIN requested (uv_shutdown in flight) */
     HALF_DONE,      /* FIN sent, or the direction was abandoned */
 };
 
@@ -359,22 +359,19 @@ static void half_failed(struct half *h, int err)
         session_close(s, failure_reason(s, h->dst, err));
 }
 
-static void shutdown_cb(uv_shutdown_t *req, int status)
+/* The FIN of this direction went out (or failed): what comes next. */
+static void half_fin_done(struct half *h, int status)
 {
-    struct half *h = req->data;
     struct session *s = h->s;
 
-    free(req);
     h->state = HALF_DONE;
-    if (status == UV_ECANCELED)
-        return;
     if (status < 0) {
         half_failed(h, status);
         return;
     }
     if (s->state == SESSION_CLOSING) {
         if (s->close_step == CLOSE_AWAIT_SERVER)
-            return; /* this FIN was on its way when the close began */
+            return; /* waiting already */
         if (h == &s->up && s->registered)
             await_server(s);
         else
@@ -390,20 +387,14 @@ static void half_flush_then_fin(struct half *h)
 {
     if (h->state != HALF_FLUSHING || h->pending > 0)
         return;
-    h->state = HALF_SHUTTING;
-    /* Allocated when needed: most of a session's life has no FIN in flight. */
-    uv_shutdown_t *req = malloc(sizeof(*req));
-    int rc = req == NULL ? UV_ENOMEM : 0;
-    if (req != NULL) {
-        req->data = h;
-        rc = uv_shutdown(req, (uv_stream_t *)h->dst, shutdown_cb);
-        if (rc < 0)
-            free(req);
-    }
-    if (rc < 0) {
-        h->state = HALF_DONE;
-        half_failed(h, rc);
-    }
+    /* Nothing of this half is queued in libuv (pending counts it until
+     * write_cb), and no other half writes to dst: shutdown(2) now is what
+     * uv_shutdown() would do later, minus an epoll round for POLLOUT. */
+    int fd = -1;
+    int rc = uv_fileno((uv_handle_t *)h->dst, &fd);
+    if (rc == 0 && shutdown(fd, SHUT_WR) < 0)
+        rc = uv_translate_sys_error(errno);
+    half_fin_done(h, rc);
 }
 
 static void write_cb(uv_write_t *req, int status)
@@ -968,9 +959,13 @@ static void close_upstream(struct session *s, enum close_mode mode)
     if (mode == CLOSE_RST && uv_tcp_close_reset(&s->upstream, handle_closed_cb) == 0)
         return;
     /* FIN before close(): if the server sent bytes we never read, close()
-     * alone would send a reset, and the server must see its EOF first. */
+     * alone would send a reset, and the server must see its EOF first.
+     * Not needed when both directions ended with their FINs: ours went out
+     * and the server's EOF was read. */
     int fd = -1;
-    if (uv_fileno((uv_handle_t *)&s->upstream, &fd) == 0)
+    int ended = s->up.state == HALF_DONE && s->down.state == HALF_DONE &&
+                (s->reason == REASON_CLIENT_EOF || s->reason == REASON_UPSTREAM_EOF);
+    if (!ended && uv_fileno((uv_handle_t *)&s->upstream, &fd) == 0)
         shutdown(fd, SHUT_WR);
     close_handle((uv_handle_t *)&s->upstream);
 }
@@ -1205,7 +1200,8 @@ static enum session_state claim_identity(struct session *s)
     return SESSION_WAITING;
 }
 
-int session_accept(struct worker *w, struct listener *l, int fd)
+int session_accept(struct worker *w, struct listener *l, int fd, const struct sockaddr *peer,
+                   socklen_t peer_len)
 {
     static _Atomic uint64_t next_id = 1;
     struct session *s = calloc(1, sizeof(*s));
@@ -1242,8 +1238,9 @@ int session_accept(struct worker *w, struct listener *l, int fd)
     s->silence.data = s;
     s->started_ms = s->last_rx_ms = uv_now(&w->loop);
 
-    int len = sizeof(s->peer);
-    if (uv_tcp_getpeername(&s->client, &s->peer.sa, &len) < 0)
+    if (peer_len > 0 && peer_len <= sizeof(s->peer))
+        memcpy(&s->peer, peer, peer_len);
+    else
         s->peer.sa.sa_family = AF_UNSPEC;
     /* TCP_NODELAY, keepalive and the user timeout came with the socket:
      * accepted sockets inherit them from the listener (listener_serve). */

@@ -107,8 +107,10 @@ static void accept_cb(uv_poll_t *p, int status, int events)
     /* A batch, so that a burst costs one wakeup; bounded, so that one busy
      * route cannot starve the rest of the loop. */
     for (int i = 0; i < ACCEPT_BATCH && status == 0 && w->accept != ACCEPT_PAUSED; i++) {
-        int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        int rc = fd < 0 ? -errno : session_accept(w, l, fd);
+        struct sockaddr_storage peer;
+        socklen_t len = sizeof(peer);
+        int fd = accept4(l->fd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int rc = fd < 0 ? -errno : session_accept(w, l, fd, (struct sockaddr *)&peer, len);
         if (rc == UV_EAGAIN)
             return;
         if (rc == UV_ECONNABORTED || rc == UV_EINTR)

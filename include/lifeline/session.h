@@ -2,15 +2,18 @@
 #ifndef LIFELINE_SESSION_H
 #define LIFELINE_SESSION_H
 
+#include <sys/socket.h>
+
 #include "lifeline/reason.h"
 #include "lifeline/worker.h"
 
 struct session;
 
-/* Starts the session of a connection accepted on the listener; fd is the
- * session's from now on. Returns 0 or a negative UV error (nothing is left
- * behind then). */
-int session_accept(struct worker *w, struct listener *l, int fd);
+/* Starts the session of a connection accepted on the listener from peer
+ * (as accept4() gave it); fd is the session's from now on. Returns 0 or a
+ * negative UV error (nothing is left behind then). */
+int session_accept(struct worker *w, struct listener *l, int fd, const struct sockaddr *peer,
+                   socklen_t peer_len);
 
 /* Ends the session with this reason (the first reason given wins). Safe to
  * call in any state and more than once; REASON_SHUTDOWN also cuts short a
