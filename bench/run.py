@@ -63,6 +63,7 @@ METRICS = [
     ("rtt_p50", "us", "{:.0f}"),               # 64-byte ping-pong over one connection
     ("rtt_p99", "us", "{:.0f}"),
     ("connrate", "conn/s", "{:,.0f}"),         # connect, send, receive, close loop
+    ("conn_cpu_us", "us", "{:.0f}"),           # proxy CPU per connection of that loop
     ("idle_established", "conns", "{:,.0f}"),  # idle connections held at once
     ("idle_kib", "KiB", "{:.2f}"),             # proxy RSS growth per idle connection
     ("idle_kept_pct", "%", "{:.0f}"),          # share of that growth held 1 s after close
@@ -71,7 +72,8 @@ METRICS = [
     ("wrk", "req/s", "{:,.0f}"),               # wrk -t2 -c50 against nginx
 ]
 METRIC = {m[0]: m for m in METRICS}
-PROXY_ONLY = {"bulk_cpu", "cpu_per_gb", "idle_established", "idle_kib", "idle_kept_pct"}
+PROXY_ONLY = {"bulk_cpu", "cpu_per_gb", "conn_cpu_us", "idle_established", "idle_kib",
+              "idle_kept_pct"}
 
 # The target: 9,900 concurrent sessions within an fd limit of 20,000.
 FD_LIMIT = 20000
@@ -510,14 +512,18 @@ http {{
 
     def w_connrate(self, target, proxy, ports):
         secs = self.s["connrate_s"]
+        c0 = proxy and cpu_seconds(proxy.pid)
         out = self.run_tool([self.load, "connrate", str(ports["echo"]), str(secs)],
                             timeout=secs + 60)
-        m = re.search(r"errors=(\d+) .*rate=(\d+)", out)
+        m = re.search(r"conns=(\d+) errors=(\d+) .*rate=(\d+)", out)
         if not m:
             raise BenchError(f"load connrate: unexpected output {out!r}")
-        if int(m.group(1)):
-            self.problem(f"{target}: connrate had {m.group(1)} failed connections")
-        return {"connrate": float(m.group(2))}
+        if int(m.group(2)):
+            self.problem(f"{target}: connrate had {m.group(2)} failed connections")
+        res = {"connrate": float(m.group(3))}
+        if proxy and int(m.group(1)):
+            res["conn_cpu_us"] = 1e6 * (cpu_seconds(proxy.pid) - c0) / int(m.group(1))
+        return res
 
     def w_redis(self, target, proxy, ports):
         argv = ["redis-benchmark", "-h", LOOPBACK, "-p", str(ports["redis"]), "-t", "set,get",
@@ -603,7 +609,7 @@ http {{
         # name, method, the metrics it gives, the tools it needs, proxies only
         ("bulk", w_bulk, ("bulk_up", "bulk_down", "bulk_cpu", "cpu_per_gb"), ("iperf3",), False),
         ("ping-pong", w_pingpong, ("rtt_p50", "rtt_p99"), (), False),
-        ("connrate", w_connrate, ("connrate",), (), False),
+        ("connrate", w_connrate, ("connrate", "conn_cpu_us"), (), False),
         ("redis", w_redis, ("redis_set", "redis_get"), ("redis-server", "redis-benchmark"), False),
         ("wrk", w_wrk, ("wrk",), ("nginx", "wrk"), False),
         ("idle", w_idle, ("idle_established", "idle_kib", "idle_kept_pct"), (), True),
@@ -759,6 +765,7 @@ class Report:
             ("proxy CPU per GB relayed, ms (both bulk runs)", ["cpu_per_gb"], "ratio"),
             ("64 B round trip p50 / p99, us", ["rtt_p50", "rtt_p99"], "added"),
             ("connections/s", ["connrate"], "ratio"),
+            ("proxy CPU per connection, us (same loop)", ["conn_cpu_us"], "ratio"),
             (f"idle memory per connection, KiB ({self.b.s['idle']:,} connections)",
              ["idle_kib"], "ratio"),
             ("idle memory still held 1 s after close, %", ["idle_kept_pct"], "plain"),
