@@ -13,14 +13,18 @@ As root, a missing tool is installed with apt-get, as `make bench` does.
 
 import os
 import re
+import select
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
-from harness import BIN, SANITIZER, require_binary
+from harness import (BIN, SANITIZER, EchoServer, connect, free_port, pattern_block, recv_exact,
+                     require_binary, scaled, wait_closed)
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 DRIVER = os.path.join(REPO, "bench", "run.py")
@@ -39,7 +43,8 @@ PACKAGES = {
 TARGETS = ("direct", "haproxy", "haproxy-splice", "lifeline")
 # The workloads, as the report's "All figures" table names them.
 METRICS = ("bulk_up", "bulk_down", "bulk_cpu", "cpu_per_gb", "rtt_p50", "rtt_p99", "connrate",
-           "idle_established", "idle_kib", "idle_kept_pct", "redis_set", "redis_get", "wrk")
+           "conn_cpu_us", "idle_established", "idle_kib", "idle_kept_pct", "redis_set",
+           "redis_get", "wrk")
 # What a cell may hold: a number, "-" (no proxy to measure), or "n/a (why)".
 CELL = re.compile(r"^(?:[\d,]+(?:\.\d+)?|-|n/a \(.+\))$")
 
@@ -180,6 +185,55 @@ class QuickBench(unittest.TestCase):
     def test_checked_in_results_are_left_alone(self):
         after = os.stat(RESULTS).st_mtime_ns if os.path.exists(RESULTS) else None
         self.assertEqual(after, self.before, "the quick run must not write bench/RESULTS.md")
+
+
+class RelayModes(unittest.TestCase):
+    """bench/relay_modes.c, the copy/splice measurement PROFILE.md quotes, still
+    builds without warnings and relays bytes both ways in each mode."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="lifeline-test-relay-modes-")
+        cls.binary = os.path.join(cls.tmp, "relay_modes")
+        r = subprocess.run([os.environ.get("CC", "cc"), "-std=c11", "-O2", "-Wall", "-Wextra",
+                            "-Werror", "-pthread", "-o", cls.binary,
+                            os.path.join(REPO, "bench", "relay_modes.c")],
+                           capture_output=True, text=True, timeout=120)
+        if r.returncode != 0:
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+            raise AssertionError(f"bench/relay_modes.c does not build:\n{r.stderr}")
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def relay(self, mode):
+        echo = EchoServer()
+        self.addCleanup(echo.close)
+        port = free_port()
+        proc = subprocess.Popen([self.binary, mode, "65536", str(port), str(echo.port)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.addCleanup(proc.wait, timeout=10)
+        self.addCleanup(proc.kill)
+        ready, _, _ = select.select([proc.stdout], [], [], scaled(10))
+        self.assertTrue(ready, "relay_modes did not say it was listening within 10 s")
+        self.assertEqual(proc.stdout.readline().strip(), f"listening port={port}")
+        sock = connect(port)
+        self.addCleanup(sock.close)
+        data = pattern_block(7, 4 * 1024 * 1024)
+        sender = threading.Thread(target=sock.sendall, args=(data,), daemon=True)
+        sender.start()
+        self.assertEqual(recv_exact(sock, len(data), timeout=scaled(20)), data)
+        sender.join(scaled(10))
+        # The client's FIN reaches the echo server, whose close comes back as EOF.
+        sock.shutdown(socket.SHUT_WR)
+        self.assertEqual(wait_closed(sock, timeout=scaled(10)), "eof")
+
+    def test_copy(self):
+        self.relay("copy")
+
+    def test_splice(self):
+        self.relay("splice")
 
 
 if __name__ == "__main__":
