@@ -416,12 +416,11 @@ static void write_cb(uv_write_t *req, int status)
     half_flush_then_fin(h);
 }
 
-/* Queues a write of c's bytes from `off` in libuv; the chunk is held until
- * write_cb. Returns 0, or a negative UV error once the half has failed. */
-static int half_write_queued(struct half *h, struct chunk *c, size_t off)
+/* Queues a write of c's bytes in libuv; the chunk is held until write_cb.
+ * Returns 0, or a negative UV error once the half has failed. */
+static int half_write_queued(struct half *h, struct chunk *c)
 {
-    uv_buf_t buf = uv_buf_init(c->data + off, (unsigned)(c->len - off));
-    c->len -= off; /* from here on, len counts what is still pending */
+    uv_buf_t buf = uv_buf_init(c->data, (unsigned)c->len);
     c->owner = h;
     c->req.data = c;
     h->pending += c->len;
@@ -434,26 +433,7 @@ static int half_write_queued(struct half *h, struct chunk *c, size_t off)
     return rc;
 }
 
-/* Writes what the chunk holds: directly when the socket takes it, else
- * queued. */
-static void half_write(struct half *h, struct chunk *c)
-{
-    uv_buf_t buf = uv_buf_init(c->data, (unsigned)c->len);
-    int n = uv_try_write((uv_stream_t *)h->dst, &buf, 1);
-    if (n == (int)c->len) {
-        pool_put(&h->s->w->pool, c);
-        return;
-    }
-    if (n < 0 && n != UV_EAGAIN) {
-        pool_put(&h->s->w->pool, c);
-        half_failed(h, n);
-        return;
-    }
-    if (half_write_queued(h, c, n > 0 ? (size_t)n : 0) == 0)
-        half_pause(h);
-}
-
-/* Copies bytes of the read buffer into chunks, which the caller queues.
+/* Copies bytes into chunks, which the caller queues.
  * Returns the first chunk of the list, or NULL when out of memory. */
 static struct chunk *copy_to_chunks(struct half *h, const char *data, size_t len)
 {
@@ -478,8 +458,8 @@ static struct chunk *copy_to_chunks(struct half *h, const char *data, size_t len
     return head;
 }
 
-/* Writes bytes from the read buffer: directly when the socket takes them,
- * else the rest is copied into chunks and queued in libuv. */
+/* Writes bytes (from the read buffer, or a queued chunk): directly when the
+ * socket takes them, else the rest is copied into chunks and queued in libuv. */
 static void half_send(struct half *h, const char *data, size_t len)
 {
     uv_buf_t buf = uv_buf_init((char *)data, (unsigned)len);
@@ -502,7 +482,7 @@ static void half_send(struct half *h, const char *data, size_t len)
     while (c != NULL) {
         struct chunk *next = c->next;
         c->next = NULL;
-        if (half_write_queued(h, c, 0) < 0) {
+        if (half_write_queued(h, c) < 0) {
             for (c = next; c != NULL; c = next) {
                 next = c->next;
                 pool_put(&h->s->w->pool, c);
@@ -694,9 +674,8 @@ static void deliver_queue(struct session *s, enum session_state state)
         c->next = NULL;
         up->pending -= c->len;
         if (s->state == state)
-            half_write(up, c);
-        else
-            pool_put(&s->w->pool, c);
+            half_send(up, c->data, c->len);
+        pool_put(&s->w->pool, c);
     }
 }
 
