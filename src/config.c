@@ -215,6 +215,8 @@ static const struct key upstream_keys[] = {
     U32_KEY("connect_timeout_ms", struct upstream_config, connect_timeout_ms, 1, 600000, 3000),
     U32_KEY("retries", struct upstream_config, retries, 0, 100, 3),
     U32_KEY("retry_backoff_ms", struct upstream_config, retry_backoff_ms, 0, 600000, 200),
+    U32_KEY("retry_backoff_max_ms", struct upstream_config, retry_backoff_max_ms, 0, 3600000,
+            30000),
     ENUM_KEY("close", struct upstream_config, close, close_choices, CLOSE_FIN),
     ENUM_KEY("on_close", struct upstream_config, on_close, on_close_choices,
              ON_CLOSE_CLOSE_CLIENT),
@@ -225,6 +227,7 @@ static const struct key route_keys[] = {
                       "1-63 characters of A-Z a-z 0-9 _ . -", "route name", same_name),
     UNIQUE_STRING_KEY("listen", struct route_config, listen, REQUIRED, parse_endpoint,
                       "\"host:port\"", "listen address", same_endpoint),
+    BOOL_KEY("dual_stack", struct route_config, dual_stack, 0),
     U32_KEY("buffer_bytes", struct route_config, buffer_bytes, 1024, 67108864, 1048576),
     OBJECT_KEY("client", OPTIONAL, offsetof(struct route_config, client), client_keys),
     OBJECT_KEY("upstream", REQUIRED, offsetof(struct route_config, upstream), upstream_keys),
@@ -252,6 +255,8 @@ static const struct key admin_keys[] = {
 
 static const struct key root_keys[] = {
     U32_KEY("workers", struct config, workers, 0, 256, 0),
+    U32_KEY("buffer_total_bytes", struct config, buffer_total_bytes, 1048576, 4294967295,
+            CONFIG_BUFFER_TOTAL_DEFAULT),
     OBJECT_KEY("log", OPTIONAL, 0, log_keys),
     OBJECT_KEY("shutdown", OPTIONAL, 0, shutdown_keys),
     SWITCH_OBJECT_KEY("admin", offsetof(struct config, admin), admin_keys, struct config,
@@ -922,6 +927,51 @@ static void check_admin(struct ctx *c, const struct config *cfg, const cJSON *ro
     }
 }
 
+static const char *family_word(int family)
+{
+    return family == AF_INET6 ? "IPv6" : "IPv4";
+}
+
+/* Rules within one route that span keys: what would make every connection
+ * fail, or a value that another key silently overrides. */
+static void check_route(struct ctx *c, const struct route_config *r, size_t i)
+{
+    const struct upstream_config *u = &r->upstream;
+    char q[ADDR_STR_MAX + 16], addr[ADDR_STR_MAX];
+    struct path p = { .len = 0 };
+
+    if (u->retry_backoff_ms > u->retry_backoff_max_ms) {
+        path_push(&p, "routes[%zu].upstream.retry_backoff_ms", i);
+        add_error(c, &p, "must not exceed retry_backoff_max_ms (%u), got %u",
+                  u->retry_backoff_max_ms, u->retry_backoff_ms);
+        path_pop(&p, 0);
+    }
+    /* A source address picks the family of every upstream socket: a literal
+     * server of the other family can never be reached from it. */
+    if (u->source.ss_family != AF_UNSPEC) {
+        for (size_t s = 0; s < u->n_servers; s++) {
+            const struct hostport *srv = &u->servers[s];
+            if (!srv->numeric || srv->sa.ss_family == u->source.ss_family)
+                continue;
+            path_push(&p, "routes[%zu].upstream.source_address", i);
+            add_error(c, &p, "an %s source cannot reach the %s server servers[%zu] %s",
+                      family_word(u->source.ss_family), family_word(srv->sa.ss_family), s,
+                      quote(addr_format_hostport(srv, addr, sizeof(addr)), q, sizeof(q)));
+            path_pop(&p, 0);
+            break;
+        }
+    }
+    /* Only the wildcard takes both families: a specific IPv6 address
+     * never sees an IPv4 client. */
+    if (r->dual_stack && !(r->listen.numeric && r->listen.sa.ss_family == AF_INET6 &&
+                           addr_is_any((const struct sockaddr *)&r->listen.sa))) {
+        path_push(&p, "routes[%zu].dual_stack", i);
+        add_error(c, &p, "needs the listen address \"[::]:%u\" (the IPv6 wildcard), got %s",
+                  r->listen.port,
+                  quote(addr_format_hostport(&r->listen, addr, sizeof(addr)), q, sizeof(q)));
+    }
+}
+
 /* ---- Entry points --------------------------------------------------------- */
 
 static void add_json_error(struct ctx *c, const char *json, size_t len, const char *at)
@@ -1019,6 +1069,8 @@ int config_parse(const char *json, size_t len, struct config **out, struct confi
             apply_defaults(root_keys, N_KEYS(root_keys), (char *)cfg);
             parse_object(&c, root_keys, N_KEYS(root_keys), root, (char *)cfg, &p, NULL);
             check_admin(&c, cfg, root);
+            for (size_t i = 0; i < cfg->n_routes; i++)
+                check_route(&c, &cfg->routes[i], i);
         }
         cJSON_Delete(root);
     }

@@ -67,7 +67,6 @@
 #define AWAIT_SERVER_MS 1000
 #define AWAIT_POLL_MS 5
 #define AWAIT_GRACE_MS 50
-#define BACKOFF_CAP_MS 30000
 /* The smallest read, when the direction is close to buffer_bytes. */
 #define READ_MIN 1024
 
@@ -598,7 +597,8 @@ static uint64_t backoff_ms(const struct session *s)
     uint64_t base = s->route->upstream.retry_backoff_ms;
     unsigned shift = s->tries <= 1 ? 0 : s->tries - 1;
     uint64_t ms = base << (shift < 16 ? shift : 16);
-    return ms < BACKOFF_CAP_MS ? ms : BACKOFF_CAP_MS;
+    uint64_t cap = s->route->upstream.retry_backoff_max_ms;
+    return ms < cap ? ms : cap;
 }
 
 /* The previous try failed and its handle is closed: retry or give up. */

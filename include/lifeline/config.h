@@ -13,6 +13,8 @@
 #define CONFIG_DEFAULT_PATH "/etc/lifeline/lifeline.json"
 /* An account name: up to 32 characters, a trailing '$', and the NUL. */
 #define CONFIG_ACCOUNT_MAX 34
+/* buffer_total_bytes when the config leaves it out: 16 MiB. */
+#define CONFIG_BUFFER_TOTAL_DEFAULT (16u * 1024 * 1024)
 
 /* How lifeline closes one side of a session it ends. */
 enum close_mode {
@@ -66,6 +68,7 @@ struct upstream_config {
     uint32_t connect_timeout_ms;
     uint32_t retries;              /* further tries after the first one */
     uint32_t retry_backoff_ms;
+    uint32_t retry_backoff_max_ms; /* the doubled pause never grows past this */
     enum close_mode close;         /* for a client lifeline gave up on */
     enum upstream_on_close on_close;
 };
@@ -73,6 +76,7 @@ struct upstream_config {
 struct route_config {
     char name[CONFIG_NAME_MAX];
     struct hostport listen;
+    int dual_stack;                /* an IPv6 listener that takes IPv4 clients too */
     uint32_t buffer_bytes;
     struct client_config client;
     struct upstream_config upstream;
@@ -96,6 +100,10 @@ struct config {
     enum log_level log_level;
     enum log_format log_format;
     uint32_t drain_timeout_ms;
+    /* Most memory all sessions together may hold in relay buffers (bytes read
+     * from one side and not yet written to the other); past it lifeline
+     * stops reading instead of buffering more. */
+    uint32_t buffer_total_bytes;
     struct admin_config admin;
     /* Accounts to drop privileges to after binding; "" keeps the one
      * lifeline was started as. Checked for form only: the daemon resolves

@@ -627,6 +627,9 @@ static void test_minimal_defaults(void **state)
     assert_int_equal(cfg->log_level, LOG_INFO);
     assert_int_equal(cfg->log_format, LOG_FORMAT_TEXT);
     assert_int_equal(cfg->drain_timeout_ms, 10000);
+    assert_int_equal(cfg->buffer_total_bytes, 16 * 1024 * 1024);
+    assert_int_equal(cfg->routes[0].dual_stack, 0);
+    assert_int_equal(cfg->routes[0].upstream.retry_backoff_max_ms, 30000);
     assert_int_equal(cfg->admin.enabled, 0);
     assert_int_equal(cfg->admin.allow_remote, 0);
     assert_string_equal(cfg->admin.listen.host, "");
@@ -681,6 +684,7 @@ static void test_minimal_defaults(void **state)
 static const char full_config[] =
     "{\n"
     "  'workers': 8,\n"
+    "  'buffer_total_bytes': 4294967295,\n"
     "  'log': { 'level': 'debug', 'format': 'json' },\n"
     "  'shutdown': { 'drain_timeout_ms': 0 },\n"
     "  'admin': { 'listen': '[::1]:9900', 'allow_remote': false },\n"
@@ -707,11 +711,12 @@ static const char full_config[] =
     "        }\n"
     "      },\n"
     "      'upstream': {\n"
-    "        'servers': ['127.0.0.1:6000', 'backup.example:6001', '[2001:db8::7]:6002'],\n"
+    "        'servers': ['127.0.0.1:6000', 'backup.example:6001', '192.0.2.7:6002'],\n"
     "        'source_address': '192.0.2.10',\n"
     "        'connect_timeout_ms': 600000,\n"
     "        'retries': 0,\n"
     "        'retry_backoff_ms': 600000,\n"
+    "        'retry_backoff_max_ms': 3600000,\n"
     "        'close': 'rst',\n"
     "        'on_close': 'reconnect'\n"
     "      }\n"
@@ -763,6 +768,7 @@ static void test_full_config(void **state)
     struct config *cfg = expect_ok(full_config);
     char buf[ADDR_STR_MAX];
     assert_int_equal(cfg->workers, 8);
+    assert_int_equal(cfg->buffer_total_bytes, 4294967295u);
     assert_int_equal(cfg->log_level, LOG_DEBUG);
     assert_int_equal(cfg->log_format, LOG_FORMAT_JSON);
     assert_int_equal(cfg->drain_timeout_ms, 0);
@@ -787,16 +793,17 @@ static void test_full_config(void **state)
     assert_string_equal(u->servers[1].host, "backup.example");
     assert_int_equal(u->servers[1].port, 6001);
     assert_int_equal(u->servers[1].numeric, 0);
-    assert_string_equal(u->servers[2].host, "2001:db8::7");
+    assert_string_equal(u->servers[2].host, "192.0.2.7");
     assert_int_equal(u->servers[2].numeric, 1);
     assert_string_equal(addr_format((const struct sockaddr *)&u->servers[2].sa, buf, sizeof(buf)),
-                        "[2001:db8::7]:6002");
+                        "192.0.2.7:6002");
     assert_int_equal(u->source.ss_family, AF_INET);
     assert_string_equal(addr_format((const struct sockaddr *)&u->source, buf, sizeof(buf)),
                         "192.0.2.10:0");
     assert_int_equal(u->connect_timeout_ms, 600000);
     assert_int_equal(u->retries, 0);
     assert_int_equal(u->retry_backoff_ms, 600000);
+    assert_int_equal(u->retry_backoff_max_ms, 3600000);
     assert_int_equal(u->close, CLOSE_RST);
     assert_int_equal(u->on_close, ON_CLOSE_RECONNECT);
     const struct client_config *cl = &r->client;
@@ -834,6 +841,7 @@ static void test_full_config(void **state)
     assert_int_equal(u->connect_timeout_ms, 1);
     assert_int_equal(u->retries, 100);
     assert_int_equal(u->retry_backoff_ms, 0);
+    assert_int_equal(u->retry_backoff_max_ms, 30000); /* the default */
     assert_int_equal(u->close, CLOSE_RST);
     assert_int_equal(u->on_close, ON_CLOSE_RECONNECT);
     cl = &r->client;
@@ -1256,7 +1264,8 @@ static void test_wildcard_source_is_unset(void **state)
         "{'routes':["
         "{'name':'a','listen':'127.0.0.1:1','upstream':{" SERVERS ",'source_address':'0.0.0.0'}},"
         "{'name':'b','listen':'127.0.0.1:2','upstream':{" SERVERS ",'source_address':'::'}},"
-        "{'name':'c','listen':'127.0.0.1:3','upstream':{" SERVERS ",'source_address':'::1'}}"
+        "{'name':'c','listen':'127.0.0.1:3','upstream':{'servers':['[::1]:6000'],"
+        "'source_address':'::1'}}"
         "]}");
     assert_int_equal(cfg->routes[0].upstream.source.ss_family, AF_UNSPEC);
     assert_int_equal(cfg->routes[1].upstream.source.ss_family, AF_UNSPEC);
@@ -1542,9 +1551,76 @@ static void set_at(cJSON *doc, const char *doc_path, cJSON *value)
     }
 }
 
+/* Rules that span keys of one route: each names the key to change. */
+static void test_cross_key_rules(void **state)
+{
+    (void)state;
+    const char *backoff[] = {
+        "routes[0].upstream.retry_backoff_ms: must not exceed retry_backoff_max_ms (30000), "
+        "got 40000",
+        NULL,
+    };
+    expect_errors("backoff over the default cap",
+                  "{'routes':[{'name':'r','listen':'127.0.0.1:5000','upstream':{" SERVERS
+                  ",'retry_backoff_ms':40000}}]}",
+                  backoff);
+    struct config *cfg = expect_ok("{'routes':[{'name':'r','listen':'127.0.0.1:5000','upstream':{"
+                                   SERVERS ",'retry_backoff_ms':40000,"
+                                   "'retry_backoff_max_ms':60000}}]}");
+    assert_int_equal(cfg->routes[0].upstream.retry_backoff_max_ms, 60000);
+    config_free(cfg);
+
+    const char *family[] = {
+        "routes[0].upstream.source_address: an IPv4 source cannot reach the IPv6 server "
+        "servers[1] \"[::1]:6001\"",
+        "routes[1].upstream.source_address: an IPv6 source cannot reach the IPv4 server "
+        "servers[0] \"127.0.0.1:6000\"",
+        NULL,
+    };
+    expect_errors("source family against literal servers",
+                  "{'routes':["
+                  "{'name':'a','listen':'127.0.0.1:1','upstream':{'servers':['127.0.0.1:6000',"
+                  "'[::1]:6001','[::1]:6002'],'source_address':'127.0.0.1'}},"
+                  "{'name':'b','listen':'127.0.0.1:2','upstream':{" SERVERS
+                  ",'source_address':'::1'}}]}",
+                  family);
+    /* A host name is resolved in the source's family: it may be reachable. */
+    cfg = expect_ok("{'routes':[{'name':'r','listen':'127.0.0.1:5000','upstream':{"
+                    "'servers':['db.example:6000'],'source_address':'::1'}}]}");
+    config_free(cfg);
+
+    const char *dual[] = {
+        "routes[0].dual_stack: needs the listen address \"[::]:1\" (the IPv6 wildcard), got "
+        "\"0.0.0.0:1\"",
+        "routes[1].dual_stack: needs the listen address \"[::]:2\" (the IPv6 wildcard), got "
+        "\"[::1]:2\"",
+        "routes[2].dual_stack: needs the listen address \"[::]:3\" (the IPv6 wildcard), got "
+        "\"localhost:3\"",
+        NULL,
+    };
+    expect_errors("dual_stack on something else than [::]",
+                  "{'routes':["
+                  "{'name':'a','listen':'0.0.0.0:1','dual_stack':true," UPSTREAM "},"
+                  "{'name':'b','listen':'[::1]:2','dual_stack':true," UPSTREAM "},"
+                  "{'name':'c','listen':'localhost:3','dual_stack':true," UPSTREAM "}]}",
+                  dual);
+    cfg = expect_ok("{'routes':[{'name':'r','listen':'[::]:5000','dual_stack':true," UPSTREAM
+                    "}]}");
+    assert_int_equal(cfg->routes[0].dual_stack, 1);
+    config_free(cfg);
+
+    const char *total[] = {
+        "buffer_total_bytes: must be between 1048576 and 4294967295, got 1048575",
+        NULL,
+    };
+    expect_errors("buffer_total_bytes under 1 MiB", "{'buffer_total_bytes':1048575," ROUTES "}",
+                  total);
+}
+
 /* Every key the parser knows, as the README's configuration table names it. */
 static const char *const all_keys[] = {
     "workers",
+    "buffer_total_bytes",
     "log",
     "log.level",
     "log.format",
@@ -1558,6 +1634,7 @@ static const char *const all_keys[] = {
     "routes",
     "routes[].name",
     "routes[].listen",
+    "routes[].dual_stack",
     "routes[].buffer_bytes",
     "routes[].client",
     "routes[].client.identity",
@@ -1578,6 +1655,7 @@ static const char *const all_keys[] = {
     "routes[].upstream.connect_timeout_ms",
     "routes[].upstream.retries",
     "routes[].upstream.retry_backoff_ms",
+    "routes[].upstream.retry_backoff_max_ms",
     "routes[].upstream.close",
     "routes[].upstream.on_close",
 };
@@ -1677,6 +1755,7 @@ int main(void)
         cmocka_unit_test(test_errors_are_optional),
         cmocka_unit_test(test_load),
         cmocka_unit_test(test_shipped_example),
+        cmocka_unit_test(test_cross_key_rules),
         cmocka_unit_test(test_documented_keys),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
