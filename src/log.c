@@ -144,3 +144,33 @@ void log_write(enum log_level level, const char *msg, const struct log_field *fi
         left -= (size_t)n;
     }
 }
+
+void log_limit_init(struct log_limit *l, const char *kind, uint32_t per_second)
+{
+    *l = (struct log_limit){ .kind = kind, .per_second = per_second };
+}
+
+int log_limit_allow(struct log_limit *l, uint64_t now_ms, uint64_t *suppressed)
+{
+    if (l->in_window == 0 || now_ms - l->window_ms >= 1000) {
+        l->window_ms = now_ms;
+        l->in_window = 0;
+    }
+    if (l->in_window >= l->per_second) {
+        l->dropped++;
+        return 0;
+    }
+    l->in_window++;
+    *suppressed = l->dropped;
+    l->dropped = 0;
+    return 1;
+}
+
+void log_limit_flush(struct log_limit *l, uint64_t now_ms)
+{
+    if (l->dropped == 0 || now_ms - l->window_ms < 1000)
+        return;
+    log_warn("log lines suppressed", LF_STR("kind", l->kind), LF_INT("count", l->dropped));
+    l->dropped = 0;
+    l->in_window = 0;
+}

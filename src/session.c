@@ -67,6 +67,11 @@
 #define AWAIT_SERVER_MS 1000
 #define AWAIT_POLL_MS 5
 #define AWAIT_GRACE_MS 50
+/* With upstream.on_close "reconnect", a server connection that ends sooner
+ * than this after it was established counts as a failed try: a server that
+ * accepts and closes (or resets) at once is retried with backoff and given
+ * up on after `retries`, instead of being redialled in a tight loop. */
+#define UPSTREAM_STABLE_MS 1000
 /* The smallest read, when the direction is close to buffer_bytes. */
 #define READ_MIN 1024
 
@@ -175,6 +180,7 @@ struct session {
     size_t server;                 /* index of the server of the current try */
     unsigned short upstream_port;  /* our local port of the upstream connection */
     uint64_t started_ms;
+    uint64_t connected_ms;         /* when the current server connection was established */
     uint64_t last_rx_ms;           /* when the client last sent a byte */
     uint64_t await_since_ms;
     uint64_t fin_acked_ms;         /* 0 until seen */
@@ -336,7 +342,7 @@ static void half_pause(struct half *h)
     }
 }
 
-static void reconnect(struct session *s);
+static void reconnect(struct session *s, int err);
 
 /* upstream.on_close "reconnect" keeps a live client when the server goes. */
 static int should_reconnect(const struct session *s)
@@ -353,7 +359,7 @@ static void half_failed(struct half *h, int err)
     if (s->state == SESSION_CLOSING)
         finish_close(s);
     else if (h->dst == &s->upstream && should_reconnect(s))
-        reconnect(s);
+        reconnect(s, err);
     else
         session_close(s, failure_reason(s, h->dst, err));
 }
@@ -517,7 +523,7 @@ static void half_eof(struct half *h)
 {
     struct session *s = h->s;
     if (h == &s->down && should_reconnect(s)) {
-        reconnect(s);
+        reconnect(s, UV_EOF);
         return;
     }
     if (!s->saw_eof) {
@@ -570,7 +576,7 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     if (nread == UV_EOF)
         nread = UV_ECONNRESET;
     if (h == &s->down && should_reconnect(s)) {
-        reconnect(s);
+        reconnect(s, (int)nread);
         return;
     }
     session_close(s, failure_reason(s, h->src, (int)nread));
@@ -583,13 +589,33 @@ static const char *server_name(const struct session *s, char *buf, size_t len)
     return addr_format_hostport(&s->route->upstream.servers[s->server], buf, len);
 }
 
+/* Failed tries and reconnects are logged within the worker's bound, so that
+ * a flapping server cannot flood the log: what is dropped is counted in the
+ * next line's `suppressed` field. */
+static int upstream_log_allowed(struct session *s, enum log_level level, uint64_t *suppressed)
+{
+    return log_enabled(level) &&
+           log_limit_allow(&s->w->upstream_log, uv_now(&s->w->loop), suppressed);
+}
+
 static void log_try_failed(struct session *s, int err)
 {
+    uint64_t suppressed;
+    if (!upstream_log_allowed(s, LOG_WARN, &suppressed))
+        return;
     char server[ADDR_STR_MAX], client[ADDR_STR_MAX];
     log_warn("upstream connect failed", LF_STR("route", s->route->name),
              LF_STR("client", addr_format(&s->peer.sa, client, sizeof(client))),
              LF_STR("server", server_name(s, server, sizeof(server))),
-             LF_INT("attempt", s->tries), LF_STR("error", uv_strerror(err)));
+             LF_INT("attempt", s->tries), LF_STR("error", uv_strerror(err)),
+             LF_INT("suppressed", suppressed));
+}
+
+static void count_try_failed(struct session *s)
+{
+    struct server_stats *sv = metrics_server(s->stats, &s->route->upstream.servers[s->server]);
+    if (sv != NULL)
+        metric_add(&sv->failures, 1);
 }
 
 static uint64_t backoff_ms(const struct session *s)
@@ -637,24 +663,40 @@ static void close_upstream_then_retry(struct session *s)
 
 static void connect_failed(struct session *s, int err)
 {
-    struct server_stats *sv = metrics_server(s->stats, &s->route->upstream.servers[s->server]);
-    if (sv != NULL)
-        metric_add(&sv->failures, 1);
+    count_try_failed(s);
     log_try_failed(s, err);
     close_upstream_then_retry(s);
 }
 
-/* upstream.on_close "reconnect": the server went away but the client is
- * still here. Bytes queued for the old connection are lost with it; what the
- * client sends from now on waits for the new one. */
-static void reconnect(struct session *s)
+/* upstream.on_close "reconnect": the server closed (err UV_EOF) or reset the
+ * connection, but the client is still here. A connection that lived less
+ * than UPSTREAM_STABLE_MS was a failed try: the count goes on, and with it
+ * the backoff and the `retries` bound. One that lived longer proved the
+ * server up: the next try starts a fresh count, at once. Bytes queued for
+ * the old connection are lost with it; what the client sends from now on
+ * waits for the new one. */
+static void reconnect(struct session *s, int err)
 {
-    char client[ADDR_STR_MAX];
-    log_info("upstream closed, reconnecting", LF_STR("route", s->route->name),
-             LF_STR("client", addr_format(&s->peer.sa, client, sizeof(client))),
-             LF_INT("upstream_local_port", s->upstream_port));
+    char client[ADDR_STR_MAX], server[ADDR_STR_MAX];
+    uint64_t lived = uv_now(&s->w->loop) - s->connected_ms;
+    uint64_t suppressed;
+    if (lived < UPSTREAM_STABLE_MS) {
+        count_try_failed(s);
+        if (upstream_log_allowed(s, LOG_WARN, &suppressed))
+            log_warn("upstream closed early", LF_STR("route", s->route->name),
+                     LF_STR("client", addr_format(&s->peer.sa, client, sizeof(client))),
+                     LF_STR("server", server_name(s, server, sizeof(server))),
+                     LF_INT("attempt", s->tries), LF_INT("lived_ms", lived),
+                     LF_STR("error", uv_strerror(err)), LF_INT("suppressed", suppressed));
+    } else {
+        s->tries = 0;
+        if (upstream_log_allowed(s, LOG_INFO, &suppressed))
+            log_info("upstream closed, reconnecting", LF_STR("route", s->route->name),
+                     LF_STR("client", addr_format(&s->peer.sa, client, sizeof(client))),
+                     LF_INT("upstream_local_port", s->upstream_port),
+                     LF_STR("error", uv_strerror(err)), LF_INT("suppressed", suppressed));
+    }
     set_state(s, SESSION_CONNECTING);
-    s->tries = 0;
     s->upstream_port = 0;
     s->down.state = HALF_OPEN;
     s->down.paused = 0;
@@ -683,7 +725,7 @@ static void connected(struct session *s)
 {
     uv_timer_stop(&s->timer);
     set_state(s, SESSION_RELAYING);
-    s->tries = 0;
+    s->connected_ms = uv_now(&s->w->loop);
     int fd = -1;
     uv_fileno((uv_handle_t *)&s->upstream, &fd);
     net_set_nodelay(fd);
@@ -1133,17 +1175,14 @@ static int admit(struct session *s, struct limit_route *limit)
     }
     metric_add(&s->stats->denied[cause], 1);
     s->refused = 1;
-    uint64_t now = uv_now(&w->loop);
-    if (w->deny_logged_ms != 0 && now - w->deny_logged_ms < 1000) {
-        w->deny_suppressed++;
+    uint64_t suppressed;
+    if (!log_enabled(LOG_WARN) ||
+        !log_limit_allow(&w->deny_log, uv_now(&w->loop), &suppressed))
         return 0;
-    }
     char client[ADDR_STR_MAX];
     log_warn("connection denied", LF_STR("route", s->route->name),
              LF_STR("client", addr_format(&s->peer.sa, client, sizeof(client))),
-             LF_STR("cause", deny_words[cause]), LF_INT("suppressed", w->deny_suppressed));
-    w->deny_logged_ms = now;
-    w->deny_suppressed = 0;
+             LF_STR("cause", deny_words[cause]), LF_INT("suppressed", suppressed));
     return 0;
 }
 

@@ -328,6 +328,8 @@ static void tick_cb(uv_timer_t *t)
 {
     struct worker *w = t->data;
     atomic_store(&w->last_tick_ms, now_ms());
+    log_limit_flush(&w->deny_log, uv_now(&w->loop));
+    log_limit_flush(&w->upstream_log, uv_now(&w->loop));
     if (w->accept == ACCEPT_SCARCE)
         end_shortage(w);
     /* After many sessions ended, give their memory back to the system: the
@@ -500,6 +502,8 @@ int worker_init(struct worker *w, int id, struct config *cfg,
     atomic_init(&w->command, WORKER_CMD_NONE);
     atomic_init(&w->phase, WORKER_PHASE_STARTING);
     worker_stats_init(&w->stats);
+    log_limit_init(&w->deny_log, "connection denied", 1);
+    log_limit_init(&w->upstream_log, "upstream", WORKER_UPSTREAM_LOG_PER_S);
     /* The sockets wait, unopened, for the loop's thread: serve_config(). */
     int rc = 0;
     struct listener **tail = &w->listeners;

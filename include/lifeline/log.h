@@ -45,6 +45,30 @@ void log_write(enum log_level level, const char *msg, const struct log_field *fi
                       LOG_NFIELDS_(LF_STR(NULL, NULL), ##__VA_ARGS__) - 1);         \
     } while (0)
 
+/* A bound on how often one kind of line is written: at most `per_second`
+ * lines in any one-second window. The lines dropped are counted; the next
+ * line written reports them in its `suppressed` field, and log_limit_flush()
+ * reports them once the window is over if no line came to carry them. Owned
+ * by one thread: one per worker and kind of line, never shared. */
+struct log_limit {
+    const char *kind;       /* names the lines in the flush line */
+    uint32_t per_second;
+    uint32_t in_window;     /* lines written in the current window */
+    uint64_t window_ms;     /* start of the current window */
+    uint64_t dropped;       /* lines dropped since the last one written */
+};
+
+void log_limit_init(struct log_limit *l, const char *kind, uint32_t per_second);
+
+/* May a line be written at `now_ms`? Returns 1 and sets *suppressed to the
+ * lines dropped since the last one written (and starts counting again), or
+ * 0 and counts this line as dropped. */
+int log_limit_allow(struct log_limit *l, uint64_t now_ms, uint64_t *suppressed);
+
+/* Called now and then (a worker's tick): once the window of the last drop is
+ * over, logs "log lines suppressed" with the kind and the count. */
+void log_limit_flush(struct log_limit *l, uint64_t now_ms);
+
 #define log_debug(msg, ...) log_at(LOG_DEBUG, msg, ##__VA_ARGS__)
 #define log_info(msg, ...)  log_at(LOG_INFO, msg, ##__VA_ARGS__)
 #define log_warn(msg, ...)  log_at(LOG_WARN, msg, ##__VA_ARGS__)

@@ -16,6 +16,10 @@
 struct session;
 struct worker;
 
+/* Lines a second, per worker, about failed upstream tries and reconnects;
+ * the rest are counted in the next line's `suppressed` field. */
+#define WORKER_UPSTREAM_LOG_PER_S 10
+
 /* One route's listening socket on one worker (SO_REUSEPORT shares the
  * port). A reload that keeps the address keeps the socket, and with it the
  * connections queued on it, and points it at the new route config. */
@@ -113,8 +117,8 @@ struct worker {
     size_t n_peers;
     struct registry *registry;    /* shared by every worker */
     struct limits *limits;        /* shared by every worker */
-    uint64_t deny_logged_ms;      /* denied connections: one log line a second */
-    uint64_t deny_suppressed;     /* denied since the last line */
+    struct log_limit deny_log;    /* "connection denied": one line a second */
+    struct log_limit upstream_log; /* failed tries and reconnects: WORKER_UPSTREAM_LOG_PER_S */
     struct worker_stats stats;    /* per route, written only by this loop */
 
     uv_mutex_t inbox_lock;        /* guards inbox only */

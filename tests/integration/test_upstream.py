@@ -1,15 +1,19 @@
 """Connecting upstream: retries with backoff, failover, connect timeout,
-ephemeral source ports and source_address."""
+ephemeral source ports and source_address, and a flapping server with
+upstream.on_close "reconnect"."""
 
 import os
 import re
+import select
 import socket
+import struct
+import threading
 import time
 import unittest
 
 from harness import (LOOPBACK, KiB, AcceptServer, EchoServer, LifelineTestCase, addr_str,
                      bound_client_socket, config, connect, ephemeral_range, free_port,
-                     listen_port, log_time, recv_exact, route, scaled, wait_closed)
+                     listen_port, log_time, recv_exact, route, scaled, wait_closed, wait_until)
 
 
 class UpstreamDown(LifelineTestCase):
@@ -182,6 +186,145 @@ class SourcePort(LifelineTestCase):
                 rec = self.assertSessionClosed(d, f"{LOOPBACK}:{fixed}", "client_eof")
                 self.assertEqual(rec["upstream_local_port"], peer[1], rec)
                 self.assertEqual(rec["route"], ("plain", "sourced")[i])
+
+
+class FlappingServer:
+    """A server whose every connection ends `hold` seconds after it is
+    accepted: closed (FIN) or, with reset=True, reset (SO_LINGER 0). Counts
+    what it accepted; nothing is read."""
+
+    def __init__(self, hold=0.0, reset=False):
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind((LOOPBACK, 0))
+        self.listener.listen(128)
+        self.port = self.listener.getsockname()[1]
+        self.hold = hold
+        self.reset = reset
+        self.accepted = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        held = []  # (deadline, conn)
+        while not self._stop.is_set():
+            timeout = 0.02 if not held else max(0.0, min(0.02, held[0][0] - time.monotonic()))
+            if select.select([self.listener], [], [], timeout)[0]:
+                conn, _ = self.listener.accept()
+                self.accepted += 1
+                if self.reset:
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                held.append((time.monotonic() + self.hold, conn))
+            now = time.monotonic()
+            while held and held[0][0] <= now:
+                held.pop(0)[1].close()
+        for _, conn in held:
+            conn.close()
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.listener.close()
+
+
+def reconnect_route(port, server_port, retries, backoff_ms, **kw):
+    r = route(port, [server_port], retries=retries, retry_backoff_ms=backoff_ms, **kw)
+    r["upstream"]["on_close"] = "reconnect"
+    return r
+
+
+class Flapping(LifelineTestCase):
+    """upstream.on_close "reconnect" against a server that ends every
+    connection at once: each such connection is a failed try, so the
+    backoff grows and `retries` ends the session, instead of a redial loop."""
+
+    def check_gives_up(self, reset):
+        srv = self.server(FlappingServer, reset=reset)
+        d = self.start_lifeline(config([reconnect_route(free_port(), srv.port, 3, 50)]))
+        start = time.monotonic()
+        cli = self.client(listen_port(d))
+        client = addr_str(cli.getsockname())
+        cli.sendall(b"are you there?")
+        self.assertIn(wait_closed(cli, timeout=scaled(10)), ("eof", "reset"))
+        elapsed = time.monotonic() - start
+        rec = self.assertSessionClosed(d, client, "upstream_connect_failed")
+        # The first try and 3 retries: four connections, not thousands.
+        self.assertEqual(srv.accepted, 4, f"{srv.accepted} server connections")
+        # Each was a failed try: ended early (or, for a reset that beat the
+        # handshake's end, a failed connect), logged with its attempt number.
+        tries = sorted(d.find("upstream closed early", client=client) +
+                       d.find("upstream connect failed", client=client), key=log_time)
+        self.assertEqual([t["attempt"] for t in tries], [1, 2, 3, 4], tries)
+        for t in tries:
+            self.assertLess(t.get("lived_ms", 0), 1000, t)
+            # A server that closes with our bytes unread sends a reset.
+            self.assertIn(t["error"], ("connection reset by peer",) if reset else
+                          ("end of file", "connection reset by peer"), t)
+        # Waits of 50, 100 and 200 ms between the four connections.
+        self.assertGreaterEqual(elapsed, 0.35, "backoff not applied")
+        self.assertGreaterEqual(rec["duration_ms"], 350, rec)
+        stamps = [log_time(t) for t in tries]
+        gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+        for gap, want in zip(gaps, (0.05, 0.1, 0.2)):
+            self.assertGreaterEqual(gap, want - 0.005, f"gaps {gaps}")
+        self.assertEqual(d.find("upstream closed, reconnecting"), [])
+        self.assertEqual(len(d.find("session closed")), 1)
+
+    def test_server_that_closes_at_once(self):
+        """Every connection closed (FIN) right after accept: 4 connections
+        with growing pauses, then upstream_connect_failed."""
+        self.check_gives_up(reset=False)
+
+    def test_server_that_resets_at_once(self):
+        """The same with a reset instead of a FIN."""
+        self.check_gives_up(reset=True)
+
+    def test_long_lived_connection_restarts_the_count(self):
+        """A connection that lived past the 1 s bound proved the server up:
+        the next reconnect starts a fresh count. retries 1, and the server
+        ends each connection after 1.2 s: after three such ends the session
+        still stands, and each reconnect was immediate."""
+        srv = self.server(FlappingServer, hold=1.2)
+        d = self.start_lifeline(config([reconnect_route(free_port(), srv.port, 1, 500)]))
+        cli = self.client(listen_port(d))
+        client = addr_str(cli.getsockname())
+        cli.sendall(b"long lived")
+        recs = d.wait_count(3, "upstream closed, reconnecting", timeout=scaled(10), client=client)
+        wait_until(lambda: srv.accepted >= 4, scaled(5), "the fourth server connection")
+        self.assertEqual(d.find("upstream closed early"), [])
+        self.assertEqual(d.find("session closed"), [])
+        for r in recs:
+            self.assertIn(r["error"], ("end of file", "connection reset by peer"), r)
+        # Immediate: no backoff after a connection that proved the server up.
+        self.assertEqual(d.find("upstream connect failed"), [])
+
+    def test_many_sessions_log_within_bound(self):
+        """20 sessions against a server that closes at once, retries 30 and
+        no backoff: 620 failed tries in a burst, but at most 10 lines a second
+        (per worker) tell of them; the rest are counted, and the count is
+        logged once the second is over."""
+        srv = self.server(FlappingServer)
+        d = self.start_lifeline(config([reconnect_route(free_port(), srv.port, 30, 0)]))
+        clients = []
+        for _ in range(20):
+            c = self.client(listen_port(d))
+            c.sendall(b"x")
+            clients.append(c)
+        for c in clients:
+            self.assertIn(wait_closed(c, timeout=scaled(20)), ("eof", "reset"))
+        d.wait_count(20, "session closed", timeout=scaled(10))
+        self.assertEqual(srv.accepted, 20 * 31)
+        self.assertEqual({r["reason"] for r in d.find("session closed")}, {"upstream_connect_failed"})
+        flushed = d.wait_log("log lines suppressed", timeout=scaled(3), kind="upstream")
+        lines = d.find("upstream closed early") + d.find("upstream connect failed")
+        # At most 10 in any one-second window.
+        stamps = sorted(log_time(r) for r in lines)
+        for i in range(len(stamps) - 10):
+            self.assertGreaterEqual(stamps[i + 10] - stamps[i], 0.999, stamps)
+        # Every failed try is either a line or counted.
+        counted = len(lines) + sum(r["suppressed"] for r in lines) + flushed["count"]
+        self.assertEqual(counted, 20 * 31, f"{len(lines)} lines, {flushed}")
 
 
 if __name__ == "__main__":
