@@ -1162,9 +1162,9 @@ static int admit(struct session *s, struct limit_route *limit)
     enum deny_cause cause;
     if (!allowed(cc, &s->peer.sa)) {
         cause = DENY_ALLOW;
-    } else if (cc->max_connections == 0 && cc->max_per_address == 0) {
-        return 1;
     } else {
+        /* Counted even when this route has no limit: a reload may set one,
+         * and it must find the sessions already open. */
         int rc = limits_take(w->limits, limit, &s->peer.sa, cc->max_connections,
                              cc->max_per_address);
         if (rc == 0) {

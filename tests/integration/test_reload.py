@@ -237,6 +237,37 @@ class Reload(AdminCase):
         again.sendall(b"y")
         self.assertEqual(recv_exact(again, 1), b"y")
 
+    def test_limits_turned_on_count_open_sessions(self):
+        """Sessions opened while the route had no limit count once a reload
+        turns the limits on: with two open, max_connections 2 refuses a
+        third at once, and so does max_per_address 2 on another route."""
+        a = self.server(EchoServer)
+        port, port2 = free_port(), free_port()
+        cfg = with_admin(config([route(port, [a.port]), route(port2, [a.port], name="r2")],
+                                workers=2))
+        d = self.start_lifeline(cfg)
+        held = [self.client(p) for p in (port, port, port2, port2)]
+        for c in held:
+            c.sendall(b"x")
+            self.assertEqual(recv_exact(c, 1), b"x")
+
+        new = json.loads(json.dumps(cfg))
+        new["routes"][0]["client"] = {"max_connections": 2}
+        new["routes"][1]["client"] = {"max_per_address": 2}
+        self.reload(d, new)
+        self.assertIn(refused(port)[0], ("eof", "reset"))
+        self.assertIn(refused(port2)[0], ("eof", "reset"))
+        m = self.metrics(d)
+        self.assertEqual(m.get("lifeline_denied_total", route="r", cause="max_connections"), 1)
+        self.assertEqual(m.get("lifeline_denied_total", route="r2", cause="max_per_address"), 1)
+        # A slot given back by a session from before the reload is a slot.
+        first = addr_str(held[0].getsockname())
+        held[0].close()
+        self.assertSessionClosed(d, first, "client_eof", timeout=scaled(5))
+        again = self.client(port)
+        again.sendall(b"y")
+        self.assertEqual(recv_exact(again, 1), b"y")
+
     def test_takeover_spans_the_reload(self):
         """identity "address": a client that connects again after a reload
         replaces its session from before it, which ends (replaced) before
