@@ -71,3 +71,27 @@ bench: build
 
 clean:
 	rm -rf build build-asan build-tsan
+
+# ---- fuzz: libFuzzer targets (tests/fuzz/) ----
+# Builds every tests/fuzz/fuzz_X.c with clang, ASan and UBSan into FUZZ_BUILD,
+# then runs each for FUZZ_SECONDS on the seeds in tests/fuzz/corpus/X/ (read
+# only). FUZZ_TARGETS="fuzz_config" runs only those. Fails on any crash, leak
+# or sanitizer report; prints a summary line per target and where the
+# artifacts are.
+FUZZ_BUILD   ?= build-fuzz
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS ?= $(patsubst tests/fuzz/%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_DEPS = clang libclang-rt-14-dev make cmake pkg-config libuv1-dev libcjson-dev \
+            libhttp-parser-dev
+
+.PHONY: fuzz fuzz-clean
+fuzz:
+	$(call install_missing,$(FUZZ_DEPS),exit 1)
+	CC=clang cmake -S . -B $(FUZZ_BUILD) -DLIFELINE_FUZZ=ON -DLIFELINE_WERROR=$(WERROR) $(CMAKE_ARGS)
+	cmake --build $(FUZZ_BUILD) -j $(JOBS)
+	tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+clean: fuzz-clean
+fuzz-clean:
+	rm -rf $(FUZZ_BUILD)
+# ---- end fuzz ----
