@@ -1057,6 +1057,22 @@ static int gave_up_on_client(enum reason r)
     }
 }
 
+/* Reasons that end the client side at once while the server gets every
+ * byte the client sent, then FIN; a session that owns a client identity then
+ * waits until the server is done before the identity passes on. An admin
+ * kill is one: a successor may already be waiting for this identity. */
+static int ends_client_first(enum reason r)
+{
+    return gave_up_on_client(r) || r == REASON_ADMIN_KILL;
+}
+
+/* How the server side of such a close ends: `upstream.close` for a client
+ * lifeline gave up on; FIN for an admin kill. */
+static enum close_mode upstream_close_mode(const struct session *s, enum reason r)
+{
+    return gave_up_on_client(r) ? s->route->upstream.close : CLOSE_FIN;
+}
+
 static int half_can_flush(const struct half *h)
 {
     return h->state == HALF_OPEN || h->state == HALF_FLUSHING;
@@ -1076,7 +1092,7 @@ void session_close(struct session *s, enum reason reason)
     if (gave_up_on_client(reason))
         s->client_close = s->route->client.close;
     if (s->state == SESSION_CONNECTING && s->step == CONNECT_CONNECTING &&
-        gave_up_on_client(reason) && s->route->upstream.close == CLOSE_FIN) {
+        ends_client_first(reason) && upstream_close_mode(s, reason) == CLOSE_FIN) {
         /* The server may have accepted the connection already; its EOF must
          * still come before any successor connects. The connect timeout
          * keeps running and bounds the wait. */
@@ -1093,12 +1109,13 @@ void session_close(struct session *s, enum reason reason)
     }
 
     struct half *flush = NULL;
-    if (gave_up_on_client(reason)) {
-        /* The client is gone: abort it now, and give the server every byte
-         * the client sent, then FIN (or a reset, if so configured). */
+    if (ends_client_first(reason)) {
+        /* The client is gone (or is being cut off): close it now, and give
+         * the server every byte the client sent, then FIN (or a reset, if
+         * so configured for a dead client). */
         close_client(s);
         uv_read_stop((uv_stream_t *)&s->upstream);
-        if (s->route->upstream.close == CLOSE_RST) {
+        if (upstream_close_mode(s, reason) == CLOSE_RST) {
             close_upstream(s, CLOSE_RST);
             finish_close(s);
             return;
