@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lifeline/admin.h"
 #include "lifeline/config.h"
 
 /* Every metric family, once: name, type, help. */
@@ -36,7 +37,11 @@
       "Always 1; the hash label identifies the loaded configuration file.")                \
     X(START_TIME, "lifeline_process_start_time_seconds", "gauge",                          \
       "Start time of the process since the Unix epoch, in seconds.")                       \
-    X(WORKERS, "lifeline_workers", "gauge", "Worker threads.")
+    X(WORKERS, "lifeline_workers", "gauge", "Worker threads.")                             \
+    X(ADMIN_REQUESTS, "lifeline_admin_requests_total", "counter",                          \
+      "Admin endpoint requests, by endpoint.")                                             \
+    X(ADMIN_OVERLOAD, "lifeline_admin_overload_total", "counter",                          \
+      "Admin clients cut short, by action (timeout, evicted, busy).")
 
 enum family {
 #define FAMILY_ENUM_(id, name, type, help) FAMILY_##id,
@@ -324,6 +329,16 @@ char *metrics_render(struct worker_stats *const *stats, size_t n_workers,
     put(&t, "%s %.3f\n", families[FAMILY_START_TIME].name, ps->start_time);
     header(&t, FAMILY_WORKERS);
     put(&t, "%s %zu\n", families[FAMILY_WORKERS].name, n_workers);
+    if (ps->admin != NULL) {
+        header(&t, FAMILY_ADMIN_REQUESTS);
+        for (int e = 0; e < ADMIN_EP_COUNT; e++)
+            put(&t, "%s{endpoint=\"%s\"} %" PRIu64 "\n", families[FAMILY_ADMIN_REQUESTS].name,
+                admin_endpoint_name((enum admin_endpoint)e), ps->admin->requests[e]);
+        header(&t, FAMILY_ADMIN_OVERLOAD);
+        for (int o = 0; o < ADMIN_OVERLOAD_COUNT; o++)
+            put(&t, "%s{action=\"%s\"} %" PRIu64 "\n", families[FAMILY_ADMIN_OVERLOAD].name,
+                admin_overload_name((enum admin_overload)o), ps->admin->overload[o]);
+    }
 
     if (t.oom) {
         free(t.buf);

@@ -145,6 +145,7 @@ static char *backend_metrics(void *ctx)
     struct worker_stats *stats[sup->n_started + 1];
     for (size_t i = 0; i < sup->n_started; i++)
         stats[i] = &sup->workers[i].stats;
+    sup->ps.admin = sup->admin != NULL ? admin_get_stats(sup->admin) : NULL;
     return metrics_render(stats, sup->n_started, &sup->ps);
 }
 

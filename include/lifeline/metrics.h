@@ -80,12 +80,15 @@ struct route_stats *metrics_route(struct worker_stats *ws, const struct route_co
  * config listing it; NULL if it never did. */
 struct server_stats *metrics_server(struct route_stats *r, const struct hostport *server);
 
+struct admin_stats;
+
 /* Process-wide facts the supervisor owns. */
 struct process_stats {
     double start_time;            /* Unix time, seconds */
     uint64_t reloads_ok;
     uint64_t reloads_failed;
     char config_hash[17];         /* FNV-1a of the loaded file, hex */
+    const struct admin_stats *admin; /* the admin endpoint's own counters */
 };
 
 /* Renders the Prometheus text exposition of every worker's counters, summed

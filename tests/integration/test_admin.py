@@ -8,15 +8,18 @@ see each byte of the answer (and whether the server closed the connection)."""
 import ctypes
 import json
 import os
+import random
 import re
 import signal
 import socket
+import struct
+import threading
 import time
 import unittest
 
-from harness import (LOOPBACK, KiB, AcceptServer, EchoServer, LifelineTestCase, addr_str,
-                     config, connect, free_port, listen_port, recv_exact, route, run_cli,
-                     scaled, wait_closed, wait_until, write_config)
+from harness import (LOOPBACK, KiB, AcceptServer, EchoServer, LifelineTestCase, SinkServer,
+                     addr_str, config, connect, free_port, listen_port, raise_nofile, recv_exact,
+                     route, run_cli, scaled, wait_closed, wait_until, write_config)
 
 REASONS = ("client_eof", "client_reset", "client_silence", "client_keepalive",
            "client_user_timeout", "replaced", "rejected", "upstream_eof", "upstream_reset",
@@ -436,6 +439,115 @@ class Protocol(AdminCase):
         self.end_client(cli)
 
 
+class Overload(AdminCase):
+    """Admin clients that never read, never finish a request, or arrive in a
+    crowd: every connection has a deadline and a memory bound, and /healthz
+    is answered within seconds whatever they do."""
+
+    SESSIONS = 2000
+
+    def idle_sessions(self, d, echo, n):
+        raise_nofile(4 * n + 500)
+        port = listen_port(d)
+        socks = [self.client(port, timeout=scaled(10)) for _ in range(n)]
+        wait_until(lambda: self.metrics(d).get("lifeline_sessions_active", route="r") == n,
+                   scaled(20), f"{n} sessions open")
+        return socks
+
+    def test_slow_readers_cannot_lock_out_healthz(self):
+        """2,000 sessions make /sessions about half a MiB. 40 clients send
+        half a request and stall, and 40 more, with a 4 KiB receive buffer,
+        ask for /sessions and never read (80 clients: more than the old 64
+        slots, and five times today's 16): /healthz, asked three times
+        meanwhile, answers 200 within a few seconds each time. At most two
+        /sessions answers are built at once (the rest get 503 busy), stalled
+        connections are evicted to make room, and every slow connection is
+        closed within its deadline."""
+        echo = self.server(EchoServer)
+        d = self.start_lifeline(with_admin(config([route(free_port(), [echo.port])],
+                                                  workers=2)))
+        self.idle_sessions(d, echo, self.SESSIONS)
+        port = admin_port(d)
+        rss_before = d.rss_kib()
+
+        slow = []
+        for i in range(40):
+            s = self.track(connect(port, timeout=scaled(5)))
+            s.sendall(b"GET /sessions HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Half: ")
+            slow.append((s, time.monotonic()))
+        for i in range(40):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s = self.track(connect(port, sock=s, timeout=scaled(5)))
+            s.sendall(request_bytes("GET", "/sessions"))
+            slow.append((s, time.monotonic()))
+
+        for i in range(3):
+            start = time.monotonic()
+            r = http_exchange(port, request_bytes("GET", "/healthz"), timeout=scaled(8))
+            took = time.monotonic() - start
+            self.assertEqual((r.status, r.body), (200, b"ok\n"), r)
+            self.assertLess(took, scaled(5), f"/healthz #{i} took {took:.2f} s")
+
+        m = self.metrics(d)
+        self.assertGreaterEqual(m.get("lifeline_admin_overload_total", action="busy"), 1)
+        self.assertGreaterEqual(m.get("lifeline_admin_overload_total", action="evicted"), 1)
+        self.assertGreaterEqual(m.get("lifeline_admin_requests_total", endpoint="healthz"), 3)
+        # Two answers of half a MiB at most, and the connections' own memory.
+        self.assertLess(d.rss_kib() - rss_before, 16 * 1024, "admin memory not bounded")
+
+        # Every slow connection is closed: evicted, or at its deadline.
+        for i, (s, opened) in enumerate(slow):
+            s.settimeout(max(0.01, opened + ADMIN_TIMEOUT + scaled(3) - time.monotonic()))
+            try:
+                while s.recv(65536):
+                    pass
+            except socket.timeout:
+                self.fail(f"slow connection #{i} still open "
+                          f"{time.monotonic() - opened:.2f} s after it opened")
+            except ConnectionResetError:
+                pass
+        r = self.get(d, "/sessions", timeout=scaled(10))
+        self.assertEqual(r.status, 200)
+        self.assertEqual(len(json.loads(r.text())), self.SESSIONS)
+
+    def test_waiting_answer_has_the_deadline_too(self):
+        """A /sessions request whose answer waits for a worker that does not
+        turn (held with ptrace) is closed at the 5 s deadline, with nothing
+        sent; once the worker runs again the late answer is dropped and the
+        endpoint serves /sessions as before."""
+        if os.geteuid() != 0:
+            self.skipTest("holding one thread with ptrace needs root")
+        echo = self.server(EchoServer)
+        d = self.start_lifeline(with_admin(config([route(free_port(), [echo.port])],
+                                                  workers=1)), expect_errors=True)
+        cli = self.client(listen_port(d))
+        self.echo_round_trip(cli, b"one session")
+        release = KillDuringTakeover.hold_thread(self, d, "worker-0")
+        try:
+            opened = time.monotonic()
+            s = self.track(connect(admin_port(d), timeout=scaled(5)))
+            s.sendall(request_bytes("GET", "/sessions"))
+            s.settimeout(ADMIN_TIMEOUT + scaled(3))
+            try:
+                data = s.recv(4096)
+            except ConnectionResetError:
+                data = b""
+            closed_after = time.monotonic() - opened
+            self.assertEqual(data, b"", "an answer came from a worker that was held")
+            self.assertGreaterEqual(closed_after, ADMIN_TIMEOUT - 0.5)
+            self.assertEqual(self.metrics(d).get("lifeline_admin_overload_total",
+                                                 action="timeout"), 1)
+        finally:
+            release()
+        wait_until(lambda: self.get(d, "/healthz").status == 200, scaled(5),
+                   "/healthz 200 with the worker running", interval=0.1)
+        doc = self.sessions(d)
+        self.assertEqual(len(doc), 1, doc)
+        self.echo_round_trip(cli, b"still relaying")
+        self.end_client(cli)
+
+
 class MetricValues(AdminCase):
 
     N = 10000
@@ -778,6 +890,113 @@ class Watchdog(AdminCase):
         d.wait_log("worker loop responding again", worker=0)
         self.assertEqual(d.stop(), 0, d.log_tail())
 
+
+class KillDuringTakeover(AdminCase):
+
+    def hold_thread(self, d, name):
+        """Stops one thread of lifeline (ptrace); returns the function that
+        lets it go."""
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+        tids = []
+        for t in os.listdir(f"/proc/{d.pid}/task"):
+            with open(f"/proc/{d.pid}/task/{t}/comm") as f:
+                if f.read().strip() == name:
+                    tids.append(int(t))
+        self.assertEqual(len(tids), 1, f"threads named {name}: {tids}")
+        if libc.ptrace(PTRACE_ATTACH, tids[0], None, None) != 0:
+            self.skipTest(f"ptrace refused: {os.strerror(ctypes.get_errno())}")
+        os.waitpid(tids[0], WAIT_ALL_THREADS)
+        return lambda: libc.ptrace(PTRACE_DETACH, tids[0], None, None)
+
+    def client_from(self, port, src_port):
+        """A client bound to 127.0.0.1:src_port whose close is a reset (no
+        TIME_WAIT: the port can be used again at once)."""
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.bind((LOOPBACK, src_port))
+        return self.track(connect(port, sock=s, timeout=scaled(10)))
+
+    def test_kill_before_the_eviction_waits_for_the_server(self):
+        """identity "address", 2 workers. The old session's worker is held
+        (ptrace) while an admin kill of that session is posted to it, and
+        then the client returns from another port, on the other worker, and
+        claims the identity: the worker, released, finds the kill first and
+        the eviction second. The kill must hand the identity over the way an
+        eviction does: the server sees the old connection's EOF, and only
+        then the new connection; the close line says how the server
+        finished."""
+        if os.geteuid() != 0:
+            self.skipTest("holding one thread with ptrace needs root")
+        sink = self.server(SinkServer)
+        r = route(free_port(), [sink.port])
+        r["client"] = {"identity": "address", "on_duplicate": "replace"}
+        d = self.start_lifeline(with_admin(config([r], workers=2)))
+        port = listen_port(d)
+
+        # Which worker each source port lands on (SO_REUSEPORT hashes the
+        # 4-tuple: the same tuple always reaches the same worker).
+        by_worker = {}
+        for src in random.sample(range(30000, 40000), 64):
+            try:
+                c = self.client_from(port, src)
+            except OSError:
+                continue
+            c.sendall(b"probe")
+            rec = wait_until(lambda: next((x for x in self.sessions(d)
+                                           if x["client"] == f"{LOOPBACK}:{src}"), None),
+                             scaled(5), "the probe's session")
+            by_worker.setdefault(rec["worker"], src)
+            c.close()
+            if len(by_worker) == 2:
+                break
+        self.assertEqual(len(by_worker), 2, f"no source port for each worker: {by_worker}")
+        wait_until(lambda: self.sessions(d) == [], scaled(5), "the probes to end")
+        n_probes = len(sink.connections())
+
+        old = self.client_from(port, by_worker[0])
+        old.sendall(b"old session")
+        old_up = sink.wait_connection(n_probes + 1)
+        wait_until(lambda: old_up.count == 11, scaled(5), "the old session's bytes")
+        (sess,) = [x for x in self.sessions(d) if x["client"] == f"{LOOPBACK}:{by_worker[0]}"]
+
+        takeovers = self.metrics(d).get("lifeline_takeovers_total", route="r")  # probes too
+        release = self.hold_thread(d, "worker-0")
+        try:
+            answer = []
+            killer = threading.Thread(target=lambda: answer.append(
+                self.request(d, "POST", f"/sessions/{sess['id']}/close",
+                             timeout=scaled(20))), daemon=True)
+            killer.start()
+            # The kill is posted to both workers (worker 0 holds it unread)...
+            wait_until(lambda: self.metrics(d).get("lifeline_admin_requests_total",
+                                                   endpoint="close") == 1,
+                       scaled(5), "the kill dispatched", interval=0.02)
+            # ...then the client returns, on worker 1, and claims the identity:
+            # worker 0's eviction is queued behind the kill.
+            new = self.client_from(port, by_worker[1])
+            new.sendall(b"new session")
+            wait_until(lambda: self.metrics(d).get("lifeline_takeovers_total", route="r") ==
+                       takeovers + 1,
+                       scaled(5), "the new session to claim the identity", interval=0.02)
+        finally:
+            release()
+        killer.join(scaled(10))
+        self.assertEqual(answer and answer[0].status, 200, answer)
+
+        new_up = sink.wait_connection(n_probes + 2)
+        # The probe from the same port closed first (client_reset).
+        rec = d.wait_count(2, "session closed", timeout=scaled(5),
+                           client=f"{LOOPBACK}:{by_worker[0]}")[-1]
+        self.assertEqual(rec["reason"], "admin_kill", rec)
+        self.assertIn(rec.get("upstream_finish"), ("server_eof", "fin_acked"), rec)
+        self.assertTrue(old_up.ended.wait(scaled(5)), "the old connection's EOF")
+        self.assertEqual(old_up.end, "eof")
+        self.assertLess(old_up.ended_at, new_up.accepted_at,
+                        "the server accepted the new connection before the old one's EOF")
+        wait_until(lambda: new_up.count == 11, scaled(5), "the new session's bytes")
+        self.assertEqual(bytes(new_up.data), b"new session")
 
 class Readiness(AdminCase):
 
