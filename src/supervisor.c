@@ -165,6 +165,12 @@ static void reload_done(struct supervisor *sup, struct gather *g);
 static void gather_done_cb(uv_async_t *a)
 {
     struct gather *g = a->data;
+    /* Each worker wrote its answer (parts, found, the fds it adopted) and
+     * then released the lock; the last one's wakeup brought us here. That
+     * order also holds through uv_async_send, but by atomics that
+     * ThreadSanitizer does not see: taking the lock makes it visible. */
+    uv_mutex_lock(&g->lock);
+    uv_mutex_unlock(&g->lock);
     if (g->type == WORKER_MSG_RELOAD) {
         reload_done(g->owner, g);
     } else if (g->type == WORKER_MSG_KILL) {

@@ -356,6 +356,65 @@ class Reload(AdminCase):
         self.assertEqual(recv_exact(c, 1), b"z")
         self.assertEqual(b.accepted, 1)
 
+    def test_admin_and_reload_hand_offs_under_load(self):
+        """For a few seconds at once: /sessions and /metrics in a loop, kills
+        of random sessions, a SIGHUP every 100 ms, sessions coming and going,
+        on 3 workers. Every answer is well-formed, lifeline exits 0, and (the
+        point under ThreadSanitizer) its stderr holds nothing but log lines:
+        the hand-off of each answer from the workers to the supervisor is
+        ordered where the sanitizer can see it."""
+        echo = self.server(EchoServer)
+        port = free_port()
+        cfg = with_admin(config([route(port, [echo.port])], workers=3))
+        d = self.start_lifeline(cfg)
+        stop = threading.Event()
+        errors = []
+
+        def guard(fn):
+            def run():
+                try:
+                    while not stop.is_set():
+                        fn()
+                except Exception as e:  # reported below
+                    errors.append(repr(e))
+            t = threading.Thread(target=run, daemon=True)
+            t.start()
+            return t
+
+        def sessions_and_metrics():
+            doc = self.sessions(d)
+            self.assertIsInstance(doc, list)
+            self.metrics(d)
+
+        def kills():
+            doc = self.sessions(d)
+            for rec in doc[:3]:
+                r = self.request(d, "POST", f"/sessions/{rec['id']}/close")
+                self.assertIn(r.status, (200, 404), r)
+
+        def reloads():
+            d.signal(signal.SIGHUP)
+            stop.wait(0.1)
+
+        def churn():
+            with connect(port, timeout=scaled(10)) as c:
+                c.sendall(b"ping")
+                try:
+                    recv_exact(c, 4, timeout=scaled(10))
+                except (AssertionError, OSError):
+                    pass  # killed meanwhile
+
+        threads = [guard(sessions_and_metrics), guard(kills), guard(reloads),
+                   guard(churn), guard(churn)]
+        stop.wait(scaled(4))
+        stop.set()
+        for t in threads:
+            t.join(scaled(20))
+        self.assertEqual(errors, [])
+        self.assertGreater(len(d.find("reloaded")), 5)
+        self.assertEqual(d.stop(), 0, d.log_tail())
+        self.assertEqual([l for l in d.lines if not l.startswith("{")], [])
+
     def test_sighup_storm(self):
         """Ten SIGHUPs back to back: every one is served or folded into the
         next reload, nothing is dropped, and the last file wins."""
