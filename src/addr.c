@@ -394,3 +394,26 @@ socklen_t addr_len(const struct sockaddr *sa)
         return 0;
     }
 }
+
+int addr_is_v4_mapped(const struct sockaddr *sa)
+{
+    if (sa->sa_family != AF_INET6)
+        return 0;
+    struct sockaddr_in6 sin6;
+    copy_in6(sa, &sin6);
+    return memcmp(&sin6.sin6_addr, v4_mapped_prefix, sizeof(v4_mapped_prefix)) == 0;
+}
+
+int addr_listen_overlap(const struct sockaddr *a, int a_dual_stack, const struct sockaddr *b,
+                        int b_dual_stack)
+{
+    if (addr_port(a) != addr_port(b))
+        return 0;
+    if (a->sa_family == b->sa_family) {
+        return addr_is_any(a) || addr_is_any(b) || addr_equal(a, b);
+    }
+    /* One IPv4, one IPv6: only a dual-stack IPv6 wildcard takes IPv4's. */
+    if (a->sa_family == AF_INET6)
+        return a_dual_stack && addr_is_any(a);
+    return b_dual_stack && addr_is_any(b);
+}

@@ -1184,3 +1184,23 @@ void config_errors_free(struct config_errors *errs)
     errs->msgs = NULL;
     errs->n = 0;
 }
+
+int config_errors_add(struct config_errors *errs, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int len = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    char *msg = len < 0 ? NULL : malloc((size_t)len + 1);
+    char **msgs = msg == NULL ? NULL : realloc(errs->msgs, (errs->n + 1) * sizeof(*msgs));
+    if (msgs == NULL) {
+        free(msg);
+        return -ENOMEM;
+    }
+    va_start(ap, fmt);
+    vsnprintf(msg, (size_t)len + 1, fmt, ap);
+    va_end(ap);
+    errs->msgs = msgs;
+    errs->msgs[errs->n++] = msg;
+    return 0;
+}

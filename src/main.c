@@ -1,4 +1,5 @@
 /* Entry point: the command line, then the supervisor. */
+#include <errno.h>
 #include <getopt.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -116,6 +117,14 @@ int main(int argc, char **argv)
     struct config *cfg = NULL;
     struct config_errors errs = { 0 };
     int rc = config_load(path, &cfg, &errs);
+    if (check && rc == 0) {
+        /* What the daemon checks before it binds: the listen addresses,
+         * resolved, must not overlap. (It does not bind: a running lifeline
+         * holds those ports.) */
+        struct sockaddr_storage *addrs = calloc(cfg->n_routes, sizeof(*addrs));
+        rc = addrs == NULL ? -ENOMEM : supervisor_check_listen(cfg, addrs, NULL, &errs);
+        free(addrs);
+    }
     if (check) {
         for (size_t i = 0; rc == 0 && i < cfg->notes.n; i++)
             printf("note: %s\n", cfg->notes.msgs[i]);

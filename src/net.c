@@ -49,20 +49,33 @@ static int fail_close(int fd)
     return err;
 }
 
-int net_probe_bind(const struct sockaddr *sa)
+/* IPv6 sockets take IPv6 only unless dual_stack: set explicitly, since the
+ * kernel's default (net.ipv6.bindv6only) varies between hosts. The probe
+ * and the listener set it alike, so the probe fails exactly when the
+ * listener would. */
+static int set_v6only(int fd, const struct sockaddr *sa, int dual_stack)
+{
+    int v6only = !dual_stack;
+    if (sa->sa_family == AF_INET6 &&
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof(v6only)) < 0)
+        return -errno;
+    return 0;
+}
+
+int net_probe_bind(const struct sockaddr *sa, int dual_stack)
 {
     int one = 1;
     int fd = tcp_socket(sa->sa_family);
     if (fd < 0)
         return fd;
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
-        bind(fd, sa, addr_len(sa)) < 0)
+        set_v6only(fd, sa, dual_stack) < 0 || bind(fd, sa, addr_len(sa)) < 0)
         return fail_close(fd);
     close(fd);
     return 0;
 }
 
-int net_listen_socket(const struct sockaddr *sa, int backlog)
+int net_listen_socket(const struct sockaddr *sa, int dual_stack, int backlog)
 {
     int one = 1;
     int fd = tcp_socket(sa->sa_family);
@@ -71,10 +84,8 @@ int net_listen_socket(const struct sockaddr *sa, int backlog)
     /* SO_REUSEADDR: restart while old connections sit in TIME_WAIT.
      * SO_REUSEPORT: one listening socket per worker, balanced by the kernel. */
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
-        return fail_close(fd);
-    if (sa->sa_family == AF_INET6 &&
-        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0)
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
+        set_v6only(fd, sa, dual_stack) < 0)
         return fail_close(fd);
     if (bind(fd, sa, addr_len(sa)) < 0 || listen(fd, backlog) < 0)
         return fail_close(fd);

@@ -22,6 +22,7 @@
 #include "lifeline/worker.h"
 
 #define LISTEN_BACKLOG 4096
+#define ADMIN_BACKLOG 128
 /* A worker loop that has not turned for this long is stuck: /healthz says
  * 503 and the supervisor logs it. */
 #define WORKER_STALL_MS 2000
@@ -343,25 +344,93 @@ static void log_listen_error(const char *name, const struct hostport *hp, const 
               LF_STR("error", what));
 }
 
-/* Resolves a listen address (blocking: a name is resolved at start and on
- * a reload only) and logs what went wrong. Returns an exit code. */
-static int resolve_listen(const char *name, const struct hostport *hp, struct sockaddr_storage *sa)
+/* --- listen addresses ------------------------------------------------------ */
+
+/* Listen address i of cfg: routes first, in order, then the admin's. */
+static const struct hostport *listen_at(const struct config *cfg, size_t i, int *dual_stack,
+                                        char *path, size_t len)
 {
-    const char *why = NULL;
-    if (hp->numeric) {
-        *sa = hp->sa;
-    } else if (net_resolve_listen(hp->host, hp->port, sa, &why) < 0) {
-        log_listen_error(name, hp, why);
-        return EXIT_USAGE;
+    if (i < cfg->n_routes) {
+        snprintf(path, len, "routes[%zu].listen", i);
+        *dual_stack = cfg->routes[i].dual_stack;
+        return &cfg->routes[i].listen;
     }
-    return EXIT_CLEAN;
+    snprintf(path, len, "admin.listen");
+    *dual_stack = 0;
+    return &cfg->admin.listen;
 }
 
-/* Checks that nobody holds a listen address. Returns an exit code. */
-static int probe_listen(const char *name, const struct hostport *hp,
-                        const struct sockaddr_storage *sa)
+static const char *overlap_why(const struct sockaddr *a, const struct sockaddr *b)
 {
-    int rc = net_probe_bind((const struct sockaddr *)sa);
+    if (addr_equal(a, b))
+        return "the same address";
+    if (a->sa_family == b->sa_family)
+        return "a wildcard address holds its port on every address of its family";
+    return "a dual_stack \"[::]\" listener holds its port on IPv4 addresses too";
+}
+
+int supervisor_check_listen(const struct config *cfg, struct sockaddr_storage *addrs,
+                            struct sockaddr_storage *admin, struct config_errors *errs)
+{
+    size_t n = cfg->n_routes + (cfg->admin.enabled ? 1 : 0);
+    struct sockaddr_storage all[n + 1];
+    unsigned char ok[n + 1];
+    size_t before = errs->n;
+    char path[48], other[48], text[ADDR_STR_MAX], other_text[ADDR_STR_MAX];
+    int dual, other_dual;
+
+    for (size_t i = 0; i < n; i++) {
+        const struct hostport *hp = listen_at(cfg, i, &dual, path, sizeof(path));
+        const char *why = NULL;
+        ok[i] = 0;
+        addr_format_hostport(hp, text, sizeof(text));
+        if (hp->numeric) {
+            all[i] = hp->sa;
+        } else if (net_resolve_listen(hp->host, hp->port, &all[i], &why) < 0) {
+            config_errors_add(errs, "%s: cannot resolve \"%s\": %s", path, hp->host, why);
+            continue;
+        }
+        if (addr_is_v4_mapped((const struct sockaddr *)&all[i])) {
+            /* An IPv6 socket takes it only without IPV6_V6ONLY. */
+            config_errors_add(errs, "%s: \"%s\" is an IPv4-mapped address; listen on the IPv4 "
+                              "address itself", path, text);
+            continue;
+        }
+        ok[i] = 1;
+        for (size_t j = 0; j < i; j++) {
+            const struct hostport *o = listen_at(cfg, j, &other_dual, other, sizeof(other));
+            if (!ok[j] || !addr_listen_overlap((const struct sockaddr *)&all[i], dual,
+                                               (const struct sockaddr *)&all[j], other_dual))
+                continue;
+            config_errors_add(errs, "%s: \"%s\" overlaps %s \"%s\" (%s)", path, text, other,
+                              addr_format_hostport(o, other_text, sizeof(other_text)),
+                              overlap_why((const struct sockaddr *)&all[i],
+                                          (const struct sockaddr *)&all[j]));
+            break;
+        }
+    }
+    if (errs->n > before)
+        return -EINVAL;
+    for (size_t r = 0; r < cfg->n_routes; r++)
+        addrs[r] = all[r];
+    if (cfg->admin.enabled && admin != NULL)
+        *admin = all[cfg->n_routes];
+    return 0;
+}
+
+/* The lines --check prints, as the daemon logs them. */
+static void log_invalid(const char *path, const struct config_errors *errs)
+{
+    for (size_t i = 0; i < errs->n; i++)
+        log_error("invalid config", LF_STR("file", path), LF_STR("error", errs->msgs[i]));
+}
+
+/* Checks that nobody holds a listen address, binding it exactly as the
+ * listener will be bound. Returns an exit code. */
+static int probe_listen(const char *name, const struct hostport *hp,
+                        const struct sockaddr_storage *sa, int dual_stack)
+{
+    int rc = net_probe_bind((const struct sockaddr *)sa, dual_stack);
     if (rc < 0) {
         log_listen_error(name, hp, strerror(-rc));
         return EXIT_RUNTIME;
@@ -376,35 +445,43 @@ static void log_listening(const char *name, const struct sockaddr_storage *sa)
              LF_STR("address", addr_format((const struct sockaddr *)sa, addr, sizeof(addr))));
 }
 
-static int bound_already(const struct sockaddr_storage *sa, const struct sockaddr_storage *bound,
-                         size_t n_bound)
+/* The route of `old` (the running config, on a reload) listening on sa, or -1. */
+static long bound_by(const struct sockaddr_storage *sa, const struct config *old,
+                     const struct sockaddr_storage *old_addrs)
 {
-    for (size_t i = 0; i < n_bound; i++)
-        if (addr_equal((const struct sockaddr *)sa, (const struct sockaddr *)&bound[i]))
-            return 1;
-    return 0;
+    for (size_t i = 0; old != NULL && i < old->n_routes; i++)
+        if (addr_equal((const struct sockaddr *)sa, (const struct sockaddr *)&old_addrs[i]))
+            return (long)i;
+    return -1;
 }
 
-/* Resolves every route's address into addrs[r] and binds it once per
- * worker: fds[w * n_routes + r] is worker w's socket for route r. An
- * address in `bound` (the running config's, on a reload) keeps its sockets:
- * its fds stay -1. Returns an exit code; the caller closes the fds. */
-static int open_route_sockets(const struct config *cfg, size_t n_workers,
-                              const struct sockaddr_storage *bound, size_t n_bound,
-                              struct sockaddr_storage *addrs, int *fds)
+/* Binds every route's address (resolved in addrs) once per worker: fds[w *
+ * n_routes + r] is worker w's socket for route r. An address the running
+ * config `old` listens on already keeps its sockets: its fds stay -1.
+ * Returns an exit code; the caller closes the fds. */
+static int open_route_sockets(const struct config *cfg, size_t n_workers, const struct config *old,
+                              const struct sockaddr_storage *old_addrs,
+                              const struct sockaddr_storage *addrs, int *fds)
 {
     for (size_t r = 0; r < cfg->n_routes; r++) {
         const struct route_config *route = &cfg->routes[r];
-        struct sockaddr_storage *sa = &addrs[r];
-        int code = resolve_listen(route->name, &route->listen, sa);
+        const struct sockaddr_storage *sa = &addrs[r];
+        long kept = bound_by(sa, old, old_addrs);
+        if (kept >= 0) {
+            if (old->routes[kept].dual_stack != route->dual_stack) {
+                char key[48];
+                snprintf(key, sizeof(key), "routes[%zu].dual_stack", r);
+                log_warn("config change needs a restart: keeping the running value",
+                         LF_STR("key", key));
+            }
+            continue;
+        }
+        int code = probe_listen(route->name, &route->listen, sa, route->dual_stack);
         if (code != EXIT_CLEAN)
             return code;
-        if (bound_already(sa, bound, n_bound))
-            continue;
-        if ((code = probe_listen(route->name, &route->listen, sa)) != EXIT_CLEAN)
-            return code;
         for (size_t w = 0; w < n_workers; w++) {
-            int fd = net_listen_socket((struct sockaddr *)sa, LISTEN_BACKLOG);
+            int fd = net_listen_socket((const struct sockaddr *)sa, route->dual_stack,
+                                       LISTEN_BACKLOG);
             if (fd < 0) {
                 log_listen_error(route->name, &route->listen, strerror(-fd));
                 return EXIT_RUNTIME;
@@ -416,24 +493,21 @@ static int open_route_sockets(const struct config *cfg, size_t n_workers,
     return EXIT_CLEAN;
 }
 
-/* The admin endpoint's socket, or -1 when the config has none. */
-static int open_admin_socket(const struct config *cfg, int *fd)
+/* The admin endpoint's socket at sa, or -1 when the config has none. */
+static int open_admin_socket(const struct config *cfg, const struct sockaddr_storage *sa, int *fd)
 {
     *fd = -1;
     if (!cfg->admin.enabled)
         return EXIT_CLEAN;
-    struct sockaddr_storage sa;
-    int code = resolve_listen("admin", &cfg->admin.listen, &sa);
-    if (code == EXIT_CLEAN)
-        code = probe_listen("admin", &cfg->admin.listen, &sa);
+    int code = probe_listen("admin", &cfg->admin.listen, sa, 0);
     if (code != EXIT_CLEAN)
         return code;
-    *fd = net_listen_socket((struct sockaddr *)&sa, 128);
+    *fd = net_listen_socket((const struct sockaddr *)sa, 0, ADMIN_BACKLOG);
     if (*fd < 0) {
         log_listen_error("admin", &cfg->admin.listen, strerror(-*fd));
         return EXIT_RUNTIME;
     }
-    log_listening("admin", &sa);
+    log_listening("admin", sa);
     return EXIT_CLEAN;
 }
 
@@ -541,26 +615,33 @@ static void reload_start(struct supervisor *sup)
     sup->reload_again = 0;
     log_info("reloading", LF_STR("config", path));
 
+    /* Exactly the checks of --check and of a start: the file, then its
+     * listen addresses. */
     struct config *cfg = NULL;
     struct config_errors errs = { 0 };
     int rc = config_load(path, &cfg, &errs);
-    for (size_t i = 0; i < errs.n; i++) /* the lines --check prints, and startup logs */
-        log_error("invalid config", LF_STR("file", path), LF_STR("error", errs.msgs[i]));
+    struct sockaddr_storage *addrs = rc == 0 ? calloc(cfg->n_routes, sizeof(*addrs)) : NULL;
+    if (rc == 0 && addrs == NULL)
+        rc = -ENOMEM;
+    if (rc == 0)
+        rc = supervisor_check_listen(cfg, addrs, NULL, &errs);
+    log_invalid(path, &errs);
     config_errors_free(&errs);
     if (rc < 0) {
+        free(addrs);
+        config_free(cfg);
         reload_failed(sup);
         return;
     }
 
     size_t n_fds = sup->n_workers * cfg->n_routes;
-    struct sockaddr_storage *addrs = calloc(cfg->n_routes, sizeof(*addrs));
     int *fds = malloc(n_fds * sizeof(*fds));
     struct gather *g = gather_new(sup, WORKER_MSG_RELOAD, sup);
     int code = EXIT_RUNTIME;
-    if (addrs != NULL && fds != NULL && g != NULL) {
+    if (fds != NULL && g != NULL) {
         for (size_t i = 0; i < n_fds; i++)
             fds[i] = -1;
-        code = open_route_sockets(cfg, sup->n_workers, sup->addrs, sup->cfg->n_routes, addrs, fds);
+        code = open_route_sockets(cfg, sup->n_workers, sup->cfg, sup->addrs, addrs, fds);
     } else {
         log_error("out of memory");
     }
@@ -599,7 +680,7 @@ static void reload_done(struct supervisor *sup, struct gather *g)
     close_fds(g->fds, sup->n_workers * cfg->n_routes);
     free(g->fds);
     for (size_t r = 0; r < prev->n_routes; r++)
-        if (!bound_already(&sup->addrs[r], g->addrs, cfg->n_routes)) {
+        if (bound_by(&sup->addrs[r], cfg, g->addrs) < 0) {
             char addr[ADDR_STR_MAX];
             log_info("stopped listening", LF_STR("route", prev->routes[r].name),
                      LF_STR("address", addr_format((const struct sockaddr *)&sup->addrs[r], addr,
@@ -737,9 +818,17 @@ int supervisor_run(struct config *cfg, const struct supervisor_options *opts)
     }
     for (size_t i = 0; i < n_fds; i++)
         fds[i] = -1;
-    code = open_route_sockets(cfg, sup.n_workers, NULL, 0, sup.addrs, fds);
+    struct sockaddr_storage admin_sa;
+    struct config_errors errs = { 0 };
+    if (supervisor_check_listen(cfg, sup.addrs, &admin_sa, &errs) < 0) {
+        log_invalid(opts->config_path, &errs);
+        code = EXIT_USAGE;
+    } else {
+        code = open_route_sockets(cfg, sup.n_workers, NULL, NULL, sup.addrs, fds);
+    }
+    config_errors_free(&errs);
     if (code == EXIT_CLEAN)
-        code = open_admin_socket(cfg, &sup.admin_fd);
+        code = open_admin_socket(cfg, &admin_sa, &sup.admin_fd);
     if (code == EXIT_CLEAN)
         code = drop_privileges(cfg);
     if (code != EXIT_CLEAN) {

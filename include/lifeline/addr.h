@@ -34,6 +34,16 @@ int addr_is_any(const struct sockaddr *sa);
 /* Same family, address and port (IPv4 or IPv6; anything else is unequal)? */
 int addr_equal(const struct sockaddr *a, const struct sockaddr *b);
 
+/* Is it an IPv4-mapped IPv6 address (::ffff:a.b.c.d)? */
+int addr_is_v4_mapped(const struct sockaddr *sa);
+
+/* Would listening sockets bound to a and b take the same connections, so
+ * that the second bind fails? Same port, and the same address, or a
+ * wildcard of the other's family; an IPv6 wildcard with dual_stack (no
+ * IPV6_V6ONLY) covers every IPv4 address too. */
+int addr_listen_overlap(const struct sockaddr *a, int a_dual_stack, const struct sockaddr *b,
+                        int b_dual_stack);
+
 /* Is the address a loopback address (127.0.0.0/8 or ::1)? An IPv4-mapped
  * IPv6 address is not: only the two forms above count. */
 int addr_is_loopback(const struct sockaddr *sa);

@@ -11,12 +11,14 @@ int net_resolve_listen(const char *host, unsigned short port, struct sockaddr_st
                        const char **why);
 
 /* Checks that nobody else listens on the address: a bind without
- * SO_REUSEPORT fails when any socket holds it. Returns 0 or -errno. */
-int net_probe_bind(const struct sockaddr *sa);
+ * SO_REUSEPORT fails when any socket holds it. IPV6_V6ONLY is set as
+ * net_listen_socket() sets it. Returns 0 or -errno. */
+int net_probe_bind(const struct sockaddr *sa, int dual_stack);
 
 /* Creates a non-blocking, bound, listening TCP socket with SO_REUSEPORT (one
- * per worker share the port). Returns the fd or -errno. */
-int net_listen_socket(const struct sockaddr *sa, int backlog);
+ * per worker share the port); an IPv6 one takes IPv4 clients too only with
+ * dual_stack. Returns the fd or -errno. */
+int net_listen_socket(const struct sockaddr *sa, int dual_stack, int backlog);
 
 /* Creates a non-blocking TCP socket for an upstream connection of this
  * family, bound to `source` (address only; the kernel picks an ephemeral
