@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/un.h>
 
@@ -245,6 +246,46 @@ static void test_equal(void **state)
     assert_false(addr_equal((struct sockaddr *)&a, (struct sockaddr *)&b)); /* AF_UNSPEC */
 }
 
+/* Which pairs of listening addresses the kernel would refuse together. */
+static void test_listen_overlap(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *a;
+        int a_dual;
+        const char *b;
+        int b_dual;
+        int port_b;
+        int overlap;
+    } cases[] = {
+        { "0.0.0.0", 0, "127.0.0.1", 0, 5000, 1 },
+        { "127.0.0.1", 0, "0.0.0.0", 0, 5000, 1 },
+        { "127.0.0.1", 0, "127.0.0.1", 0, 5000, 1 },
+        { "127.0.0.1", 0, "127.0.0.2", 0, 5000, 0 },
+        { "0.0.0.0", 0, "0.0.0.0", 0, 5001, 0 },      /* another port */
+        { "0.0.0.0", 0, "::", 0, 5000, 0 },           /* IPV6_V6ONLY */
+        { "::", 0, "0.0.0.0", 0, 5000, 0 },
+        { "::", 1, "0.0.0.0", 0, 5000, 1 },           /* dual stack takes IPv4 */
+        { "127.0.0.1", 0, "::", 1, 5000, 1 },
+        { "::1", 1, "127.0.0.1", 0, 5000, 0 },        /* only the wildcard */
+        { "::", 0, "::1", 0, 5000, 1 },
+        { "::1", 0, "::2", 0, 5000, 0 },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct sockaddr_storage a = ip(cases[i].a, 5000), b = ip(cases[i].b, cases[i].port_b);
+        int got = addr_listen_overlap((struct sockaddr *)&a, cases[i].a_dual,
+                                      (struct sockaddr *)&b, cases[i].b_dual);
+        if (got != cases[i].overlap)
+            fprintf(stderr, "case %zu: %s (dual %d) / %s (dual %d): got %d\n", i, cases[i].a,
+                    cases[i].a_dual, cases[i].b, cases[i].b_dual, got);
+        assert_int_equal(got, cases[i].overlap);
+    }
+    struct sockaddr_storage m = ip("::ffff:10.0.0.1", 1), v6 = ip("::1", 1), v4 = ip("10.0.0.1", 1);
+    assert_true(addr_is_v4_mapped((struct sockaddr *)&m));
+    assert_false(addr_is_v4_mapped((struct sockaddr *)&v6));
+    assert_false(addr_is_v4_mapped((struct sockaddr *)&v4));
+}
+
 static void test_is_loopback(void **state)
 {
     (void)state;
@@ -474,6 +515,7 @@ int main(void)
         cmocka_unit_test(test_parse_ip),
         cmocka_unit_test(test_is_any),
         cmocka_unit_test(test_equal),
+        cmocka_unit_test(test_listen_overlap),
         cmocka_unit_test(test_is_loopback),
         cmocka_unit_test(test_parse_cidr),
         cmocka_unit_test(test_cidr_match),
