@@ -95,3 +95,15 @@ clean: fuzz-clean
 fuzz-clean:
 	rm -rf $(FUZZ_BUILD)
 # ---- end fuzz ----
+
+# ---- soak: lifeline under chaos for SOAK_SECONDS (tests/soak/soak.py) ----
+# Clean, half-closed, reset and non-reading sessions, takeovers, fixed-port
+# returns, admin kills, reloads and a flapping upstream, all at once; then
+# every session checked, descriptors and RSS back to their baselines, no
+# sanitizer report, exit 0 on SIGTERM. Never part of `make test`.
+SOAK_SECONDS ?= 600
+
+.PHONY: soak
+soak: build
+	LIFELINE_BIN=$(BUILD)/lifeline python3 tests/soak/soak.py --seconds $(SOAK_SECONDS)
+# ---- end soak ----
