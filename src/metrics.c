@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "lifeline/admin.h"
+#include "lifeline/budget.h"
 #include "lifeline/config.h"
 
 /* Every metric family, once: name, type, help. */
@@ -38,6 +39,14 @@
     X(START_TIME, "lifeline_process_start_time_seconds", "gauge",                          \
       "Start time of the process since the Unix epoch, in seconds.")                       \
     X(WORKERS, "lifeline_workers", "gauge", "Worker threads.")                             \
+    X(FDS, "lifeline_session_descriptors", "gauge",                                        \
+      "Descriptors held by sessions now (two per session, counted from accept).")         \
+    X(FDS_MAX, "lifeline_session_descriptors_max", "gauge",                                \
+      "The descriptor limit less what the rest of the process keeps for itself.")        \
+    X(BUFFER, "lifeline_buffer_bytes", "gauge",                                            \
+      "Memory in relay buffers held by sessions now.")                                     \
+    X(BUFFER_MAX, "lifeline_buffer_bytes_max", "gauge",                                    \
+      "buffer_total_bytes: past it lifeline stops reading.")                               \
     X(ADMIN_REQUESTS, "lifeline_admin_requests_total", "counter",                          \
       "Admin endpoint requests, by endpoint.")                                             \
     X(ADMIN_OVERLOAD, "lifeline_admin_overload_total", "counter",                          \
@@ -329,6 +338,21 @@ char *metrics_render(struct worker_stats *const *stats, size_t n_workers,
     put(&t, "%s %.3f\n", families[FAMILY_START_TIME].name, ps->start_time);
     header(&t, FAMILY_WORKERS);
     put(&t, "%s %zu\n", families[FAMILY_WORKERS].name, n_workers);
+    if (ps->budget != NULL) {
+        const struct {
+            enum family fam;
+            const _Atomic int64_t *v;
+        } gauges[] = {
+            { FAMILY_FDS, &ps->budget->fds_used },
+            { FAMILY_FDS_MAX, &ps->budget->fds_max },
+            { FAMILY_BUFFER, &ps->budget->buf_used },
+            { FAMILY_BUFFER_MAX, &ps->budget->buf_max },
+        };
+        for (size_t g = 0; g < sizeof(gauges) / sizeof(gauges[0]); g++) {
+            header(&t, gauges[g].fam);
+            put(&t, "%s %" PRId64 "\n", families[gauges[g].fam].name, atomic_load(gauges[g].v));
+        }
+    }
     if (ps->admin != NULL) {
         header(&t, FAMILY_ADMIN_REQUESTS);
         for (int e = 0; e < ADMIN_EP_COUNT; e++)

@@ -55,6 +55,7 @@
 #include <unistd.h>
 
 #include "lifeline/addr.h"
+#include "lifeline/budget.h"
 #include "lifeline/liveness.h"
 #include "lifeline/log.h"
 #include "lifeline/net.h"
@@ -128,12 +129,22 @@ enum half_state {
     HALF_DONE,      /* FIN sent, or the direction was abandoned */
 };
 
+/* Whether an open direction reads its source. */
+enum half_read {
+    READ_ON,        /* reading (or not started yet) */
+    READ_HELD,      /* stopped until what it holds is written: the destination
+                     * is slow, or not connected yet */
+    READ_BUDGET,    /* stopped: buffer_total_bytes is spent; on its worker's
+                     * budget list until there is room (session_budget_retry) */
+};
+
 struct half {
     struct session *s;
     uv_tcp_t *src;
     uv_tcp_t *dst;
     enum half_state state;
-    int paused;                 /* reading stopped until pending is written */
+    enum half_read read;
+    struct budget_waiter waiter;  /* READ_BUDGET: on the worker's list */
     size_t pending;             /* bytes read and not yet written */
     struct chunk *queue_head;   /* bytes waiting for the upstream to connect */
     struct chunk *queue_tail;
@@ -261,6 +272,8 @@ static void free_if_unused(struct session *s)
     struct worker *w = s->w;
     config_free(s->cfg);
     free(s);
+    /* Both descriptors are closed by now (uv_close closes at once). */
+    budget_give_fds(w->budget, BUDGET_FDS_PER_SESSION);
     worker_session_freed(w);
 }
 
@@ -283,13 +296,29 @@ static void close_handle(uv_handle_t *h)
         uv_close(h, handle_closed_cb);
 }
 
+/* Relay buffers come from the worker's pool and count against the
+ * process-wide buffer budget while a session holds them. */
+static struct chunk *chunk_get(struct session *s)
+{
+    struct chunk *c = pool_get(&s->w->pool);
+    if (c != NULL)
+        budget_take_buf(s->w->budget, sizeof(*c));
+    return c;
+}
+
+static void chunk_put(struct session *s, struct chunk *c)
+{
+    pool_put(&s->w->pool, c);
+    budget_give_buf(s->w->budget, sizeof(*c));
+}
+
 static void queue_free(struct session *s, struct half *h)
 {
     while (h->queue_head != NULL) {
         struct chunk *c = h->queue_head;
         h->queue_head = c->next;
         h->pending -= c->len;
-        pool_put(&s->w->pool, c);
+        chunk_put(s, c);
     }
     h->queue_tail = NULL;
 }
@@ -311,6 +340,23 @@ static void silence_cb(uv_timer_t *t)
 
 /* --- relay -------------------------------------------------------------- */
 
+/* The most a read of this direction may take now, as the process-wide
+ * buffer budget allows: whatever of it the destination does not take at
+ * once is held in chunks. A relaying direction that holds nothing may
+ * always read one chunk's worth, so that sessions whose destinations keep
+ * up go on moving (in smaller reads) while stalled ones have spent the
+ * budget. 0: wait for memory. */
+static size_t budget_allows(const struct half *h, size_t want)
+{
+    size_t room = budget_buf_room(h->s->w->budget);
+    if (room >= want + sizeof(struct chunk))
+        return want; /* the common case: far from the bound */
+    size_t allowed = room / sizeof(struct chunk) * POOL_CHUNK_SIZE;
+    if (allowed < POOL_CHUNK_SIZE && h->pending == 0 && h->s->state == SESSION_RELAYING)
+        allowed = POOL_CHUNK_SIZE;
+    return allowed < want ? allowed : want;
+}
+
 /* Reads as much as the direction may still hold: large reads mean few
  * system calls per byte when the destination keeps up. */
 static void alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
@@ -323,23 +369,61 @@ static void alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
     }
     size_t limit = h->s->route->buffer_bytes;
     size_t room = h->pending + READ_MIN < limit ? limit - h->pending : READ_MIN;
-    *buf = uv_buf_init(base, (unsigned)(room < POOL_READ_SIZE ? room : POOL_READ_SIZE));
+    if (room > POOL_READ_SIZE)
+        room = POOL_READ_SIZE;
+    /* A closing session reads the server only for its EOF, holding nothing. */
+    if (h->s->state != SESSION_CLOSING && (room = budget_allows(h, room)) < READ_MIN)
+        room = 0; /* read_cb gets UV_ENOBUFS: wait for memory */
+    *buf = uv_buf_init(room > 0 ? base : NULL, (unsigned)room);
 }
 
 static void half_read_start(struct half *h)
 {
-    h->paused = 0;
+    if (h->read == READ_BUDGET)
+        worker_unwait_budget(&h->waiter);
+    h->read = READ_ON;
     int rc = uv_read_start((uv_stream_t *)h->src, alloc_cb, read_cb);
     if (rc < 0)
         session_close(h->s, failure_reason(h->s, h->src, rc));
 }
 
+/* Reading stops until what the direction holds is written. */
 static void half_pause(struct half *h)
 {
-    if (!h->paused && h->state == HALF_OPEN) {
+    if (h->read == READ_ON && h->state == HALF_OPEN) {
         uv_read_stop((uv_stream_t *)h->src);
-        h->paused = 1;
+        h->read = READ_HELD;
     }
+}
+
+/* Reading stops until the buffer budget has room. */
+static void half_wait_budget(struct half *h)
+{
+    uv_read_stop((uv_stream_t *)h->src);
+    h->read = READ_BUDGET;
+    worker_wait_budget(h->s->w, &h->waiter);
+}
+
+/* The direction will not read again, or starts over (a new server connection). */
+static void half_read_reset(struct half *h)
+{
+    if (h->read == READ_BUDGET)
+        worker_unwait_budget(&h->waiter);
+    h->read = READ_ON;
+}
+
+void session_budget_retry(struct budget_waiter *bw)
+{
+    struct half *h = (struct half *)((char *)bw - offsetof(struct half, waiter));
+    struct session *s = h->s;
+    if (h->read != READ_BUDGET || h->state != HALF_OPEN ||
+        (s->state != SESSION_RELAYING && s->state != SESSION_CONNECTING))
+        return;
+    if (budget_allows(h, READ_MIN) < READ_MIN) {
+        worker_wait_budget(s->w, bw); /* still no room */
+        return;
+    }
+    half_read_start(h);
 }
 
 static void reconnect(struct session *s, int err);
@@ -409,14 +493,14 @@ static void write_cb(uv_write_t *req, int status)
     struct session *s = h->s;
 
     h->pending -= c->len;
-    pool_put(&s->w->pool, c);
+    chunk_put(s, c);
     if (status == UV_ECANCELED)
         return;
     if (status < 0) {
         half_failed(h, status);
         return;
     }
-    if (h->paused && h->pending == 0 && s->state == SESSION_RELAYING)
+    if (h->read == READ_HELD && h->pending == 0 && s->state == SESSION_RELAYING)
         half_read_start(h);
     half_flush_then_fin(h);
 }
@@ -432,7 +516,7 @@ static int half_write_queued(struct half *h, struct chunk *c)
     int rc = uv_write(&c->req, (uv_stream_t *)h->dst, &buf, 1, write_cb);
     if (rc < 0) {
         h->pending -= c->len;
-        pool_put(&h->s->w->pool, c);
+        chunk_put(h->s, c);
         half_failed(h, rc);
     }
     return rc;
@@ -444,11 +528,11 @@ static struct chunk *copy_to_chunks(struct half *h, const char *data, size_t len
 {
     struct chunk *head = NULL, **tail = &head;
     while (len > 0) {
-        struct chunk *c = pool_get(&h->s->w->pool);
+        struct chunk *c = chunk_get(h->s);
         if (c == NULL) {
             while (head != NULL) {
                 struct chunk *next = head->next;
-                pool_put(&h->s->w->pool, head);
+                chunk_put(h->s, head);
                 head = next;
             }
             return NULL;
@@ -490,7 +574,7 @@ static void half_send(struct half *h, const char *data, size_t len)
         if (half_write_queued(h, c) < 0) {
             for (c = next; c != NULL; c = next) {
                 next = c->next;
-                pool_put(&h->s->w->pool, c);
+                chunk_put(h->s, c);
             }
             return;
         }
@@ -503,6 +587,22 @@ static void half_send(struct half *h, const char *data, size_t len)
  * Returns 0, or UV_ENOBUFS when out of memory. */
 static int half_queue(struct half *h, const char *data, size_t len)
 {
+    /* Fill the last chunk first: a client that sends a byte at a time must
+     * not cost a chunk per read. */
+    struct chunk *tail = h->queue_tail;
+    if (tail != NULL && tail->len < POOL_CHUNK_SIZE) {
+        size_t n = POOL_CHUNK_SIZE - tail->len < len ? POOL_CHUNK_SIZE - tail->len : len;
+        memcpy(tail->data + tail->len, data, n);
+        tail->len += n;
+        h->pending += n;
+        data += n;
+        len -= n;
+    }
+    if (len == 0) {
+        if (h->pending >= h->s->route->buffer_bytes)
+            half_pause(h);
+        return 0;
+    }
     struct chunk *c = copy_to_chunks(h, data, len);
     if (c == NULL)
         return UV_ENOBUFS;
@@ -567,6 +667,10 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     }
     if (nread == 0)
         return; /* EAGAIN */
+    if (nread == UV_ENOBUFS) {
+        half_wait_budget(h); /* alloc_cb found no memory to read into */
+        return;
+    }
     int fd = -1;
     if (nread == UV_EOF && uv_fileno((uv_handle_t *)stream, &fd) == 0 && !net_was_reset(fd)) {
         uv_read_stop(stream);
@@ -699,7 +803,7 @@ static void reconnect(struct session *s, int err)
     set_state(s, SESSION_CONNECTING);
     s->upstream_port = 0;
     s->down.state = HALF_OPEN;
-    s->down.paused = 0;
+    half_read_reset(&s->down);
     close_upstream_then_retry(s);
 }
 
@@ -717,7 +821,7 @@ static void deliver_queue(struct session *s, enum session_state state)
         up->pending -= c->len;
         if (s->state == state)
             half_send(up, c->data, c->len);
-        pool_put(&s->w->pool, c);
+        chunk_put(s, c);
     }
 }
 
@@ -741,7 +845,7 @@ static void connected(struct session *s)
     if (s->state != SESSION_RELAYING)
         return;
     struct half *up = &s->up;
-    if (up->state == HALF_OPEN && up->paused && up->pending == 0)
+    if (up->state == HALF_OPEN && up->read == READ_HELD && up->pending == 0)
         half_read_start(up);
     half_flush_then_fin(up);
     if (s->state == SESSION_RELAYING)
@@ -790,13 +894,12 @@ static void connect_to(struct session *s, const struct sockaddr *sa)
     if (s->route->upstream.source.ss_family != AF_UNSPEC)
         source = (const struct sockaddr *)&s->route->upstream.source;
 
+    /* Its descriptor was counted when the client was accepted: EMFILE here
+     * means something outside the budget took it (ENFILE: the whole
+     * system is out). A failed try, and no more accepting for now. */
     int fd = net_upstream_socket(sa->sa_family, source);
-    if (fd == UV_EMFILE || fd == UV_ENFILE) {
-        /* At the limit: stop accepting, and spend the spare on this one. */
+    if (fd == UV_EMFILE || fd == UV_ENFILE)
         worker_pause_accepting(s->w, s->route->name, fd);
-        if (worker_use_spare_fd(s->w))
-            fd = net_upstream_socket(sa->sa_family, source);
-    }
     if (fd < 0) {
         connect_failed(s, fd);
         return;
@@ -1029,6 +1132,8 @@ static void finish_close(struct session *s)
     log_close(s);
 
     queue_free(s, &s->up);
+    half_read_reset(&s->up);
+    half_read_reset(&s->down);
     close_client(s);
     close_upstream(s, CLOSE_FIN);
     close_handle((uv_handle_t *)&s->timer);
@@ -1242,6 +1347,7 @@ int session_accept(struct worker *w, struct listener *l, int fd, const struct so
     struct session *s = calloc(1, sizeof(*s));
     if (s == NULL) {
         close(fd);
+        budget_give_fds(w->budget, BUDGET_FDS_PER_SESSION);
         return UV_ENOMEM;
     }
     s->id = atomic_fetch_add(&next_id, 1);

@@ -15,6 +15,7 @@
 #include <uv.h>
 
 #include "lifeline/admin.h"
+#include "lifeline/budget.h"
 #include "lifeline/log.h"
 #include "lifeline/metrics.h"
 #include "lifeline/net.h"
@@ -47,6 +48,7 @@ struct supervisor {
     size_t n_workers;
     struct registry registry;     /* client identities, shared by the workers */
     struct limits limits;         /* open sessions per route and address */
+    struct budget budget;         /* descriptors and buffer memory, shared by the workers */
     size_t n_started;             /* workers whose thread was created */
     enum sup_phase phase;
     int signals;                  /* shutdown signals received */
@@ -147,6 +149,7 @@ static char *backend_metrics(void *ctx)
     for (size_t i = 0; i < sup->n_started; i++)
         stats[i] = &sup->workers[i].stats;
     sup->ps.admin = sup->admin != NULL ? admin_get_stats(sup->admin) : NULL;
+    sup->ps.budget = &sup->budget;
     return metrics_render(stats, sup->n_started, &sup->ps);
 }
 
@@ -657,6 +660,11 @@ static void reload_start(struct supervisor *sup)
         reload_failed(sup);
         return;
     }
+    /* New listening sockets stay open: sessions get that many fewer. */
+    int64_t opened = 0;
+    for (size_t i = 0; i < n_fds; i++)
+        opened += fds[i] >= 0;
+    budget_adjust_fds(&sup->budget, opened);
     warn_restart_only(sup->cfg, cfg);
     for (size_t i = 0; i < cfg->notes.n; i++)
         log_warn("config note", LF_STR("note", cfg->notes.msgs[i]));
@@ -681,6 +689,8 @@ static void reload_done(struct supervisor *sup, struct gather *g)
     free(g->fds);
     for (size_t r = 0; r < prev->n_routes; r++)
         if (bound_by(&sup->addrs[r], cfg, g->addrs) < 0) {
+            /* Each worker closes its socket for it. */
+            budget_adjust_fds(&sup->budget, -(int64_t)sup->n_workers);
             char addr[ADDR_STR_MAX];
             log_info("stopped listening", LF_STR("route", prev->routes[r].name),
                      LF_STR("address", addr_format((const struct sockaddr *)&sup->addrs[r], addr,
@@ -690,6 +700,7 @@ static void reload_done(struct supervisor *sup, struct gather *g)
     sup->addrs = (struct sockaddr_storage *)g->addrs;
     sup->cfg = cfg;
     config_free(prev);
+    budget_set_buf_max(&sup->budget, cfg->buffer_total_bytes);
     memcpy(sup->ps.config_hash, cfg->hash, sizeof(sup->ps.config_hash));
     sup->reloading = 0;
     if (g->found)
@@ -714,30 +725,71 @@ static void sighup_cb(uv_signal_t *h, int signum)
 
 /* --- start-up -------------------------------------------------------------- */
 
-/* Starts every worker on its sockets; on a failure the rest of the fds are
+/* What the rest of the process may hold at once besides the sessions'
+ * descriptors, beyond what is open when the workers start: a reload's
+ * config file, probe and new listening sockets, systemd's notify socket. */
+#define FD_MARGIN 16
+
+/* Sessions may use the descriptor limit less what everything else needs:
+ * what is open now (listening sockets, loops, the admin socket), the admin
+ * endpoint's connections and the resolver's lookups. Those stay free
+ * whatever clients do, so /healthz answers and host names resolve at the
+ * limit. Returns 0, or -1 when no session would fit. */
+static int plan_descriptors(struct supervisor *sup)
+{
+    int64_t limit = budget_fd_limit();
+    int64_t open_now = budget_fds_open();
+    if (open_now < 0) /* no /proc: a generous guess */
+        open_now = 64 + (int64_t)(sup->n_workers * (sup->cfg->n_routes + 4));
+    int64_t admin = sup->admin != NULL ? ADMIN_MAX_CONNS + 1 : 0;
+    int64_t reserved = open_now + admin + budget_resolver_fds() + FD_MARGIN;
+    int64_t for_sessions = limit < 0 ? 0 : limit - reserved;
+    if (for_sessions < BUDGET_FDS_PER_SESSION) {
+        log_error("descriptor limit too low", LF_INT("limit", limit),
+                  LF_INT("needed", reserved + BUDGET_FDS_PER_SESSION));
+        return -1;
+    }
+    budget_init(&sup->budget, for_sessions, sup->cfg->buffer_total_bytes);
+    log_info("descriptor budget", LF_INT("limit", limit), LF_INT("reserved", reserved),
+             LF_INT("sessions", for_sessions / BUDGET_FDS_PER_SESSION));
+    return 0;
+}
+
+/* Prepares every worker on its sockets, sizes the descriptor budget from
+ * what is then open, and starts them. On a failure the rest of the fds are
  * closed and the exit code says so. */
 static void start_workers(struct supervisor *sup, int *fds)
 {
     const struct config *cfg = sup->cfg;
-    sigset_t set, old_mask;
-    handled_signals(&set);
-    pthread_sigmask(SIG_BLOCK, &set, &old_mask); /* inherited by the workers */
-    for (size_t i = 0; i < sup->n_workers; i++) {
-        struct worker *w = &sup->workers[i];
+    size_t n_init = 0;
+    for (size_t i = 0; i < sup->n_workers; i++, n_init++) {
         /* worker_init() owns worker i's fds from the call on, even on failure. */
-        int rc = worker_init(w, (int)i, sup->cfg, sup->addrs, &fds[i * cfg->n_routes],
-                             &sup->notify, sup->workers, sup->n_workers, &sup->registry,
-                             &sup->limits);
-        if (rc == 0) {
-            rc = worker_start(w);
-            if (rc < 0)
-                worker_destroy(w);
-        }
+        int rc = worker_init(&sup->workers[i], (int)i, sup->cfg, sup->addrs,
+                             &fds[i * cfg->n_routes], &sup->notify, sup->workers, sup->n_workers,
+                             &sup->registry, &sup->limits, &sup->budget);
         if (rc < 0) {
             log_error("cannot start worker", LF_INT("worker", i), LF_STR("error", uv_strerror(rc)));
             close_fds(&fds[(i + 1) * cfg->n_routes], (sup->n_workers - i - 1) * cfg->n_routes);
             sup->exit_code = EXIT_RUNTIME;
             break;
+        }
+    }
+    if (sup->exit_code == EXIT_CLEAN && plan_descriptors(sup) < 0)
+        sup->exit_code = EXIT_RUNTIME;
+
+    sigset_t set, old_mask;
+    handled_signals(&set);
+    pthread_sigmask(SIG_BLOCK, &set, &old_mask); /* inherited by the workers */
+    for (size_t i = 0; i < n_init; i++) {
+        struct worker *w = &sup->workers[i];
+        int rc = sup->exit_code == EXIT_CLEAN ? worker_start(w) : UV_ECANCELED;
+        if (rc < 0) {
+            if (rc != UV_ECANCELED)
+                log_error("cannot start worker", LF_INT("worker", i),
+                          LF_STR("error", uv_strerror(rc)));
+            worker_destroy(w);
+            sup->exit_code = EXIT_RUNTIME;
+            continue;
         }
         sup->n_started++;
     }

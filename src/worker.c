@@ -3,7 +3,6 @@
 #include "lifeline/worker.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <malloc.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -22,6 +21,7 @@
 #define ACCEPT_BATCH 64
 #define TRIM_AFTER_FREES 1024 /* sessions ended before memory is handed back */
 #define ACCEPT_RETRY_MS 100 /* out of descriptors: try accepting again after this */
+#define BUDGET_RETRY_MS 10  /* buffer memory spent: look for room again after this */
 
 static void set_phase(struct worker *w, enum worker_phase phase)
 {
@@ -32,9 +32,10 @@ static void set_phase(struct worker *w, enum worker_phase phase)
 static void accept_cb(uv_poll_t *p, int status, int events);
 static void accept_retry_cb(uv_timer_t *t);
 
-/* Out of descriptors: stop accepting on every listener of this worker, so
- * that new connections wait in the kernel's queues while the sessions
- * already open go on, and try again shortly. */
+/* Out of descriptors (the budget is spent, or the kernel said EMFILE): stop
+ * accepting on every listener of this worker, so that new connections wait
+ * in the kernel's queues while the sessions already open go on, and try
+ * again shortly. Logged when a shortage begins, not at every retry. */
 void worker_pause_accepting(struct worker *w, const char *route, int err)
 {
     if (w->draining)
@@ -50,54 +51,31 @@ void worker_pause_accepting(struct worker *w, const char *route, int err)
     uv_timer_start(&w->accept_retry, accept_retry_cb, ACCEPT_RETRY_MS, 0);
 }
 
-static int open_spare(void) { return open("/dev/null", O_RDONLY | O_CLOEXEC); }
-
-int worker_use_spare_fd(struct worker *w)
-{
-    if (w->spare_fd < 0)
-        return 0;
-    close(w->spare_fd);
-    w->spare_fd = -1;
-    return 1;
-}
-
-/* Is there a descriptor free beyond the spare? Then the shortage is over. */
-static int room_to_spare(void)
-{
-    int probe = open_spare();
-    if (probe < 0)
-        return 0;
-    close(probe);
-    return 1;
-}
-
-/* PAUSED or SCARCE -> ON once there is room to spare. */
-static void end_shortage(struct worker *w)
-{
-    if (w->accept == ACCEPT_ON || !room_to_spare())
-        return;
-    w->accept = ACCEPT_ON;
-    log_info("accepting again", LF_INT("worker", w->id), LF_INT("sessions", w->n_sessions));
-}
-
-/* Accepting again needs the spare back first: a connection accepted now can
- * then always get its server socket. */
+/* PAUSED -> RETRYING once the budget has room for a session; the first
+ * accept that works ends the shortage. */
 static void resume_accepting(struct worker *w)
 {
     if (w->accept != ACCEPT_PAUSED || w->draining)
         return;
-    if (w->spare_fd < 0 && (w->spare_fd = open_spare()) < 0) {
+    if (!budget_fds_room(w->budget)) {
         uv_timer_start(&w->accept_retry, accept_retry_cb, ACCEPT_RETRY_MS, 0);
         return;
     }
-    w->accept = ACCEPT_SCARCE;
-    end_shortage(w);
+    w->accept = ACCEPT_RETRYING;
     for (struct listener *x = w->listeners; x != NULL; x = x->next)
         if (x->poll.data != NULL)
             uv_poll_start(&x->poll, UV_READABLE, accept_cb);
 }
 
 static void accept_retry_cb(uv_timer_t *t) { resume_accepting(t->data); }
+
+static void accepted(struct worker *w)
+{
+    if (w->accept != ACCEPT_RETRYING)
+        return;
+    w->accept = ACCEPT_ON;
+    log_info("accepting again", LF_INT("worker", w->id), LF_INT("sessions", w->n_sessions));
+}
 
 static void accept_cb(uv_poll_t *p, int status, int events)
 {
@@ -107,10 +85,27 @@ static void accept_cb(uv_poll_t *p, int status, int events)
     /* A batch, so that a burst costs one wakeup; bounded, so that one busy
      * route cannot starve the rest of the loop. */
     for (int i = 0; i < ACCEPT_BATCH && status == 0 && w->accept != ACCEPT_PAUSED; i++) {
+        /* The client's descriptor and its server connection's, before the
+         * client is taken off the queue: what is accepted can be served,
+         * and the descriptors kept back for the admin endpoint and the
+         * resolver stay free. */
+        if (budget_take_fds(w->budget, BUDGET_FDS_PER_SESSION) < 0) {
+            worker_pause_accepting(w, l->route->name, UV_EMFILE);
+            return;
+        }
         struct sockaddr_storage peer;
         socklen_t len = sizeof(peer);
         int fd = accept4(l->fd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        int rc = fd < 0 ? -errno : session_accept(w, l, fd, (struct sockaddr *)&peer, len);
+        int rc;
+        if (fd < 0) {
+            rc = -errno;
+            budget_give_fds(w->budget, BUDGET_FDS_PER_SESSION);
+        } else {
+            /* The session owns the descriptors taken from now on. */
+            rc = session_accept(w, l, fd, (struct sockaddr *)&peer, len);
+            if (rc == 0)
+                accepted(w);
+        }
         if (rc == UV_EAGAIN)
             return;
         if (rc == UV_ECONNABORTED || rc == UV_EINTR)
@@ -267,6 +262,62 @@ static int serve_config(struct worker *w, struct config *cfg, const struct socka
     return first_error;
 }
 
+/* --- readers waiting for buffer memory ------------------------------------ */
+
+static int waiters_empty(const struct budget_waiter *head) { return head->next == head; }
+
+static void waiter_link(struct budget_waiter *head, struct budget_waiter *bw)
+{
+    bw->prev = head->prev;
+    bw->next = head;
+    head->prev->next = bw;
+    head->prev = bw;
+}
+
+void worker_unwait_budget(struct budget_waiter *bw)
+{
+    if (bw->next == NULL)
+        return;
+    bw->prev->next = bw->next;
+    bw->next->prev = bw->prev;
+    bw->prev = bw->next = NULL;
+}
+
+static void budget_retry_cb(uv_timer_t *t);
+
+void worker_wait_budget(struct worker *w, struct budget_waiter *bw)
+{
+    if (bw->next != NULL)
+        return;
+    waiter_link(&w->budget_waiters, bw);
+    if (!uv_is_active((uv_handle_t *)&w->budget_retry))
+        uv_timer_start(&w->budget_retry, budget_retry_cb, BUDGET_RETRY_MS, BUDGET_RETRY_MS);
+}
+
+/* Asks each waiter, oldest first, whether it may read now. The list is
+ * moved aside first: a waiter that still may not read joins the worker's
+ * list again, and one whose session ends meanwhile leaves whichever list it
+ * is on. */
+static void budget_retry_cb(uv_timer_t *t)
+{
+    struct worker *w = t->data;
+    struct budget_waiter asking = { &asking, &asking };
+    if (!waiters_empty(&w->budget_waiters)) {
+        asking.next = w->budget_waiters.next;
+        asking.prev = w->budget_waiters.prev;
+        asking.next->prev = &asking;
+        asking.prev->next = &asking;
+        w->budget_waiters.next = w->budget_waiters.prev = &w->budget_waiters;
+    }
+    while (!waiters_empty(&asking)) {
+        struct budget_waiter *bw = asking.next;
+        worker_unwait_budget(bw);
+        session_budget_retry(bw);
+    }
+    if (waiters_empty(&w->budget_waiters))
+        uv_timer_stop(&w->budget_retry);
+}
+
 static void close_all_sessions(struct worker *w)
 {
     struct session *s = w->sessions;
@@ -293,6 +344,7 @@ static void exit_if_idle(struct worker *w)
         uv_close((uv_handle_t *)&w->wakeup, NULL);
         uv_close((uv_handle_t *)&w->tick, NULL);
         uv_close((uv_handle_t *)&w->accept_retry, NULL);
+        uv_close((uv_handle_t *)&w->budget_retry, NULL);
     }
     if (!uv_is_closing((uv_handle_t *)&w->drain_timer))
         uv_close((uv_handle_t *)&w->drain_timer, NULL);
@@ -330,8 +382,6 @@ static void tick_cb(uv_timer_t *t)
     atomic_store(&w->last_tick_ms, now_ms());
     log_limit_flush(&w->deny_log, uv_now(&w->loop));
     log_limit_flush(&w->upstream_log, uv_now(&w->loop));
-    if (w->accept == ACCEPT_SCARCE)
-        end_shortage(w);
     /* After many sessions ended, give their memory back to the system: the
      * allocator keeps freed chunks in the middle of its heap otherwise. At
      * most twice a second, and only after a wave of closes. */
@@ -490,7 +540,7 @@ void worker_session_freed(struct worker *w)
 int worker_init(struct worker *w, int id, struct config *cfg,
                 const struct sockaddr_storage *addrs, const int *fds, uv_async_t *notify,
                 struct worker *peers, size_t n_peers, struct registry *registry,
-                struct limits *limits)
+                struct limits *limits, struct budget *budget)
 {
     memset(w, 0, sizeof(*w));
     w->id = id;
@@ -499,6 +549,7 @@ int worker_init(struct worker *w, int id, struct config *cfg,
     w->n_peers = n_peers;
     w->registry = registry;
     w->limits = limits;
+    w->budget = budget;
     atomic_init(&w->command, WORKER_CMD_NONE);
     atomic_init(&w->phase, WORKER_PHASE_STARTING);
     worker_stats_init(&w->stats);
@@ -536,7 +587,9 @@ int worker_init(struct worker *w, int id, struct config *cfg,
     w->tick.data = w;
     uv_timer_init(&w->loop, &w->accept_retry);
     w->accept_retry.data = w;
-    w->spare_fd = open_spare();
+    uv_timer_init(&w->loop, &w->budget_retry);
+    w->budget_retry.data = w;
+    w->budget_waiters.prev = w->budget_waiters.next = &w->budget_waiters;
     atomic_init(&w->last_tick_ms, now_ms());
     pool_init(&w->pool, POOL_MAX_FREE);
     return 0;
@@ -603,8 +656,6 @@ static void free_worker(struct worker *w)
         free(m);
     }
     uv_mutex_destroy(&w->inbox_lock);
-    if (w->spare_fd >= 0)
-        close(w->spare_fd);
     worker_stats_destroy(&w->stats);
     config_free(w->cfg);
     w->cfg = NULL;
@@ -625,6 +676,7 @@ void worker_destroy(struct worker *w)
     uv_close((uv_handle_t *)&w->wakeup, NULL);
     uv_close((uv_handle_t *)&w->tick, NULL);
     uv_close((uv_handle_t *)&w->accept_retry, NULL);
+    uv_close((uv_handle_t *)&w->budget_retry, NULL);
     uv_close((uv_handle_t *)&w->drain_timer, NULL);
     uv_run(&w->loop, UV_RUN_DEFAULT);
     uv_loop_close(&w->loop);

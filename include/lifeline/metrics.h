@@ -81,6 +81,7 @@ struct route_stats *metrics_route(struct worker_stats *ws, const struct route_co
 struct server_stats *metrics_server(struct route_stats *r, const struct hostport *server);
 
 struct admin_stats;
+struct budget;
 
 /* Process-wide facts the supervisor owns. */
 struct process_stats {
@@ -89,6 +90,7 @@ struct process_stats {
     uint64_t reloads_failed;
     char config_hash[17];         /* FNV-1a of the loaded file, hex */
     const struct admin_stats *admin; /* the admin endpoint's own counters */
+    const struct budget *budget;  /* descriptors and buffer memory */
 };
 
 /* Renders the Prometheus text exposition of every worker's counters, summed

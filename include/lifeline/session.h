@@ -10,8 +10,9 @@
 struct session;
 
 /* Starts the session of a connection accepted on the listener from peer
- * (as accept4() gave it); fd is the session's from now on. Returns 0 or a
- * negative UV error (nothing is left behind then). */
+ * (as accept4() gave it); fd is the session's from now on, and so are the
+ * BUDGET_FDS_PER_SESSION descriptors the caller took from the worker's
+ * budget. Returns 0 or a negative UV error (nothing is left behind then). */
 int session_accept(struct worker *w, struct listener *l, int fd, const struct sockaddr *peer,
                    socklen_t peer_len);
 
@@ -22,6 +23,10 @@ void session_close(struct session *s, enum reason reason);
 
 /* The session's identity now belongs to it: go on and connect upstream. */
 void session_go(struct session *s);
+
+/* The worker asks a reader that waits for buffer memory whether it may read
+ * again (bw is detached then): it resumes, or waits again. */
+void session_budget_retry(struct budget_waiter *bw);
 
 /* Process-wide id, the address of a session in worker messages. */
 uint64_t session_id(const struct session *s);

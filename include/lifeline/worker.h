@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <uv.h>
 
+#include "lifeline/budget.h"
 #include "lifeline/config.h"
 #include "lifeline/limits.h"
 #include "lifeline/metrics.h"
@@ -32,6 +33,12 @@ struct listener {
     struct route_stats *stats;         /* the route's counters on this worker */
     struct limit_route *limit;         /* the route's open sessions, all workers */
     int fd;                            /* handed over by the supervisor; the listener's */
+};
+
+/* A reader waiting for buffer memory (buffer_total_bytes spent): a node of
+ * its worker's circular list, detached when prev and next are NULL. */
+struct budget_waiter {
+    struct budget_waiter *prev, *next;
 };
 
 /* What the supervisor asks of a worker; read by the worker's loop. */
@@ -88,13 +95,13 @@ enum worker_phase {
 };
 
 /* Accepting, as descriptors allow. A shortage is logged when it begins
- * (ON -> PAUSED) and when it is over (back to ON), not at every pause. */
+ * (ON -> PAUSED) and when it is over (the first accept in RETRYING), not at
+ * every retry. */
 enum accept_state {
-    ACCEPT_ON,       /* accepting, with descriptors to spare */
+    ACCEPT_ON,       /* accepting */
     ACCEPT_PAUSED,   /* out of descriptors: listeners stopped, accept_retry armed;
                       * connections wait in the kernel's queue */
-    ACCEPT_SCARCE,   /* accepting again, with no room beyond the spare yet: the
-                      * worker's tick looks for room */
+    ACCEPT_RETRYING, /* the budget has room again: listeners on, no accept yet */
 };
 
 struct worker {
@@ -111,12 +118,12 @@ struct worker {
     int draining;                 /* loop-local: listeners closed, waiting for sessions */
     enum accept_state accept;     /* loop-local */
     uv_timer_t accept_retry;      /* ACCEPT_PAUSED: try again */
-    int spare_fd;                 /* held back for the server socket of an accepted client */
 
     struct worker *peers;         /* every worker, this one included */
     size_t n_peers;
     struct registry *registry;    /* shared by every worker */
     struct limits *limits;        /* shared by every worker */
+    struct budget *budget;        /* descriptors and buffer memory, shared by every worker */
     struct log_limit deny_log;    /* "connection denied": one line a second */
     struct log_limit upstream_log; /* failed tries and reconnects: WORKER_UPSTREAM_LOG_PER_S */
     struct worker_stats stats;    /* per route, written only by this loop */
@@ -126,6 +133,8 @@ struct worker {
     struct worker_msg *inbox_tail;
     int inbox_closed;             /* the loop is ending: messages are dropped */
 
+    struct budget_waiter budget_waiters; /* the list's head: readers waiting for memory */
+    uv_timer_t budget_retry;      /* armed while someone waits */
     uv_timer_t tick;              /* proves the loop turns: see last_tick_ms */
     size_t freed_since_trim;      /* sessions freed since memory was last trimmed */
     _Atomic uint64_t last_tick_ms;
@@ -142,7 +151,7 @@ struct worker {
 int worker_init(struct worker *w, int id, struct config *cfg,
                 const struct sockaddr_storage *addrs, const int *fds, uv_async_t *notify,
                 struct worker *peers, size_t n_peers, struct registry *registry,
-                struct limits *limits);
+                struct limits *limits, struct budget *budget);
 /* Starts the thread. Returns 0 or a negative UV error. */
 int worker_start(struct worker *w);
 /* Thread-safe: asks the worker to drain or stop. */
@@ -165,9 +174,11 @@ uint64_t worker_stalled_ms(struct worker *w);
  * sessions go on. Logged once until an accept works again. */
 void worker_pause_accepting(struct worker *w, const char *route, int err);
 
-/* Gives up the worker's spare descriptor, so that a session accepted at the
- * limit can still open its server socket. Returns 1, or 0 if it was spent. */
-int worker_use_spare_fd(struct worker *w);
+/* Buffer memory is spent: `bw` waits, and every BUDGET_RETRY_MS its owner
+ * is asked (session_budget_retry) whether it may read again. Idempotent. */
+void worker_wait_budget(struct worker *w, struct budget_waiter *bw);
+/* `bw` stops waiting (it reads again, or its session ends). Idempotent. */
+void worker_unwait_budget(struct budget_waiter *bw);
 
 /* Called by the session module when a session is gone for good. */
 void worker_session_freed(struct worker *w);

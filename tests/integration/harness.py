@@ -774,7 +774,7 @@ class SinkServer(_Loop):
     most `keep` bytes of each connection's data (the count and SHA-256 cover
     everything)."""
 
-    def __init__(self, host=LOOPBACK, port=0, backlog=128, keep=16 * MiB):
+    def __init__(self, host=LOOPBACK, port=0, backlog=128, keep=16 * MiB, accepting=True):
         super().__init__()
         self.keep = keep
         self.listener = _listener(host, port, backlog)
@@ -782,8 +782,14 @@ class SinkServer(_Loop):
         self.port = self.listener.getsockname()[1]
         self.records = []
         self._lock = threading.Lock()
-        self.sel.register(self.listener, selectors.EVENT_READ, self._on_accept)
+        if accepting:
+            self.sel.register(self.listener, selectors.EVENT_READ, self._on_accept)
         self.start()
+
+    def start_accepting(self):
+        """For a server made with accepting=False, whose connections waited
+        in the listen queue until now."""
+        self.sel.register(self.listener, selectors.EVENT_READ, self._on_accept)
 
     def _on_accept(self, key, events):
         while True:
@@ -831,6 +837,7 @@ class SinkServer(_Loop):
 
     def close(self):
         self.stop()
+        self.listener.close()  # also when it never accepted
 
 
 class Flooder:

@@ -3,11 +3,14 @@ memory stays bounded by buffer_bytes meanwhile; once the peer reads, every
 byte arrives."""
 
 import os
+import socket
 import unittest
 
-from harness import (MiB, SANITIZER, AcceptServer, Flooder, LifelineTestCase, Reader,
-                     addr_str, config, free_port, listen_port, pattern_block, recv_exact,
-                     route, scaled, wait_stable)
+from harness import (KiB, MiB, SANITIZER, AcceptServer, EchoServer, Flooder, LifelineTestCase,
+                     Reader, SinkServer, addr_str, config, connect, free_port, listen_port,
+                     pattern_block, raise_nofile, recv_exact, route, scaled, wait_stable,
+                     wait_until)
+from test_admin import Metrics, admin_port, http_exchange, request_bytes, with_admin
 
 BUFFER_BYTES = 65536
 
@@ -161,6 +164,84 @@ class BackpressureWhileConnecting(LifelineTestCase):
         self.assertEqual(reader.hash.hexdigest(), flooder.hash.hexdigest())
         conn.close()
         self.assertSessionClosed(d, client, "client_eof", bytes_from_client=FLOOD)
+
+
+class BufferBudget(LifelineTestCase):
+    """buffer_total_bytes bounds what all sessions together hold: past it
+    lifeline stops reading (TCP flow control holds the clients back) rather
+    than buffer more, drops no byte it read, and a session whose
+    destination keeps up still relays."""
+
+    CLIENTS = 300
+    EACH = 8 * MiB
+    # The shipped defaults: buffer_bytes 1 MiB per direction, buffer_total_bytes 16 MiB.
+    TOTAL = 16 * MiB
+
+    def gauge(self, d, name):
+        r = http_exchange(admin_port(d), request_bytes("GET", "/metrics"))
+        return Metrics(r.text()).get(name)
+
+    def test_clients_pushing_to_a_server_that_never_reads(self):
+        """300 clients push 8 MiB each to a server that accepts nothing yet
+        (its kernel completes the handshakes, then every buffer fills): with
+        the shipped defaults lifeline's RSS grows by at most 64 MiB (134 MiB
+        here, and over 300 MiB for clients that push for ever, when each
+        session could hold its 1 MiB), while another route still echoes. Then the server reads: every byte of
+        every client arrives, in order."""
+        raise_nofile(4 * self.CLIENTS + 500)
+        sink = self.server(SinkServer, backlog=1024, accepting=False, keep=0)
+        # A small, fixed receive buffer (the queued connections inherit the
+        # listener's), so that the clients' bytes pile up in lifeline rather
+        # than in the server's kernel.
+        sink.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * KiB)
+        echo = self.server(EchoServer)
+        port, echo_port = free_port(), free_port()
+        d = self.start_lifeline(with_admin(config([route(port, [sink.port], name="stalled"),
+                                                   route(echo_port, [echo.port], name="echo")],
+                                                  workers=2)))
+        # Warm up: the read buffers and the heap any relaying session uses.
+        with connect(echo_port, timeout=scaled(10)) as c:
+            block = pattern_block(5, MiB)
+            c.sendall(block)
+            self.assertEqual(recv_exact(c, MiB), block)
+        base = d.rss_kib()
+
+        flooders = []
+        for i in range(self.CLIENTS):
+            c = self.client(port, timeout=scaled(10))
+            flooders.append(Flooder(c, self.EACH, seed=1000 + i, block=64 * KiB).start())
+        wait_stable(lambda: sum(f.sent for f in flooders), quiet=1.0, timeout=scaled(60),
+                    what="the clients to be held back")
+        grew = d.rss_kib() - base
+        self.assertLess(sum(f.sent for f in flooders), self.CLIENTS * self.EACH,
+                        "the clients were not held back")
+        self.assertLess(grew, (5 if SANITIZER else 1) * 64 * 1024,
+                        f"RSS grew by {grew} KiB with {self.CLIENTS} stalled clients")
+        # The budget, plus one read per worker racing the count, plus one
+        # 64 KiB buffer per session that read while the budget was spent.
+        held = self.gauge(d, "lifeline_buffer_bytes")
+        self.assertEqual(self.gauge(d, "lifeline_buffer_bytes_max"), self.TOTAL)
+        self.assertGreater(held, self.TOTAL // 2, "the test did not fill the budget")
+        self.assertLessEqual(held, self.TOTAL + 2 * MiB + self.CLIENTS * (64 * KiB + 256))
+
+        # Another session's destination keeps up: it relays at once.
+        with connect(echo_port, timeout=scaled(10)) as c:
+            block = pattern_block(6, MiB)
+            c.sendall(block)
+            self.assertEqual(recv_exact(c, MiB, timeout=scaled(10)), block)
+
+        # The server reads now: nothing lifeline read was dropped.
+        sink.start_accepting()
+        for f in flooders:
+            f.join(scaled(120))
+        wait_until(lambda: sum(r.ended.is_set() for r in sink.connections()) == self.CLIENTS,
+                   scaled(120), "every stalled session's EOF at the server")
+        got = sorted((r.count, r.hash.hexdigest()) for r in sink.connections())
+        want = sorted((f.sent, f.hash.hexdigest()) for f in flooders)
+        self.assertEqual(got, want)
+        self.assertTrue(all(r.end == "eof" for r in sink.connections()))
+        wait_until(lambda: self.gauge(d, "lifeline_buffer_bytes") == 0, scaled(10),
+                   "the buffers given back")
 
 
 if __name__ == "__main__":
