@@ -299,6 +299,44 @@ class Flapping(LifelineTestCase):
         # Immediate: no backoff after a connection that proved the server up.
         self.assertEqual(d.find("upstream connect failed"), [])
 
+    def test_client_fin_racing_a_server_close(self):
+        """A server that reads the client's request and closes at once,
+        while the client sends its FIN: whichever lifeline sees first (the
+        server's EOF, which starts a reconnect, or the client's FIN), 200
+        sessions end client_eof, and the server got every request. (A
+        session ends upstream_reset only when the server resets it after
+        the client has finished sending: bytes were lost then.)"""
+        lst = self.track(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+        lst.bind((LOOPBACK, 0))
+        lst.listen(512)
+        got = []
+
+        def serve():
+            while True:
+                try:
+                    c, _ = lst.accept()
+                except OSError:
+                    return
+                with c:
+                    c.settimeout(scaled(5))
+                    try:
+                        got.append(recv_exact(c, 5, timeout=scaled(5)))
+                    except (AssertionError, OSError):
+                        got.append(b"")  # a reconnect after the client finished
+        threading.Thread(target=serve, daemon=True).start()
+        d = self.start_lifeline(config([reconnect_route(free_port(), lst.getsockname()[1], 3,
+                                                        10)], workers=2))
+        for i in range(200):
+            with connect(listen_port(d), timeout=scaled(10)) as c:
+                c.sendall(b"hello")
+                if i % 2:
+                    time.sleep(0.0002 * (i % 7))  # vary which side lifeline sees first
+                c.shutdown(socket.SHUT_WR)
+                self.assertEqual(wait_closed(c, timeout=scaled(10)), "eof")
+        closes = d.wait_count(200, "session closed", timeout=scaled(10))
+        self.assertEqual({r["reason"] for r in closes}, {"client_eof"})
+        self.assertEqual(got.count(b"hello"), 200)
+
     def test_many_sessions_log_within_bound(self):
         """20 sessions against a server that closes at once, retries 30 and
         no backoff: 620 failed tries in a burst, but at most 10 lines a second
