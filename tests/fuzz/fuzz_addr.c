@@ -1,4 +1,4 @@
-/* libFuzzer target: addr.c parsing ("host:port", IP literals, CIDRs), CIDR matching and formatting. */
+/* libFuzzer target: addr.c parsing ("host:port", IP literals, CIDRs), CIDR matching, listen overlap, formatting. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -314,5 +314,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         for (size_t j = 0; j < seen.n_addrs; j++)
             CHECK(addr_cidr_match(&seen.cidrs[i], (const struct sockaddr *)&seen.addrs[j]) ==
                   reference_match(&seen.cidrs[i], &seen.addrs[j]));
+
+    /* Listen overlap is a relation between two binds: each overlaps itself,
+     * and the order of the pair does not matter. dual_stack comes from the
+     * indexes so that both values are tried. */
+    for (size_t i = 0; i < seen.n_addrs; i++) {
+        const struct sockaddr *a = (const struct sockaddr *)&seen.addrs[i];
+        uint8_t bytes[16];
+        CHECK(addr_is_v4_mapped(a) == (effective(&seen.addrs[i], bytes) != a->sa_family));
+        CHECK(addr_listen_overlap(a, (int)(i & 1), a, (int)(i & 1)));
+        for (size_t j = 0; j < seen.n_addrs; j++) {
+            const struct sockaddr *b = (const struct sockaddr *)&seen.addrs[j];
+            int da = (int)(i & 1), db = (int)((j >> 1) & 1);
+            CHECK(addr_listen_overlap(a, da, b, db) == addr_listen_overlap(b, db, a, da));
+        }
+    }
     return 0;
 }
