@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <netinet/in.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,10 +20,12 @@ static void key_of(const struct sockaddr *sa, int *family, uint8_t addr[16])
 {
     memset(addr, 0, 16);
     *family = sa->sa_family;
+    /* Copied by offset: a struct sockaddr need not be aligned as the
+     * family's own struct. */
     if (sa->sa_family == AF_INET)
-        memcpy(addr, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+        memcpy(addr, (const char *)sa + offsetof(struct sockaddr_in, sin_addr), 4);
     else if (sa->sa_family == AF_INET6)
-        memcpy(addr, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
+        memcpy(addr, (const char *)sa + offsetof(struct sockaddr_in6, sin6_addr), 16);
 }
 
 static size_t bucket_of(const struct limits *l, const struct limit_route *route,

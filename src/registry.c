@@ -3,8 +3,11 @@
 
 #include <errno.h>
 #include <netinet/in.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "lifeline/addr.h"
 
 /* The owner talks to the server; the successor waits until the owner's
  * server connection is finished, then becomes the owner. */
@@ -144,13 +147,11 @@ void registry_identity(struct identity *id, const char *route, const struct sock
     memset(id, 0, sizeof(*id));
     strncpy(id->route, route, sizeof(id->route) - 1);
     id->family = sa->sa_family;
-    if (sa->sa_family == AF_INET) {
-        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
-        memcpy(id->addr, &in->sin_addr, 4);
-        id->port = with_port ? ntohs(in->sin_port) : 0;
-    } else if (sa->sa_family == AF_INET6) {
-        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
-        memcpy(id->addr, &in6->sin6_addr, 16);
-        id->port = with_port ? ntohs(in6->sin6_port) : 0;
-    }
+    /* Copied by offset: a struct sockaddr need not be aligned as the
+     * family's own struct. */
+    if (sa->sa_family == AF_INET)
+        memcpy(id->addr, (const char *)sa + offsetof(struct sockaddr_in, sin_addr), 4);
+    else if (sa->sa_family == AF_INET6)
+        memcpy(id->addr, (const char *)sa + offsetof(struct sockaddr_in6, sin6_addr), 16);
+    id->port = with_port ? addr_port(sa) : 0;
 }

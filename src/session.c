@@ -414,7 +414,7 @@ static void half_read_reset(struct half *h)
 
 void session_budget_retry(struct budget_waiter *bw)
 {
-    struct half *h = (struct half *)((char *)bw - offsetof(struct half, waiter));
+    struct half *h = (struct half *)(void *)((char *)bw - offsetof(struct half, waiter));
     struct session *s = h->s;
     if (h->read != READ_BUDGET || h->state != HALF_OPEN ||
         (s->state != SESSION_RELAYING && s->state != SESSION_CONNECTING))
