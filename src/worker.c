@@ -22,6 +22,7 @@
 #define TRIM_AFTER_FREES 1024 /* sessions ended before memory is handed back */
 #define ACCEPT_RETRY_MS 100 /* out of descriptors: try accepting again after this */
 #define BUDGET_RETRY_MS 10  /* buffer memory spent: look for room again after this */
+#define SHORTAGE_OVER_MS 1000 /* accepting this long without a pause ends a shortage */
 
 static void set_phase(struct worker *w, enum worker_phase phase)
 {
@@ -51,8 +52,7 @@ void worker_pause_accepting(struct worker *w, const char *route, int err)
     uv_timer_start(&w->accept_retry, accept_retry_cb, ACCEPT_RETRY_MS, 0);
 }
 
-/* PAUSED -> RETRYING once the budget has room for a session; the first
- * accept that works ends the shortage. */
+/* PAUSED -> RETRYING once the budget has room for a session. */
 static void resume_accepting(struct worker *w)
 {
     if (w->accept != ACCEPT_PAUSED || w->draining)
@@ -62,6 +62,7 @@ static void resume_accepting(struct worker *w)
         return;
     }
     w->accept = ACCEPT_RETRYING;
+    w->accepting_since_ms = uv_now(&w->loop);
     for (struct listener *x = w->listeners; x != NULL; x = x->next)
         if (x->poll.data != NULL)
             uv_poll_start(&x->poll, UV_READABLE, accept_cb);
@@ -69,9 +70,14 @@ static void resume_accepting(struct worker *w)
 
 static void accept_retry_cb(uv_timer_t *t) { resume_accepting(t->data); }
 
-static void accepted(struct worker *w)
+/* A shortage is over once accepting has gone on for SHORTAGE_OVER_MS
+ * without pausing again (the worker's tick looks). So a worker that hovers
+ * at its budget, each closing session letting one client in, logs one
+ * shortage, not one per session. */
+static void end_shortage(struct worker *w)
 {
-    if (w->accept != ACCEPT_RETRYING)
+    if (w->accept != ACCEPT_RETRYING ||
+        uv_now(&w->loop) - w->accepting_since_ms < SHORTAGE_OVER_MS)
         return;
     w->accept = ACCEPT_ON;
     log_info("accepting again", LF_INT("worker", w->id), LF_INT("sessions", w->n_sessions));
@@ -103,8 +109,6 @@ static void accept_cb(uv_poll_t *p, int status, int events)
         } else {
             /* The session owns the descriptors taken from now on. */
             rc = session_accept(w, l, fd, (struct sockaddr *)&peer, len);
-            if (rc == 0)
-                accepted(w);
         }
         if (rc == UV_EAGAIN)
             return;
@@ -382,6 +386,7 @@ static void tick_cb(uv_timer_t *t)
     atomic_store(&w->last_tick_ms, now_ms());
     log_limit_flush(&w->deny_log, uv_now(&w->loop));
     log_limit_flush(&w->upstream_log, uv_now(&w->loop));
+    end_shortage(w);
     /* After many sessions ended, give their memory back to the system: the
      * allocator keeps freed chunks in the middle of its heap otherwise. At
      * most twice a second, and only after a wave of closes. */

@@ -95,13 +95,14 @@ enum worker_phase {
 };
 
 /* Accepting, as descriptors allow. A shortage is logged when it begins
- * (ON -> PAUSED) and when it is over (the first accept in RETRYING), not at
- * every retry. */
+ * (ON -> PAUSED) and when it is over (RETRYING -> ON, after a second of
+ * accepting without a pause), not at every pause. */
 enum accept_state {
     ACCEPT_ON,       /* accepting */
     ACCEPT_PAUSED,   /* out of descriptors: listeners stopped, accept_retry armed;
                       * connections wait in the kernel's queue */
-    ACCEPT_RETRYING, /* the budget has room again: listeners on, no accept yet */
+    ACCEPT_RETRYING, /* the budget has room again: accepting, the shortage not
+                      * over until a second passes without a pause */
 };
 
 struct worker {
@@ -118,6 +119,7 @@ struct worker {
     int draining;                 /* loop-local: listeners closed, waiting for sessions */
     enum accept_state accept;     /* loop-local */
     uv_timer_t accept_retry;      /* ACCEPT_PAUSED: try again */
+    uint64_t accepting_since_ms;  /* ACCEPT_RETRYING: when accepting resumed */
 
     struct worker *peers;         /* every worker, this one included */
     size_t n_peers;

@@ -149,6 +149,37 @@ class FdLimit(LifelineTestCase):
         self.serve_all(d, clients[5:], first=5)
         d.wait_log("accepting again", timeout=scaled(5))
 
+    def test_churn_at_the_limit_logs_one_shortage(self):
+        """At the budget, each session that ends lets one waiting client in,
+        and the next one waits again: 20 such turns are one shortage, logged
+        once, not twenty times; a second of accepting without a pause ends
+        it."""
+        echo = self.server(EchoServer)
+        port = free_port()
+        d = self.start_lifeline(config([route(port, [echo.port])], workers=1),
+                                wrapper=["prlimit", f"--nofile={LIMIT}:{LIMIT}"])
+        fits = d.wait_log("descriptor budget")["sessions"]
+        clients = self.fill(port, fits + 1)
+        d.wait_log("accept paused: out of file descriptors", timeout=scaled(5))
+        served = clients[:fits]
+        for i in range(fits):
+            self.assertEqual(recv_exact(served[i], 9, timeout=scaled(5)), b"hello %03d" % i)
+        waiting, n = clients[fits], fits
+        for turn in range(20):
+            served.pop(0).close()
+            self.assertEqual(recv_exact(waiting, 9, timeout=scaled(5)), b"hello %03d" % n)
+            served.append(waiting)
+            n += 1
+            waiting = socket.create_connection(("127.0.0.1", port), timeout=scaled(5))
+            self.track(waiting)
+            waiting.sendall(b"hello %03d" % n)
+        self.assertEqual(len(d.find("accept paused: out of file descriptors")), 1)
+        self.assertEqual(d.find("accepting again"), [])
+        waiting.close()
+        served.pop(0).close()
+        d.wait_log("accepting again", timeout=scaled(5))
+        self.assertEqual(len(d.find("accept paused: out of file descriptors")), 1)
+
     def test_host_name_server_resolves_at_the_limit(self):
         """nofile 64, 30 clients to a server named "localhost": accepting
         pauses at the budget, the name is resolved for every accepted
