@@ -120,9 +120,13 @@ static void accept_cb(uv_poll_t *p, int status, int events)
             return;
         }
         if (rc < 0) {
+            uint64_t suppressed;
             metric_add(&l->stats->accept_errors, 1);
-            log_warn("accept failed", LF_STR("route", l->route->name), LF_INT("worker", w->id),
-                     LF_STR("error", uv_strerror(rc)));
+            if (log_enabled(LOG_WARN) &&
+                log_limit_allow(&w->accept_log, uv_now(&w->loop), &suppressed))
+                log_warn("accept failed", LF_STR("route", l->route->name),
+                         LF_INT("worker", w->id), LF_STR("error", uv_strerror(rc)),
+                         LF_INT("suppressed", suppressed));
             return;
         }
     }
@@ -386,6 +390,7 @@ static void tick_cb(uv_timer_t *t)
     atomic_store(&w->last_tick_ms, now_ms());
     log_limit_flush(&w->deny_log, uv_now(&w->loop));
     log_limit_flush(&w->upstream_log, uv_now(&w->loop));
+    log_limit_flush(&w->accept_log, uv_now(&w->loop));
     end_shortage(w);
     /* After many sessions ended, give their memory back to the system: the
      * allocator keeps freed chunks in the middle of its heap otherwise. At
@@ -560,6 +565,7 @@ int worker_init(struct worker *w, int id, struct config *cfg,
     worker_stats_init(&w->stats);
     log_limit_init(&w->deny_log, "connection denied", 1);
     log_limit_init(&w->upstream_log, "upstream", WORKER_UPSTREAM_LOG_PER_S);
+    log_limit_init(&w->accept_log, "accept failed", 1);
     /* The sockets wait, unopened, for the loop's thread: serve_config(). */
     int rc = 0;
     struct listener **tail = &w->listeners;

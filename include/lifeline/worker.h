@@ -128,6 +128,7 @@ struct worker {
     struct budget *budget;        /* descriptors and buffer memory, shared by every worker */
     struct log_limit deny_log;    /* "connection denied": one line a second */
     struct log_limit upstream_log; /* failed tries and reconnects: WORKER_UPSTREAM_LOG_PER_S */
+    struct log_limit accept_log;  /* "accept failed": one line a second */
     struct worker_stats stats;    /* per route, written only by this loop */
 
     uv_mutex_t inbox_lock;        /* guards inbox only */
