@@ -22,9 +22,11 @@ loopback only:
   source port, abort with RST, bind the same port again and reconnect; same
   server-side order check;
 - admin kills: about every second GET /sessions, then POST
-  /sessions/{id}/close for a few of the long-lived "victim" (trickling echo)
-  sessions, non-readers and flap sessions (never of the sessions checked
-  byte-exact, whose checks would otherwise be meaningless);
+  /sessions/{id}/close for 1-3 random sessions among the long-lived "victim"
+  (trickling echo) sessions, non-readers, flap, takeover and fixed-port
+  sessions (never the clean ones, whose byte-exact checks would otherwise
+  mean nothing); a killed session must end admin_kill, and a session that
+  ends early must have been killed;
 - a reload (SIGHUP) every few seconds, alternating between two valid files
   (buffer_bytes, silence_ms, backoff, an extra route added and removed, with
   light clean traffic on it while it exists); each must log `reloaded`;
@@ -356,23 +358,23 @@ class Upstream(threading.Thread):
                 del c.out[:n]
         except (BlockingIOError, InterruptedError):
             pass
-        except OSError:
-            # The peer is gone. Whether it sent its FIN first is read from
-            # the receive queue (reading may have been paused for
-            # backpressure): a FIN queued before the reset still reads as EOF.
+        except OSError as e:
+            # The peer reset. What it sent before is still in the receive
+            # queue (reading may have been paused for backpressure): read and
+            # count it. A recv() after send() has taken the error returns 0
+            # whether or not a FIN came, so the errno tells: EPIPE is the
+            # kernel's answer for a reset in CLOSE_WAIT, i.e. after the FIN.
             c.out.clear()
-            while not c.ended:
-                try:
-                    data = c.sock.recv(65536)
-                except (BlockingIOError, InterruptedError):
-                    self._finish(c, "reset")     # no FIN came before the reset
-                except OSError:
-                    self._finish(c, "reset")
-                else:
-                    if data:
-                        self._consume(c, data)
-                    else:
-                        self._finish(c, "eof")
+            if not c.ended:
+                while True:
+                    try:
+                        data = c.sock.recv(65536)
+                    except OSError:
+                        break
+                    if not data:
+                        break
+                    self._consume(c, data)
+                self._finish(c, "eof" if e.errno == errno.EPIPE else "reset")
             return
         if not c.out:
             if c.mode == M_HALF:
@@ -524,6 +526,14 @@ class Engine(threading.Thread):
         self.failures.append((kind, msg))
 
     def run(self):
+        try:
+            self._run()
+        except Exception as e:
+            import traceback
+            self.errors.append(f"client engine died: {e!r}\n{traceback.format_exc()}")
+            raise
+
+    def _run(self):
         while not self._halt.is_set():
             timeout = 0.01
             if self.timers:
@@ -576,14 +586,17 @@ class Engine(threading.Thread):
     def _spawn(self, now):
         dt = min(0.2, now - self.last_spawn)
         self.last_spawn = now
-        if self.probe is not None:
-            while self.active_kind["probe"] < self.probe:
+        probe = self.probe          # set by the main thread
+        if probe is not None:
+            while self.active_kind["probe"] < probe:
                 FlapClient(self, probe=True)
             return
         if not self.spawning:
             return
         for kind, (rate, most) in self.RATES.items():
             if kind == "extra" and not self.extra_enabled:
+                continue
+            if self.soak.only and kind not in self.soak.only:
                 continue
             c = min(self.credit[kind] + rate * self.soak.rate_scale * dt, 1 + rate * 0.05)
             while c >= 1 and self.active_kind[kind] < most:
@@ -595,8 +608,12 @@ class Engine(threading.Thread):
         def apply():
             self.spawning = on
             if on:
-                self.slots = [TakeSlot(self, ip) for ip in range(2, 41)]
-                self.slots += [FixedSlot(self, 41 + i // 5, 31001 + i % 5) for i in range(20)]
+                only = self.soak.only
+                if not only or "take" in only:
+                    self.slots += [TakeSlot(self, ip) for ip in range(2, 41)]
+                if not only or "fixed" in only:
+                    self.slots += [FixedSlot(self, 41 + i // 5, 31001 + i % 5)
+                                   for i in range(20)]
                 for s in self.slots:
                     s.start()
             else:
@@ -707,10 +724,16 @@ class Client:
 
     def describe(self):
         extra = " replaced" if getattr(self, "replaced", False) else ""
+        slot = getattr(self, "slot", None)
+        if slot is not None:
+            extra += "; its client's last sessions: " + ", ".join(
+                f"sid {c.sid} {c.addr} {c.outcome or 'open'}"
+                f"{' (replaced)' if getattr(c, 'replaced', False) else ''}"
+                for c in list(slot.history)[-4:])
         return (f"{self.kind} {self.addr} sid {self.sid}: connected {self.connected}, "
                 f"sent {self.sent}/{self.send_limit} of {self.total}, received {self.rx}, "
-                f"half-closed {self.shut}, EOF {self.rx_eof}{extra}, "
-                f"age {mono() - self.m0:.1f} s")
+                f"half-closed {self.shut}, EOF {self.rx_eof}, "
+                f"age {mono() - self.m0:.1f} s{extra}")
 
     # -- events
 
@@ -830,7 +853,19 @@ class Client:
         return {"kind": self.kind, "sid": self.sid, "addr": self.addr, "t0": self.t0,
                 "ended": self.ended_m, "outcome": self.outcome, "off": self.off,
                 "n": self.n, "sent": self.sent, "rx": self.rx, "route": self.route,
-                "rule": self.rule(), "reasons": self.reasons(), "bytes": self.log_bytes()}
+                "rule": self.rule(), "reasons": self.reasons(), "bytes": self.log_bytes(),
+                "early": self.outcome in self.EARLY, "exact": self.exact()}
+
+    def exact(self):
+        """Must the server have got exactly what lifeline read from the client
+        (bytes_from_client), then EOF? README: a client lifeline gave up on
+        (reset, replaced...) or an admin kill -> the server gets every byte
+        the client sent, then FIN."""
+        return False
+
+    # Outcomes of a session that an admin kill may have ended: the verifier
+    # accepts them only for a session a kill closed (reason admin_kill).
+    EARLY = ()
 
     def rule(self):
         return "prefix"
@@ -979,7 +1014,7 @@ class ResetClient(Client):
     kind = "reset"
 
     def __init__(self, eng):
-        n = eng.rng.randint(0, 512 * KiB)
+        n = eng.rng.randint(0, 384 * KiB)
         super().__init__(eng, eng.soak.ports["main"], n=n)
         self.send_limit = eng.rng.randint(0, self.total)
         self.wait = eng.rng.choice((0.0, 0.0, 0.005, 0.05, 0.2))
@@ -995,7 +1030,19 @@ class ResetClient(Client):
     def _arm(self):
         if not self.armed:
             self.armed = True
-            self.later(self.wait, lambda: self.finish("ok", rst=True))
+            self.later(self.wait, self._abort)
+
+    def _abort(self):
+        self.aborted_at = (mono() - self.m0, self.sent, self.rx)
+        self.finish("ok", rst=True)
+
+    def result(self):
+        r = super().result()
+        a = getattr(self, "aborted_at", None)
+        if a is not None:
+            r["story"] = (f"; the client reset {a[0] * 1000:.1f} ms after connect() with "
+                          f"{a[1]} bytes sent and {a[2]} echoed")
+        return r
 
     def on_eof(self):
         self.eng.fail(self.kind, f"{self.addr} sid {self.sid}: EOF before the client reset")
@@ -1003,6 +1050,9 @@ class ResetClient(Client):
 
     def reasons(self):
         return {"client_reset"} if self.outcome == "ok" else None
+
+    def exact(self):
+        return self.outcome == "ok"
 
 
 class VictimClient(Client):
@@ -1017,7 +1067,6 @@ class VictimClient(Client):
         super().__init__(eng, eng.soak.ports["main"], n=256 * KiB)
         self.send_limit = 16
         self.life = eng.rng.uniform(2.0, 8.0)
-        self.killed_early = False
 
     def on_connected(self):
         self.register_killable()
@@ -1043,24 +1092,26 @@ class VictimClient(Client):
             else:
                 self.finish("ok")
         else:
-            self.killed_early = True
             self.finish("ended_early", rst=True)
 
     def on_reset(self):
-        self.killed_early = True
         self.finish("reset", rst=True)
 
     def rule(self):
         return "full" if self.outcome == "ok" else "prefix"
 
+    EARLY = ("ended_early", "reset")
+
     def result(self):
         r = super().result()
         r["n"] = self.sent - 16 if self.outcome == "ok" else self.n
-        r["victim"] = True
         return r
 
     def reasons(self):
-        return "victim"    # decided by the verifier with the kill list
+        return {"client_eof"} if self.outcome == "ok" else None
+
+    def exact(self):
+        return self.outcome in self.EARLY      # killed
 
     def log_bytes(self):
         return (self.sent, self.rx) if self.outcome == "ok" else None
@@ -1087,8 +1138,10 @@ class NonReader(Client):
     def on_send_error(self):
         self.finish("send_error", rst=True)    # killed: checked with the kill list
 
+    EARLY = ("send_error",)
+
     def reasons(self):
-        return "nonreader"
+        return {"client_reset"} if self.outcome == "ok" else None
 
 
 class FlapClient(Client):
@@ -1161,6 +1214,7 @@ class TakeClient(Client):
         self.prev = slot.last
         self.inv_older = self.inv_newer = None
         slot.last = self
+        slot.history.append(self)
         super().__init__(eng, eng.soak.ports["take"], n=eng.rng.randint(0, 8 * KiB),
                          slot=slot.ip, src=(f"127.0.0.{slot.ip}", 0))
 
@@ -1172,9 +1226,23 @@ class TakeClient(Client):
         super().on_connect_error(err)
         self.slot.next(0.1)
 
+    EARLY = ("ended_early", "reset_early")
+
     def on_connected(self):
+        self.register_killable()
         self.later(self.eng.rng.choice((0.005, 0.02, 0.05)) if self.eng.rng.random() < 0.2
                    else self.eng.rng.uniform(0.1, 1.5), self._decide)
+
+    def close_clean(self):
+        self.send_limit = self.sent
+        self.half_close()
+        self._set_mask()
+
+    def kill_ok(self):
+        """Killed only while it is its client's one session: a kill in the
+        middle of a takeover would blur what the takeover checks expect."""
+        a = self.prev
+        return not self.replaced and (a is None or a.done) and self.slot.last is self
 
     def _decide(self):
         if self.done:
@@ -1182,9 +1250,7 @@ class TakeClient(Client):
         if self.replaced:
             return
         if self.slot.stopping or self.eng.rng.random() < 0.25:
-            self.send_limit = self.sent
-            self.half_close()         # clean end; the slot goes on after EOF
-            self._set_mask()
+            self.close_clean()        # the slot goes on after EOF
         else:
             self.replaced = True      # open the next one while this one is open
             self.eng.takeovers += 1
@@ -1196,6 +1262,11 @@ class TakeClient(Client):
         elif self.shut and self.rx == self.sent:
             self.finish("ok")
             self.slot.next(self.eng.rng.uniform(0, 0.2))
+        elif not self.shut:
+            # Killed (checked by the verifier): come back at once, while the
+            # old upstream connection may still be finishing.
+            self.finish("ended_early", rst=True)
+            self.slot.next(self.eng.rng.choice((0, 0.005, 0.05)))
         else:
             self.mismatch(f"EOF after {self.rx} of {self.sent} bytes, not replaced")
             self.slot.next(0.1)
@@ -1216,9 +1287,8 @@ class TakeClient(Client):
             self.slot.last = a
             a.later(self.eng.rng.uniform(0.1, 1.0), a._decide)
         else:
-            self.eng.fail(self.kind, f"{self.addr} sid {self.sid}: reset, not replaced")
-            self.finish("reset", rst=True)
-            self.slot.next(0.1)
+            self.finish("reset_early", rst=True)    # the verifier wants a kill
+            self.slot.next(0.05)
 
     def on_send_error(self):
         self.on_reset()
@@ -1228,9 +1298,12 @@ class TakeClient(Client):
         r["inv_older"], r["inv_newer"] = self.inv_older, self.inv_newer
         return r
 
+    def exact(self):
+        return self.outcome in ("replaced", "replaced_eof", "inverted") + self.EARLY
+
     def reasons(self):
         if self.outcome in ("replaced", "replaced_eof", "inverted"):
-            return {"replaced"}
+            return {"replaced"}     # (admin_kill added when a kill raced it)
         if self.outcome == "ok":
             return {"client_eof"}
         return None
@@ -1245,6 +1318,7 @@ class TakeSlot:
         self.ip = ip
         self.stopping = False
         self.last = None
+        self.history = collections.deque(maxlen=8)
 
     def start(self):
         self.eng.call_later(self.eng.rng.uniform(0, 0.5), self._open)
@@ -1256,6 +1330,14 @@ class TakeSlot:
     def _open(self):
         if not self.stopping:
             TakeClient(self)
+            return
+        # Stopped while a session waited for its successor: none comes, so
+        # it ends cleanly instead.
+        a = self.last
+        if a is not None and a.replaced and not a.done:
+            a.replaced = False
+            self.eng.takeovers -= 1
+            a.close_clean()
 
 
 class FixedClient(Client):
@@ -1266,6 +1348,7 @@ class FixedClient(Client):
 
     def __init__(self, slot):
         self.slot = slot
+        slot.history.append(self)
         eng = slot.eng
         super().__init__(eng, eng.soak.ports["fixed"], n=eng.rng.randint(0, 8 * KiB),
                          slot=slot.ip, sport=slot.port,
@@ -1281,7 +1364,10 @@ class FixedClient(Client):
             super().on_connect_error(err)
         self.slot.next(0.05)
 
+    EARLY = ("ended_early", "reset_early")
+
     def on_connected(self):
+        self.register_killable()
         self.later(self.eng.rng.uniform(0.02, 1.0), self._abort)
 
     def _abort(self):
@@ -1290,16 +1376,19 @@ class FixedClient(Client):
         self.slot.next(0)
 
     def on_eof(self):
-        self.mismatch("EOF before the client aborted")
-        self.slot.next(0.1)
+        self.finish("ended_early", rst=True)    # killed, says the verifier
+        self.eng.fixed_returns += 1
+        self.slot.next(0)
 
     def on_reset(self):
-        self.eng.fail(self.kind, f"{self.addr} sid {self.sid}: reset before the client aborted")
-        self.finish("reset", rst=True)
-        self.slot.next(0.1)
+        self.finish("reset_early", rst=True)
+        self.slot.next(0.05)
 
     def reasons(self):
         return {"client_reset", "replaced"} if self.outcome == "ok" else None
+
+    def exact(self):
+        return True
 
 
 class FixedSlot(TakeSlot):
@@ -1336,6 +1425,7 @@ class SoakLifeline(harness.Lifeline):
         self.sanitizer = []        # lines with a sanitizer mark
         self.error_lines = []
         self.tail = collections.deque(maxlen=400)
+        self.log_file = None
 
     def _read_stderr(self, stream):
         for raw in stream:
@@ -1346,6 +1436,8 @@ class SoakLifeline(harness.Lifeline):
                     rec = json.loads(text)
                 except ValueError:
                     rec = None
+            if self.log_file is not None:
+                self.log_file.write(text + "\n")
             with self._cond:
                 self.n_lines += 1
                 self.n_bytes += len(raw)
@@ -1371,7 +1463,7 @@ class SoakLifeline(harness.Lifeline):
                             self.closed[rec.get("client")].append(
                                 (start, rec.get("reason"), route, rec.get("bytes_from_client"),
                                  rec.get("bytes_from_server"), rec.get("upstream_finish"),
-                                 rec.get("worker")))
+                                 rec.get("worker"), rec.get("duration_ms")))
                     elif msg not in UPSTREAM_NOISE:
                         self.records.append(rec)
                 self._cond.notify_all()
@@ -1422,10 +1514,19 @@ class SoakLifeline(harness.Lifeline):
 
 
 def proc_fds(pid):
+    """The targets of the process's open descriptors (one closing while it
+    is read is left out)."""
+    out = []
     try:
-        return sorted(os.readlink(f"/proc/{pid}/fd/{f}") for f in os.listdir(f"/proc/{pid}/fd"))
+        names = os.listdir(f"/proc/{pid}/fd")
     except FileNotFoundError:
-        return []
+        return out
+    for f in names:
+        try:
+            out.append(os.readlink(f"/proc/{pid}/fd/{f}"))
+        except FileNotFoundError:
+            pass
+    return sorted(out)
 
 
 def proc_status(pid, key):
@@ -1508,6 +1609,7 @@ class Soak:
         self.args = args
         self.seed = args.seed
         self.rate_scale = args.rate_scale
+        self.only = set(args.only.split(",")) if args.only else None
         self.rng = random.Random(self.seed)
         self.failures = []
         self.notes = []
@@ -1616,10 +1718,10 @@ class Soak:
             if not self.d.running():
                 self.fail(f"lifeline exited during the soak (code {self.d.proc.poll()})")
                 return False
-            if now >= next_kill:
+            if now >= next_kill and not self.args.no_chaos:
                 self.kill_some()
                 next_kill = now + self.rng.uniform(0.7, 1.3)
-            if now >= next_reload:
+            if now >= next_reload and not self.args.no_chaos:
                 self.reload("b" if self.current == "a" else "a")
                 next_reload = mono() + self.rng.uniform(2.0, 4.0)
             if now >= next_sample:
@@ -1631,6 +1733,9 @@ class Soak:
             if now >= next_report:
                 self.report_progress()
                 next_report = now + 10.0
+            if not self.eng.is_alive():
+                self.fail("the client engine thread died (see the driver error)")
+                return False
             for srv in self.servers:
                 if srv.error:
                     self.fail(f"upstream server {srv.name} crashed: {srv.error}")
@@ -1644,7 +1749,8 @@ class Soak:
             return
         with self.eng.klock:
             killable = dict(self.eng.killable)
-        cands = [s for s in lst if s.get("client") in killable]
+        cands = [s for s in lst if s.get("client") in killable and
+                 getattr(killable[s["client"]], "kill_ok", lambda: True)()]
         self.rng.shuffle(cands)
         for s in cands[:self.rng.randint(1, 3)]:
             sess = killable[s["client"]]
@@ -1718,7 +1824,7 @@ class Soak:
         self.eng.extra_enabled = False
         self.flap.hold("echo")
         deadline = mono() + 60 * SCALE
-        while self.eng.active and mono() < deadline:
+        while self.eng.active and mono() < deadline and self.eng.is_alive():
             self.verify.drain()
             time.sleep(0.05)
         if self.eng.active:
@@ -1798,6 +1904,8 @@ class Soak:
             env["ASAN_OPTIONS"] = os.environ.get("ASAN_OPTIONS", "detect_leaks=1")
             env["UBSAN_OPTIONS"] = os.environ.get("UBSAN_OPTIONS", "print_stacktrace=1")
         self.d = SoakLifeline(self.cfg_a, self.tmp.name, env=env)
+        if a.lifeline_log:
+            self.d.log_file = open(a.lifeline_log, "w")
         self.d.start()
         try:
             self.d.wait_ready(15 * SCALE)
@@ -1813,6 +1921,14 @@ class Soak:
         ok, _ = self.run_phase("warm-up", a.warmup)
         ok = ok and self.quiesce("after the warm-up")
         if not ok:
+            return self.finish()
+        # A descriptor may still be closing (the last admin connection):
+        # the baseline is the count once it has not moved for a second.
+        try:
+            harness.wait_stable(lambda: len(proc_fds(self.d.pid)), 1.0, 10 * SCALE,
+                                "lifeline's descriptor count to settle")
+        except AssertionError as e:
+            self.fail(f"after the warm-up: {e}")
             return self.finish()
         self.fd_base = proc_fds(self.d.pid)
         self.rss_base = proc_status(self.d.pid, "VmRSS")
@@ -2015,11 +2131,14 @@ class Soak:
                 p(f"fds: baseline {len(self.fd_base)}, final {self.fd_final}")
             if self.verify is not None:
                 v = self.verify
-                p(f"verified: {v.checked} server records ({v.full} full, {v.prefix} prefix), "
+                p(f"verified: {v.checked} server records ({v.full} full, {v.prefix} prefix, "
+                  f"{v.exact_checked} of them against bytes_from_client, {v.exact_failed} short), "
                   f"{v.log_checked} close reasons, {v.takeover_pairs} upstream "
                   f"successions in order; server ends {dict(v.server_ends)}; "
                   f"untagged upstream connections {v.untagged}; "
                   f"unmatched session closed lines {self.d.unmatched_closed()}")
+                for line in v.reset_details[:8]:
+                    p("  server saw a reset: " + line)
         p("PASS" if not self.failures else f"FAIL: {len(self.failures)} failure(s)")
         for f in self.failures:
             p(" - " + f)
@@ -2078,6 +2197,11 @@ class Verifier:
         self.untagged = 0
         self.takeover_pairs = 0
         self.inv_recs = {}
+        self.server_resets = {}   # sid -> server record, of sessions the server saw reset
+        self.exact_srv = {}       # sid -> server record, of sessions checked against the log
+        self.exact_checked = 0
+        self.exact_failed = 0
+        self.reset_details = []
         self.inversions = []      # (newer sid, older sid, newer address)
 
     def f(self, msg):
@@ -2094,7 +2218,7 @@ class Verifier:
                     self.check(r, rec)
                 else:
                     self.pending_client[r["sid"]] = r
-            if r["reasons"] is not None and r["addr"] is not None:
+            if (r["reasons"] is not None or r["early"]) and r["addr"] is not None:
                 self.pending_log.append(r)
         for srv in self.soak.servers:
             if srv.name == "flap":
@@ -2161,19 +2285,15 @@ class Verifier:
                 self.f(f"{tag}: the server saw a reset, not EOF")
             return
         self.prefix += 1
+        if r.get("exact"):
+            self.exact_srv[sid] = rec
+        if end != "eof":
+            self.server_resets[sid] = rec
         sent_payload = max(0, r["sent"] - 16)
         if n > sent_payload:
             self.f(f"{tag}: server got {n} bytes, client sent only {sent_payload}")
         elif sha != sha_of(r["off"], n):
             self.f(f"{tag}: server's {n} bytes are not a prefix of what was sent")
-
-    def victim_reasons(self, r):
-        killed = r["sid"] in self.soak.killed_sids
-        if r["outcome"] == "ok":
-            return {"client_eof", "admin_kill"} if killed else {"client_eof"}
-        if not killed:
-            return None        # reported below
-        return {"admin_kill"}
 
     def check_logs(self, final):
         d = self.soak.d
@@ -2186,16 +2306,16 @@ class Verifier:
                 continue
             reasons = r["reasons"]
             tag = f"[{r['kind']}] {r['addr']} sid {r['sid']}"
-            if reasons in ("victim", "nonreader"):
-                killed = r["sid"] in self.soak.killed_sids
-                if reasons == "victim":
-                    if r["outcome"] != "ok" and not killed:
-                        self.f(f"{tag}: ended early ({r['outcome']}) and no kill closed it")
-                    reasons = self.victim_reasons(r)
+            killed = r["sid"] in self.soak.killed_sids
+            if r["early"]:
+                if killed:
+                    reasons = {"admin_kill"}
                 else:
-                    reasons = {"client_reset", "admin_kill"} if killed else {"client_reset"}
-                    if r["outcome"] != "ok" and not killed:
-                        self.f(f"{tag}: ended early ({r['outcome']}) and no kill closed it")
+                    self.f(f"{tag}: ended early ({r['outcome']} after {r['sent']} bytes sent, "
+                           f"{r['rx']} received) and no admin kill closed it")
+                    reasons = None
+            elif killed and reasons is not None:
+                reasons = reasons | {"admin_kill"}   # the kill came too late to matter
             rec = d.take_closed(r["addr"], r["t0"])
             if rec is None:
                 if final or now - r["ended"] > 30 * SCALE:
@@ -2204,9 +2324,25 @@ class Verifier:
                     keep.append(r)
                 continue
             self.log_checked += 1
-            start, reason, route, bfc, bfs, finish, worker = rec
+            start, reason, route, bfc, bfs, finish, worker, duration = rec
             if r.get("inv_older") or r.get("inv_newer"):
                 self.inv_recs[r["sid"]] = rec
+            srv = self.exact_srv.pop(r["sid"], None)
+            if srv is not None:
+                self.exact_checked += 1
+                if srv[4] + 16 != bfc or srv[6] != "eof":
+                    self.exact_failed += 1
+                    self.f(f"{tag}: lifeline read {bfc} bytes from the client (reason {reason}, "
+                           f"duration_ms {duration}, upstream_finish {finish}), but the server "
+                           f"got {srv[4] + 16}, then {'EOF' if srv[6] == 'eof' else 'a reset'} "
+                           f"(README: every byte the client sent, then FIN){r.get('story', '')}")
+            srv = self.server_resets.pop(r["sid"], None)
+            if srv is not None:
+                self.reset_details.append(
+                    f"{tag}{r.get('story', '')}; server got {srv[4] + 16} then a reset "
+                    f"{srv[10] - srv[9]:.3f} s after its accept; lifeline: reason {reason}, "
+                    f"bytes_from_client {bfc}, bytes_from_server {bfs}, upstream_finish "
+                    f"{finish}, duration_ms {duration}")
             if r.get("inv_older"):
                 self.inversions.append((r["sid"], r["inv_older"], r["addr"]))
             if route != r["route"]:
@@ -2250,6 +2386,14 @@ def main():
     ap.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
     ap.add_argument("--rate-scale", type=float, default=1.0,
                     help="multiplies every kind's session rate (default 1)")
+    ap.add_argument("--only", default=None,
+                    help="run only these kinds of sessions (comma-separated: clean, halfsrv, "
+                         "reset, victim, nonreader, flap, extra, take, fixed), to narrow a "
+                         "failure down")
+    ap.add_argument("--lifeline-log", metavar="PATH", default=None,
+                    help="also write every line lifeline logs to this file")
+    ap.add_argument("--no-chaos", action="store_true",
+                    help="no reloads and no admin kills (to narrow a failure down)")
     args = ap.parse_args()
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1 << 30)
