@@ -1460,7 +1460,7 @@ class SoakLifeline(harness.Lifeline):
                                                rec["upstream_finish"])] += 1
                         if route != "flap":
                             start = log_time(rec) - rec.get("duration_ms", 0) / 1000.0
-                            self.closed[rec.get("client")].append(
+                            self.closed[(rec.get("client"), route)].append(
                                 (start, rec.get("reason"), route, rec.get("bytes_from_client"),
                                  rec.get("bytes_from_server"), rec.get("upstream_finish"),
                                  rec.get("worker"), rec.get("duration_ms")))
@@ -1471,11 +1471,13 @@ class SoakLifeline(harness.Lifeline):
             self._eof = True
             self._cond.notify_all()
 
-    def take_closed(self, addr, t0, tolerance=5.0):
-        """Removes and returns the `session closed` record of the session of
-        this client address that started nearest t0, or None."""
+    def take_closed(self, addr, route, t0, tolerance=5.0):
+        """Removes and returns the `session closed` record of the route's
+        session of this client address that started nearest t0, or None (a
+        client port may be in use towards two routes at once)."""
+        key = (addr, route)
         with self._cond:
-            lst = self.closed.get(addr)
+            lst = self.closed.get(key)
             if not lst:
                 return None
             best = min(range(len(lst)), key=lambda i: abs(lst[i][0] - t0))
@@ -1483,7 +1485,7 @@ class SoakLifeline(harness.Lifeline):
                 return None
             rec = lst.pop(best)
             if not lst:
-                del self.closed[addr]
+                del self.closed[key]
             return rec
 
     def unmatched_closed(self):
@@ -2316,7 +2318,7 @@ class Verifier:
                     reasons = None
             elif killed and reasons is not None:
                 reasons = reasons | {"admin_kill"}   # the kill came too late to matter
-            rec = d.take_closed(r["addr"], r["t0"])
+            rec = d.take_closed(r["addr"], r["route"], r["t0"])
             if rec is None:
                 if final or now - r["ended"] > 30 * SCALE:
                     self.f(f"{tag}: no `session closed` line for this client")
