@@ -34,9 +34,12 @@
  *              for it, then FIN (CLOSE_FLUSHING, bounded by CLOSE_LINGER_MS).
  *              A client given up on while its upstream handshake was in
  *              flight first waits for that to end (CLOSE_AWAIT_CONNECT).
- *              A session that owns a client identity then waits until the
- *              server has finished with the old connection
- *              (CLOSE_AWAIT_SERVER, bounded by AWAIT_SERVER_MS).
+ *              After the FIN to the server, the session waits until the
+ *              server has finished with the connection (CLOSE_AWAIT_SERVER,
+ *              bounded by AWAIT_SERVER_MS), reading and dropping what it
+ *              still sends: closing with unread input would reset the
+ *              connection and destroy what is still queued for it, and the
+ *              identity (if the session owns one) passes on only then.
  *  CLOSED      the close is logged, the identity released; handles are
  *              closing and the session is freed in the last close callback
  *              (free_if_unused), never earlier.
@@ -75,6 +78,8 @@
 #define UPSTREAM_STABLE_MS 1000
 /* The smallest read, when the direction is close to buffer_bytes. */
 #define READ_MIN 1024
+/* Reads of unread input before a graceful close (of up to POOL_READ_SIZE). */
+#define DRAIN_READS_MAX 4
 
 enum session_state {
     SESSION_WAITING,
@@ -461,7 +466,7 @@ static void half_fin_done(struct half *h, int status)
     if (s->state == SESSION_CLOSING) {
         if (s->close_step == CLOSE_AWAIT_SERVER)
             return; /* waiting already */
-        if (h == &s->up && s->registered)
+        if (h == &s->up)
             await_server(s);
         else
             finish_close(s);
@@ -1066,13 +1071,30 @@ static void log_close(struct session *s)
 }
 
 /* Closes the client connection, abortively when the policy says so. */
+/* Reads and drops what the peer sent and nobody will read any more:
+ * close() on a socket with unread input sends a reset instead of a FIN, and
+ * the reset destroys what is still queued for the peer. Bounded: a peer
+ * that keeps sending gets its reset. */
+static void drain_input(struct session *s, uv_tcp_t *t)
+{
+    int fd = -1;
+    char *buf = pool_read_buffer(&s->w->pool);
+    if (buf == NULL || uv_fileno((uv_handle_t *)t, &fd) != 0)
+        return;
+    for (int i = 0; i < DRAIN_READS_MAX; i++)
+        if (recv(fd, buf, POOL_READ_SIZE, MSG_DONTWAIT) <= 0)
+            break;
+}
+
 static void close_client(struct session *s)
 {
     if (uv_is_closing((uv_handle_t *)&s->client))
         return;
     /* An abortive close leaves no TIME_WAIT on the client's fixed 5-tuple. */
-    if (s->client_close != CLOSE_RST || uv_tcp_close_reset(&s->client, handle_closed_cb) < 0)
-        uv_close((uv_handle_t *)&s->client, handle_closed_cb);
+    if (s->client_close == CLOSE_RST && uv_tcp_close_reset(&s->client, handle_closed_cb) == 0)
+        return;
+    drain_input(s, &s->client);
+    uv_close((uv_handle_t *)&s->client, handle_closed_cb);
 }
 
 static void close_upstream(struct session *s, enum close_mode mode)
@@ -1091,6 +1113,7 @@ static void close_upstream(struct session *s, enum close_mode mode)
                 (s->reason == REASON_CLIENT_EOF || s->reason == REASON_UPSTREAM_EOF);
     if (!ended && uv_fileno((uv_handle_t *)&s->upstream, &fd) == 0)
         shutdown(fd, SHUT_WR);
+    drain_input(s, &s->upstream);
     close_handle((uv_handle_t *)&s->upstream);
 }
 
@@ -1228,7 +1251,7 @@ void session_close(struct session *s, enum reason reason)
         set_state(s, SESSION_CLOSING);
         if (half_can_flush(&s->up)) {
             flush = &s->up;
-        } else if (s->registered) {
+        } else {
             await_server(s); /* FIN went out earlier, with the client's own EOF */
             return;
         }

@@ -2,7 +2,9 @@
 
 import errno
 import hashlib
+import json
 import os
+import select
 import selectors
 import socket
 import struct
@@ -14,6 +16,11 @@ from harness import (LOOPBACK, KiB, MiB, AcceptServer, EchoServer, LifelineTestC
                      SinkServer, addr_str, config, connect, free_port, have_ipv6_loopback,
                      listen_port, raise_nofile, recv_exact, recv_until_eof, route, scaled,
                      wait_closed, wait_until)
+from test_admin import admin_port, http_exchange, request_bytes, with_admin
+
+
+def sessions(d):
+    return json.loads(http_exchange(admin_port(d), request_bytes("GET", "/sessions")).body)
 
 
 class BulkTransfer(LifelineTestCase):
@@ -247,6 +254,103 @@ class Resets(LifelineTestCase):
         self.reset(conn)
         self.assertEqual(wait_closed(cli, timeout=scaled(10)), "eof")
         self.assertSessionClosed(self.d, client, "upstream_reset", bytes_from_server=len(data))
+
+
+class ResetWithBytesInFlight(LifelineTestCase):
+    """A client that resets while lifeline still holds bytes for a slow
+    server, and the server has written something lifeline will no longer
+    read: the server still gets every byte lifeline read from the client,
+    then its EOF, never a reset (close() with unread input would send one,
+    destroying what is still queued)."""
+
+    def check(self, identity):
+        srv = self.server(AcceptServer)
+        r = route(free_port(), [srv.port])
+        r["client"] = {"identity": identity}
+        d = self.start_lifeline(with_admin(config([r])))
+        cli = self.client(listen_port(d))
+        client = addr_str(cli.getsockname())
+        conn, _ = srv.accept()
+        # Fill every buffer between the client and the server, which reads nothing yet.
+        cli.setblocking(False)
+        block, sent = os.urandom(64 * KiB), 0
+        deadline = time.monotonic() + scaled(10)
+        while time.monotonic() < deadline:
+            try:
+                sent += cli.send(block)
+            except BlockingIOError:
+                if select.select([], [cli], [], 0.3)[1] == []:
+                    break  # nobody takes more: everything is full
+        self.assertGreater(sent, 1 * MiB)
+        cli.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        cli.close()
+        # A reply makes lifeline write to the dead client and find it reset.
+        conn.sendall(b"ping")
+        wait_until(lambda: [x for x in sessions(d) if x["state"] == "closing"], scaled(5),
+                   "the session closing")
+        conn.sendall(b"late")  # lifeline does not read the server any more
+        got = 0
+        conn.settimeout(scaled(10))
+        end = "eof"
+        try:
+            while True:
+                chunk = conn.recv(1 << 20)
+                if not chunk:
+                    break
+                got += len(chunk)
+        except ConnectionResetError:
+            end = "reset"
+        rec = d.session_closed(client)
+        self.assertEqual(rec["reason"], "client_reset", rec)
+        self.assertEqual((end, got), ("eof", rec["bytes_from_client"]), rec)
+
+    def test_identity_none(self):
+        self.check("none")
+
+    def test_identity_owner(self):
+        self.check("address_port")
+
+
+class ServerResetWithBytesInFlight(LifelineTestCase):
+    """The mirror: a server that resets while lifeline still holds bytes for
+    a slow client, which has sent something lifeline will no longer read:
+    the client gets every byte the server sent, then EOF."""
+
+    def test_server_reset(self):
+        srv = self.server(AcceptServer)
+        d = self.start_lifeline(with_admin(config([route(free_port(), [srv.port])])))
+        cli = self.client(listen_port(d))
+        client = addr_str(cli.getsockname())
+        conn, _ = srv.accept()
+        conn.setblocking(False)
+        block, sent = os.urandom(64 * KiB), 0
+        deadline = time.monotonic() + scaled(10)
+        while time.monotonic() < deadline:
+            try:
+                sent += conn.send(block)
+            except BlockingIOError:
+                if select.select([], [conn], [], 0.3)[1] == []:
+                    break
+        self.assertGreater(sent, 1 * MiB)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+        cli.sendall(b"ping")  # lifeline writes it to the dead server and finds it reset
+        wait_until(lambda: [x for x in sessions(d) if x["state"] == "closing"], scaled(5),
+                   "the session closing")
+        cli.sendall(b"late")  # lifeline does not read the client any more
+        got, end = 0, "eof"
+        cli.settimeout(scaled(10))
+        try:
+            while True:
+                chunk = cli.recv(1 << 20)
+                if not chunk:
+                    break
+                got += len(chunk)
+        except ConnectionResetError:
+            end = "reset"
+        rec = d.session_closed(client)
+        self.assertEqual(rec["reason"], "upstream_reset", rec)
+        self.assertEqual((end, got), ("eof", rec["bytes_from_server"]), rec)
 
 
 class IPv6(LifelineTestCase):
