@@ -491,7 +491,7 @@ class Engine(threading.Thread):
         self.started = collections.Counter()
         self.outcomes = collections.Counter()
         self.results = collections.deque()
-        self.killable = {}              # client address -> session
+        self.killable = {}              # (client address, route) -> session
         self.klock = threading.Lock()
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -838,8 +838,8 @@ class Client:
         eng.outcomes[(self.kind, outcome)] += 1
         if self.addr is not None:
             with eng.klock:
-                if eng.killable.get(self.addr) is self:
-                    del eng.killable[self.addr]
+                if eng.killable.get((self.addr, self.route)) is self:
+                    del eng.killable[(self.addr, self.route)]
         if result:
             eng.results.append(self.result())
         self.after_finish()
@@ -879,7 +879,9 @@ class Client:
     def register_killable(self):
         if self.addr is not None:
             with self.eng.klock:
-                self.eng.killable[self.addr] = self
+                # By route too: one client port may be in use towards two
+                # routes at once.
+                self.eng.killable[(self.addr, self.route)] = self
 
     # -- hooks
 
@@ -1751,11 +1753,11 @@ class Soak:
             return
         with self.eng.klock:
             killable = dict(self.eng.killable)
-        cands = [s for s in lst if s.get("client") in killable and
-                 getattr(killable[s["client"]], "kill_ok", lambda: True)()]
+        cands = [s for s in lst if (s.get("client"), s.get("route")) in killable and
+                 getattr(killable[(s["client"], s["route"])], "kill_ok", lambda: True)()]
         self.rng.shuffle(cands)
         for s in cands[:self.rng.randint(1, 3)]:
-            sess = killable[s["client"]]
+            sess = killable[(s["client"], s["route"])]
             st, body = self.admin("POST", f"/sessions/{s['id']}/close")
             if st == 200:
                 self.kills["closed"] += 1
@@ -2054,17 +2056,18 @@ class Soak:
         for line in d.error_lines[:10]:
             self.fail(f"error logged: {line}")
         if getattr(self, "eng", None) is not None:
-            for kind, msg in list(self.eng.failures)[:50]:
+            for kind, msg in list(self.eng.failures)[:MAX_LISTED]:
                 self.fail(f"[{kind}] {msg}")
-            if len(self.eng.failures) > 50:
-                self.fail(f"... and {len(self.eng.failures) - 50} more session failures")
+            if len(self.eng.failures) > MAX_LISTED:
+                self.fail(f"... and {len(self.eng.failures) - MAX_LISTED} more session failures")
             for e in self.eng.errors[:5]:
                 self.fail(f"driver error: {e}")
         if self.verify is not None:
-            for msg in self.verify.failures[:50]:
+            for msg in self.verify.failures[:MAX_LISTED]:
                 self.fail(msg)
-            if len(self.verify.failures) > 50:
-                self.fail(f"... and {len(self.verify.failures) - 50} more verification failures")
+            if len(self.verify.failures) > MAX_LISTED:
+                self.fail(f"... and {len(self.verify.failures) - MAX_LISTED} more verification "
+                          f"failures")
         for e in self.admin_errors[:10]:
             self.fail(f"admin endpoint: {e}")
         self.summary()
@@ -2146,6 +2149,10 @@ class Soak:
             p(" - " + f)
         p("=" * 72)
 
+
+# A broken lifeline can fail thousands of sessions the same way: the summary
+# lists this many of each list, then the count of the rest.
+MAX_LISTED = 200
 
 # Bounds. RSS: lifeline keeps per-worker read buffers and a pool of 64 KiB
 # buffers, and glibc keeps freed memory in its arenas until malloc_trim (after
@@ -2309,15 +2316,6 @@ class Verifier:
             reasons = r["reasons"]
             tag = f"[{r['kind']}] {r['addr']} sid {r['sid']}"
             killed = r["sid"] in self.soak.killed_sids
-            if r["early"]:
-                if killed:
-                    reasons = {"admin_kill"}
-                else:
-                    self.f(f"{tag}: ended early ({r['outcome']} after {r['sent']} bytes sent, "
-                           f"{r['rx']} received) and no admin kill closed it")
-                    reasons = None
-            elif killed and reasons is not None:
-                reasons = reasons | {"admin_kill"}   # the kill came too late to matter
             rec = d.take_closed(r["addr"], r["route"], r["t0"])
             if rec is None:
                 if final or now - r["ended"] > 30 * SCALE:
@@ -2325,6 +2323,18 @@ class Verifier:
                 else:
                     keep.append(r)
                 continue
+            if r["early"]:
+                if killed:
+                    reasons = {"admin_kill"}
+                else:
+                    self.f(f"{tag}: ended early ({r['outcome']} after {r['sent']} bytes sent, "
+                           f"{r['rx']} received) and no admin kill closed it; lifeline: "
+                           f"reason {rec[1]}, bytes_from_client {rec[3]}, bytes_from_server "
+                           f"{rec[4]}, upstream_finish {rec[5]}, worker {rec[6]}, "
+                           f"duration_ms {rec[7]}")
+                    reasons = None
+            elif killed and reasons is not None:
+                reasons = reasons | {"admin_kill"}   # the kill came too late to matter
             self.log_checked += 1
             start, reason, route, bfc, bfs, finish, worker, duration = rec
             if r.get("inv_older") or r.get("inv_newer"):
