@@ -651,9 +651,14 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     struct session *s = h->s;
 
     if (s->state == SESSION_CLOSING) {
-        /* Only the server is read while closing: for its EOF, not its bytes. */
-        if (nread < 0)
-            await_done(s, FINISH_SERVER_EOF);
+        /* Only the server is read while closing (drop_server_input): for
+         * its EOF, not its bytes. */
+        if (nread < 0 && h == &s->down) {
+            uv_read_stop(stream);
+            h->state = HALF_DONE;
+            if (s->close_step == CLOSE_AWAIT_SERVER)
+                await_done(s, FINISH_SERVER_EOF);
+        }
         return;
     }
     if (nread > 0) {
@@ -861,6 +866,20 @@ static void flush_then_fin(struct session *s, struct half *h);
 
 /* The handshake of a session given up on while connecting has ended: if the
  * server has the connection, it gets the client's bytes and its EOF. */
+/* While lifeline flushes the client's bytes to the server and then waits
+ * for it, it reads what the server sends and drops it: a server that cannot
+ * write may stop reading, which would stall the flush, and close() with
+ * unread input sends a reset. The server's EOF ends the reading. */
+static void drop_server_input(struct session *s)
+{
+    if (!s->upstream_open || s->down.state != HALF_OPEN)
+        return;
+    half_read_reset(&s->down);
+    int rc = uv_read_start((uv_stream_t *)&s->upstream, alloc_cb, read_cb);
+    if (rc < 0 && rc != UV_EALREADY)
+        s->down.state = HALF_DONE; /* nothing more will come from it */
+}
+
 static void connect_resolved_while_closing(struct session *s, int status)
 {
     if (status < 0) {
@@ -870,6 +889,7 @@ static void connect_resolved_while_closing(struct session *s, int status)
     int fd = -1;
     uv_fileno((uv_handle_t *)&s->upstream, &fd);
     s->upstream_port = net_local_port(fd);
+    drop_server_input(s);
     deliver_queue(s, SESSION_CLOSING);
     if (s->state == SESSION_CLOSING)
         flush_then_fin(s, &s->up);
@@ -998,7 +1018,7 @@ static void await_server(struct session *s)
     }
     s->close_step = CLOSE_AWAIT_SERVER;
     s->await_since_ms = uv_now(&s->w->loop);
-    uv_read_start((uv_stream_t *)&s->upstream, alloc_cb, read_cb);
+    drop_server_input(s); /* reading already, unless the close began elsewhere */
     uv_timer_start(&s->timer, timer_cb, AWAIT_POLL_MS, AWAIT_POLL_MS);
 }
 
@@ -1242,13 +1262,13 @@ void session_close(struct session *s, enum reason reason)
          * the server every byte the client sent, then FIN (or a reset, if
          * so configured for a dead client). */
         close_client(s);
-        uv_read_stop((uv_stream_t *)&s->upstream);
         if (upstream_close_mode(s, reason) == CLOSE_RST) {
             close_upstream(s, CLOSE_RST);
             finish_close(s);
             return;
         }
         set_state(s, SESSION_CLOSING);
+        drop_server_input(s);
         if (half_can_flush(&s->up)) {
             flush = &s->up;
         } else {

@@ -311,6 +311,64 @@ class ResetWithBytesInFlight(LifelineTestCase):
         self.check("address_port")
 
 
+class ResetToAnEchoingServer(LifelineTestCase):
+    """A server that writes back what it reads, one blocking write after
+    each read, so that it stops reading while its writes cannot go out. A
+    client that floods it and resets: lifeline goes on reading (and
+    dropping) what the server writes while it flushes the client's bytes to
+    it, so the flush completes at once, and the server gets every byte,
+    then EOF (not the 5 s cut with a reset)."""
+
+    def test_flush_to_an_echoing_server(self):
+        lst = self.track(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+        lst.bind((LOOPBACK, 0))
+        lst.listen(8)
+        result = {}
+
+        def echo_blocking():
+            c, _ = lst.accept()
+            with c:
+                c.settimeout(scaled(20))
+                got, end = 0, "eof"
+                try:
+                    while True:
+                        data = c.recv(65536)
+                        if not data:
+                            break
+                        got += len(data)
+                        c.sendall(data)
+                except OSError as e:
+                    end = type(e).__name__
+                result.update(got=got, end=end, at=time.monotonic())
+        t = threading.Thread(target=echo_blocking, daemon=True)
+        t.start()
+        r = route(free_port(), [lst.getsockname()[1]])
+        r["client"] = {"identity": "none"}
+        d = self.start_lifeline(config([r]))
+        cli = self.client(listen_port(d))
+        client = addr_str(cli.getsockname())
+        # Send without reading the echo until nothing more goes: every
+        # buffer on the way back, then the server, then the way there fill.
+        cli.setblocking(False)
+        block, sent = os.urandom(64 * KiB), 0
+        deadline = time.monotonic() + scaled(10)
+        while time.monotonic() < deadline:
+            try:
+                sent += cli.send(block)
+            except BlockingIOError:
+                if select.select([], [cli], [], 0.3)[1] == []:
+                    break
+        self.assertGreater(sent, 1 * MiB)
+        cli.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        reset_at = time.monotonic()
+        cli.close()
+        t.join(scaled(20))
+        rec = d.session_closed(client)
+        self.assertEqual(rec["reason"], "client_reset", rec)
+        self.assertEqual((result.get("end"), result.get("got")), ("eof", rec["bytes_from_client"]))
+        self.assertLess(result["at"] - reset_at, scaled(3), "the flush waited for the 5 s cut")
+
+
 class ServerResetWithBytesInFlight(LifelineTestCase):
     """The mirror: a server that resets while lifeline still holds bytes for
     a slow client, which has sent something lifeline will no longer read:
