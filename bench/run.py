@@ -48,6 +48,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(REPO, "tests", "lib"))
+
+# Shared with the test suites: tests/lib/lifeline_testlib.py.
+import lifeline_testlib  # noqa: E402
 LOOPBACK = "127.0.0.1"
 
 # Where a client goes: straight to the peer, or through one of the proxies.
@@ -257,15 +261,6 @@ def first_line(argv, stream="stdout"):
         if line.strip():
             return line.strip()
     return None
-
-
-def is_sanitized(path):
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError:
-        return False
-    return b"__asan_init" in data or b"__tsan_init" in data
 
 
 def cmake_build_type(binary):
@@ -895,7 +890,7 @@ class Report:
         build_type = cmake_build_type(b.lifeline)
         if build_type:
             out.append(f"- lifeline build type: {build_type}")
-        if is_sanitized(b.lifeline):
+        if lifeline_testlib.detect_sanitizer(b.lifeline):
             out.append("- **lifeline is a sanitizer build: its figures mean nothing**")
         return "\n".join(out)
 
@@ -997,8 +992,7 @@ def parse_args(argv):
     ap.add_argument("--results", default=os.environ.get("BENCH_RESULTS")
                     or os.path.join(HERE, "RESULTS.md"),
                     help="report path (default bench/RESULTS.md, or $BENCH_RESULTS)")
-    ap.add_argument("--lifeline", default=os.environ.get("LIFELINE_BIN")
-                    or os.path.join(REPO, "build", "lifeline"),
+    ap.add_argument("--lifeline", default=lifeline_testlib.lifeline_bin(),
                     help="lifeline binary (default build/lifeline, or $LIFELINE_BIN)")
     ap.add_argument("--idle", type=int, help="idle connections (default 9900)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")

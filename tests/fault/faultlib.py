@@ -17,7 +17,7 @@ test_takeover.py, test_server_side.py).
     the topology is always torn down.
 
 Timing: bounds on lifeline's own processing are multiplied by TIME_SCALE (3 under
-ASan, 5 under TSan, detected from the binary like tests/integration/harness.py, or
+ASan, 5 under TSan, detected from the binary by tests/lib/lifeline_testlib.py, or
 LIFELINE_TEST_TIME_SCALE); kernel timers (keepalive, user timeout, SYN retransmission)
 and lifeline's configured timers are not scaled, only the margin added to them.
 """
@@ -35,11 +35,15 @@ import threading
 import time
 import traceback
 
-import netns
-import scenarios
-from netns import JsonlTail, Topology, wait_for
-
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "lib"))
+
+import netns  # noqa: E402
+import scenarios  # noqa: E402
+# The binary, its sanitizer and the time scale: tests/lib/lifeline_testlib.py.
+from lifeline_testlib import SANITIZER, TIME_SCALE, lifeline_bin, scaled  # noqa: E402
+from netns import JsonlTail, Topology, wait_for  # noqa: E402
+
 SERVER_PORT = scenarios.SERVER_PORT      # 6000
 PROXY_PORT = scenarios.PROXY_PORT        # 5000
 CLIENT_PORT = scenarios.CLIENT_PORT      # 4000 (the legacy client's fixed port)
@@ -47,32 +51,8 @@ CLIENT_PORT = scenarios.CLIENT_PORT      # 4000 (the legacy client's fixed port)
 
 # ---------------------------------------------------------------- binary, time scale
 
-def lifeline_bin():
-    b = os.environ.get("LIFELINE_BIN") or os.path.join(HERE, "..", "..", "build", "lifeline")
-    return os.path.abspath(b)
-
-
-def _detect_sanitizer(path):
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    if b"__tsan_init" in data:
-        return "tsan"
-    if b"__asan_init" in data:
-        return "asan"
-    return None
-
-
-SANITIZER = _detect_sanitizer(lifeline_bin())
-TIME_SCALE = float(os.environ.get("LIFELINE_TEST_TIME_SCALE") or
-                   {"tsan": 5.0, "asan": 3.0}.get(SANITIZER, 1.0))
-
-
-def margin(seconds):
-    """A bound on lifeline's own processing (not on a kernel or configured timer)."""
-    return seconds * TIME_SCALE
+# A bound on lifeline's own processing (not on a kernel or configured timer).
+margin = scaled
 
 
 def require_binary():

@@ -34,45 +34,26 @@ import selectors
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "lib"))
+
+# The binary, its sanitizer and the time scale: tests/lib/lifeline_testlib.py.
+from lifeline_testlib import SANITIZER, TIME_SCALE, lifeline_bin, scaled  # noqa: E402,F401
+
 LOOPBACK = "127.0.0.1"
 LOOPBACK6 = "::1"
 
 _ENV_BIN = os.environ.get("LIFELINE_BIN")
-BIN = os.path.abspath(_ENV_BIN or os.path.join(HERE, "..", "..", "build", "lifeline"))
+BIN = lifeline_bin()
 
 MiB = 1024 * 1024
 KiB = 1024
-
-
-def _detect_sanitizer():
-    """'asan', 'tsan' or None: sanitized builds are slower and their memory
-    use (shadow memory, quarantine) says nothing about lifeline's own."""
-    try:
-        with open(BIN, "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    if b"__tsan_init" in data:
-        return "tsan"
-    if b"__asan_init" in data:
-        return "asan"
-    return None
-
-
-SANITIZER = _detect_sanitizer()
-# Deadlines that bound "should happen soon" waits are multiplied by this.
-TIME_SCALE = float(os.environ.get("LIFELINE_TEST_TIME_SCALE") or
-                   {"tsan": 5.0, "asan": 3.0}.get(SANITIZER, 1.0))
-
-
-def scaled(seconds):
-    return seconds * TIME_SCALE
 
 
 def require_binary():

@@ -1,0 +1,64 @@
+"""Helpers shared by lifeline's Python test suites and drivers: the
+integration harness (tests/integration/harness.py), the fault tests
+(tests/fault/), the soak test (tests/soak/soak.py) and the benchmark driver
+(bench/run.py). Python standard library only.
+
+Each suite puts this folder on sys.path relative to its own file:
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+    import lifeline_testlib
+
+What is here:
+
+- ``lifeline_bin()``: $LIFELINE_BIN, else build/lifeline of this checkout, as
+  an absolute path;
+- sanitizers: ``detect_sanitizer(path)`` ('asan', 'tsan' or None), and for
+  the binary ``lifeline_bin()`` names, ``SANITIZER``, ``TIME_SCALE`` and
+  ``scaled(seconds)`` (deadlines of "should happen soon" waits are
+  multiplied by 3 under ASan, 5 under TSan, or $LIFELINE_TEST_TIME_SCALE).
+"""
+
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.normpath(os.path.join(HERE, "..", ".."))
+
+
+# --------------------------------------------------------------------------
+# the binary
+
+
+def lifeline_bin():
+    """$LIFELINE_BIN, or build/lifeline of this checkout; as an absolute path."""
+    b = os.environ.get("LIFELINE_BIN") or os.path.join(REPO, "build", "lifeline")
+    return os.path.abspath(b)
+
+
+# --------------------------------------------------------------------------
+# sanitizers and time scale
+
+
+def detect_sanitizer(path):
+    """'asan', 'tsan' or None (also when the file cannot be read): sanitized
+    builds are slower and their memory use (shadow memory, quarantine) says
+    nothing about lifeline's own."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    if b"__tsan_init" in data:
+        return "tsan"
+    if b"__asan_init" in data:
+        return "asan"
+    return None
+
+
+SANITIZER = detect_sanitizer(lifeline_bin())
+# Deadlines that bound "should happen soon" waits are multiplied by this.
+TIME_SCALE = float(os.environ.get("LIFELINE_TEST_TIME_SCALE") or
+                   {"tsan": 5.0, "asan": 3.0}.get(SANITIZER, 1.0))
+
+
+def scaled(seconds):
+    return seconds * TIME_SCALE
