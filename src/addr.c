@@ -299,25 +299,10 @@ int addr_parse_cidr(const char *s, struct cidr *out)
 
 int addr_cidr_match(const struct cidr *c, const struct sockaddr *sa)
 {
-    uint8_t a[16];
-    int family;
-    if (sa->sa_family == AF_INET) {
-        struct sockaddr_in sin;
-        copy_in(sa, &sin);
-        memcpy(a, &sin.sin_addr, 4);
-        family = AF_INET;
-    } else if (sa->sa_family == AF_INET6) {
-        struct sockaddr_in6 sin6;
-        copy_in6(sa, &sin6);
-        memcpy(a, &sin6.sin6_addr, 16);
-        family = AF_INET6;
-        if (memcmp(a, v4_mapped_prefix, sizeof(v4_mapped_prefix)) == 0) {
-            memmove(a, a + 12, 4);
-            family = AF_INET;
-        }
-    } else {
-        return 0;
-    }
+    struct addr_key k;
+    addr_key_of(&k, sa, 0);
+    const uint8_t *a = k.addr;
+    int family = k.family;
     if (family != c->family)
         return 0;
     size_t whole = c->prefix / 8;
@@ -393,6 +378,31 @@ socklen_t addr_len(const struct sockaddr *sa)
     default:
         return 0;
     }
+}
+
+void addr_key_of(struct addr_key *k, const struct sockaddr *sa, int with_port)
+{
+    memset(k, 0, sizeof(*k));
+    if (sa->sa_family == AF_INET) {
+        struct sockaddr_in sin;
+        copy_in(sa, &sin);
+        k->family = AF_INET;
+        memcpy(k->addr, &sin.sin_addr, 4);
+    } else if (sa->sa_family == AF_INET6) {
+        struct sockaddr_in6 sin6;
+        copy_in6(sa, &sin6);
+        k->family = AF_INET6;
+        memcpy(k->addr, &sin6.sin6_addr, 16);
+        if (memcmp(k->addr, v4_mapped_prefix, sizeof(v4_mapped_prefix)) == 0) {
+            k->family = AF_INET;
+            memmove(k->addr, k->addr + 12, 4);
+            memset(k->addr + 4, 0, 12);
+        }
+    } else {
+        k->family = AF_UNSPEC;
+        return;
+    }
+    k->port = with_port ? addr_port(sa) : 0;
 }
 
 int addr_is_v4_mapped(const struct sockaddr *sa)

@@ -2,11 +2,12 @@
 #include "lifeline/config.h"
 
 #include "lifeline/liveness.h"
-#include "lifeline/metrics.h"
+#include "lifeline/table.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <math.h>
 #include <netinet/in.h>
 #include <stdarg.h>
@@ -1083,7 +1084,7 @@ int config_parse(const char *json, size_t len, struct config **out, struct confi
         config_free(cfg);
         return rc;
     }
-    metrics_hash(json, len, cfg->hash);
+    snprintf(cfg->hash, sizeof(cfg->hash), "%016" PRIx64, hash_bytes(HASH_SEED, json, len));
     atomic_init(&cfg->refs, 1);
     *out = cfg;
     return 0;

@@ -2,68 +2,61 @@
 #include "lifeline/limits.h"
 
 #include <errno.h>
-#include <netinet/in.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "lifeline/addr.h"
+
 /* Open sessions of one route from one client address. */
 struct limit_entry {
-    struct limit_entry *next;
-    const struct limit_route *route;
-    int family;
-    uint8_t addr[16];
+    struct table_node node;   /* first: the table hands nodes back */
+    struct limit_key {
+        const struct limit_route *route;
+        struct addr_key client;
+    } key;                    /* zero-padded: compared and hashed as bytes */
     uint64_t open;
 };
 
-static void key_of(const struct sockaddr *sa, int *family, uint8_t addr[16])
+static uint64_t key_of(struct limit_key *k, const struct limit_route *route,
+                       const struct sockaddr *sa)
 {
-    memset(addr, 0, 16);
-    *family = sa->sa_family;
-    /* Copied by offset: a struct sockaddr need not be aligned as the
-     * family's own struct. */
-    if (sa->sa_family == AF_INET)
-        memcpy(addr, (const char *)sa + offsetof(struct sockaddr_in, sin_addr), 4);
-    else if (sa->sa_family == AF_INET6)
-        memcpy(addr, (const char *)sa + offsetof(struct sockaddr_in6, sin6_addr), 16);
+    memset(k, 0, sizeof(*k));
+    k->route = route;
+    addr_key_of(&k->client, sa, 0);
+    return hash_bytes(HASH_SEED, k, sizeof(*k));
 }
 
-static size_t bucket_of(const struct limits *l, const struct limit_route *route,
-                        const uint8_t addr[16])
+static int entry_is(const struct table_node *n, const void *key)
 {
-    uint64_t h = 1469598103934665603ull ^ (uint64_t)(uintptr_t)route;
-    for (int i = 0; i < 16; i++)
-        h = (h ^ addr[i]) * 1099511628211ull;
-    return (size_t)(h % l->n_buckets);
+    const struct limit_entry *e = (const struct limit_entry *)n;
+    return memcmp(&e->key, key, sizeof(e->key)) == 0;
 }
 
 int limits_init(struct limits *l)
 {
     memset(l, 0, sizeof(*l));
-    l->n_buckets = 1024;
-    l->buckets = calloc(l->n_buckets, sizeof(*l->buckets));
-    if (l->buckets == NULL)
-        return -ENOMEM;
+    int rc = table_init(&l->addresses);
+    if (rc != 0)
+        return rc;
     pthread_mutex_init(&l->lock, NULL);
     return 0;
 }
 
+static void entry_free(struct table_node *n)
+{
+    free(n);
+}
+
 void limits_destroy(struct limits *l)
 {
-    for (size_t i = 0; l->buckets != NULL && i < l->n_buckets; i++) {
-        while (l->buckets[i] != NULL) {
-            struct limit_entry *e = l->buckets[i];
-            l->buckets[i] = e->next;
-            free(e);
-        }
-    }
+    table_clear(&l->addresses, entry_free);
+    table_destroy(&l->addresses);
     while (l->routes != NULL) {
         struct limit_route *r = l->routes;
         l->routes = r->next;
         free(r);
     }
-    free(l->buckets);
-    l->buckets = NULL;
     pthread_mutex_destroy(&l->lock);
 }
 
@@ -83,22 +76,11 @@ struct limit_route *limits_route(struct limits *l, const char *name)
     return r;
 }
 
-static struct limit_entry **find(struct limits *l, const struct limit_route *route, int family,
-                                 const uint8_t addr[16])
-{
-    struct limit_entry **p = &l->buckets[bucket_of(l, route, addr)];
-    while (*p != NULL && !((*p)->route == route && (*p)->family == family &&
-                           memcmp((*p)->addr, addr, 16) == 0))
-        p = &(*p)->next;
-    return p;
-}
-
 int limits_take(struct limits *l, struct limit_route *route, const struct sockaddr *sa,
-                uint64_t max_route, uint64_t max_per_address)
+                uint64_t max_route, uint64_t max_per_address, enum limits_full *full)
 {
-    int family;
-    uint8_t addr[16];
-    key_of(sa, &family, addr);
+    struct limit_key key;
+    uint64_t hash = key_of(&key, route, sa);
     /* Both checks and both counts under the lock: a take refused for its
      * address never holds a route slot, even for a moment, so it cannot make
      * another client's take see the route full. (limits_give() lowers the
@@ -106,40 +88,37 @@ int limits_take(struct limits *l, struct limit_route *route, const struct sockad
     pthread_mutex_lock(&l->lock);
     if (max_route != 0 && atomic_load(&route->open) >= max_route) {
         pthread_mutex_unlock(&l->lock);
-        return -1;
+        *full = LIMITS_ROUTE_FULL;
+        return -EBUSY;
     }
-    int rc = 0;
-    struct limit_entry **p = find(l, route, family, addr);
-    if (*p == NULL) {
-        struct limit_entry *e = calloc(1, sizeof(*e));
-        if (e != NULL) {
-            e->route = route;
-            e->family = family;
-            memcpy(e->addr, addr, 16);
-            *p = e;
-        }
+    struct limit_entry *e = (struct limit_entry *)table_find(&l->addresses, hash, &key, entry_is);
+    if (e != NULL && max_per_address != 0 && e->open >= max_per_address) {
+        pthread_mutex_unlock(&l->lock);
+        *full = LIMITS_ADDRESS_FULL;
+        return -EBUSY;
     }
-    if (*p != NULL && max_per_address != 0 && (*p)->open >= max_per_address)
-        rc = -2;
-    else if (*p != NULL)
-        (*p)->open++;
-    if (rc == 0)
-        atomic_fetch_add(&route->open, 1);
+    if (e == NULL && (e = calloc(1, sizeof(*e))) != NULL) {
+        e->key = key;
+        table_insert(&l->addresses, &e->node, hash);
+    }
+    /* Without memory for the entry the address goes uncounted, as before
+     * any limit: the route count still holds. */
+    if (e != NULL)
+        e->open++;
+    atomic_fetch_add(&route->open, 1);
     pthread_mutex_unlock(&l->lock);
-    return rc;
+    return 0;
 }
 
 void limits_give(struct limits *l, struct limit_route *route, const struct sockaddr *sa)
 {
-    int family;
-    uint8_t addr[16];
-    key_of(sa, &family, addr);
+    struct limit_key key;
+    uint64_t hash = key_of(&key, route, sa);
     atomic_fetch_sub(&route->open, 1);
     pthread_mutex_lock(&l->lock);
-    struct limit_entry **p = find(l, route, family, addr);
-    struct limit_entry *e = *p;
+    struct limit_entry *e = (struct limit_entry *)table_find(&l->addresses, hash, &key, entry_is);
     if (e != NULL && --e->open == 0) {
-        *p = e->next;
+        table_remove(&l->addresses, &e->node);
         free(e);
     }
     pthread_mutex_unlock(&l->lock);

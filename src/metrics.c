@@ -161,15 +161,6 @@ struct server_stats *metrics_server(struct route_stats *r, const struct hostport
     return server_find(r, label, 0);
 }
 
-void metrics_hash(const void *data, size_t len, char out[17])
-{
-    uint64_t h = 1469598103934665603ull;
-    const unsigned char *p = data;
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ p[i]) * 1099511628211ull;
-    snprintf(out, 17, "%016" PRIx64, h);
-}
-
 /* --- text output ---------------------------------------------------------- */
 
 struct text {

@@ -12,7 +12,7 @@
 /* The owner talks to the server; the successor waits until the owner's
  * server connection is finished, then becomes the owner. */
 struct registry_entry {
-    struct registry_entry *next;
+    struct table_node node;   /* first: the table hands nodes back */
     struct identity id;
     struct session_ref owner;
     struct session_ref successor;   /* worker -1: none */
@@ -25,55 +25,41 @@ static int same_ref(struct session_ref a, struct session_ref b)
     return a.worker == b.worker && a.id == b.id;
 }
 
-static int same_identity(const struct identity *a, const struct identity *b)
+static uint64_t hash_identity(const struct identity *id)
 {
-    return a->family == b->family && a->port == b->port &&
-           memcmp(a->addr, b->addr, sizeof(a->addr)) == 0 && strcmp(a->route, b->route) == 0;
+    return hash_bytes(HASH_SEED, id, sizeof(*id));
 }
 
-/* FNV-1a over the identity's bytes. */
-static size_t hash_identity(const struct identity *id, size_t n_buckets)
+static int entry_is(const struct table_node *n, const void *key)
 {
-    uint64_t h = 1469598103934665603ull;
-    for (const char *p = id->route; *p; p++)
-        h = (h ^ (uint8_t)*p) * 1099511628211ull;
-    for (size_t i = 0; i < sizeof(id->addr); i++)
-        h = (h ^ id->addr[i]) * 1099511628211ull;
-    h = (h ^ id->port) * 1099511628211ull;
-    return (size_t)(h % n_buckets);
+    const struct registry_entry *e = (const struct registry_entry *)n;
+    return memcmp(&e->id, key, sizeof(e->id)) == 0;
 }
 
 int registry_init(struct registry *r)
 {
-    r->n_buckets = 4096;
-    r->n_entries = 0;
-    r->buckets = calloc(r->n_buckets, sizeof(*r->buckets));
-    if (r->buckets == NULL)
-        return -ENOMEM;
+    int rc = table_init(&r->entries);
+    if (rc != 0)
+        return rc;
     pthread_mutex_init(&r->lock, NULL);
     return 0;
 }
 
+static void entry_free(struct table_node *n)
+{
+    free(n);
+}
+
 void registry_destroy(struct registry *r)
 {
-    for (size_t i = 0; i < r->n_buckets; i++) {
-        while (r->buckets[i] != NULL) {
-            struct registry_entry *e = r->buckets[i];
-            r->buckets[i] = e->next;
-            free(e);
-        }
-    }
-    free(r->buckets);
-    r->buckets = NULL;
+    table_clear(&r->entries, entry_free);
+    table_destroy(&r->entries);
     pthread_mutex_destroy(&r->lock);
 }
 
-static struct registry_entry **find(struct registry *r, const struct identity *id)
+static struct registry_entry *find(struct registry *r, const struct identity *id, uint64_t hash)
 {
-    struct registry_entry **p = &r->buckets[hash_identity(id, r->n_buckets)];
-    while (*p != NULL && !same_identity(&(*p)->id, id))
-        p = &(*p)->next;
-    return p;
+    return (struct registry_entry *)table_find(&r->entries, hash, id, entry_is);
 }
 
 enum registry_claim registry_claim(struct registry *r, const struct identity *id,
@@ -84,24 +70,20 @@ enum registry_claim registry_claim(struct registry *r, const struct identity *id
     *owner = NO_SESSION;
     *displaced = NO_SESSION;
 
+    uint64_t hash = hash_identity(id);
     pthread_mutex_lock(&r->lock);
-    struct registry_entry **p = find(r, id);
-    struct registry_entry *e = *p;
+    struct registry_entry *e = find(r, id, hash);
     if (e == NULL) {
         e = malloc(sizeof(*e));
-        if (e == NULL) {
-            /* Without memory for the entry, serve the client untracked
-             * rather than refuse it. */
-            result = REGISTRY_OWNER;
-        } else {
-            e->next = NULL;
+        if (e != NULL) {
             e->id = *id;
             e->owner = self;
             e->successor = NO_SESSION;
-            *p = e;
-            r->n_entries++;
-            result = REGISTRY_OWNER;
+            table_insert(&r->entries, &e->node, hash);
         }
+        /* Without memory for the entry, serve the client untracked rather
+         * than refuse it. */
+        result = REGISTRY_OWNER;
     } else if (!replace) {
         *owner = e->owner;
         result = REGISTRY_REFUSED;
@@ -120,9 +102,9 @@ int registry_release(struct registry *r, const struct identity *id, struct sessi
 {
     int handed_over = 0;
 
+    uint64_t hash = hash_identity(id);
     pthread_mutex_lock(&r->lock);
-    struct registry_entry **p = find(r, id);
-    struct registry_entry *e = *p;
+    struct registry_entry *e = find(r, id, hash);
     if (e != NULL && same_ref(e->owner, self)) {
         if (e->successor.worker >= 0) {
             e->owner = e->successor;
@@ -130,8 +112,7 @@ int registry_release(struct registry *r, const struct identity *id, struct sessi
             *next = e->owner;
             handed_over = 1;
         } else {
-            *p = e->next;
-            r->n_entries--;
+            table_remove(&r->entries, &e->node);
             free(e);
         }
     } else if (e != NULL && same_ref(e->successor, self)) {
@@ -146,12 +127,5 @@ void registry_identity(struct identity *id, const char *route, const struct sock
 {
     memset(id, 0, sizeof(*id));
     strncpy(id->route, route, sizeof(id->route) - 1);
-    id->family = sa->sa_family;
-    /* Copied by offset: a struct sockaddr need not be aligned as the
-     * family's own struct. */
-    if (sa->sa_family == AF_INET)
-        memcpy(id->addr, (const char *)sa + offsetof(struct sockaddr_in, sin_addr), 4);
-    else if (sa->sa_family == AF_INET6)
-        memcpy(id->addr, (const char *)sa + offsetof(struct sockaddr_in6, sin6_addr), 16);
-    id->port = with_port ? addr_port(sa) : 0;
+    addr_key_of(&id->client, sa, with_port);
 }

@@ -1330,13 +1330,13 @@ static int admit(struct session *s, struct limit_route *limit)
     } else {
         /* Counted even when this route has no limit: a reload may set one,
          * and it must find the sessions already open. */
-        int rc = limits_take(w->limits, limit, &s->peer.sa, cc->max_connections,
-                             cc->max_per_address);
-        if (rc == 0) {
+        enum limits_full full;
+        if (limits_take(w->limits, limit, &s->peer.sa, cc->max_connections,
+                        cc->max_per_address, &full) == 0) {
             s->limit = limit;
             return 1;
         }
-        cause = rc == -1 ? DENY_MAX_CONNECTIONS : DENY_MAX_PER_ADDRESS;
+        cause = full == LIMITS_ROUTE_FULL ? DENY_MAX_CONNECTIONS : DENY_MAX_PER_ADDRESS;
     }
     metric_add(&s->stats->denied[cause], 1);
     s->refused = 1;

@@ -70,6 +70,19 @@ int addr_parse_cidr(const char *s, struct cidr *out);
  * other family matches nothing. Returns 1 or 0. */
 int addr_cidr_match(const struct cidr *c, const struct sockaddr *sa);
 
+/* A client's address as a key for tables and matching: an IPv4-mapped IPv6
+ * address (a dual-stack listener's IPv4 client) is the IPv4 address it
+ * maps, everywhere. Every byte is set (padding included), so keys compare
+ * and hash as bytes. */
+struct addr_key {
+    uint8_t family;     /* AF_INET, AF_INET6, or AF_UNSPEC for anything else */
+    uint8_t addr[16];   /* 4 or 16 bytes in network order, the rest zero */
+    uint16_t port;      /* host order; 0 when made without the port */
+};
+
+/* Makes the key of an AF_INET/AF_INET6 address, with its port or without. */
+void addr_key_of(struct addr_key *k, const struct sockaddr *sa, int with_port);
+
 /* Formats "1.2.3.4:5" or "[::1]:5" into buf (ADDR_STR_MAX is enough for any
  * sockaddr). Returns buf. */
 char *addr_format(const struct sockaddr *sa, char *buf, size_t len);

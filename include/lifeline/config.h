@@ -115,7 +115,7 @@ struct config {
     /* Advice that is not an error, "json.path: message": values the kernel
      * will round. --check prints them; the daemon logs them. */
     struct config_errors notes;
-    char hash[17];                 /* FNV-1a 64 of the JSON text, hex: names the loaded config */
+    char hash[17];                 /* hash_bytes() of the JSON text, hex: names the loaded config */
     /* Owners: the supervisor, each worker, each session started under it.
      * A reload leaves established sessions on the config they started with. */
     _Atomic unsigned refs;

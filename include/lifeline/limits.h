@@ -8,7 +8,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
-struct limit_entry;
+#include "lifeline/table.h"
 
 /* One route's open sessions, kept by route name so that the count spans
  * config reloads: sessions started before and after a reload share it. */
@@ -23,8 +23,7 @@ struct limit_route {
 struct limits {
     pthread_mutex_t lock;           /* guards both tables */
     struct limit_route *routes;     /* grows only: entries live as long as the limits */
-    struct limit_entry **buckets;   /* per route and client address */
-    size_t n_buckets;
+    struct table addresses;         /* struct limit_entry: per route and client address */
 };
 
 int limits_init(struct limits *l);
@@ -34,11 +33,18 @@ void limits_destroy(struct limits *l);
  * pointer stays valid until limits_destroy(). NULL on ENOMEM. */
 struct limit_route *limits_route(struct limits *l, const char *name);
 
+/* Which bound refused a take. */
+enum limits_full {
+    LIMITS_ROUTE_FULL,    /* the route has max_route sessions */
+    LIMITS_ADDRESS_FULL,  /* the address has max_per_address sessions on the route */
+};
+
 /* Counts one more session of `route` from `sa` unless that would pass a
- * non-zero max. Returns 0, or -1 (route full) or -2 (address full), in which
- * case nothing was counted. */
+ * non-zero max. Returns 0, or -EBUSY with *full saying which bound, in
+ * which case nothing was counted. An IPv4-mapped address counts as the
+ * IPv4 address it maps. */
 int limits_take(struct limits *l, struct limit_route *route, const struct sockaddr *sa,
-                uint64_t max_route, uint64_t max_per_address);
+                uint64_t max_route, uint64_t max_per_address, enum limits_full *full);
 
 /* Gives back what limits_take() counted. */
 void limits_give(struct limits *l, struct limit_route *route, const struct sockaddr *sa);

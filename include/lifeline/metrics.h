@@ -88,7 +88,7 @@ struct process_stats {
     double start_time;            /* Unix time, seconds */
     uint64_t reloads_ok;
     uint64_t reloads_failed;
-    char config_hash[17];         /* FNV-1a of the loaded file, hex */
+    char config_hash[17];         /* the loaded config's hash (config.h) */
     const struct admin_stats *admin; /* the admin endpoint's own counters */
     const struct budget *budget;  /* descriptors and buffer memory */
 };
@@ -98,8 +98,5 @@ struct process_stats {
  * malloc'd, NUL-terminated string, or NULL on ENOMEM. */
 char *metrics_render(struct worker_stats *const *stats, size_t n_workers,
                      const struct process_stats *ps);
-
-/* FNV-1a 64 of a buffer, as 16 hex digits. */
-void metrics_hash(const void *data, size_t len, char out[17]);
 
 #endif

@@ -7,6 +7,9 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "lifeline/addr.h"
+#include "lifeline/table.h"
+
 /* A session anywhere in the process: its worker and its process-wide id. */
 struct session_ref {
     int worker;
@@ -15,10 +18,8 @@ struct session_ref {
 
 /* What makes two connections "the same client" on one route. */
 struct identity {
-    char route[64];
-    int family;
-    uint8_t addr[16];
-    uint16_t port;        /* 0 when the identity is the address alone */
+    char route[64];           /* NUL-padded: identities compare as bytes */
+    struct addr_key client;   /* port 0 when the identity is the address alone */
 };
 
 enum registry_claim {
@@ -27,13 +28,9 @@ enum registry_claim {
     REGISTRY_REFUSED,     /* an owner holds it and the policy keeps it */
 };
 
-struct registry_entry;
-
 struct registry {
     pthread_mutex_t lock;
-    struct registry_entry **buckets;
-    size_t n_buckets;
-    size_t n_entries;
+    struct table entries;     /* struct registry_entry, by identity */
 };
 
 int registry_init(struct registry *r);

@@ -20,7 +20,7 @@ from test_admin import AdminCase, with_admin
 
 def fnv1a64(data):
     """The hash lifeline_config_info names a loaded file by."""
-    h = 1469598103934665603
+    h = 0xcbf29ce484222325  # the FNV-1a 64 offset basis
     for b in data:
         h = ((h ^ b) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
     return f"{h:016x}"

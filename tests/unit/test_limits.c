@@ -6,6 +6,7 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -47,11 +48,23 @@ static struct limit_route *RT(struct limits *l, size_t route)
     return r;
 }
 
+/* limits_take() as 0, -1 (route full) or -2 (address full). */
+static int take_sa(struct limits *l, struct limit_route *route, const struct sockaddr *sa,
+                   uint64_t max_route, uint64_t max_addr)
+{
+    enum limits_full full = (enum limits_full)-1;
+    int rc = limits_take(l, route, sa, max_route, max_addr, &full);
+    if (rc == 0)
+        return 0;
+    assert_int_equal(rc, -EBUSY);
+    return full == LIMITS_ROUTE_FULL ? -1 : full == LIMITS_ADDRESS_FULL ? -2 : -3;
+}
+
 static int take(struct limits *l, size_t route, const char *ip, uint16_t port,
                 uint64_t max_route, uint64_t max_addr)
 {
     struct sockaddr_storage ss = client(ip, port);
-    return limits_take(l, RT(l, route), SA(ss), max_route, max_addr);
+    return take_sa(l, RT(l, route), SA(ss), max_route, max_addr);
 }
 
 static void give(struct limits *l, size_t route, const char *ip, uint16_t port)
@@ -65,14 +78,10 @@ static uint64_t route_open(struct limits *l, size_t route)
     return atomic_load(&RT(l, route)->open);
 }
 
-/* No per-address entry is left in the table (struct limit_entry is private
- * to limits.c; only the bucket heads are looked at). */
+/* No per-address entry is left in the table. */
 static int table_empty(const struct limits *l)
 {
-    for (size_t i = 0; i < l->n_buckets; i++)
-        if (l->buckets[i] != NULL)
-            return 0;
-    return 1;
+    return l->addresses.n_entries == 0;
 }
 
 static void assert_empty(struct limits *l)
@@ -103,8 +112,8 @@ static int teardown(void **state)
 static void test_init_empty(void **state)
 {
     struct limits *l = *state;
-    assert_non_null(l->buckets);
-    assert_true(l->n_buckets > 0);
+    assert_non_null(l->addresses.buckets);
+    assert_true(l->addresses.n_buckets > 0);
     assert_empty(l);
 }
 
@@ -120,7 +129,7 @@ static void test_route_by_name(void **state)
     assert_int_equal(take(l, 0, "10.0.0.1", 1000, 2, 0), 0);
     assert_int_equal(atomic_load(&a->open), 1);
     struct sockaddr_storage ss = client("10.0.0.2", 1000);
-    assert_int_equal(limits_take(l, limits_route(l, "alpha"), SA(ss), 2, 0), 0);
+    assert_int_equal(take_sa(l, limits_route(l, "alpha"), SA(ss), 2, 0), 0);
     assert_int_equal(take(l, 0, "10.0.0.3", 1000, 2, 0), -1);
     assert_int_equal(route_open(l, 1), 0);
     give(l, 0, "10.0.0.1", 1000);
@@ -208,11 +217,11 @@ static void test_ipv4_ipv6_distinct(void **state)
     assert_int_equal(take(l, 0, "1.2.3.4", 2, 0, 1), -2);
     assert_int_equal(take(l, 0, "102:304::", 1, 0, 1), 0);
     assert_int_equal(take(l, 0, "102:304::", 2, 0, 1), -2);
-    /* An IPv4-mapped IPv6 address is an IPv6 key of its own. */
-    assert_int_equal(take(l, 0, "::ffff:1.2.3.4", 1, 0, 1), 0);
+    /* An IPv4-mapped IPv6 address is the IPv4 address: full already. */
+    assert_int_equal(take(l, 0, "::ffff:1.2.3.4", 1, 0, 1), -2);
     assert_int_equal(take(l, 0, "::1", 1, 0, 1), 0);
     assert_int_equal(take(l, 0, "::1", 2, 0, 1), -2);
-    assert_int_equal(route_open(l, 0), 4);
+    assert_int_equal(route_open(l, 0), 3);
 
     /* Giving back the IPv6 one leaves the IPv4 one counted. */
     give(l, 0, "102:304::", 1);
@@ -221,7 +230,6 @@ static void test_ipv4_ipv6_distinct(void **state)
 
     give(l, 0, "102:304::", 3);
     give(l, 0, "1.2.3.4", 1);
-    give(l, 0, "::ffff:1.2.3.4", 1);
     give(l, 0, "::1", 1);
     assert_empty(l);
 }
@@ -288,6 +296,22 @@ static void test_zero_means_unlimited(void **state)
     assert_empty(l);
 }
 
+/* A dual-stack listener's IPv4 client (::ffff:a.b.c.d) counts as the IPv4
+ * address it maps. */
+static void test_v4_mapped_is_the_ipv4_address(void **state)
+{
+    struct limits *l = *state;
+    assert_int_equal(take(l, 0, "192.0.2.9", 1, 0, 2), 0);
+    assert_int_equal(take(l, 0, "::ffff:192.0.2.9", 2, 0, 2), 0);
+    assert_int_equal(take(l, 0, "192.0.2.9", 3, 0, 2), -2);
+    assert_int_equal(take(l, 0, "::ffff:192.0.2.9", 4, 0, 2), -2);
+    give(l, 0, "::ffff:192.0.2.9", 1);
+    assert_int_equal(take(l, 0, "192.0.2.9", 5, 0, 2), 0);
+    give(l, 0, "192.0.2.9", 2);
+    give(l, 0, "::ffff:192.0.2.9", 5);
+    assert_empty(l);
+}
+
 /* More addresses than buckets, so chains form; given back in an order
  * unrelated to the order taken, every entry goes and no memory remains
  * (AddressSanitizer's leak check would name what did). */
@@ -295,7 +319,7 @@ static void test_give_frees_entries(void **state)
 {
     struct limits *l = *state;
     enum { N = 4096 };
-    assert_true(N > l->n_buckets);
+    assert_true(N > l->addresses.n_buckets); /* it grows as they come */
     char ip[64];
     for (int i = 0; i < N; i++) {
         if (i % 2)
@@ -400,7 +424,7 @@ static void *hammer_thread(void *arg)
         int addr = (int)((x >> 9) % HAMMER_ADDRS);
         /* Route 0 has both maxima; route 1 only the per-address one. */
         uint64_t max_route = route == 0 ? HAMMER_MAX_ROUTE : 0;
-        int rc = limits_take(h->l, RT(h->l, (size_t)route), SA(h->addrs[addr]), max_route, HAMMER_MAX_ADDR);
+        int rc = take_sa(h->l, RT(h->l, (size_t)route), SA(h->addrs[addr]), max_route, HAMMER_MAX_ADDR);
         if (rc == 0) {
             raise_peak(&h->peak_route[route], atomic_fetch_add(&h->cur_route[route], 1) + 1);
             raise_peak(&h->peak_addr, atomic_fetch_add(&h->cur_addr[route][addr], 1) + 1);
@@ -479,7 +503,7 @@ static void *spurious_prober(void *arg)
     pthread_barrier_wait(&sp->start);
     while (!atomic_load(&sp->stop)) {
         /* -2, or -1 while the other thread holds the second slot; never 0. */
-        int rc = limits_take(sp->l, RT(sp->l, 0), SA(sp->full), 2, 1);
+        int rc = take_sa(sp->l, RT(sp->l, 0), SA(sp->full), 2, 1);
         if (rc == 0) {
             atomic_fetch_add(&sp->bad, 1);
             limits_give(sp->l, RT(sp->l, 0), SA(sp->full));
@@ -494,7 +518,7 @@ static void *spurious_taker(void *arg)
     pthread_barrier_wait(&sp->start);
     for (int i = 0; i < 200000; i++) {
         atomic_fetch_add(&sp->tries, 1);
-        int rc = limits_take(sp->l, RT(sp->l, 0), SA(sp->other), 2, 1);
+        int rc = take_sa(sp->l, RT(sp->l, 0), SA(sp->other), 2, 1);
         if (rc == 0)
             limits_give(sp->l, RT(sp->l, 0), SA(sp->other));
         else
@@ -512,7 +536,7 @@ static void test_threads_no_spurious_route_full(void **state)
     sp.l = l;
     sp.full = client("10.0.0.1", 1);
     sp.other = client("10.0.0.2", 1);
-    assert_int_equal(limits_take(l, RT(l, 0), SA(sp.full), 2, 1), 0);
+    assert_int_equal(take_sa(l, RT(l, 0), SA(sp.full), 2, 1), 0);
     assert_int_equal(pthread_barrier_init(&sp.start, NULL, 2), 0);
     pthread_t prober, taker;
     assert_int_equal(pthread_create(&prober, NULL, spurious_prober, &sp), 0);
@@ -539,6 +563,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ipv4_ipv6_distinct, setup, teardown),
         cmocka_unit_test_setup_teardown(test_routes_separate, setup, teardown),
         cmocka_unit_test_setup_teardown(test_zero_means_unlimited, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_v4_mapped_is_the_ipv4_address, setup, teardown),
         cmocka_unit_test_setup_teardown(test_give_frees_entries, setup, teardown),
         cmocka_unit_test_setup_teardown(test_threads_never_exceed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_threads_no_spurious_route_full, setup, teardown),

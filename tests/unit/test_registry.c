@@ -88,12 +88,12 @@ static void test_claim_empty_is_owner(void **state)
     assert_int_equal(claim(r, &id, ref(0, 1), 1, &owner, &displaced), REGISTRY_OWNER);
     assert_no_ref(owner);
     assert_no_ref(displaced);
-    assert_int_equal(r->n_entries, 1);
+    assert_int_equal(r->entries.n_entries, 1);
 
     /* Left held: registry_destroy() frees it (ASan checks). */
     struct identity other = ident("legacy", "10.0.0.2", 4000, 1);
     assert_int_equal(claim(r, &other, ref(0, 2), 0, &owner, &displaced), REGISTRY_OWNER);
-    assert_int_equal(r->n_entries, 2);
+    assert_int_equal(r->entries.n_entries, 2);
 }
 
 static void test_successors(void **state)
@@ -118,7 +118,7 @@ static void test_successors(void **state)
     assert_int_equal(claim(r, &id, ref(3, 4), 0, &owner, &displaced), REGISTRY_REFUSED);
     assert_ref(owner, ref(0, 1));
     assert_no_ref(displaced);
-    assert_int_equal(r->n_entries, 1);
+    assert_int_equal(r->entries.n_entries, 1);
 
     /* The displaced successor's release changes nothing. */
     next = ref(77, 77);
@@ -130,7 +130,7 @@ static void test_successors(void **state)
     /* The owner's release hands the identity to the waiting successor. */
     assert_int_equal(registry_release(r, &id, ref(0, 1), &next), 1);
     assert_ref(next, ref(2, 3));
-    assert_int_equal(r->n_entries, 1);
+    assert_int_equal(r->entries.n_entries, 1);
 
     /* It is now the owner: a new claim waits behind it, or is refused. */
     assert_int_equal(claim(r, &id, ref(0, 5), 0, &owner, &displaced), REGISTRY_REFUSED);
@@ -140,18 +140,18 @@ static void test_successors(void **state)
     next = ref(77, 77);
     assert_int_equal(registry_release(r, &id, ref(0, 1), &next), 0);
     assert_ref(next, ref(77, 77));
-    assert_int_equal(r->n_entries, 1);
+    assert_int_equal(r->entries.n_entries, 1);
 
     /* The last owner without a successor removes the entry... */
     assert_int_equal(registry_release(r, &id, ref(2, 3), &next), 0);
-    assert_int_equal(r->n_entries, 0);
+    assert_int_equal(r->entries.n_entries, 0);
 
     /* ...so a fresh claim owns it again. */
     assert_int_equal(claim(r, &id, ref(1, 6), 1, &owner, &displaced), REGISTRY_OWNER);
     assert_no_ref(owner);
     assert_no_ref(displaced);
     assert_int_equal(registry_release(r, &id, ref(1, 6), &next), 0);
-    assert_int_equal(r->n_entries, 0);
+    assert_int_equal(r->entries.n_entries, 0);
 }
 
 static void test_successor_gives_up(void **state)
@@ -165,7 +165,7 @@ static void test_successor_gives_up(void **state)
 
     /* The waiting successor leaves (its client went away): the slot is empty. */
     assert_int_equal(registry_release(r, &id, ref(1, 2), &next), 0);
-    assert_int_equal(r->n_entries, 1);
+    assert_int_equal(r->entries.n_entries, 1);
 
     /* A later claim finds no successor to displace. */
     assert_int_equal(claim(r, &id, ref(2, 3), 1, &owner, &displaced), REGISTRY_SUCCESSOR);
@@ -177,11 +177,11 @@ static void test_successor_gives_up(void **state)
     next = ref(77, 77);
     assert_int_equal(registry_release(r, &id, ref(0, 1), &next), 0);
     assert_ref(next, ref(77, 77));
-    assert_int_equal(r->n_entries, 0);
+    assert_int_equal(r->entries.n_entries, 0);
 
     /* Releasing what nobody holds is harmless. */
     assert_int_equal(registry_release(r, &id, ref(0, 1), &next), 0);
-    assert_int_equal(r->n_entries, 0);
+    assert_int_equal(r->entries.n_entries, 0);
 }
 
 /* Each pair differs in one part of the identity only, and both are owners. */
@@ -197,8 +197,6 @@ static void test_distinct_identities(void **state)
           ident("legacy2", "10.0.0.1", 4000, 1) },
         { "port", ident("r", "10.0.0.1", 4000, 1), ident("r", "10.0.0.1", 4001, 1) },
         { "address", ident("r", "10.0.0.1", 4000, 1), ident("r", "10.0.0.2", 4000, 1) },
-        { "IPv4 vs IPv4-mapped IPv6", ident("r", "10.0.0.1", 4000, 1),
-          ident("r", "::ffff:10.0.0.1", 4000, 1) },
         { "IPv4 vs IPv6 of the same bytes", ident("r", "10.0.0.1", 4000, 1),
           ident("r", "a00:1::", 4000, 1) },
         { "IPv6 port", ident("r", "2001:db8::1", 4000, 1), ident("r", "2001:db8::1", 4001, 1) },
@@ -212,10 +210,10 @@ static void test_distinct_identities(void **state)
         if (claim(r, &pairs[i].a, ref(0, base), 0, &owner, &displaced) != REGISTRY_OWNER ||
             claim(r, &pairs[i].b, ref(1, base + 1), 0, &owner, &displaced) != REGISTRY_OWNER)
             fail_msg("case %s: not two owners", pairs[i].label);
-        assert_int_equal(r->n_entries, 2);
+        assert_int_equal(r->entries.n_entries, 2);
         assert_int_equal(registry_release(r, &pairs[i].a, ref(0, base), &next), 0);
         assert_int_equal(registry_release(r, &pairs[i].b, ref(1, base + 1), &next), 0);
-        assert_int_equal(r->n_entries, 0);
+        assert_int_equal(r->entries.n_entries, 0);
     }
 }
 
@@ -235,14 +233,14 @@ static void test_address_only(void **state)
     assert_int_equal(claim(r, &c, ref(0, 3), 1, &owner, &displaced), REGISTRY_OWNER);
     assert_int_equal(claim(r, &d, ref(1, 4), 0, &owner, &displaced), REGISTRY_REFUSED);
     assert_ref(owner, ref(0, 3));
-    assert_int_equal(r->n_entries, 2);
+    assert_int_equal(r->entries.n_entries, 2);
 
     /* Released through the other port's identity: it is the same entry. */
     assert_int_equal(registry_release(r, &b, ref(0, 1), &next), 1);
     assert_ref(next, ref(1, 2));
     assert_int_equal(registry_release(r, &a, ref(1, 2), &next), 0);
     assert_int_equal(registry_release(r, &d, ref(0, 3), &next), 0);
-    assert_int_equal(r->n_entries, 0);
+    assert_int_equal(r->entries.n_entries, 0);
 }
 
 static void test_identity_ipv4(void **state)
@@ -258,10 +256,10 @@ static void test_identity_ipv4(void **state)
     memset(&id, 0xAA, sizeof(id));
     registry_identity(&id, "legacy", (const struct sockaddr *)&in, 1);
     assert_string_equal(id.route, "legacy");
-    assert_int_equal(id.family, AF_INET);
+    assert_int_equal(id.client.family, AF_INET);
     const uint8_t want[16] = { 192, 0, 2, 1 };
-    assert_memory_equal(id.addr, want, sizeof(want));
-    assert_int_equal(id.port, 40000);
+    assert_memory_equal(id.client.addr, want, sizeof(want));
+    assert_int_equal(id.client.port, 40000);
 
     /* Everything past the route's NUL is zero too: identities compare whole. */
     for (size_t i = strlen(id.route); i < sizeof(id.route); i++)
@@ -269,9 +267,9 @@ static void test_identity_ipv4(void **state)
 
     memset(&id, 0xAA, sizeof(id));
     registry_identity(&id, "legacy", (const struct sockaddr *)&in, 0);
-    assert_int_equal(id.family, AF_INET);
-    assert_memory_equal(id.addr, want, sizeof(want));
-    assert_int_equal(id.port, 0);
+    assert_int_equal(id.client.family, AF_INET);
+    assert_memory_equal(id.client.addr, want, sizeof(want));
+    assert_int_equal(id.client.port, 0);
 }
 
 static void test_identity_ipv6(void **state)
@@ -287,15 +285,15 @@ static void test_identity_ipv6(void **state)
     memset(&id, 0xAA, sizeof(id));
     registry_identity(&id, "v6", (const struct sockaddr *)&in6, 1);
     assert_string_equal(id.route, "v6");
-    assert_int_equal(id.family, AF_INET6);
+    assert_int_equal(id.client.family, AF_INET6);
     const uint8_t want[16] = { 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0a, 0, 1 };
-    assert_memory_equal(id.addr, want, sizeof(want));
-    assert_int_equal(id.port, 5000);
+    assert_memory_equal(id.client.addr, want, sizeof(want));
+    assert_int_equal(id.client.port, 5000);
 
     registry_identity(&id, "v6", (const struct sockaddr *)&in6, 0);
-    assert_int_equal(id.family, AF_INET6);
-    assert_memory_equal(id.addr, want, sizeof(want));
-    assert_int_equal(id.port, 0);
+    assert_int_equal(id.client.family, AF_INET6);
+    assert_memory_equal(id.client.addr, want, sizeof(want));
+    assert_int_equal(id.client.port, 0);
 
     /* A route name longer than the field is cut, still NUL-terminated. */
     char long_name[100];
@@ -303,6 +301,22 @@ static void test_identity_ipv6(void **state)
     long_name[sizeof(long_name) - 1] = '\0';
     registry_identity(&id, long_name, (const struct sockaddr *)&in6, 1);
     assert_int_equal(strlen(id.route), sizeof(id.route) - 1);
+}
+
+/* A dual-stack listener's IPv4 client (::ffff:a.b.c.d) is the same client
+ * as the IPv4 address: one identity, one owner. */
+static void test_identity_v4_mapped(void **state)
+{
+    struct registry *r = *state;
+    struct identity v4 = ident("r", "192.0.2.7", 4000, 1);
+    struct identity mapped = ident("r", "::ffff:192.0.2.7", 4000, 1);
+    assert_memory_equal(&v4, &mapped, sizeof(v4));
+    assert_int_equal(mapped.client.family, AF_INET);
+
+    struct session_ref owner, displaced;
+    assert_int_equal(claim(r, &v4, ref(0, 1), 0, &owner, &displaced), REGISTRY_OWNER);
+    assert_int_equal(claim(r, &mapped, ref(1, 2), 0, &owner, &displaced), REGISTRY_REFUSED);
+    assert_ref(owner, ref(0, 1));
 }
 
 /* Far more identities than buckets: chains, removal from the middle of a
@@ -318,7 +332,7 @@ static void test_many_identities(void **state)
         struct identity id = ident("r", ip, (uint16_t)(i % 7 + 1), 1);
         assert_int_equal(claim(r, &id, ref(0, i + 1), 1, &owner, &displaced), REGISTRY_OWNER);
     }
-    assert_int_equal(r->n_entries, N);
+    assert_int_equal(r->entries.n_entries, N);
     /* Every other one released, the rest left held. */
     for (uint32_t i = 0; i < N; i += 2) {
         char ip[32];
@@ -326,7 +340,7 @@ static void test_many_identities(void **state)
         struct identity id = ident("r", ip, (uint16_t)(i % 7 + 1), 1);
         assert_int_equal(registry_release(r, &id, ref(0, i + 1), &next), 0);
     }
-    assert_int_equal(r->n_entries, N / 2);
+    assert_int_equal(r->entries.n_entries, N / 2);
     for (uint32_t i = 1; i < N; i += 2) {
         char ip[32];
         snprintf(ip, sizeof(ip), "10.%u.%u.%u", i >> 16, (i >> 8) & 255, i & 255);
@@ -544,7 +558,7 @@ static void test_threads(void **state)
     assert_true(atomic_load(&a.refused) > 0);
     assert_true(atomic_load(&a.gave_up) > 0);
     /* Every session ended, so every identity is free again. */
-    assert_int_equal(a.reg.n_entries, 0);
+    assert_int_equal(a.reg.entries.n_entries, 0);
     for (int k = 0; k < N_IDS; k++)
         assert_int_equal(atomic_load(&a.holder[k]), 0);
     registry_destroy(&a.reg);
@@ -560,6 +574,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_address_only, setup, teardown),
         cmocka_unit_test(test_identity_ipv4),
         cmocka_unit_test(test_identity_ipv6),
+        cmocka_unit_test_setup_teardown(test_identity_v4_mapped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_many_identities, setup, teardown),
         cmocka_unit_test(test_threads),
     };
