@@ -67,7 +67,9 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+import lifeline_testlib  # noqa: E402
 
 HOSTS = ("client", "proxy", "server")
 NS_RE = re.compile(r"^ll(\d+)-(\d+)-(client|proxy|server|probe)$")
@@ -90,14 +92,7 @@ def _sh(argv, check=True, timeout=10, input=None):
 
 def wait_for(pred, timeout, what="condition", interval=0.005):
     """Poll pred() until it returns something truthy; raise TimeoutError after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() >= deadline:
-            raise TimeoutError("timed out after %.1f s waiting for %s" % (timeout, what))
-        time.sleep(interval)
+    return lifeline_testlib.wait_until(pred, timeout, what, interval, error=TimeoutError)
 
 
 def freeze(pid):

@@ -43,8 +43,8 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "lib"))
 
-# The binary, its sanitizer and the time scale: tests/lib/lifeline_testlib.py.
-from lifeline_testlib import SANITIZER, TIME_SCALE, lifeline_bin, scaled  # noqa: E402,F401
+# The binary, its sanitizer, the time scale and wait_until(): tests/lib/lifeline_testlib.py.
+from lifeline_testlib import SANITIZER, TIME_SCALE, lifeline_bin, scaled, wait_until  # noqa: E402,F401
 
 LOOPBACK = "127.0.0.1"
 LOOPBACK6 = "::1"
@@ -68,19 +68,6 @@ def require_binary():
 
 # --------------------------------------------------------------------------
 # waiting
-
-
-def wait_until(cond, timeout, what="condition", interval=0.005):
-    """Polls cond() until it returns something truthy (returned) or the
-    deadline passes (AssertionError naming what was awaited)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def wait_stable(value_fn, quiet, timeout, what="value to stop changing"):

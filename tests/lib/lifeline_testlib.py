@@ -15,10 +15,12 @@ What is here:
 - sanitizers: ``detect_sanitizer(path)`` ('asan', 'tsan' or None), and for
   the binary ``lifeline_bin()`` names, ``SANITIZER``, ``TIME_SCALE`` and
   ``scaled(seconds)`` (deadlines of "should happen soon" waits are
-  multiplied by 3 under ASan, 5 under TSan, or $LIFELINE_TEST_TIME_SCALE).
+  multiplied by 3 under ASan, 5 under TSan, or $LIFELINE_TEST_TIME_SCALE);
+- ``wait_until()``: a bounded poll.
 """
 
 import os
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.normpath(os.path.join(HERE, "..", ".."))
@@ -62,3 +64,21 @@ TIME_SCALE = float(os.environ.get("LIFELINE_TEST_TIME_SCALE") or
 
 def scaled(seconds):
     return seconds * TIME_SCALE
+
+
+# --------------------------------------------------------------------------
+# waiting
+
+
+def wait_until(cond, timeout, what="condition", interval=0.005, error=AssertionError):
+    """Polls cond() until it returns something truthy (returned) or the
+    deadline passes (`error`, AssertionError unless told, naming what was
+    awaited)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise error(f"timed out after {timeout:.1f} s waiting for {what}")
+        time.sleep(interval)
