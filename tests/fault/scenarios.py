@@ -21,9 +21,12 @@ import sys
 import threading
 import time
 
-from netns import JsonlTail, Topology, wait_for
-
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "lib"))
+
+from lifeline_testlib import lifeline_argv, parse_log_line, write_config  # noqa: E402
+from netns import JsonlTail, Topology, wait_for  # noqa: E402
+
 SERVER_PORT = 6000
 CLIENT_PORT = 4000
 PROXY_PORT = 5000
@@ -96,13 +99,9 @@ class Lifeline:
 
     def _read(self):
         for raw in self.proc.stdout:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            try:
-                item = json.loads(line)
-            except ValueError:
-                item = line
+            line, rec = parse_log_line(raw)
             with self._lock:
-                self.lines.append((time.monotonic(), item))
+                self.lines.append((time.monotonic(), rec if rec is not None else line))
 
     def find(self, pred):
         with self._lock:
@@ -129,10 +128,8 @@ def start_lifeline(topo, lifeline_bin, config, timeout=10):
     stderr merged into one pipe read by a thread.  Raises RuntimeError with lifeline's
     output if it exits before logging ready (LifelineFailed, with .status),
     TimeoutError if it never does."""
-    path = topo.path("lifeline.json")
-    with open(path, "w") as f:
-        json.dump(config, f, indent=2)
-    proc = topo.spawn("proxy", [lifeline_bin, "-c", path, "--log-format", "json"],
+    path = write_config(topo.tmpdir, config)
+    proc = topo.spawn("proxy", lifeline_argv(lifeline_bin, path),
                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     ll = Lifeline(proc, path)
 

@@ -43,8 +43,9 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "lib"))
 
-# The binary, its sanitizer, the time scale and wait_until(): tests/lib/lifeline_testlib.py.
-from lifeline_testlib import SANITIZER, TIME_SCALE, lifeline_bin, scaled, wait_until  # noqa: E402,F401
+# Shared with the fault tests, the soak and bench/: tests/lib/lifeline_testlib.py.
+from lifeline_testlib import (SANITIZER, TIME_SCALE, lifeline_argv, lifeline_bin,  # noqa: E402,F401
+                              parse_log_line, scaled, wait_until, write_config)
 
 LOOPBACK = "127.0.0.1"
 LOOPBACK6 = "::1"
@@ -304,17 +305,6 @@ def listen_port(d, i=0):
     return int(d.cfg["routes"][i]["listen"].rsplit(":", 1)[1])
 
 
-def write_config(directory, cfg, name="lifeline.json"):
-    """Writes a dict as JSON (or a str verbatim) and returns the path."""
-    path = os.path.join(directory, name)
-    with open(path, "w") as f:
-        if isinstance(cfg, str):
-            f.write(cfg)
-        else:
-            json.dump(cfg, f, indent=2)
-    return path
-
-
 def run_cli(args, env=None, timeout=None):
     """Runs the binary to completion; returns CompletedProcess (text)."""
     full_env = dict(os.environ)
@@ -355,12 +345,8 @@ class Lifeline:
     # -- process
 
     def start(self):
-        argv = self.wrapper + [BIN]
-        if self.use_config_flag and self.path is not None:
-            argv += ["-c", self.path]
-        if self.log_format is not None:
-            argv += ["--log-format", self.log_format]
-        argv += self.extra_args
+        argv = self.wrapper + lifeline_argv(BIN, self.path if self.use_config_flag else None,
+                                            self.log_format, self.extra_args)
         env = dict(os.environ)
         env.pop("LIFELINE_CONFIG", None)
         if self.env:
@@ -384,13 +370,7 @@ class Lifeline:
 
     def _read_stderr(self, stream):
         for raw in stream:
-            text = raw.decode("utf-8", "replace").rstrip("\n")
-            rec = None
-            if text.startswith("{"):
-                try:
-                    rec = json.loads(text)
-                except ValueError:
-                    rec = None
+            text, rec = parse_log_line(raw)
             with self._cond:
                 self.lines.append(text)
                 if isinstance(rec, dict):

@@ -10,15 +10,20 @@ Each suite puts this folder on sys.path relative to its own file:
 
 What is here:
 
-- ``lifeline_bin()``: $LIFELINE_BIN, else build/lifeline of this checkout, as
-  an absolute path;
+- the binary: ``lifeline_bin()`` ($LIFELINE_BIN, else build/lifeline of this
+  checkout, as an absolute path) and ``lifeline_argv()`` (the command line
+  that runs it on a config file);
 - sanitizers: ``detect_sanitizer(path)`` ('asan', 'tsan' or None), and for
   the binary ``lifeline_bin()`` names, ``SANITIZER``, ``TIME_SCALE`` and
   ``scaled(seconds)`` (deadlines of "should happen soon" waits are
   multiplied by 3 under ASan, 5 under TSan, or $LIFELINE_TEST_TIME_SCALE);
-- ``wait_until()``: a bounded poll.
+- ``wait_until()``: a bounded poll;
+- ``write_config()``: a config dict written as JSON;
+- ``parse_log_line()``: one line of lifeline's stderr, parsed if it is a JSON
+  log record.
 """
 
+import json
 import os
 import time
 
@@ -27,13 +32,24 @@ REPO = os.path.normpath(os.path.join(HERE, "..", ".."))
 
 
 # --------------------------------------------------------------------------
-# the binary
+# the binary and its command line
 
 
 def lifeline_bin():
     """$LIFELINE_BIN, or build/lifeline of this checkout; as an absolute path."""
     b = os.environ.get("LIFELINE_BIN") or os.path.join(REPO, "build", "lifeline")
     return os.path.abspath(b)
+
+
+def lifeline_argv(binary, config_path=None, log_format="json", args=()):
+    """`binary -c CONFIG --log-format FORMAT ARGS...`; no -c without a config
+    path, no --log-format without a format."""
+    argv = [binary]
+    if config_path is not None:
+        argv += ["-c", config_path]
+    if log_format is not None:
+        argv += ["--log-format", log_format]
+    return argv + list(args)
 
 
 # --------------------------------------------------------------------------
@@ -82,3 +98,33 @@ def wait_until(cond, timeout, what="condition", interval=0.005, error=AssertionE
         if time.monotonic() >= deadline:
             raise error(f"timed out after {timeout:.1f} s waiting for {what}")
         time.sleep(interval)
+
+
+# --------------------------------------------------------------------------
+# config files and log lines
+
+
+def write_config(directory, cfg, name="lifeline.json"):
+    """Writes a dict as JSON (or a str verbatim) and returns the path."""
+    path = os.path.join(directory, name)
+    with open(path, "w") as f:
+        if isinstance(cfg, str):
+            f.write(cfg)
+        else:
+            json.dump(cfg, f, indent=2)
+    return path
+
+
+def parse_log_line(raw):
+    """One line of lifeline's stderr (bytes, as read from the pipe) ->
+    (text, record): the text without its newline, and the parsed JSON log
+    record (a dict), or None when the line is not one (a text-format line, a
+    sanitizer report...)."""
+    text = raw.decode("utf-8", "replace").rstrip("\n")
+    rec = None
+    if text.startswith("{"):
+        try:
+            rec = json.loads(text)
+        except ValueError:
+            rec = None
+    return text, (rec if isinstance(rec, dict) else None)

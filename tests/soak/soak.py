@@ -1431,13 +1431,7 @@ class SoakLifeline(harness.Lifeline):
 
     def _read_stderr(self, stream):
         for raw in stream:
-            text = raw.decode("utf-8", "replace").rstrip("\n")
-            rec = None
-            if text.startswith("{"):
-                try:
-                    rec = json.loads(text)
-                except ValueError:
-                    rec = None
+            text, rec = harness.parse_log_line(raw)
             if self.log_file is not None:
                 self.log_file.write(text + "\n")
             with self._cond:
