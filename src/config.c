@@ -152,12 +152,17 @@ static int same_name(const void *a, const void *b);
 static int same_endpoint(const void *a, const void *b);
 
 static const struct choice log_level_choices[] = {
-    { "debug", LOG_DEBUG }, { "info", LOG_INFO }, { "warn", LOG_WARN },
-    { "error", LOG_ERROR }, { NULL, 0 },
+#define LEVEL_CHOICE_(id, name) { name, LOG_##id },
+    LOG_LEVELS(LEVEL_CHOICE_)
+#undef LEVEL_CHOICE_
+    { NULL, 0 },
 };
 
 static const struct choice log_format_choices[] = {
-    { "text", LOG_FORMAT_TEXT }, { "json", LOG_FORMAT_JSON }, { NULL, 0 },
+#define FORMAT_CHOICE_(id, name) { name, LOG_FORMAT_##id },
+    LOG_FORMATS(FORMAT_CHOICE_)
+#undef FORMAT_CHOICE_
+    { NULL, 0 },
 };
 
 static const struct key server_elem = {

@@ -13,7 +13,26 @@
 static _Atomic int log_level_ = LOG_INFO;
 static _Atomic int log_format_ = LOG_FORMAT_TEXT;
 
-static const char *const level_names[] = { "debug", "info", "warn", "error" };
+static const char *const level_names[] = {
+#define LEVEL_NAME_(id, name) [LOG_##id] = name,
+    LOG_LEVELS(LEVEL_NAME_)
+#undef LEVEL_NAME_
+};
+
+static const char *const format_names[] = {
+#define FORMAT_NAME_(id, name) [LOG_FORMAT_##id] = name,
+    LOG_FORMATS(FORMAT_NAME_)
+#undef FORMAT_NAME_
+};
+
+/* The index of s in names[n], or -EINVAL. */
+static int name_index(const char *const *names, size_t n, const char *s)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(s, names[i]) == 0)
+            return (int)i;
+    return -EINVAL;
+}
 
 void log_set_level(enum log_level level) { atomic_store(&log_level_, (int)level); }
 void log_set_format(enum log_format format) { atomic_store(&log_format_, (int)format); }
@@ -27,24 +46,18 @@ const char *log_level_name(enum log_level level) { return level_names[level]; }
 
 int log_level_parse(const char *s, enum log_level *out)
 {
-    for (size_t i = 0; i < sizeof(level_names) / sizeof(level_names[0]); i++) {
-        if (strcmp(s, level_names[i]) == 0) {
-            *out = (enum log_level)i;
-            return 0;
-        }
-    }
-    return -EINVAL;
+    int i = name_index(level_names, sizeof(level_names) / sizeof(level_names[0]), s);
+    if (i >= 0)
+        *out = (enum log_level)i;
+    return i < 0 ? i : 0;
 }
 
 int log_format_parse(const char *s, enum log_format *out)
 {
-    if (strcmp(s, "text") == 0)
-        *out = LOG_FORMAT_TEXT;
-    else if (strcmp(s, "json") == 0)
-        *out = LOG_FORMAT_JSON;
-    else
-        return -EINVAL;
-    return 0;
+    int i = name_index(format_names, sizeof(format_names) / sizeof(format_names[0]), s);
+    if (i >= 0)
+        *out = (enum log_format)i;
+    return i < 0 ? i : 0;
 }
 
 /* A line buffer that silently truncates: a log line is never worth a crash. */

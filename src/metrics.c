@@ -66,20 +66,51 @@ static const struct {
 #undef FAMILY_ROW_
 };
 
-static const char *const deny_names[] = {
-    [DENY_ALLOW] = "allow", [DENY_MAX_CONNECTIONS] = "max_connections",
-    [DENY_MAX_PER_ADDRESS] = "max_per_address",
+static const char *deny_label(size_t i) { return deny_name((enum deny_cause)i); }
+static const char *reason_label(size_t i) { return reason_name((enum reason)i); }
+
+static const char *direction_label(size_t i)
+{
+    return i == 0 ? "from_client" : "from_server";
+}
+
+/* The liveness kinds: the three client_* liveness reasons, in their order. */
+static const char *liveness_label(size_t i)
+{
+    static const char *const kinds[] = { "silence", "keepalive", "user_timeout" };
+    return kinds[i];
+}
+
+/* Where each per-route family's series come from, in exposition order:
+ * `n` counters from `first`, one series each, labelled label="value(i)"
+ * (only the route label when `label` is NULL). With `server`, one series
+ * per server of the route, from that server's counter `first`. */
+static const struct series {
+    enum family family;
+    enum route_counter first;
+    size_t n;
+    const char *label;
+    const char *(*value)(size_t i);
+    int server;                    /* 1: a server counter (first is enum server_counter) */
+} route_series[] = {
+    { FAMILY_SESSIONS_ACTIVE, RC_SESSIONS_ACTIVE, 1, NULL, NULL, 0 },
+    { FAMILY_SESSIONS_TOTAL, RC_SESSIONS_TOTAL, 1, NULL, NULL, 0 },
+    { FAMILY_CLOSES, RC_CLOSES, REASON_COUNT, "reason", reason_label, 0 },
+    { FAMILY_BYTES, RC_BYTES_FROM_CLIENT, 2, "direction", direction_label, 0 },
+    { FAMILY_CONNECT_ATTEMPTS, (enum route_counter)SC_ATTEMPTS, 1, "server", NULL, 1 },
+    { FAMILY_CONNECT_FAILURES, (enum route_counter)SC_FAILURES, 1, "server", NULL, 1 },
+    { FAMILY_TAKEOVERS, RC_TAKEOVERS, 1, NULL, NULL, 0 },
+    { FAMILY_REJECTIONS, RC_CLOSES + REASON_REJECTED, 1, NULL, NULL, 0 },
+    { FAMILY_LIVENESS, RC_CLOSES + REASON_CLIENT_SILENCE, 3, "kind", liveness_label, 0 },
+    { FAMILY_DENIED, RC_DENIED, DENY_COUNT, "cause", deny_label, 0 },
+    { FAMILY_ACCEPT_ERRORS, RC_ACCEPT_ERRORS, 1, NULL, NULL, 0 },
 };
 
-/* The liveness kinds, as close reasons. */
-static const struct {
-    enum reason reason;
-    const char *kind;
-} liveness_kinds[] = {
-    { REASON_CLIENT_SILENCE, "silence" },
-    { REASON_CLIENT_KEEPALIVE, "keepalive" },
-    { REASON_CLIENT_USER_TIMEOUT, "user_timeout" },
-};
+_Static_assert(RC_BYTES_FROM_SERVER == RC_BYTES_FROM_CLIENT + 1,
+               "the directions are contiguous, in direction_label's order");
+_Static_assert(REASON_CLIENT_KEEPALIVE == REASON_CLIENT_SILENCE + 1 &&
+                   REASON_CLIENT_USER_TIMEOUT == REASON_CLIENT_SILENCE + 2,
+               "the liveness reasons are contiguous, in liveness_label's order");
 
 void worker_stats_init(struct worker_stats *ws)
 {
@@ -207,16 +238,8 @@ static void header(struct text *t, enum family f)
 
 static void sum_into(struct route_stats *d, struct route_stats *r)
 {
-    metric_add(&d->sessions_active, metric_get(&r->sessions_active));
-    metric_add(&d->sessions_total, metric_get(&r->sessions_total));
-    for (int i = 0; i < REASON_COUNT; i++)
-        metric_add(&d->closes[i], metric_get(&r->closes[i]));
-    metric_add(&d->bytes_from_client, metric_get(&r->bytes_from_client));
-    metric_add(&d->bytes_from_server, metric_get(&r->bytes_from_server));
-    metric_add(&d->takeovers, metric_get(&r->takeovers));
-    for (size_t i = 0; i < sizeof(d->denied) / sizeof(d->denied[0]); i++)
-        metric_add(&d->denied[i], metric_get(&r->denied[i]));
-    metric_add(&d->accept_errors, metric_get(&r->accept_errors));
+    for (size_t i = 0; i < RC_COUNT; i++)
+        metric_add(&d->c[i], metric_get(&r->c[i]));
 }
 
 /* Every worker's counters summed by route name and server; NULL on ENOMEM
@@ -240,8 +263,8 @@ static struct route_stats *sum_workers(struct worker_stats *const *stats, size_t
                     *oom = 1;
                     break;
                 }
-                metric_add(&ds->attempts, metric_get(&sv->attempts));
-                metric_add(&ds->failures, metric_get(&sv->failures));
+                for (size_t i = 0; i < SC_COUNT; i++)
+                    metric_add(&ds->c[i], metric_get(&sv->c[i]));
             }
         }
         pthread_mutex_unlock(&stats[w]->lock);
@@ -259,59 +282,26 @@ char *metrics_render(struct worker_stats *const *stats, size_t n_workers,
     t.buf[0] = '\0';
     struct route_stats *sums = sum_workers(stats, n_workers, &t.oom);
 
-#define EACH_ROUTE for (struct route_stats *r = sums; r != NULL; r = r->next)
-#define PER_ROUTE(fam, field)                                                             \
-    do {                                                                                  \
-        header(&t, fam);                                                                  \
-        EACH_ROUTE                                                                        \
-        put(&t, "%s{route=\"%s\"} %" PRIu64 "\n", families[fam].name, r->name,           \
-            metric_get(&r->field));                                                       \
-    } while (0)
-
-    PER_ROUTE(FAMILY_SESSIONS_ACTIVE, sessions_active);
-    PER_ROUTE(FAMILY_SESSIONS_TOTAL, sessions_total);
-
-    header(&t, FAMILY_CLOSES);
-    EACH_ROUTE
-    for (int why = 0; why < REASON_COUNT; why++)
-        put(&t, "%s{route=\"%s\",reason=\"%s\"} %" PRIu64 "\n", families[FAMILY_CLOSES].name,
-            r->name, reason_name((enum reason)why), metric_get(&r->closes[why]));
-
-    header(&t, FAMILY_BYTES);
-    EACH_ROUTE {
-        put(&t, "%s{route=\"%s\",direction=\"from_client\"} %" PRIu64 "\n",
-            families[FAMILY_BYTES].name, r->name, metric_get(&r->bytes_from_client));
-        put(&t, "%s{route=\"%s\",direction=\"from_server\"} %" PRIu64 "\n",
-            families[FAMILY_BYTES].name, r->name, metric_get(&r->bytes_from_server));
+    for (size_t k = 0; k < sizeof(route_series) / sizeof(route_series[0]); k++) {
+        const struct series *se = &route_series[k];
+        const char *name = families[se->family].name;
+        if (k == 0 || route_series[k - 1].family != se->family)
+            header(&t, se->family);
+        for (struct route_stats *r = sums; r != NULL; r = r->next) {
+            if (se->server) {
+                for (struct server_stats *sv = r->servers; sv != NULL; sv = sv->next)
+                    put(&t, "%s{route=\"%s\",server=\"%s\"} %" PRIu64 "\n", name, r->name,
+                        sv->label, metric_get(&sv->c[se->first]));
+            } else if (se->label == NULL) {
+                put(&t, "%s{route=\"%s\"} %" PRIu64 "\n", name, r->name,
+                    metric_get(&r->c[se->first]));
+            } else {
+                for (size_t i = 0; i < se->n; i++)
+                    put(&t, "%s{route=\"%s\",%s=\"%s\"} %" PRIu64 "\n", name, r->name,
+                        se->label, se->value(i), metric_get(&r->c[se->first + i]));
+            }
+        }
     }
-
-    for (int f = FAMILY_CONNECT_ATTEMPTS; f <= FAMILY_CONNECT_FAILURES; f++) {
-        header(&t, (enum family)f);
-        EACH_ROUTE
-        for (struct server_stats *sv = r->servers; sv != NULL; sv = sv->next)
-            put(&t, "%s{route=\"%s\",server=\"%s\"} %" PRIu64 "\n", families[f].name, r->name,
-                sv->label,
-                metric_get(f == FAMILY_CONNECT_ATTEMPTS ? &sv->attempts : &sv->failures));
-    }
-
-    PER_ROUTE(FAMILY_TAKEOVERS, takeovers);
-    PER_ROUTE(FAMILY_REJECTIONS, closes[REASON_REJECTED]);
-
-    header(&t, FAMILY_LIVENESS);
-    EACH_ROUTE
-    for (size_t k = 0; k < sizeof(liveness_kinds) / sizeof(liveness_kinds[0]); k++)
-        put(&t, "%s{route=\"%s\",kind=\"%s\"} %" PRIu64 "\n", families[FAMILY_LIVENESS].name,
-            r->name, liveness_kinds[k].kind, metric_get(&r->closes[liveness_kinds[k].reason]));
-
-    header(&t, FAMILY_DENIED);
-    EACH_ROUTE
-    for (size_t c = 0; c < sizeof(deny_names) / sizeof(deny_names[0]); c++)
-        put(&t, "%s{route=\"%s\",cause=\"%s\"} %" PRIu64 "\n", families[FAMILY_DENIED].name,
-            r->name, deny_names[c], metric_get(&r->denied[c]));
-
-    PER_ROUTE(FAMILY_ACCEPT_ERRORS, accept_errors);
-#undef PER_ROUTE
-#undef EACH_ROUTE
 
     while (sums != NULL) {
         struct route_stats *r = sums;

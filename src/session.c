@@ -665,9 +665,9 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         h->bytes += (uint64_t)nread;
         if (h == &s->up) {
             s->last_rx_ms = uv_now(&s->w->loop);
-            metric_add(&s->stats->bytes_from_client, (uint64_t)nread);
+            metric_add(&s->stats->c[RC_BYTES_FROM_CLIENT], (uint64_t)nread);
         } else {
-            metric_add(&s->stats->bytes_from_server, (uint64_t)nread);
+            metric_add(&s->stats->c[RC_BYTES_FROM_SERVER], (uint64_t)nread);
         }
         if (s->state == SESSION_RELAYING)
             half_send(h, buf->base, (size_t)nread);
@@ -729,7 +729,7 @@ static void count_try_failed(struct session *s)
 {
     struct server_stats *sv = metrics_server(s->stats, &s->route->upstream.servers[s->server]);
     if (sv != NULL)
-        metric_add(&sv->failures, 1);
+        metric_add(&sv->c[SC_FAILURES], 1);
 }
 
 static uint64_t backoff_ms(const struct session *s)
@@ -980,7 +980,7 @@ static void connect_try(struct session *s)
     const struct hostport *srv = &u->servers[s->server];
     struct server_stats *sv = metrics_server(s->stats, srv);
     if (sv != NULL)
-        metric_add(&sv->attempts, 1);
+        metric_add(&sv->c[SC_ATTEMPTS], 1);
     if (srv->numeric) {
         connect_to(s, (const struct sockaddr *)&srv->sa);
         return;
@@ -1160,8 +1160,8 @@ static void finish_close(struct session *s)
     /* Counted, unlisted and its limit slot given back before the line is
      * logged: whoever reads the line and then asks the admin endpoint, or
      * connects again, sees the session gone. */
-    metric_add(&s->stats->closes[s->reason], 1);
-    metric_sub(&s->stats->sessions_active, 1);
+    metric_add(&s->stats->c[RC_CLOSES + s->reason], 1);
+    metric_sub(&s->stats->c[RC_SESSIONS_ACTIVE], 1);
     struct worker *w = s->w;
     if (s->prev != NULL)
         s->prev->next = s->next;
@@ -1312,11 +1312,6 @@ static int allowed(const struct client_config *cc, const struct sockaddr *sa)
     return 0;
 }
 
-static const char *const deny_words[] = {
-    [DENY_ALLOW] = "allow", [DENY_MAX_CONNECTIONS] = "max_connections",
-    [DENY_MAX_PER_ADDRESS] = "max_per_address",
-};
-
 /* Access control and limits. Returns 1 when the connection may become a
  * session; else counts and logs it (at most one line a second per worker,
  * so that a flood cannot flood the log). */
@@ -1338,7 +1333,7 @@ static int admit(struct session *s, struct limit_route *limit)
         }
         cause = full == LIMITS_ROUTE_FULL ? DENY_MAX_CONNECTIONS : DENY_MAX_PER_ADDRESS;
     }
-    metric_add(&s->stats->denied[cause], 1);
+    metric_add(&s->stats->c[RC_DENIED + cause], 1);
     s->refused = 1;
     uint64_t suppressed;
     if (!log_enabled(LOG_WARN) ||
@@ -1347,7 +1342,7 @@ static int admit(struct session *s, struct limit_route *limit)
     char client[ADDR_STR_MAX];
     log_warn("connection denied", LF_STR("route", s->route->name),
              LF_STR("client", addr_format(&s->peer.sa, client, sizeof(client))),
-             LF_STR("cause", deny_words[cause]), LF_INT("suppressed", suppressed));
+             LF_STR("cause", deny_name(cause)), LF_INT("suppressed", suppressed));
     return 0;
 }
 
@@ -1376,7 +1371,7 @@ static enum session_state claim_identity(struct session *s)
         break;
     }
     s->registered = 1;
-    metric_add(&s->stats->takeovers, 1);
+    metric_add(&s->stats->c[RC_TAKEOVERS], 1);
     worker_post(&s->w->peers[owner.worker], WORKER_MSG_EVICT, owner.id, NULL);
     if (displaced.worker >= 0)
         worker_post(&s->w->peers[displaced.worker], WORKER_MSG_EVICT, displaced.id, NULL);
@@ -1434,8 +1429,8 @@ int session_accept(struct worker *w, struct listener *l, int fd, const struct so
         w->sessions->prev = s;
     w->sessions = s;
     w->n_sessions++;
-    metric_add(&s->stats->sessions_total, 1);
-    metric_add(&s->stats->sessions_active, 1);
+    metric_add(&s->stats->c[RC_SESSIONS_TOTAL], 1);
+    metric_add(&s->stats->c[RC_SESSIONS_ACTIVE], 1);
 
     if (!admit(s, l->limit)) {
         session_close(s, REASON_DENIED);

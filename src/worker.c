@@ -115,13 +115,13 @@ static void accept_cb(uv_poll_t *p, int status, int events)
         if (rc == UV_ECONNABORTED || rc == UV_EINTR)
             continue;
         if (rc == UV_EMFILE || rc == UV_ENFILE || rc == UV_ENOBUFS || rc == UV_ENOMEM) {
-            metric_add(&l->stats->accept_errors, 1);
+            metric_add(&l->stats->c[RC_ACCEPT_ERRORS], 1);
             worker_pause_accepting(w, l->route->name, rc);
             return;
         }
         if (rc < 0) {
             uint64_t suppressed;
-            metric_add(&l->stats->accept_errors, 1);
+            metric_add(&l->stats->c[RC_ACCEPT_ERRORS], 1);
             if (log_enabled(LOG_WARN) &&
                 log_limit_allow(&w->accept_log, uv_now(&w->loop), &suppressed))
                 log_warn("accept failed", LF_STR("route", l->route->name),

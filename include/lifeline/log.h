@@ -5,8 +5,21 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
-enum log_format { LOG_FORMAT_TEXT, LOG_FORMAT_JSON };
+/* Levels and formats, each defined once: X(ENUM_SUFFIX, "name in config and CLI"). */
+#define LOG_LEVELS(X) X(DEBUG, "debug") X(INFO, "info") X(WARN, "warn") X(ERROR, "error")
+#define LOG_FORMATS(X) X(TEXT, "text") X(JSON, "json")
+
+enum log_level {
+#define LOG_LEVEL_ENUM_(id, name) LOG_##id,
+    LOG_LEVELS(LOG_LEVEL_ENUM_)
+#undef LOG_LEVEL_ENUM_
+};
+
+enum log_format {
+#define LOG_FORMAT_ENUM_(id, name) LOG_FORMAT_##id,
+    LOG_FORMATS(LOG_FORMAT_ENUM_)
+#undef LOG_FORMAT_ENUM_
+};
 
 enum log_field_type { LOG_FIELD_STR, LOG_FIELD_INT };
 

@@ -10,18 +10,42 @@
 #include "lifeline/config.h"
 #include "lifeline/reason.h"
 
-/* Why a connection was refused before it became a session. */
-enum deny_cause {
-    DENY_ALLOW,            /* its address is outside client.allow */
-    DENY_MAX_CONNECTIONS,  /* the route is at client.max_connections */
-    DENY_MAX_PER_ADDRESS,  /* its address is at client.max_per_address */
+/* Every counter of a route and of a server, defined once: X(ID, slots).
+ * The structs, the per-worker sums and the Prometheus text (the series
+ * table in metrics.c) all come from these lists. */
+#define ROUTE_COUNTERS(X)                                                    \
+    X(SESSIONS_ACTIVE, 1)                                                    \
+    X(SESSIONS_TOTAL, 1)                                                     \
+    X(CLOSES, REASON_COUNT)     /* one per enum reason */                    \
+    X(BYTES_FROM_CLIENT, 1)                                                  \
+    X(BYTES_FROM_SERVER, 1)                                                  \
+    X(TAKEOVERS, 1)                                                          \
+    X(DENIED, DENY_COUNT)       /* one per enum deny_cause */                \
+    X(ACCEPT_ERRORS, 1)
+
+#define SERVER_COUNTERS(X)                                                   \
+    X(ATTEMPTS, 1)                                                           \
+    X(FAILURES, 1)
+
+/* Slot indexes: RC_CLOSES + reason is the closes for that reason. */
+enum route_counter {
+#define ROUTE_COUNTER_ENUM_(id, slots) RC_##id, RC_##id##_LAST_ = RC_##id + (slots) - 1,
+    ROUTE_COUNTERS(ROUTE_COUNTER_ENUM_)
+#undef ROUTE_COUNTER_ENUM_
+    RC_COUNT
+};
+
+enum server_counter {
+#define SERVER_COUNTER_ENUM_(id, slots) SC_##id, SC_##id##_LAST_ = SC_##id + (slots) - 1,
+    SERVER_COUNTERS(SERVER_COUNTER_ENUM_)
+#undef SERVER_COUNTER_ENUM_
+    SC_COUNT
 };
 
 /* One upstream server's connection tries on one worker. */
 struct server_stats {
     struct server_stats *next;
-    _Atomic uint64_t attempts;
-    _Atomic uint64_t failures;
+    _Atomic uint64_t c[SC_COUNT];  /* enum server_counter */
     char label[ADDR_STR_MAX];      /* "host:port" as written in the config */
 };
 
@@ -32,14 +56,7 @@ struct server_stats {
 struct route_stats {
     struct route_stats *next;
     char name[CONFIG_NAME_MAX];
-    _Atomic uint64_t sessions_active;
-    _Atomic uint64_t sessions_total;
-    _Atomic uint64_t closes[REASON_COUNT];
-    _Atomic uint64_t bytes_from_client;
-    _Atomic uint64_t bytes_from_server;
-    _Atomic uint64_t takeovers;
-    _Atomic uint64_t denied[3];          /* enum deny_cause */
-    _Atomic uint64_t accept_errors;
+    _Atomic uint64_t c[RC_COUNT];        /* enum route_counter */
     struct server_stats *servers;        /* every server the route ever had */
 };
 

@@ -1,4 +1,4 @@
-/* Session close reasons: defined once here; logs, counters and docs derive from this list. */
+/* Session close reasons and deny causes: defined once here; logs, counters and docs derive from these lists. */
 #ifndef LIFELINE_REASON_H
 #define LIFELINE_REASON_H
 
@@ -26,5 +26,22 @@ enum reason {
 };
 
 const char *reason_name(enum reason r);
+
+/* Why a connection was refused before it became a session (the `cause` of
+ * a "connection denied" line and of lifeline_denied_total).
+ * X(ENUM_SUFFIX, "name in logs and metrics") */
+#define DENY_LIST(X)                                                        \
+    X(ALLOW, "allow")                     /* its address is outside client.allow */ \
+    X(MAX_CONNECTIONS, "max_connections") /* the route is at client.max_connections */ \
+    X(MAX_PER_ADDRESS, "max_per_address") /* its address is at client.max_per_address */
+
+enum deny_cause {
+#define DENY_ENUM_(id, name) DENY_##id,
+    DENY_LIST(DENY_ENUM_)
+#undef DENY_ENUM_
+    DENY_COUNT
+};
+
+const char *deny_name(enum deny_cause c);
 
 #endif
