@@ -27,7 +27,6 @@ the run itself goes on. Python 3 standard library only.
 """
 
 import argparse
-import ctypes
 import datetime
 import json
 import os
@@ -51,7 +50,8 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "tests", "lib"))
 
 # Shared with the test suites: tests/lib/lifeline_testlib.py.
-import lifeline_testlib  # noqa: E402
+from lifeline_testlib import (detect_sanitizer, die_with_parent, lifeline_bin,  # noqa: E402
+                              proc_cpu_seconds, proc_status_value)
 LOOPBACK = "127.0.0.1"
 
 # Where a client goes: straight to the peer, or through one of the proxies.
@@ -94,9 +94,6 @@ FULL = dict(rounds=3, bulk_s=4, pingpong=20000, connrate_s=3, idle=9900, redis_n
 INDEX_HTML = ("<!DOCTYPE html>\n<html><head><title>lifeline bench</title></head>\n<body>\n"
               + "<p>A small static page for wrk.</p>\n" * 12 + "</body></html>\n")
 
-_libc = ctypes.CDLL(None, use_errno=True)
-PR_SET_PDEATHSIG = 1
-
 
 class BenchError(Exception):
     """A workload that could not produce its figure; the message goes into the report."""
@@ -104,11 +101,6 @@ class BenchError(Exception):
 
 def log(msg):
     print(msg, file=sys.stderr, flush=True)
-
-
-def _die_with_parent():
-    """In the child before exec: killed if the driver dies, even by SIGKILL."""
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _on_sigterm(signum, frame):
@@ -133,7 +125,7 @@ class Procs:
             p = subprocess.Popen(argv, stdin=stdin,
                                  stdout=stdout if stdout is not None else logf,
                                  stderr=logf, start_new_session=True,
-                                 preexec_fn=_die_with_parent)
+                                 preexec_fn=die_with_parent)
         finally:
             logf.close()
         p.bench_name = name
@@ -216,19 +208,11 @@ def wait_listening(procs, p, ports, timeout=15.0):
         time.sleep(0.05)
 
 
-def cpu_seconds(pid):
-    """utime + stime of a process (all its threads), from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise BenchError(f"no VmRSS for pid {pid}")
+    rss = proc_status_value(pid, "VmRSS")
+    if rss is None:
+        raise BenchError(f"no VmRSS for pid {pid}")
+    return rss
 
 
 def fd_count(pid):
@@ -457,7 +441,7 @@ http {{
         self.record(argv)
         try:
             r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                               stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                               stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
         except subprocess.TimeoutExpired:
             raise BenchError(f"{argv[0]} did not finish within {timeout:.0f} s") from None
         if r.returncode != 0:
@@ -485,10 +469,10 @@ http {{
         """One iperf3 stream each way; the proxy's CPU time is summed over both runs."""
         out, cpu, wall, nbytes = {}, 0.0, 0.0, 0
         for metric, reverse in (("bulk_up", False), ("bulk_down", True)):
-            w0, c0 = time.monotonic(), proxy and cpu_seconds(proxy.pid)
+            w0, c0 = time.monotonic(), proxy and proc_cpu_seconds(proxy.pid)
             out[metric], got = self.iperf(ports["iperf"], reverse)
             if proxy:
-                cpu += cpu_seconds(proxy.pid) - c0
+                cpu += proc_cpu_seconds(proxy.pid) - c0
                 wall += time.monotonic() - w0
             nbytes += got
             time.sleep(0.2)
@@ -507,7 +491,7 @@ http {{
 
     def w_connrate(self, target, proxy, ports):
         secs = self.s["connrate_s"]
-        c0 = proxy and cpu_seconds(proxy.pid)
+        c0 = proxy and proc_cpu_seconds(proxy.pid)
         out = self.run_tool([self.load, "connrate", str(ports["echo"]), str(secs)],
                             timeout=secs + 60)
         m = re.search(r"conns=(\d+) errors=(\d+) .*rate=(\d+)", out)
@@ -517,7 +501,7 @@ http {{
             self.problem(f"{target}: connrate had {m.group(2)} failed connections")
         res = {"connrate": float(m.group(3))}
         if proxy and int(m.group(1)):
-            res["conn_cpu_us"] = 1e6 * (cpu_seconds(proxy.pid) - c0) / int(m.group(1))
+            res["conn_cpu_us"] = 1e6 * (proc_cpu_seconds(proxy.pid) - c0) / int(m.group(1))
         return res
 
     def w_redis(self, target, proxy, ports):
@@ -890,7 +874,7 @@ class Report:
         build_type = cmake_build_type(b.lifeline)
         if build_type:
             out.append(f"- lifeline build type: {build_type}")
-        if lifeline_testlib.detect_sanitizer(b.lifeline):
+        if detect_sanitizer(b.lifeline):
             out.append("- **lifeline is a sanitizer build: its figures mean nothing**")
         return "\n".join(out)
 
@@ -992,7 +976,7 @@ def parse_args(argv):
     ap.add_argument("--results", default=os.environ.get("BENCH_RESULTS")
                     or os.path.join(HERE, "RESULTS.md"),
                     help="report path (default bench/RESULTS.md, or $BENCH_RESULTS)")
-    ap.add_argument("--lifeline", default=lifeline_testlib.lifeline_bin(),
+    ap.add_argument("--lifeline", default=lifeline_bin(),
                     help="lifeline binary (default build/lifeline, or $LIFELINE_BIN)")
     ap.add_argument("--idle", type=int, help="idle connections (default 9900)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")

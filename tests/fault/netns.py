@@ -191,16 +191,6 @@ def reap_stale():
     return gone
 
 
-def _die_with_parent():
-    """preexec_fn: SIGKILL the child when the harness dies, even by SIGKILL
-    (PR_SET_PDEATHSIG survives the exec of `ip netns exec` and of its command)."""
-    try:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
 # ---------------------------------------------------------------- skip check
 
 def _skip(why):
@@ -383,7 +373,7 @@ class Topology:
         """Start argv in `host`'s namespace; `ip netns exec` execs it, so proc.pid is argv's pid."""
         popen_kw.setdefault("stdin", subprocess.DEVNULL)
         if threading.current_thread() is threading.main_thread():
-            popen_kw.setdefault("preexec_fn", _die_with_parent)
+            popen_kw.setdefault("preexec_fn", lifeline_testlib.die_with_parent)
         proc = subprocess.Popen(["ip", "netns", "exec", self.namespaces[host]] + list(argv),
                                 **popen_kw)
         proc.host = host

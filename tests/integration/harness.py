@@ -45,7 +45,8 @@ sys.path.insert(0, os.path.join(HERE, "..", "lib"))
 
 # Shared with the fault tests, the soak and bench/: tests/lib/lifeline_testlib.py.
 from lifeline_testlib import (SANITIZER, TIME_SCALE, lifeline_argv, lifeline_bin,  # noqa: E402,F401
-                              parse_log_line, scaled, wait_until, write_config)
+                              parse_log_line, proc_status_value, scaled, wait_until,
+                              write_config)
 
 LOOPBACK = "127.0.0.1"
 LOOPBACK6 = "::1"
@@ -519,11 +520,10 @@ class Lifeline:
 
     def rss_kib(self):
         """VmRSS in KiB from /proc/PID/status."""
-        with open(f"/proc/{self.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        raise AssertionError("no VmRSS in /proc status")
+        rss = proc_status_value(self.pid, "VmRSS")
+        if rss is None:
+            raise AssertionError("no VmRSS in /proc status")
+        return rss
 
 
 # --------------------------------------------------------------------------

@@ -20,11 +20,15 @@ What is here:
 - ``wait_until()``: a bounded poll;
 - ``write_config()``: a config dict written as JSON;
 - ``parse_log_line()``: one line of lifeline's stderr, parsed if it is a JSON
-  log record.
+  log record;
+- /proc readers: ``proc_status_value()``, ``proc_cpu_seconds()``;
+- ``die_with_parent()``: a preexec_fn that has the child killed with its parent.
 """
 
+import ctypes
 import json
 import os
+import signal
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -128,3 +132,41 @@ def parse_log_line(raw):
         except ValueError:
             rec = None
     return text, (rec if isinstance(rec, dict) else None)
+
+
+# --------------------------------------------------------------------------
+# /proc
+
+
+def proc_status_value(pid, key):
+    """The first number of the `key:` line of /proc/PID/status (VmRSS in
+    KiB, ...), or None if there is no such line."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return None
+
+
+def proc_cpu_seconds(pid):
+    """utime + stime of a process (all its threads), from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# --------------------------------------------------------------------------
+# child processes
+
+_libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent():
+    """preexec_fn: the child gets SIGKILL when its parent dies, even by
+    SIGKILL (PR_SET_PDEATHSIG survives exec, e.g. of `ip netns exec` and of
+    its command)."""
+    try:
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except Exception:
+        pass

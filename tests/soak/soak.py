@@ -44,7 +44,7 @@ anything, and SIGTERM must give exit code 0. The summary lists every failure;
 the exit code is 1 on failure.
 
 Python standard library only; the daemon wrapper and helpers come from
-tests/integration/harness.py. Every wait has a deadline; the only sleeps are
+tests/integration/harness.py and tests/lib/lifeline_testlib.py. Every wait has a deadline; the only sleeps are
 the chaos schedule's pacing.
 """
 
@@ -68,12 +68,14 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
+sys.path.insert(0, os.path.join(HERE, "..", "lib"))
 
 import harness  # noqa: E402
 from harness import KiB, LOOPBACK, MiB, log_time, write_config  # noqa: E402
+from lifeline_testlib import (SANITIZER, TIME_SCALE, parse_log_line,  # noqa: E402
+                              proc_cpu_seconds, proc_status_value)
 
-SCALE = harness.TIME_SCALE          # 3 under ASan: deadlines only, never rates
-SANITIZER = harness.SANITIZER
+SCALE = TIME_SCALE                  # 3 under ASan: deadlines only, never rates
 
 # --------------------------------------------------------------------------
 # payloads
@@ -1431,7 +1433,7 @@ class SoakLifeline(harness.Lifeline):
 
     def _read_stderr(self, stream):
         for raw in stream:
-            text, rec = harness.parse_log_line(raw)
+            text, rec = parse_log_line(raw)
             if self.log_file is not None:
                 self.log_file.write(text + "\n")
             with self._cond:
@@ -1528,17 +1530,8 @@ def proc_fds(pid):
 
 
 def proc_status(pid, key):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def proc_cpu_s(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    v = proc_status_value(pid, key)
+    return 0 if v is None else v
 
 
 # --------------------------------------------------------------------------
@@ -1872,10 +1865,10 @@ class Soak:
         for mode in ("close", "reset", "refuse"):
             self.flap.hold(mode)
             time.sleep(0.5)    # pacing: let the mode take hold
-            cpu0, lines0, t0 = proc_cpu_s(self.d.pid), self.d.n_lines, mono()
+            cpu0, lines0, t0 = proc_cpu_seconds(self.d.pid), self.d.n_lines, mono()
             closed0 = self.d.count("session closed")
             time.sleep(seconds_per_mode)   # pacing: the measuring window
-            cpu1, lines1, t1 = proc_cpu_s(self.d.pid), self.d.n_lines, mono()
+            cpu1, lines1, t1 = proc_cpu_seconds(self.d.pid), self.d.n_lines, mono()
             closed = self.d.count("session closed") - closed0
             dt = t1 - t0
             out[mode] = ((cpu1 - cpu0) / dt, (lines1 - lines0 - closed) / dt, closed / dt)
@@ -1931,7 +1924,7 @@ class Soak:
         self.fd_base = proc_fds(self.d.pid)
         self.rss_base = proc_status(self.d.pid, "VmRSS")
         self.rss_peak = self.rss_base
-        self.cpu0 = proc_cpu_s(self.d.pid)
+        self.cpu0 = proc_cpu_seconds(self.d.pid)
         self.lines0 = self.d.n_lines
         self.msgs0 = collections.Counter(self.d.by_msg)
         self.started0 = collections.Counter(self.eng.started)
@@ -1948,7 +1941,7 @@ class Soak:
 
         # The soak.
         ok, self.soak_elapsed = self.run_phase("soak", a.seconds)
-        self.soak_cpu = proc_cpu_s(self.d.pid) - self.cpu0
+        self.soak_cpu = proc_cpu_seconds(self.d.pid) - self.cpu0
         self.soak_lines = self.d.n_lines - self.lines0
         self.soak_msgs = collections.Counter(self.d.by_msg) - self.msgs0
         self.soak_started = collections.Counter(self.eng.started) - self.started0
