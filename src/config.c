@@ -55,11 +55,19 @@ struct choice {
     int value;
 };
 
+/* What a reload does with a key's new value. */
+enum key_reload {
+    RELOADABLE,   /* applied to new connections at once */
+    RESTART_ONLY, /* kept at its running value until a restart (logged) */
+};
+
 struct key {
     const char *name;
     enum key_kind kind;
     int required;
     size_t offset;
+    enum key_reload reload;
+    size_t size;  /* the field's size in bytes: what a restart-only check compares */
 
     /* KEY_U32, and the default of KEY_ENUM (an enum value) and KEY_BOOL. */
     int64_t min, max, def;
@@ -97,41 +105,44 @@ struct key {
 #define N_KEYS(table) (sizeof(table) / sizeof((table)[0]))
 #define FIELD_SIZE(type, field) sizeof(((type *)0)->field)
 
-#define U32_KEY(key, type, field, lo, hi, dflt)                                       \
+#define U32_KEY(key, type, field, lo, hi, dflt, rl)                                   \
     { .name = (key), .kind = KEY_U32, .offset = offsetof(type, field), .min = (lo),  \
-      .max = (hi), .def = (dflt) }
+      .max = (hi), .def = (dflt), .reload = (rl), .size = FIELD_SIZE(type, field) }
 
-#define BOOL_KEY(key, type, field, dflt)                                              \
-    { .name = (key), .kind = KEY_BOOL, .offset = offsetof(type, field), .def = (dflt) }
+#define BOOL_KEY(key, type, field, dflt, rl)                                          \
+    { .name = (key), .kind = KEY_BOOL, .offset = offsetof(type, field), .def = (dflt), \
+      .reload = (rl), .size = FIELD_SIZE(type, field) }
 
-#define ENUM_KEY(key, type, field, choice_table, dflt)                                \
+#define ENUM_KEY(key, type, field, choice_table, dflt, rl)                            \
     { .name = (key), .kind = KEY_ENUM, .offset = offsetof(type, field),              \
-      .choices = (choice_table), .def = (dflt) }
+      .choices = (choice_table), .def = (dflt), .reload = (rl),                      \
+      .size = FIELD_SIZE(type, field) }
 
-#define STRING_KEY(key, type, field, req, parse_fn, expect_words)                     \
-    { .name = (key), .kind = KEY_STRING, .required = (req),                          \
-      .offset = offsetof(type, field), .parse = (parse_fn), .expect = (expect_words) }
-
-#define UNIQUE_STRING_KEY(key, type, field, req, parse_fn, expect_words, what, same_fn) \
+#define STRING_KEY(key, type, field, req, parse_fn, expect_words, rl)                 \
     { .name = (key), .kind = KEY_STRING, .required = (req),                          \
       .offset = offsetof(type, field), .parse = (parse_fn), .expect = (expect_words), \
-      .unique = (what), .same = (same_fn) }
+      .reload = (rl), .size = FIELD_SIZE(type, field) }
 
-#define OBJECT_KEY(key, req, off, table)                                              \
+#define UNIQUE_STRING_KEY(key, type, field, req, parse_fn, expect_words, what, same_fn, rl) \
+    { .name = (key), .kind = KEY_STRING, .required = (req),                          \
+      .offset = offsetof(type, field), .parse = (parse_fn), .expect = (expect_words), \
+      .unique = (what), .same = (same_fn), .reload = (rl), .size = FIELD_SIZE(type, field) }
+
+#define OBJECT_KEY(key, req, off, table, rl)                                          \
     { .name = (key), .kind = KEY_OBJECT, .required = (req), .offset = (off),         \
-      .keys = (table), .n_keys = N_KEYS(table) }
+      .keys = (table), .n_keys = N_KEYS(table), .reload = (rl) }
 
 /* An optional object that, when present, sets `switch_field` of `type` to 1. */
-#define SWITCH_OBJECT_KEY(key, off, table, type, switch_field)                        \
+#define SWITCH_OBJECT_KEY(key, off, table, type, switch_field, rl)                    \
     { .name = (key), .kind = KEY_OBJECT, .offset = (off), .keys = (table),           \
       .n_keys = N_KEYS(table), .has_switch = 1,                                      \
-      .switch_offset = offsetof(type, switch_field) }
+      .switch_offset = offsetof(type, switch_field), .reload = (rl) }
 
-#define ARRAY_KEY(key, type, field, count_field, req, elem_row, lo, hi, what)         \
+#define ARRAY_KEY(key, type, field, count_field, req, elem_row, lo, hi, what, rl)     \
     { .name = (key), .kind = KEY_ARRAY, .required = (req), .offset = offsetof(type, field), \
       .elem = (elem_row), .elem_size = FIELD_SIZE(type, field[0]),                     \
       .count_offset = offsetof(type, count_field), .min_items = (lo),                 \
-      .max_items = (hi), .noun = (what) }
+      .max_items = (hi), .noun = (what), .reload = (rl) }
 
 /* Enum fields are written through an int. */
 _Static_assert(sizeof(enum log_level) == sizeof(int), "enum log_level is int-sized");
@@ -193,50 +204,52 @@ static const struct choice on_duplicate_choices[] = {
 
 /* TCP_KEEPIDLE and TCP_KEEPINTVL take at most 32767 s, TCP_KEEPCNT 127. */
 static const struct key heartbeat_keys[] = {
-    U32_KEY("silence_ms", struct heartbeat_config, silence_ms, 0, 86400000, 0),
-    U32_KEY("keepalive_idle_ms", struct heartbeat_config, keepalive_idle_ms, 0, 32767000, 10000),
+    U32_KEY("silence_ms", struct heartbeat_config, silence_ms, 0, 86400000, 0, RELOADABLE),
+    U32_KEY("keepalive_idle_ms", struct heartbeat_config, keepalive_idle_ms, 0, 32767000, 10000, RELOADABLE),
     U32_KEY("keepalive_interval_ms", struct heartbeat_config, keepalive_interval_ms, 1, 32767000,
-            2000),
-    U32_KEY("keepalive_count", struct heartbeat_config, keepalive_count, 1, 127, 3),
-    U32_KEY("user_timeout_ms", struct heartbeat_config, user_timeout_ms, 0, 86400000, 20000),
+            2000, RELOADABLE),
+    U32_KEY("keepalive_count", struct heartbeat_config, keepalive_count, 1, 127, 3, RELOADABLE),
+    U32_KEY("user_timeout_ms", struct heartbeat_config, user_timeout_ms, 0, 86400000, 20000, RELOADABLE),
 };
 
 static const struct key client_keys[] = {
-    ENUM_KEY("identity", struct client_config, identity, identity_choices, IDENTITY_ADDRESS_PORT),
+    ENUM_KEY("identity", struct client_config, identity, identity_choices, IDENTITY_ADDRESS_PORT, RELOADABLE),
     ENUM_KEY("on_duplicate", struct client_config, on_duplicate, on_duplicate_choices,
-             DUPLICATE_REPLACE),
-    ENUM_KEY("close", struct client_config, close, close_choices, CLOSE_RST),
-    OBJECT_KEY("heartbeat", OPTIONAL, offsetof(struct client_config, heartbeat), heartbeat_keys),
+             DUPLICATE_REPLACE, RELOADABLE),
+    ENUM_KEY("close", struct client_config, close, close_choices, CLOSE_RST, RELOADABLE),
+    OBJECT_KEY("heartbeat", OPTIONAL, offsetof(struct client_config, heartbeat), heartbeat_keys, RELOADABLE),
     ARRAY_KEY("allow", struct client_config, allow, n_allow, OPTIONAL, &allow_elem, 1, 1024,
-              "CIDR"),
-    U32_KEY("max_connections", struct client_config, max_connections, 0, 10000000, 0),
-    U32_KEY("max_per_address", struct client_config, max_per_address, 0, 10000000, 0),
+              "CIDR", RELOADABLE),
+    U32_KEY("max_connections", struct client_config, max_connections, 0, 10000000, 0, RELOADABLE),
+    U32_KEY("max_per_address", struct client_config, max_per_address, 0, 10000000, 0, RELOADABLE),
 };
 
 static const struct key upstream_keys[] = {
     ARRAY_KEY("servers", struct upstream_config, servers, n_servers, REQUIRED, &server_elem, 1,
-              64, "server"),
+              64, "server", RELOADABLE),
     STRING_KEY("source_address", struct upstream_config, source, OPTIONAL, parse_source_address,
-               "an IP address"),
-    U32_KEY("connect_timeout_ms", struct upstream_config, connect_timeout_ms, 1, 600000, 3000),
-    U32_KEY("retries", struct upstream_config, retries, 0, 100, 3),
-    U32_KEY("retry_backoff_ms", struct upstream_config, retry_backoff_ms, 0, 600000, 200),
+               "an IP address", RELOADABLE),
+    U32_KEY("connect_timeout_ms", struct upstream_config, connect_timeout_ms, 1, 600000, 3000, RELOADABLE),
+    U32_KEY("retries", struct upstream_config, retries, 0, 100, 3, RELOADABLE),
+    U32_KEY("retry_backoff_ms", struct upstream_config, retry_backoff_ms, 0, 600000, 200, RELOADABLE),
     U32_KEY("retry_backoff_max_ms", struct upstream_config, retry_backoff_max_ms, 0, 3600000,
-            30000),
-    ENUM_KEY("close", struct upstream_config, close, close_choices, CLOSE_FIN),
+            30000, RELOADABLE),
+    ENUM_KEY("close", struct upstream_config, close, close_choices, CLOSE_FIN, RELOADABLE),
     ENUM_KEY("on_close", struct upstream_config, on_close, on_close_choices,
-             ON_CLOSE_CLOSE_CLIENT),
+             ON_CLOSE_CLOSE_CLIENT, RELOADABLE),
 };
 
 static const struct key route_keys[] = {
     UNIQUE_STRING_KEY("name", struct route_config, name, REQUIRED, parse_route_name,
-                      "1-63 characters of A-Z a-z 0-9 _ . -", "route name", same_name),
+                      "1-63 characters of A-Z a-z 0-9 _ . -", "route name", same_name, RELOADABLE),
     UNIQUE_STRING_KEY("listen", struct route_config, listen, REQUIRED, parse_endpoint,
-                      "\"host:port\"", "listen address", same_endpoint),
-    BOOL_KEY("dual_stack", struct route_config, dual_stack, 0),
-    U32_KEY("buffer_bytes", struct route_config, buffer_bytes, 1024, 67108864, 1048576),
-    OBJECT_KEY("client", OPTIONAL, offsetof(struct route_config, client), client_keys),
-    OBJECT_KEY("upstream", REQUIRED, offsetof(struct route_config, upstream), upstream_keys),
+                      "\"host:port\"", "listen address", same_endpoint, RELOADABLE),
+    /* A reload applies it to a new listening socket; one that stays keeps
+     * its own (the supervisor warns). */
+    BOOL_KEY("dual_stack", struct route_config, dual_stack, 0, RELOADABLE),
+    U32_KEY("buffer_bytes", struct route_config, buffer_bytes, 1024, 67108864, 1048576, RELOADABLE),
+    OBJECT_KEY("client", OPTIONAL, offsetof(struct route_config, client), client_keys, RELOADABLE),
+    OBJECT_KEY("upstream", REQUIRED, offsetof(struct route_config, upstream), upstream_keys, RELOADABLE),
 };
 
 static const struct key route_elem = {
@@ -245,31 +258,31 @@ static const struct key route_elem = {
 
 /* "log" and "shutdown" are JSON objects whose fields live in struct config. */
 static const struct key log_keys[] = {
-    ENUM_KEY("level", struct config, log_level, log_level_choices, LOG_INFO),
-    ENUM_KEY("format", struct config, log_format, log_format_choices, LOG_FORMAT_TEXT),
+    ENUM_KEY("level", struct config, log_level, log_level_choices, LOG_INFO, RELOADABLE),
+    ENUM_KEY("format", struct config, log_format, log_format_choices, LOG_FORMAT_TEXT, RELOADABLE),
 };
 
 static const struct key shutdown_keys[] = {
-    U32_KEY("drain_timeout_ms", struct config, drain_timeout_ms, 0, 3600000, 10000),
+    U32_KEY("drain_timeout_ms", struct config, drain_timeout_ms, 0, 3600000, 10000, RELOADABLE),
 };
 
 /* "admin" is off unless the object is given; then it needs an address. */
 static const struct key admin_keys[] = {
-    STRING_KEY("listen", struct admin_config, listen, REQUIRED, parse_endpoint, "\"host:port\""),
-    BOOL_KEY("allow_remote", struct admin_config, allow_remote, 0),
+    STRING_KEY("listen", struct admin_config, listen, REQUIRED, parse_endpoint, "\"host:port\"", RESTART_ONLY),
+    BOOL_KEY("allow_remote", struct admin_config, allow_remote, 0, RESTART_ONLY),
 };
 
 static const struct key root_keys[] = {
-    U32_KEY("workers", struct config, workers, 0, 256, 0),
+    U32_KEY("workers", struct config, workers, 0, 256, 0, RESTART_ONLY),
     U32_KEY("buffer_total_bytes", struct config, buffer_total_bytes, 1048576, 4294967295,
-            CONFIG_BUFFER_TOTAL_DEFAULT),
-    OBJECT_KEY("log", OPTIONAL, 0, log_keys),
-    OBJECT_KEY("shutdown", OPTIONAL, 0, shutdown_keys),
+            CONFIG_BUFFER_TOTAL_DEFAULT, RELOADABLE),
+    OBJECT_KEY("log", OPTIONAL, 0, log_keys, RELOADABLE),
+    OBJECT_KEY("shutdown", OPTIONAL, 0, shutdown_keys, RELOADABLE),
     SWITCH_OBJECT_KEY("admin", offsetof(struct config, admin), admin_keys, struct config,
-                      admin.enabled),
-    STRING_KEY("user", struct config, user, OPTIONAL, parse_account, "an account name"),
-    STRING_KEY("group", struct config, group, OPTIONAL, parse_account, "an account name"),
-    ARRAY_KEY("routes", struct config, routes, n_routes, REQUIRED, &route_elem, 1, 0, "route"),
+                      admin.enabled, RESTART_ONLY),
+    STRING_KEY("user", struct config, user, OPTIONAL, parse_account, "an account name", RESTART_ONLY),
+    STRING_KEY("group", struct config, group, OPTIONAL, parse_account, "an account name", RESTART_ONLY),
+    ARRAY_KEY("routes", struct config, routes, n_routes, REQUIRED, &route_elem, 1, 0, "route", RELOADABLE),
 };
 
 /* ---- Value parsers named by the tables ------------------------------------ */
@@ -1034,6 +1047,119 @@ static int add_notes(struct config *cfg)
     }
     errors_give(&c, &cfg->notes);
     return c.oom ? -ENOMEM : 0;
+}
+
+/* ---- Restart-only keys ------------------------------------------------------ */
+
+/* Does the value of key k (an object: anything in it) differ between the
+ * structs at a and b? */
+static int key_differs(const struct key *k, const char *a, const char *b)
+{
+    if (k->has_switch && memcmp(a + k->switch_offset, b + k->switch_offset, sizeof(int)) != 0)
+        return 1;
+    if (k->kind == KEY_OBJECT) {
+        for (size_t i = 0; i < k->n_keys; i++)
+            if (key_differs(&k->keys[i], a + k->offset, b + k->offset))
+                return 1;
+        return 0;
+    }
+    /* Arrays are never restart-only (test_config checks the tables). */
+    return k->kind != KEY_ARRAY && memcmp(a + k->offset, b + k->offset, k->size) != 0;
+}
+
+static void walk_restart_only(const struct key *keys, size_t n_keys, const char *a,
+                              const char *b, struct path *p,
+                              void (*report)(const char *path, void *arg), void *arg)
+{
+    for (size_t i = 0; i < n_keys; i++) {
+        const struct key *k = &keys[i];
+        size_t saved = path_key(p, k->name);
+        if (k->reload == RESTART_ONLY) {
+            if (key_differs(k, a, b))
+                report(p->buf, arg);
+        } else if (k->kind == KEY_OBJECT) {
+            walk_restart_only(k->keys, k->n_keys, a + k->offset, b + k->offset, p, report, arg);
+        }
+        path_pop(p, saved);
+    }
+}
+
+void config_restart_changes(const struct config *cur, const struct config *next,
+                            void (*report)(const char *path, void *arg), void *arg)
+{
+    struct path p = { .len = 0 };
+    p.buf[0] = '\0';
+    walk_restart_only(root_keys, N_KEYS(root_keys), (const char *)cur, (const char *)next, &p,
+                      report, arg);
+}
+
+/* ---- The key tables, described ------------------------------------------ */
+
+static void describe(const struct key *k, struct path *p, int restart_only,
+                     void (*fn)(const struct config_key_doc *doc, void *arg), void *arg)
+{
+    struct config_key_doc d = { .path = p->buf, .restart_only = restart_only };
+    char def[64] = "", allowed[256] = "";
+    switch (k->kind) {
+    case KEY_U32:
+        d.type = "integer";
+        snprintf(def, sizeof(def), "`%lld`", (long long)k->def);
+        snprintf(allowed, sizeof(allowed), "%lld \u2013 %lld", (long long)k->min,
+                 (long long)k->max);
+        break;
+    case KEY_BOOL:
+        d.type = "boolean";
+        snprintf(def, sizeof(def), "`%s`", k->def ? "true" : "false");
+        snprintf(allowed, sizeof(allowed), "`true`, `false`");
+        break;
+    case KEY_ENUM: {
+        d.type = "string";
+        size_t o = 0;
+        for (const struct choice *c = k->choices; c->name != NULL; c++) {
+            if (c->value == k->def)
+                snprintf(def, sizeof(def), "`\"%s\"`", c->name);
+            o += (size_t)snprintf(allowed + o, sizeof(allowed) - o, "%s`\"%s\"`",
+                                  o ? ", " : "", c->name);
+        }
+        break;
+    }
+    case KEY_STRING:
+        d.type = "string";
+        break;
+    case KEY_OBJECT:
+        d.type = "object";
+        break;
+    case KEY_ARRAY:
+        d.type = "array";
+        break;
+    }
+    d.def = def[0] ? def : NULL;
+    d.allowed = allowed[0] ? allowed : NULL;
+    fn(&d, arg);
+
+    const struct key *keys = k->kind == KEY_OBJECT ? k->keys
+                             : k->kind == KEY_ARRAY && k->elem->kind == KEY_OBJECT ? k->elem->keys
+                                                                                     : NULL;
+    size_t n = k->kind == KEY_OBJECT ? k->n_keys : keys != NULL ? k->elem->n_keys : 0;
+    size_t saved = p->len;
+    if (k->kind == KEY_ARRAY)
+        path_push(p, "[]");
+    for (size_t i = 0; i < n; i++) {
+        size_t at = path_key(p, keys[i].name);
+        describe(&keys[i], p, restart_only || keys[i].reload == RESTART_ONLY, fn, arg);
+        path_pop(p, at);
+    }
+    path_pop(p, saved);
+}
+
+void config_describe_keys(void (*fn)(const struct config_key_doc *doc, void *arg), void *arg)
+{
+    for (size_t i = 0; i < N_KEYS(root_keys); i++) {
+        struct path p = { .len = 0 };
+        p.buf[0] = '\0';
+        path_key(&p, root_keys[i].name);
+        describe(&root_keys[i], &p, root_keys[i].reload == RESTART_ONLY, fn, arg);
+    }
 }
 
 int config_parse(const char *json, size_t len, struct config **out, struct config_errors *errs)

@@ -562,28 +562,12 @@ static int drop_privileges(const struct config *cfg)
 
 /* --- reload ------------------------------------------------------------------ */
 
-/* Settings that only a restart changes: the worker threads, the privileges
- * already dropped and the admin socket stay as they are. */
-static void warn_restart_only(const struct config *cur, const struct config *next)
+/* A key that only a restart changes (the worker threads, the privileges
+ * already dropped, the admin socket): the running value stays. */
+static void warn_restart_only_cb(const char *path, void *arg)
 {
-    char a[ADDR_STR_MAX], b[ADDR_STR_MAX];
-    const char *changed[4];
-    size_t n = 0;
-    if (cur->workers != next->workers)
-        changed[n++] = "workers";
-    if (strcmp(cur->user, next->user) != 0)
-        changed[n++] = "user";
-    if (strcmp(cur->group, next->group) != 0)
-        changed[n++] = "group";
-    if (cur->admin.enabled != next->admin.enabled ||
-        cur->admin.allow_remote != next->admin.allow_remote ||
-        (cur->admin.enabled &&
-         strcmp(addr_format_hostport(&cur->admin.listen, a, sizeof(a)),
-                addr_format_hostport(&next->admin.listen, b, sizeof(b))) != 0))
-        changed[n++] = "admin";
-    for (size_t i = 0; i < n; i++)
-        log_warn("config change needs a restart: keeping the running value",
-                 LF_STR("key", changed[i]));
+    (void)arg;
+    log_warn("config change needs a restart: keeping the running value", LF_STR("key", path));
 }
 
 static void reload_finished(struct supervisor *sup, int ok)
@@ -665,7 +649,7 @@ static void reload_start(struct supervisor *sup)
     for (size_t i = 0; i < n_fds; i++)
         opened += fds[i] >= 0;
     budget_adjust_fds(&sup->budget, opened);
-    warn_restart_only(sup->cfg, cfg);
+    config_restart_changes(sup->cfg, cfg, warn_restart_only_cb, NULL);
     for (size_t i = 0; i < cfg->notes.n; i++)
         log_warn("config note", LF_STR("note", cfg->notes.msgs[i]));
     if (!sup->opts->log_level_fixed)

@@ -129,6 +129,26 @@ struct config {
 int config_parse(const char *json, size_t len, struct config **out,
                  struct config_errors *errs);
 
+/* Calls report() with the path of each key that only a restart applies
+ * (the key table's RESTART_ONLY rows: "workers", "admin", ...) whose value
+ * differs between the running config and the next one. An object is
+ * reported once, whatever changed in it. */
+void config_restart_changes(const struct config *cur, const struct config *next,
+                            void (*report)(const char *path, void *arg), void *arg);
+
+/* One key of the schema, as the README's configuration table shows it. */
+struct config_key_doc {
+    const char *path;     /* "routes[].client.identity" */
+    const char *type;     /* "integer", "boolean", "string", "object", "array" */
+    const char *def;      /* "`3000`", "`\"info\"`", "`false`"; NULL: none shown */
+    const char *allowed;  /* "0 \u2013 100", "`\"rst\"`, `\"fin\"`"; NULL: free form */
+    int restart_only;     /* a reload keeps the running value */
+};
+
+/* Calls fn for every key of the schema, parents before children, in table
+ * order: what the README's reference is checked against. */
+void config_describe_keys(void (*fn)(const struct config_key_doc *doc, void *arg), void *arg);
+
 /* Reads the file and calls config_parse(). A file that cannot be read is one
  * error naming the path and strerror, with return value -errno. */
 int config_load(const char *path, struct config **out, struct config_errors *errs);
