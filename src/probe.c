@@ -23,8 +23,6 @@
  * deadline bounds connect, send and the status line together, and only the
  * first line of the answer is ever read (into a fixed buffer). */
 
-#define PROBE_PATH_MAX 2048
-#define PROBE_HOST_MAX 64        /* "[" + the longest IPv6 text + "]:65535" fits */
 #define PROBE_TIMEOUT_MAX 600000 /* 10 minutes */
 #define PROBE_STATUS_MAX 1024    /* longest status line read */
 
@@ -42,14 +40,6 @@ static const char probe_usage[] =
     "\n"
     "Exit codes: 0 a 2xx answer, 1 any other answer or none (the reason on\n"
     "stderr), 2 usage error.\n";
-
-struct probe_target {
-    char authority[PROBE_HOST_MAX]; /* as written, for the Host header: "127.0.0.1:9900" */
-    char path[PROBE_PATH_MAX];      /* "/healthz", the query kept, the fragment dropped */
-    struct sockaddr_storage addrs[2];
-    socklen_t addrlens[2];
-    size_t n_addrs;                 /* "localhost" tries 127.0.0.1, then ::1 */
-};
 
 static int probe_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
@@ -100,9 +90,7 @@ static uint16_t parse_port(const char *s, size_t len)
     return v >= 1 && v <= 65535 ? (uint16_t)v : 0;
 }
 
-/* http://HOST[:PORT][/PATH][?QUERY][#FRAGMENT] -> target. Returns 0, or -1
- * with a short reason in *why. */
-static int parse_url(const char *url, struct probe_target *t, const char **why)
+int probe_parse_url(const char *url, struct probe_target *t, const char **why)
 {
     static const char scheme[] = "http://";
     const char *auth, *auth_end, *host, *host_end, *port_s = NULL, *path, *path_end;
@@ -436,7 +424,7 @@ int probe_main(int argc, char **argv)
     }
     if (url == NULL)
         return probe_usage_error("missing URL");
-    if (parse_url(url, &target, &why) < 0)
+    if (probe_parse_url(url, &target, &why) < 0)
         return probe_usage_error("invalid URL \"%s\": %s", url, why);
 
     run_probe(&target, timeout_ms, &res);
