@@ -61,7 +61,9 @@
 #include "lifeline/budget.h"
 #include "lifeline/liveness.h"
 #include "lifeline/log.h"
+#include "lifeline/metrics.h"
 #include "lifeline/net.h"
+#include "lifeline/pool.h"
 #include "lifeline/registry.h"
 
 /* How long a closing session may spend flushing before it is cut. */
@@ -157,9 +159,9 @@ struct half {
 };
 
 struct session {
-    struct session *prev, *next;   /* the worker's list */
-    uint64_t id;                   /* process-wide, for worker messages */
-    struct worker *w;
+    struct session_link link;      /* its host's: list, index, limit slot */
+    uint64_t id;                   /* process-wide, for messages */
+    struct session_host *host;     /* the worker that runs it */
     struct config *cfg;            /* a reference: the config the session started with */
     const struct route_config *route; /* in cfg */
     struct route_stats *stats;     /* the route's counters on this worker */
@@ -172,8 +174,6 @@ struct session {
     int saw_eof;
     enum close_mode client_close;  /* how finish_close() ends the client side */
     int registered;                /* owns (or waits for) its client identity */
-    struct limit_route *limit;     /* non-NULL: counted in the shared limits */
-    int refused;                   /* denied at accept: logged rate-limited, no close line */
 
     uv_tcp_t client;
     uv_tcp_t upstream;
@@ -228,18 +228,16 @@ static void set_state(struct session *s, enum session_state next)
     s->state = next;
 }
 
-struct session *session_next(const struct session *s) { return s->next; }
-
 int session_json(const struct session *s, char *buf, size_t len)
 {
     char client[ADDR_STR_MAX];
-    uint64_t now = uv_now(&s->w->loop);
+    uint64_t now = uv_now(s->host->loop);
     int n = snprintf(buf, len,
                      "{\"id\":%" PRIu64 ",\"route\":\"%s\",\"worker\":%d,\"client\":\"%s\","
                      "\"upstream_local_port\":%u,\"state\":\"%s\",\"bytes_from_client\":%" PRIu64
                      ",\"bytes_from_server\":%" PRIu64 ",\"age_ms\":%" PRIu64
                      ",\"client_idle_ms\":%" PRIu64 "}",
-                     s->id, s->route->name, s->w->id,
+                     s->id, s->route->name, s->host->id,
                      addr_format(&s->peer.sa, client, sizeof(client)), s->upstream_port,
                      state_names[s->state], s->up.bytes, s->down.bytes, now - s->started_ms,
                      now - s->last_rx_ms);
@@ -274,12 +272,10 @@ static void free_if_unused(struct session *s)
 {
     if (s->refs > 0 || s->state != SESSION_CLOSED)
         return;
-    struct worker *w = s->w;
+    struct session_host *h = s->host;
     config_free(s->cfg);
     free(s);
-    /* Both descriptors are closed by now (uv_close closes at once). */
-    budget_give_fds(w->budget, BUDGET_FDS_PER_SESSION);
-    worker_session_freed(w);
+    h->freed(h);
 }
 
 /* TCP handles point at their reading half, timers at the session. */
@@ -305,16 +301,16 @@ static void close_handle(uv_handle_t *h)
  * process-wide buffer budget while a session holds them. */
 static struct chunk *chunk_get(struct session *s)
 {
-    struct chunk *c = pool_get(&s->w->pool);
+    struct chunk *c = pool_get(s->host->pool);
     if (c != NULL)
-        budget_take_buf(s->w->budget, sizeof(*c));
+        budget_take_buf(s->host->budget, sizeof(*c));
     return c;
 }
 
 static void chunk_put(struct session *s, struct chunk *c)
 {
-    pool_put(&s->w->pool, c);
-    budget_give_buf(s->w->budget, sizeof(*c));
+    pool_put(s->host->pool, c);
+    budget_give_buf(s->host->budget, sizeof(*c));
 }
 
 static void queue_free(struct session *s, struct half *h)
@@ -334,7 +330,7 @@ static void silence_cb(uv_timer_t *t)
 {
     struct session *s = t->data;
     uint64_t limit = s->route->client.heartbeat.silence_ms;
-    uint64_t quiet = uv_now(&s->w->loop) - s->last_rx_ms;
+    uint64_t quiet = uv_now(s->host->loop) - s->last_rx_ms;
     /* Re-armed here rather than on every read: reads only note the time. */
     if (quiet < limit) {
         uv_timer_start(&s->silence, silence_cb, limit - quiet, 0);
@@ -353,7 +349,7 @@ static void silence_cb(uv_timer_t *t)
  * budget. 0: wait for memory. */
 static size_t budget_allows(const struct half *h, size_t want)
 {
-    size_t room = budget_buf_room(h->s->w->budget);
+    size_t room = budget_buf_room(h->s->host->budget);
     if (room >= want + sizeof(struct chunk))
         return want; /* the common case: far from the bound */
     size_t allowed = room / sizeof(struct chunk) * POOL_CHUNK_SIZE;
@@ -367,7 +363,7 @@ static size_t budget_allows(const struct half *h, size_t want)
 static void alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
 {
     struct half *h = handle->data;
-    char *base = pool_read_buffer(&h->s->w->pool);
+    char *base = pool_read_buffer(h->s->host->pool);
     if (base == NULL) {
         *buf = uv_buf_init(NULL, 0); /* read_cb gets UV_ENOBUFS */
         return;
@@ -385,7 +381,7 @@ static void alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
 static void half_read_start(struct half *h)
 {
     if (h->read == READ_BUDGET)
-        worker_unwait_budget(&h->waiter);
+        h->s->host->leave_budget(h->s->host, &h->waiter);
     h->read = READ_ON;
     int rc = uv_read_start((uv_stream_t *)h->src, alloc_cb, read_cb);
     if (rc < 0)
@@ -406,14 +402,14 @@ static void half_wait_budget(struct half *h)
 {
     uv_read_stop((uv_stream_t *)h->src);
     h->read = READ_BUDGET;
-    worker_wait_budget(h->s->w, &h->waiter);
+    h->s->host->wait_budget(h->s->host, &h->waiter);
 }
 
 /* The direction will not read again, or starts over (a new server connection). */
 static void half_read_reset(struct half *h)
 {
     if (h->read == READ_BUDGET)
-        worker_unwait_budget(&h->waiter);
+        h->s->host->leave_budget(h->s->host, &h->waiter);
     h->read = READ_ON;
 }
 
@@ -425,7 +421,7 @@ void session_budget_retry(struct budget_waiter *bw)
         (s->state != SESSION_RELAYING && s->state != SESSION_CONNECTING))
         return;
     if (budget_allows(h, READ_MIN) < READ_MIN) {
-        worker_wait_budget(s->w, bw); /* still no room */
+        s->host->wait_budget(s->host, bw); /* still no room */
         return;
     }
     half_read_start(h);
@@ -664,7 +660,7 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     if (nread > 0) {
         h->bytes += (uint64_t)nread;
         if (h == &s->up) {
-            s->last_rx_ms = uv_now(&s->w->loop);
+            s->last_rx_ms = uv_now(s->host->loop);
             metric_add(&s->stats->c[RC_BYTES_FROM_CLIENT], (uint64_t)nread);
         } else {
             metric_add(&s->stats->c[RC_BYTES_FROM_SERVER], (uint64_t)nread);
@@ -709,7 +705,7 @@ static const char *server_name(const struct session *s, char *buf, size_t len)
 static int upstream_log_allowed(struct session *s, enum log_level level, uint64_t *suppressed)
 {
     return log_enabled(level) &&
-           log_limit_allow(&s->w->upstream_log, uv_now(&s->w->loop), suppressed);
+           log_limit_allow(s->host->upstream_log, uv_now(s->host->loop), suppressed);
 }
 
 static void log_try_failed(struct session *s, int err)
@@ -792,7 +788,7 @@ static void connect_failed(struct session *s, int err)
 static void reconnect(struct session *s, int err)
 {
     char client[ADDR_STR_MAX], server[ADDR_STR_MAX];
-    uint64_t lived = uv_now(&s->w->loop) - s->connected_ms;
+    uint64_t lived = uv_now(s->host->loop) - s->connected_ms;
     uint64_t suppressed;
     if (lived < UPSTREAM_STABLE_MS) {
         count_try_failed(s);
@@ -839,7 +835,7 @@ static void connected(struct session *s)
 {
     uv_timer_stop(&s->timer);
     set_state(s, SESSION_RELAYING);
-    s->connected_ms = uv_now(&s->w->loop);
+    s->connected_ms = uv_now(s->host->loop);
     int fd = -1;
     uv_fileno((uv_handle_t *)&s->upstream, &fd);
     net_set_nodelay(fd);
@@ -924,12 +920,12 @@ static void connect_to(struct session *s, const struct sockaddr *sa)
      * system is out). A failed try, and no more accepting for now. */
     int fd = net_upstream_socket(sa->sa_family, source);
     if (fd == UV_EMFILE || fd == UV_ENFILE)
-        worker_pause_accepting(s->w, s->route->name, fd);
+        s->host->fds_exhausted(s->host, s->route->name, fd);
     if (fd < 0) {
         connect_failed(s, fd);
         return;
     }
-    uv_tcp_init(&s->w->loop, &s->upstream);
+    uv_tcp_init(s->host->loop, &s->upstream);
     s->upstream.data = &s->down;
     s->refs++;
     s->upstream_open = 1;
@@ -990,7 +986,7 @@ static void connect_try(struct session *s)
                               .ai_flags = AI_ADDRCONFIG };
     s->step = CONNECT_RESOLVING;
     s->gai.data = s;
-    int rc = uv_getaddrinfo(&s->w->loop, &s->gai, gai_cb, srv->host, NULL, &hints);
+    int rc = uv_getaddrinfo(s->host->loop, &s->gai, gai_cb, srv->host, NULL, &hints);
     if (rc < 0) {
         connect_failed(s, rc);
         return;
@@ -998,7 +994,7 @@ static void connect_try(struct session *s)
     s->refs++;
 }
 
-void session_go(struct session *s)
+static void session_go(struct session *s)
 {
     if (s->state != SESSION_WAITING)
         return;
@@ -1017,7 +1013,7 @@ static void await_server(struct session *s)
         return;
     }
     s->close_step = CLOSE_AWAIT_SERVER;
-    s->await_since_ms = uv_now(&s->w->loop);
+    s->await_since_ms = uv_now(s->host->loop);
     drop_server_input(s); /* reading already, unless the close began elsewhere */
     uv_timer_start(&s->timer, timer_cb, AWAIT_POLL_MS, AWAIT_POLL_MS);
 }
@@ -1031,7 +1027,7 @@ static void await_done(struct session *s, enum upstream_finish how)
 /* Polled while CLOSE_AWAIT_SERVER: has the server acknowledged our FIN? */
 static void await_poll(struct session *s)
 {
-    uint64_t now = uv_now(&s->w->loop);
+    uint64_t now = uv_now(s->host->loop);
     if (s->fin_acked_ms == 0) {
         struct tcp_info ti;
         socklen_t len = sizeof(ti);
@@ -1071,14 +1067,14 @@ static void timer_cb(uv_timer_t *t)
 
 static void log_close(struct session *s)
 {
-    if (s->refused || !log_enabled(LOG_INFO))
+    if (!log_enabled(LOG_INFO))
         return;
     char client[ADDR_STR_MAX];
-    uint64_t now = uv_now(&s->w->loop);
+    uint64_t now = uv_now(s->host->loop);
     struct log_field f[10];
     size_t n = 0;
     f[n++] = LF_STR("route", s->route->name);
-    f[n++] = LF_INT("worker", s->w->id);
+    f[n++] = LF_INT("worker", s->host->id);
     f[n++] = LF_STR("client", addr_format(&s->peer.sa, client, sizeof(client)));
     f[n++] = LF_INT("upstream_local_port", s->upstream_port);
     f[n++] = LF_INT("bytes_from_client", s->up.bytes);
@@ -1098,7 +1094,7 @@ static void log_close(struct session *s)
 static void drain_input(struct session *s, uv_tcp_t *t)
 {
     int fd = -1;
-    char *buf = pool_read_buffer(&s->w->pool);
+    char *buf = pool_read_buffer(s->host->pool);
     if (buf == NULL || uv_fileno((uv_handle_t *)t, &fd) != 0)
         return;
     for (int i = 0; i < DRAIN_READS_MAX; i++)
@@ -1146,8 +1142,9 @@ static void release_identity(struct session *s)
     struct session_ref next;
     registry_identity(&id, s->route->name, &s->peer.sa,
                       s->route->client.identity == IDENTITY_ADDRESS_PORT);
-    if (registry_release(s->w->registry, &id, (struct session_ref){ s->w->id, s->id }, &next))
-        worker_post(&s->w->peers[next.worker], WORKER_MSG_GO, next.id, NULL);
+    if (registry_release(s->host->registry, &id, (struct session_ref){ s->host->id, s->id },
+                         &next))
+        s->host->post(s->host, next, SESSION_MSG_GO);
 }
 
 /* Logs the close, hands the identity on, and closes every handle. */
@@ -1162,16 +1159,7 @@ static void finish_close(struct session *s)
      * connects again, sees the session gone. */
     metric_add(&s->stats->c[RC_CLOSES + s->reason], 1);
     metric_sub(&s->stats->c[RC_SESSIONS_ACTIVE], 1);
-    struct worker *w = s->w;
-    if (s->prev != NULL)
-        s->prev->next = s->next;
-    else
-        w->sessions = s->next;
-    if (s->next != NULL)
-        s->next->prev = s->prev;
-    s->prev = s->next = NULL;
-    if (s->limit != NULL)
-        limits_give(w->limits, s->limit, &s->peer.sa);
+    s->host->closed(s->host, s);
     log_close(s);
 
     queue_free(s, &s->up);
@@ -1302,50 +1290,6 @@ static void flush_then_fin(struct session *s, struct half *h)
 
 /* --- accept -------------------------------------------------------------- */
 
-static int allowed(const struct client_config *cc, const struct sockaddr *sa)
-{
-    if (cc->n_allow == 0)
-        return 1;
-    for (size_t i = 0; i < cc->n_allow; i++)
-        if (addr_cidr_match(&cc->allow[i], sa))
-            return 1;
-    return 0;
-}
-
-/* Access control and limits. Returns 1 when the connection may become a
- * session; else counts and logs it (at most one line a second per worker,
- * so that a flood cannot flood the log). */
-static int admit(struct session *s, struct limit_route *limit)
-{
-    const struct client_config *cc = &s->route->client;
-    struct worker *w = s->w;
-    enum deny_cause cause;
-    if (!allowed(cc, &s->peer.sa)) {
-        cause = DENY_ALLOW;
-    } else {
-        /* Counted even when this route has no limit: a reload may set one,
-         * and it must find the sessions already open. */
-        enum limits_full full;
-        if (limits_take(w->limits, limit, &s->peer.sa, cc->max_connections,
-                        cc->max_per_address, &full) == 0) {
-            s->limit = limit;
-            return 1;
-        }
-        cause = full == LIMITS_ROUTE_FULL ? DENY_MAX_CONNECTIONS : DENY_MAX_PER_ADDRESS;
-    }
-    metric_add(&s->stats->c[RC_DENIED + cause], 1);
-    s->refused = 1;
-    uint64_t suppressed;
-    if (!log_enabled(LOG_WARN) ||
-        !log_limit_allow(&w->deny_log, uv_now(&w->loop), &suppressed))
-        return 0;
-    char client[ADDR_STR_MAX];
-    log_warn("connection denied", LF_STR("route", s->route->name),
-             LF_STR("client", addr_format(&s->peer.sa, client, sizeof(client))),
-             LF_STR("cause", deny_name(cause)), LF_INT("suppressed", suppressed));
-    return 0;
-}
-
 /* Decides who talks to the server for this client: returns the state the
  * new session starts in, or closes it as rejected. */
 static enum session_state claim_identity(struct session *s)
@@ -1359,7 +1303,7 @@ static enum session_state claim_identity(struct session *s)
     struct session_ref owner, displaced;
     registry_identity(&id, s->route->name, &s->peer.sa, cc->identity == IDENTITY_ADDRESS_PORT);
     enum registry_claim claim =
-        registry_claim(s->w->registry, &id, (struct session_ref){ s->w->id, s->id },
+        registry_claim(s->host->registry, &id, (struct session_ref){ s->host->id, s->id },
                        cc->on_duplicate == DUPLICATE_REPLACE, &owner, &displaced);
     switch (claim) {
     case REGISTRY_OWNER:
@@ -1372,79 +1316,99 @@ static enum session_state claim_identity(struct session *s)
     }
     s->registered = 1;
     metric_add(&s->stats->c[RC_TAKEOVERS], 1);
-    worker_post(&s->w->peers[owner.worker], WORKER_MSG_EVICT, owner.id, NULL);
+    s->host->post(s->host, owner, SESSION_MSG_EVICT);
     if (displaced.worker >= 0)
-        worker_post(&s->w->peers[displaced.worker], WORKER_MSG_EVICT, displaced.id, NULL);
+        s->host->post(s->host, displaced, SESSION_MSG_EVICT);
     return SESSION_WAITING;
 }
 
-int session_accept(struct worker *w, struct listener *l, int fd, const struct sockaddr *peer,
-                   socklen_t peer_len)
+/* The client handle of a session that never ran: only memory to free. */
+static void unopened_closed_cb(uv_handle_t *h)
+{
+    free(((struct half *)h->data)->s);
+}
+
+int session_new(struct session_host *h, const struct session_params *p, struct session **out)
 {
     static _Atomic uint64_t next_id = 1;
+    *out = NULL;
     struct session *s = calloc(1, sizeof(*s));
     if (s == NULL) {
-        close(fd);
-        budget_give_fds(w->budget, BUDGET_FDS_PER_SESSION);
+        close(p->fd);
         return UV_ENOMEM;
     }
     s->id = atomic_fetch_add(&next_id, 1);
-    s->w = w;
-    s->cfg = config_ref(w->cfg);
-    s->route = l->route;
-    s->stats = l->stats;
+    s->host = h;
+    s->route = p->route;
+    s->stats = p->stats;
     s->state = SESSION_WAITING;
     s->client_close = CLOSE_FIN;
     s->up = (struct half){ .s = s, .src = &s->client, .dst = &s->upstream };
     s->down = (struct half){ .s = s, .src = &s->upstream, .dst = &s->client };
 
-    uv_tcp_init(&w->loop, &s->client);
-    s->client.data = &s->up;
-    int rc = uv_tcp_open(&s->client, fd);
+    int rc = uv_tcp_init(h->loop, &s->client);
     if (rc < 0) {
-        close(fd);
-        /* Not a session yet: nothing to log or count, only a handle to close. */
-        s->state = SESSION_CLOSED;
-        s->refs = 1;
-        w->n_sessions++; /* balanced by worker_session_freed() */
-        uv_close((uv_handle_t *)&s->client, handle_closed_cb);
+        close(p->fd);
+        free(s);
         return rc;
     }
+    s->client.data = &s->up;
+    rc = uv_tcp_open(&s->client, p->fd);
+    if (rc < 0) {
+        close(p->fd);
+        uv_close((uv_handle_t *)&s->client, unopened_closed_cb);
+        return rc;
+    }
+    s->cfg = config_ref(p->cfg);
     s->refs = 3; /* client, timer, silence */
-    uv_timer_init(&w->loop, &s->timer);
-    uv_timer_init(&w->loop, &s->silence);
+    uv_timer_init(h->loop, &s->timer);
+    uv_timer_init(h->loop, &s->silence);
     s->timer.data = s;
     s->silence.data = s;
-    s->started_ms = s->last_rx_ms = uv_now(&w->loop);
-
-    if (peer_len > 0 && peer_len <= sizeof(s->peer))
-        memcpy(&s->peer, peer, peer_len);
+    s->started_ms = s->last_rx_ms = uv_now(h->loop);
+    if (p->peer_len > 0 && p->peer_len <= sizeof(s->peer))
+        memcpy(&s->peer, p->peer, p->peer_len);
     else
         s->peer.sa.sa_family = AF_UNSPEC;
     /* TCP_NODELAY, keepalive and the user timeout came with the socket:
-     * accepted sockets inherit them from the listener (listener_serve). */
-
-    s->next = w->sessions;
-    if (w->sessions != NULL)
-        w->sessions->prev = s;
-    w->sessions = s;
-    w->n_sessions++;
+     * accepted sockets inherit them from the listener. */
     metric_add(&s->stats->c[RC_SESSIONS_TOTAL], 1);
     metric_add(&s->stats->c[RC_SESSIONS_ACTIVE], 1);
+    *out = s;
+    return 0;
+}
 
-    if (!admit(s, l->limit)) {
-        session_close(s, REASON_DENIED);
-        return 0;
-    }
+void session_run(struct session *s)
+{
     enum session_state start = claim_identity(s);
     if (start == SESSION_CLOSED) {
         session_close(s, REASON_REJECTED);
-        return 0;
+        return;
     }
     if (s->route->client.heartbeat.silence_ms > 0)
         uv_timer_start(&s->silence, silence_cb, s->route->client.heartbeat.silence_ms, 0);
     half_read_start(&s->up);
     if (s->state == SESSION_WAITING && start == SESSION_CONNECTING)
         session_go(s);
-    return 0;
+}
+
+void session_deliver(struct session *s, enum session_msg msg)
+{
+    switch (msg) {
+    case SESSION_MSG_EVICT:
+        session_close(s, REASON_REPLACED);
+        break;
+    case SESSION_MSG_GO:
+        session_go(s);
+        break;
+    }
+}
+
+const struct sockaddr *session_peer(const struct session *s) { return &s->peer.sa; }
+
+struct session_link *session_link(struct session *s) { return &s->link; }
+
+struct session *session_of_link(struct session_link *l)
+{
+    return (struct session *)(void *)((char *)l - offsetof(struct session, link));
 }

@@ -44,7 +44,8 @@ struct supervisor {
     uv_loop_t loop;
     uv_signal_t sigterm, sigint, sighup;
     uv_async_t notify;            /* workers report phase changes here */
-    struct worker *workers;
+    struct worker **workers;      /* by number */
+    struct worker_shared shared;  /* what every worker is lent */
     size_t n_workers;
     struct registry registry;     /* client identities, shared by the workers */
     struct limits limits;         /* open sessions per route and address */
@@ -65,7 +66,7 @@ static void stop_workers(struct supervisor *sup, enum worker_command cmd)
 {
     sup->phase = SUP_STOPPING;
     for (size_t i = 0; i < sup->n_started; i++)
-        worker_send(&sup->workers[i], cmd);
+        worker_send(sup->workers[i], cmd);
 }
 
 /* The signals the supervisor handles; workers (and the threads they start)
@@ -100,8 +101,8 @@ static void close_own_handles(struct supervisor *sup)
 
 static int worker_stuck(struct supervisor *sup, size_t i)
 {
-    struct worker *w = &sup->workers[i];
-    return atomic_load(&w->phase) == WORKER_PHASE_RUNNING &&
+    struct worker *w = sup->workers[i];
+    return worker_phase(w) == WORKER_PHASE_RUNNING &&
            worker_stalled_ms(w) > WORKER_STALL_MS;
 }
 
@@ -112,7 +113,7 @@ static void watchdog_cb(uv_timer_t *t)
         int stuck = worker_stuck(sup, i);
         if (stuck && !sup->stalled[i])
             log_error("worker loop not responding", LF_INT("worker", i),
-                      LF_INT("stalled_ms", worker_stalled_ms(&sup->workers[i])));
+                      LF_INT("stalled_ms", worker_stalled_ms(sup->workers[i])));
         else if (!stuck && sup->stalled[i])
             log_info("worker loop responding again", LF_INT("worker", i));
         sup->stalled[i] = (unsigned char)stuck;
@@ -147,7 +148,7 @@ static char *backend_metrics(void *ctx)
     struct supervisor *sup = ctx;
     struct worker_stats *stats[sup->n_started + 1];
     for (size_t i = 0; i < sup->n_started; i++)
-        stats[i] = &sup->workers[i].stats;
+        stats[i] = worker_stats(sup->workers[i]);
     sup->ps.admin = sup->admin != NULL ? admin_get_stats(sup->admin) : NULL;
     sup->ps.budget = &sup->budget;
     return metrics_render(stats, sup->n_started, &sup->ps);
@@ -233,7 +234,7 @@ static void gather_post(struct supervisor *sup, struct gather *g)
     for (size_t i = 0; i < sup->n_started; i++) {
         if (g->type == WORKER_MSG_RELOAD)
             config_ref(g->cfg); /* the worker's to drop once it has answered */
-        if (worker_post(&sup->workers[i], g->type, g->session_id, g) < 0) {
+        if (worker_post(sup->workers[i], g->type, g->session_id, g) < 0) {
             unreachable++; /* its loop ended: it has no sessions */
             if (g->type == WORKER_MSG_RELOAD)
                 config_free(g->cfg);
@@ -277,15 +278,15 @@ static void notify_cb(uv_async_t *a)
     size_t running = 0, done = 0;
 
     for (size_t i = 0; i < sup->n_started; i++) {
-        struct worker *w = &sup->workers[i];
-        int phase = atomic_load(&w->phase);
+        struct worker *w = sup->workers[i];
+        enum worker_phase phase = worker_phase(w);
         if (phase == WORKER_PHASE_RUNNING) {
             running++;
         } else if (phase == WORKER_PHASE_FAILED) {
             done++;
             if (sup->exit_code == EXIT_CLEAN) {
-                log_error("worker could not start", LF_INT("worker", w->id),
-                          LF_STR("error", uv_strerror(w->start_error)));
+                log_error("worker could not start", LF_INT("worker", worker_id(w)),
+                          LF_STR("error", uv_strerror(worker_start_error(w))));
                 sup->exit_code = EXIT_RUNTIME;
                 stop_workers(sup, WORKER_CMD_STOP);
             }
@@ -745,12 +746,15 @@ static int plan_descriptors(struct supervisor *sup)
 static void start_workers(struct supervisor *sup, int *fds)
 {
     const struct config *cfg = sup->cfg;
+    sup->shared = (struct worker_shared){
+        .peers = sup->workers, .n_peers = sup->n_workers, .registry = &sup->registry,
+        .limits = &sup->limits, .budget = &sup->budget, .notify = &sup->notify,
+    };
     size_t n_init = 0;
     for (size_t i = 0; i < sup->n_workers; i++, n_init++) {
-        /* worker_init() owns worker i's fds from the call on, even on failure. */
-        int rc = worker_init(&sup->workers[i], (int)i, sup->cfg, sup->addrs,
-                             &fds[i * cfg->n_routes], &sup->notify, sup->workers, sup->n_workers,
-                             &sup->registry, &sup->limits, &sup->budget);
+        /* worker_new() owns worker i's fds from the call on, even on failure. */
+        int rc = worker_new(&sup->workers[i], (int)i, sup->cfg, sup->addrs,
+                            &fds[i * cfg->n_routes], &sup->shared);
         if (rc < 0) {
             log_error("cannot start worker", LF_INT("worker", i), LF_STR("error", uv_strerror(rc)));
             close_fds(&fds[(i + 1) * cfg->n_routes], (sup->n_workers - i - 1) * cfg->n_routes);
@@ -765,7 +769,7 @@ static void start_workers(struct supervisor *sup, int *fds)
     handled_signals(&set);
     pthread_sigmask(SIG_BLOCK, &set, &old_mask); /* inherited by the workers */
     for (size_t i = 0; i < n_init; i++) {
-        struct worker *w = &sup->workers[i];
+        struct worker *w = sup->workers[i];
         int rc = sup->exit_code == EXIT_CLEAN ? worker_start(w) : UV_ECANCELED;
         if (rc < 0) {
             if (rc != UV_ECANCELED)
@@ -892,7 +896,7 @@ int supervisor_run(struct config *cfg, const struct supervisor_options *opts)
 
     uv_run(&sup.loop, UV_RUN_DEFAULT);
     for (size_t i = 0; i < sup.n_started; i++)
-        worker_join(&sup.workers[i]);
+        worker_join(sup.workers[i]);
     uv_loop_close(&sup.loop);
     signal(SIGTERM, SIG_IGN);
     signal(SIGINT, SIG_IGN);

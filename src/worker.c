@@ -1,20 +1,25 @@
-/* A worker thread: one uv_loop, its listening sockets, its sessions. */
+/* A worker thread: one uv_loop, its listening sockets, admission, its sessions. */
 #define _GNU_SOURCE /* pthread_setname_np */
 #include "lifeline/worker.h"
 
 #include <errno.h>
 #include <malloc.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "lifeline/addr.h"
 #include "lifeline/liveness.h"
 #include "lifeline/log.h"
 #include "lifeline/net.h"
+#include "lifeline/pool.h"
 #include "lifeline/session.h"
+#include "lifeline/table.h"
 
 #define TICK_MS 500
 #define POOL_MAX_FREE 64 /* cached buffers per worker: 4 MiB */
@@ -23,11 +28,91 @@
 #define ACCEPT_RETRY_MS 100 /* out of descriptors: try accepting again after this */
 #define BUDGET_RETRY_MS 10  /* buffer memory spent: look for room again after this */
 #define SHORTAGE_OVER_MS 1000 /* accepting this long without a pause ends a shortage */
+#define DENY_DRAIN_BYTES 65536 /* read from a denied client before a FIN close */
+
+/* One route's listening socket on one worker (SO_REUSEPORT shares the
+ * port). A reload that keeps the address keeps the socket, and with it the
+ * connections queued on it, and points it at the new route config. */
+struct listener {
+    uv_poll_t poll;                    /* readable: connections to accept; data is NULL until initialised */
+    struct listener *next;             /* the worker's list */
+    struct worker *w;
+    struct sockaddr_storage addr;      /* what it is bound to */
+    const struct route_config *route;  /* in the worker's current config */
+    struct route_stats *stats;         /* the route's counters on this worker */
+    struct limit_route *limit;         /* the route's open sessions, all workers */
+    int fd;                            /* handed over by the supervisor; the listener's */
+};
+
+/* A message for this worker: from a session on any worker, or a gather
+ * from the supervisor. */
+struct worker_msg {
+    struct worker_msg *next;
+    enum worker_msg_type type;
+    uint64_t session_id;
+    struct gather *gather;       /* DESCRIBE, KILL and RELOAD */
+};
+
+/* Accepting, as descriptors allow. A shortage is logged when it begins
+ * (ON -> PAUSED) and when it is over (RETRYING -> ON, after a second of
+ * accepting without a pause), not at every pause. */
+enum accept_state {
+    ACCEPT_ON,       /* accepting */
+    ACCEPT_PAUSED,   /* out of descriptors: listeners stopped, accept_retry armed;
+                      * connections wait in the kernel's queue */
+    ACCEPT_RETRYING, /* the budget has room again: accepting, the shortage not
+                      * over until a second passes without a pause */
+};
+
+struct worker {
+    int id;
+    struct worker_shared shared;  /* peers, registry, limits, budget */
+    struct session_host host;     /* what the sessions may use of this worker */
+    struct config *cfg;           /* for new connections; a reference */
+    uv_loop_t loop;
+    uv_thread_t thread;
+    uv_async_t wakeup;            /* messages and commands arrive here */
+    uv_timer_t drain_timer;
+    struct listener *listeners;   /* one per route of cfg */
+    struct pool pool;
+    struct session_list sessions; /* every live session, for drain and shutdown */
+    struct table by_id;           /* the same sessions by id, for messages */
+    size_t n_sessions;            /* made and not yet freed (some may be closed) */
+    int draining;                 /* loop-local: listeners closed, waiting for sessions */
+    enum accept_state accept;     /* loop-local */
+    uv_timer_t accept_retry;      /* ACCEPT_PAUSED: try again */
+    uint64_t accepting_since_ms;  /* ACCEPT_RETRYING: when accepting resumed */
+
+    struct log_limit deny_log;    /* "connection denied": one line a second */
+    struct log_limit upstream_log; /* failed tries and reconnects: WORKER_UPSTREAM_LOG_PER_S */
+    struct log_limit accept_log;  /* "accept failed": one line a second */
+    struct worker_stats stats;    /* per route, written only by this loop */
+
+    uv_mutex_t inbox_lock;        /* guards inbox only */
+    struct worker_msg *inbox;     /* posted by any thread, drained by this loop */
+    struct worker_msg *inbox_tail;
+    int inbox_closed;             /* the loop is ending: messages are dropped */
+
+    struct budget_waiters budget_waiters; /* readers waiting for memory, oldest first */
+    uv_timer_t budget_retry;      /* armed while someone waits */
+    uv_timer_t tick;              /* proves the loop turns: see last_tick_ms */
+    size_t freed_since_trim;      /* sessions freed since memory was last trimmed */
+    _Atomic uint64_t last_tick_ms;
+
+    _Atomic int command;          /* enum worker_command */
+    _Atomic int phase;            /* enum worker_phase */
+    int start_error;              /* valid once phase is FAILED */
+};
+
+static struct worker *worker_of(struct session_host *h)
+{
+    return (struct worker *)(void *)((char *)h - offsetof(struct worker, host));
+}
 
 static void set_phase(struct worker *w, enum worker_phase phase)
 {
     atomic_store(&w->phase, (int)phase);
-    uv_async_send(w->notify);
+    uv_async_send(w->shared.notify);
 }
 
 static void accept_cb(uv_poll_t *p, int status, int events);
@@ -37,7 +122,7 @@ static void accept_retry_cb(uv_timer_t *t);
  * accepting on every listener of this worker, so that new connections wait
  * in the kernel's queues while the sessions already open go on, and try
  * again shortly. Logged when a shortage begins, not at every retry. */
-void worker_pause_accepting(struct worker *w, const char *route, int err)
+static void pause_accepting(struct worker *w, const char *route, int err)
 {
     if (w->draining)
         return;
@@ -57,7 +142,7 @@ static void resume_accepting(struct worker *w)
 {
     if (w->accept != ACCEPT_PAUSED || w->draining)
         return;
-    if (!budget_fds_room(w->budget)) {
+    if (!budget_fds_room(w->shared.budget)) {
         uv_timer_start(&w->accept_retry, accept_retry_cb, ACCEPT_RETRY_MS, 0);
         return;
     }
@@ -83,6 +168,123 @@ static void end_shortage(struct worker *w)
     log_info("accepting again", LF_INT("worker", w->id), LF_INT("sessions", w->n_sessions));
 }
 
+/* --- admission ----------------------------------------------------------- */
+
+static int allowed(const struct client_config *cc, const struct sockaddr *sa)
+{
+    if (cc->n_allow == 0)
+        return 1;
+    for (size_t i = 0; i < cc->n_allow; i++)
+        if (addr_cidr_match(&cc->allow[i], sa))
+            return 1;
+    return 0;
+}
+
+/* Closes a connection that never became a session, as client.close says:
+ * a reset, or a FIN (after reading what it sent, which close() would
+ * otherwise answer with a reset). */
+static void refuse(struct worker *w, const struct route_config *route, int fd)
+{
+    if (route->client.close == CLOSE_RST) {
+        struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    } else {
+        char *buf = pool_read_buffer(&w->pool);
+        for (size_t got = 0; buf != NULL && got < DENY_DRAIN_BYTES;) {
+            ssize_t n = recv(fd, buf, POOL_READ_SIZE, MSG_DONTWAIT);
+            if (n <= 0)
+                break;
+            got += (size_t)n;
+        }
+    }
+    close(fd);
+}
+
+/* Access control and limits, before any session exists. Returns 0, with
+ * the connection counted in the limits (*limit), or -EACCES after it was
+ * counted as denied, logged (at most one line a second per worker, so that
+ * a flood cannot flood the log) and closed. */
+static int admit(struct worker *w, struct listener *l, int fd, const struct sockaddr *peer,
+                 struct limit_route **limit)
+{
+    const struct client_config *cc = &l->route->client;
+    enum deny_cause cause;
+    enum limits_full full;
+    if (!allowed(cc, peer)) {
+        cause = DENY_ALLOW;
+    } else if (limits_take(w->shared.limits, l->limit, peer, cc->max_connections,
+                           cc->max_per_address, &full) == 0) {
+        /* Counted even when this route has no limit: a reload may set one,
+         * and it must find the sessions already open. */
+        *limit = l->limit;
+        return 0;
+    } else {
+        cause = full == LIMITS_ROUTE_FULL ? DENY_MAX_CONNECTIONS : DENY_MAX_PER_ADDRESS;
+    }
+    /* A denied connection counts as a session that closed at once, reason
+     * denied, so that sessions_total = active + closes holds. */
+    metric_add(&l->stats->c[RC_DENIED + cause], 1);
+    metric_add(&l->stats->c[RC_SESSIONS_TOTAL], 1);
+    metric_add(&l->stats->c[RC_CLOSES + REASON_DENIED], 1);
+    refuse(w, l->route, fd);
+    uint64_t suppressed;
+    if (log_enabled(LOG_WARN) && log_limit_allow(&w->deny_log, uv_now(&w->loop), &suppressed)) {
+        char client[ADDR_STR_MAX];
+        log_warn("connection denied", LF_STR("route", l->route->name),
+                 LF_STR("client", addr_format(peer, client, sizeof(client))),
+                 LF_STR("cause", deny_name(cause)), LF_INT("suppressed", suppressed));
+    }
+    return -EACCES;
+}
+
+static uint64_t id_hash(uint64_t id) { return hash_bytes(HASH_SEED, &id, sizeof(id)); }
+
+static int link_is(const struct table_node *n, const void *key)
+{
+    const struct session_link *l =
+        (const struct session_link *)(const void *)((const char *)n -
+                                                    offsetof(struct session_link, by_id));
+    return session_id(session_of_link((struct session_link *)l)) == *(const uint64_t *)key;
+}
+
+static struct session *find_session(struct worker *w, uint64_t id)
+{
+    struct table_node *n = table_find(&w->by_id, id_hash(id), &id, link_is);
+    if (n == NULL)
+        return NULL;
+    return session_of_link(
+        (struct session_link *)(void *)((char *)n - offsetof(struct session_link, by_id)));
+}
+
+/* A connection the budget made room for (its descriptors taken): admitted,
+ * it becomes a listed session; refused, it is closed. Returns 0 or a
+ * negative UV error (the descriptors are given back then). */
+static int take_connection(struct worker *w, struct listener *l, int fd,
+                           const struct sockaddr *peer, socklen_t peer_len)
+{
+    struct limit_route *limit = NULL;
+    if (admit(w, l, fd, peer, &limit) < 0) {
+        budget_give_fds(w->shared.budget, BUDGET_FDS_PER_SESSION);
+        return 0;
+    }
+    struct session_params p = { .cfg = w->cfg, .route = l->route, .stats = l->stats,
+                                .fd = fd, .peer = peer, .peer_len = peer_len };
+    struct session *s;
+    int rc = session_new(&w->host, &p, &s);
+    if (rc < 0) {
+        limits_give(w->shared.limits, limit, peer);
+        budget_give_fds(w->shared.budget, BUDGET_FDS_PER_SESSION);
+        return rc;
+    }
+    struct session_link *link = session_link(s);
+    link->limit = limit;
+    LIST_INSERT_HEAD(&w->sessions, link, list);
+    table_insert(&w->by_id, &link->by_id, id_hash(session_id(s)));
+    w->n_sessions++;
+    session_run(s);
+    return 0;
+}
+
 static void accept_cb(uv_poll_t *p, int status, int events)
 {
     struct listener *l = p->data;
@@ -95,8 +297,8 @@ static void accept_cb(uv_poll_t *p, int status, int events)
          * client is taken off the queue: what is accepted can be served,
          * and the descriptors kept back for the admin endpoint and the
          * resolver stay free. */
-        if (budget_take_fds(w->budget, BUDGET_FDS_PER_SESSION) < 0) {
-            worker_pause_accepting(w, l->route->name, UV_EMFILE);
+        if (budget_take_fds(w->shared.budget, BUDGET_FDS_PER_SESSION) < 0) {
+            pause_accepting(w, l->route->name, UV_EMFILE);
             return;
         }
         struct sockaddr_storage peer;
@@ -105,10 +307,9 @@ static void accept_cb(uv_poll_t *p, int status, int events)
         int rc;
         if (fd < 0) {
             rc = -errno;
-            budget_give_fds(w->budget, BUDGET_FDS_PER_SESSION);
+            budget_give_fds(w->shared.budget, BUDGET_FDS_PER_SESSION);
         } else {
-            /* The session owns the descriptors taken from now on. */
-            rc = session_accept(w, l, fd, (struct sockaddr *)&peer, len);
+            rc = take_connection(w, l, fd, (struct sockaddr *)&peer, len);
         }
         if (rc == UV_EAGAIN)
             return;
@@ -116,7 +317,7 @@ static void accept_cb(uv_poll_t *p, int status, int events)
             continue;
         if (rc == UV_EMFILE || rc == UV_ENFILE || rc == UV_ENOBUFS || rc == UV_ENOMEM) {
             metric_add(&l->stats->c[RC_ACCEPT_ERRORS], 1);
-            worker_pause_accepting(w, l->route->name, rc);
+            pause_accepting(w, l->route->name, rc);
             return;
         }
         if (rc < 0) {
@@ -179,7 +380,7 @@ static int listener_open(struct listener *l)
 static int listener_serve(struct listener *l, const struct route_config *route)
 {
     struct route_stats *stats = metrics_route(&l->w->stats, route);
-    struct limit_route *limit = limits_route(l->w->limits, route->name);
+    struct limit_route *limit = limits_route(l->w->shared.limits, route->name);
     if (stats == NULL || limit == NULL)
         return UV_ENOMEM;
     /* Accepted sockets inherit these from the listener. */
@@ -270,69 +471,97 @@ static int serve_config(struct worker *w, struct config *cfg, const struct socka
     return first_error;
 }
 
-/* --- readers waiting for buffer memory ------------------------------------ */
-
-static int waiters_empty(const struct budget_waiter *head) { return head->next == head; }
-
-static void waiter_link(struct budget_waiter *head, struct budget_waiter *bw)
-{
-    bw->prev = head->prev;
-    bw->next = head;
-    head->prev->next = bw;
-    head->prev = bw;
-}
-
-void worker_unwait_budget(struct budget_waiter *bw)
-{
-    if (bw->next == NULL)
-        return;
-    bw->prev->next = bw->next;
-    bw->next->prev = bw->prev;
-    bw->prev = bw->next = NULL;
-}
+/* --- what the sessions may use of their worker (struct session_host) ----- */
 
 static void budget_retry_cb(uv_timer_t *t);
 
-void worker_wait_budget(struct worker *w, struct budget_waiter *bw)
+static void host_wait_budget(struct session_host *h, struct budget_waiter *bw)
 {
-    if (bw->next != NULL)
+    struct worker *w = worker_of(h);
+    if (bw->queued)
         return;
-    waiter_link(&w->budget_waiters, bw);
+    TAILQ_INSERT_TAIL(&w->budget_waiters, bw, link);
+    bw->queued = 1;
     if (!uv_is_active((uv_handle_t *)&w->budget_retry))
         uv_timer_start(&w->budget_retry, budget_retry_cb, BUDGET_RETRY_MS, BUDGET_RETRY_MS);
 }
 
-/* Asks each waiter, oldest first, whether it may read now. The list is
+static void leave_budget(struct budget_waiters *q, struct budget_waiter *bw)
+{
+    if (!bw->queued)
+        return;
+    TAILQ_REMOVE(q, bw, link);
+    bw->queued = 0;
+}
+
+static void host_leave_budget(struct session_host *h, struct budget_waiter *bw)
+{
+    leave_budget(&worker_of(h)->budget_waiters, bw);
+}
+
+/* Asks each waiter, oldest first, whether it may read now. The queue is
  * moved aside first: a waiter that still may not read joins the worker's
- * list again, and one whose session ends meanwhile leaves whichever list it
- * is on. */
+ * queue again, and one whose session ends meanwhile leaves whichever queue
+ * it is on. */
 static void budget_retry_cb(uv_timer_t *t)
 {
     struct worker *w = t->data;
-    struct budget_waiter asking = { &asking, &asking };
-    if (!waiters_empty(&w->budget_waiters)) {
-        asking.next = w->budget_waiters.next;
-        asking.prev = w->budget_waiters.prev;
-        asking.next->prev = &asking;
-        asking.prev->next = &asking;
-        w->budget_waiters.next = w->budget_waiters.prev = &w->budget_waiters;
-    }
-    while (!waiters_empty(&asking)) {
-        struct budget_waiter *bw = asking.next;
-        worker_unwait_budget(bw);
+    struct budget_waiters asking = TAILQ_HEAD_INITIALIZER(asking);
+    TAILQ_CONCAT(&asking, &w->budget_waiters, link);
+    while (!TAILQ_EMPTY(&asking)) {
+        struct budget_waiter *bw = TAILQ_FIRST(&asking);
+        leave_budget(&asking, bw);
         session_budget_retry(bw);
     }
-    if (waiters_empty(&w->budget_waiters))
+    if (TAILQ_EMPTY(&w->budget_waiters))
         uv_timer_stop(&w->budget_retry);
+}
+
+static void host_post(struct session_host *h, struct session_ref to, enum session_msg msg)
+{
+    struct worker *w = worker_of(h);
+    if (to.worker < 0 || (size_t)to.worker >= w->shared.n_peers)
+        return;
+    worker_post(w->shared.peers[to.worker],
+                msg == SESSION_MSG_EVICT ? WORKER_MSG_EVICT : WORKER_MSG_GO, to.id, NULL);
+}
+
+/* Unlisted and its limit slot given back before the close line is logged. */
+static void host_closed(struct session_host *h, struct session *s)
+{
+    struct worker *w = worker_of(h);
+    struct session_link *link = session_link(s);
+    LIST_REMOVE(link, list);
+    table_remove(&w->by_id, &link->by_id);
+    if (link->limit != NULL)
+        limits_give(w->shared.limits, link->limit, session_peer(s));
+    link->limit = NULL;
+}
+
+static void host_fds_exhausted(struct session_host *h, const char *route, int err)
+{
+    pause_accepting(worker_of(h), route, err);
+}
+
+static void exit_if_idle(struct worker *w);
+
+static void host_freed(struct session_host *h)
+{
+    struct worker *w = worker_of(h);
+    /* Both descriptors are closed by now (uv_close closes at once). */
+    budget_give_fds(w->shared.budget, BUDGET_FDS_PER_SESSION);
+    w->n_sessions--;
+    w->freed_since_trim++;
+    exit_if_idle(w);
 }
 
 static void close_all_sessions(struct worker *w)
 {
-    struct session *s = w->sessions;
-    while (s != NULL) {
-        struct session *next = session_next(s);
-        session_close(s, REASON_SHUTDOWN);
-        s = next;
+    /* A closing session leaves the list (host_closed): take the head each time. */
+    struct session_link *link, *next;
+    for (link = LIST_FIRST(&w->sessions); link != NULL; link = next) {
+        next = LIST_NEXT(link, list);
+        session_close(session_of_link(link), REASON_SHUTDOWN);
     }
 }
 
@@ -372,14 +601,6 @@ static void begin_drain(struct worker *w)
     close_listeners(w);
     uv_timer_start(&w->drain_timer, drain_timer_cb, w->cfg->drain_timeout_ms, 0);
     exit_if_idle(w);
-}
-
-static struct session *find_session(struct worker *w, uint64_t id)
-{
-    for (struct session *s = w->sessions; s != NULL; s = session_next(s))
-        if (session_id(s) == id)
-            return s;
-    return NULL;
 }
 
 static uint64_t now_ms(void) { return uv_hrtime() / 1000000; }
@@ -428,9 +649,10 @@ static char *describe_all(struct worker *w)
     if (out == NULL)
         return NULL;
     out[0] = '\0';
-    for (struct session *s = w->sessions; s != NULL; s = session_next(s)) {
+    struct session_link *link;
+    LIST_FOREACH(link, &w->sessions, list) {
         char one[SESSION_JSON_MAX];
-        int n = session_json(s, one, sizeof(one));
+        int n = session_json(session_of_link(link), one, sizeof(one));
         if (len + (size_t)n + 2 > cap) {
             cap = cap * 2 + (size_t)n;
             char *bigger = realloc(out, cap);
@@ -466,11 +688,11 @@ static void deliver(struct worker *w, const struct worker_msg *m)
     switch (m->type) {
     case WORKER_MSG_EVICT:
         if (s != NULL)
-            session_close(s, REASON_REPLACED);
+            session_deliver(s, SESSION_MSG_EVICT);
         break;
     case WORKER_MSG_GO:
         if (s != NULL)
-            session_go(s);
+            session_deliver(s, SESSION_MSG_GO);
         break;
     case WORKER_MSG_KILL:
         if (s != NULL)
@@ -540,34 +762,29 @@ static void wakeup_cb(uv_async_t *a)
         close_all_sessions(w);
 }
 
-void worker_session_freed(struct worker *w)
+int worker_new(struct worker **out, int id, struct config *cfg,
+               const struct sockaddr_storage *addrs, const int *fds,
+               const struct worker_shared *shared)
 {
-    w->n_sessions--;
-    w->freed_since_trim++;
-    exit_if_idle(w);
-}
-
-int worker_init(struct worker *w, int id, struct config *cfg,
-                const struct sockaddr_storage *addrs, const int *fds, uv_async_t *notify,
-                struct worker *peers, size_t n_peers, struct registry *registry,
-                struct limits *limits, struct budget *budget)
-{
-    memset(w, 0, sizeof(*w));
+    struct worker *w = calloc(1, sizeof(*w));
+    int rc = w == NULL ? UV_ENOMEM : table_init(&w->by_id);
+    if (rc < 0) {
+        free(w);
+        for (size_t i = 0; i < cfg->n_routes; i++)
+            close(fds[i]);
+        return rc;
+    }
     w->id = id;
-    w->notify = notify;
-    w->peers = peers;
-    w->n_peers = n_peers;
-    w->registry = registry;
-    w->limits = limits;
-    w->budget = budget;
+    w->shared = *shared;
     atomic_init(&w->command, WORKER_CMD_NONE);
     atomic_init(&w->phase, WORKER_PHASE_STARTING);
     worker_stats_init(&w->stats);
     log_limit_init(&w->deny_log, "connection denied", 1);
     log_limit_init(&w->upstream_log, "upstream", WORKER_UPSTREAM_LOG_PER_S);
     log_limit_init(&w->accept_log, "accept failed", 1);
+    LIST_INIT(&w->sessions);
+    TAILQ_INIT(&w->budget_waiters);
     /* The sockets wait, unopened, for the loop's thread: serve_config(). */
-    int rc = 0;
     struct listener **tail = &w->listeners;
     for (size_t i = 0; i < cfg->n_routes; i++) {
         struct listener *l = rc == 0 ? listener_new(w, fds[i], &addrs[i]) : NULL;
@@ -581,32 +798,46 @@ int worker_init(struct worker *w, int id, struct config *cfg,
         *tail = l;
         tail = &l->next;
     }
-    if (rc == 0)
-        rc = uv_loop_init(&w->loop);
-    if (rc < 0) {
-        close_listeners(w);
+    int loop_rc = rc == 0 ? uv_loop_init(&w->loop) : rc;
+    if (loop_rc == 0 && (rc = uv_async_init(&w->loop, &w->wakeup, wakeup_cb)) < 0)
+        uv_loop_close(&w->loop); /* nothing else is on it yet */
+    if (loop_rc < 0 || rc < 0) {
+        close_listeners(w); /* unopened: their fds are closed at once */
         worker_stats_destroy(&w->stats);
-        return rc;
+        table_destroy(&w->by_id);
+        free(w);
+        return loop_rc < 0 ? loop_rc : rc;
     }
+    /* Timers cannot fail on a loop that is running. */
+    uv_timer_init(&w->loop, &w->drain_timer);
+    uv_timer_init(&w->loop, &w->tick);
+    uv_timer_init(&w->loop, &w->accept_retry);
+    uv_timer_init(&w->loop, &w->budget_retry);
+    w->wakeup.data = w->drain_timer.data = w->tick.data = w;
+    w->accept_retry.data = w->budget_retry.data = w;
     w->cfg = config_ref(cfg);
     uv_mutex_init(&w->inbox_lock);
-    uv_async_init(&w->loop, &w->wakeup, wakeup_cb);
-    w->wakeup.data = w;
-    uv_timer_init(&w->loop, &w->drain_timer);
-    w->drain_timer.data = w;
-    uv_timer_init(&w->loop, &w->tick);
-    w->tick.data = w;
-    uv_timer_init(&w->loop, &w->accept_retry);
-    w->accept_retry.data = w;
-    uv_timer_init(&w->loop, &w->budget_retry);
-    w->budget_retry.data = w;
-    w->budget_waiters.prev = w->budget_waiters.next = &w->budget_waiters;
     atomic_init(&w->last_tick_ms, now_ms());
     pool_init(&w->pool, POOL_MAX_FREE);
+    w->host = (struct session_host){
+        .loop = &w->loop,
+        .pool = &w->pool,
+        .budget = shared->budget,
+        .registry = shared->registry,
+        .upstream_log = &w->upstream_log,
+        .id = id,
+        .post = host_post,
+        .wait_budget = host_wait_budget,
+        .leave_budget = host_leave_budget,
+        .fds_exhausted = host_fds_exhausted,
+        .closed = host_closed,
+        .freed = host_freed,
+    };
+    *out = w;
     return 0;
 }
 
-/* Opens the sockets worker_init() was given, in route order. */
+/* Opens the sockets worker_new() was given, in route order. */
 static int open_listeners(struct worker *w)
 {
     size_t r = 0;
@@ -669,14 +900,27 @@ static void free_worker(struct worker *w)
     uv_mutex_destroy(&w->inbox_lock);
     worker_stats_destroy(&w->stats);
     config_free(w->cfg);
-    w->cfg = NULL;
     pool_drain(&w->pool);
+    table_destroy(&w->by_id);
+    free(w);
+}
+
+/* Every handle is closed when the loop ends; one left open is a bug, and
+ * would be used after free. */
+static void close_loop(struct worker *w)
+{
+    int rc = uv_loop_close(&w->loop);
+    if (rc < 0) {
+        log_error("worker loop left handles open", LF_INT("worker", w->id),
+                  LF_STR("error", uv_strerror(rc)));
+        abort();
+    }
 }
 
 void worker_join(struct worker *w)
 {
     uv_thread_join(&w->thread);
-    uv_loop_close(&w->loop);
+    close_loop(w);
     free_worker(w);
 }
 
@@ -690,6 +934,14 @@ void worker_destroy(struct worker *w)
     uv_close((uv_handle_t *)&w->budget_retry, NULL);
     uv_close((uv_handle_t *)&w->drain_timer, NULL);
     uv_run(&w->loop, UV_RUN_DEFAULT);
-    uv_loop_close(&w->loop);
+    close_loop(w);
     free_worker(w);
 }
+
+int worker_id(const struct worker *w) { return w->id; }
+
+enum worker_phase worker_phase(struct worker *w) { return (enum worker_phase)atomic_load(&w->phase); }
+
+int worker_start_error(const struct worker *w) { return w->start_error; }
+
+struct worker_stats *worker_stats(struct worker *w) { return &w->stats; }

@@ -2,41 +2,123 @@
 #ifndef LIFELINE_SESSION_H
 #define LIFELINE_SESSION_H
 
+#include <stdint.h>
+#include <sys/queue.h>
 #include <sys/socket.h>
+#include <uv.h>
 
+#include "lifeline/config.h"
 #include "lifeline/reason.h"
-#include "lifeline/worker.h"
+#include "lifeline/registry.h"
+#include "lifeline/table.h"
 
+struct budget;
+struct log_limit;
+struct pool;
+struct route_stats;
 struct session;
+struct session_host;
 
-/* Starts the session of a connection accepted on the listener from peer
- * (as accept4() gave it); fd is the session's from now on, and so are the
- * BUDGET_FDS_PER_SESSION descriptors the caller took from the worker's
- * budget. Returns 0 or a negative UV error (nothing is left behind then). */
-int session_accept(struct worker *w, struct listener *l, int fd, const struct sockaddr *peer,
-                   socklen_t peer_len);
+/* Messages between sessions (the takeover path), carried by the host. */
+enum session_msg {
+    SESSION_MSG_EVICT, /* close: a new connection of the same client replaces you */
+    SESSION_MSG_GO,    /* you own your client identity now: connect upstream */
+};
+
+/* A reader waiting for buffer memory (buffer_total_bytes spent), on its
+ * host's queue while `queued`. */
+struct budget_waiter {
+    TAILQ_ENTRY(budget_waiter) link;
+    int queued;
+};
+TAILQ_HEAD(budget_waiters, budget_waiter);
+
+/* What a session needs of the loop that runs it, and all it may touch
+ * there: a worker lends one to each of its sessions (and a unit test its
+ * own). The functions run on the host's loop, except `post`. */
+struct session_host {
+    uv_loop_t *loop;
+    struct pool *pool;               /* relay buffers */
+    struct budget *budget;           /* descriptors and buffer memory, process-wide */
+    struct registry *registry;       /* client identities, process-wide */
+    struct log_limit *upstream_log;  /* failed tries and reconnects: bounded lines */
+    int id;                          /* the worker's number: a session_ref's worker */
+
+    /* Thread-safe: delivers msg to the session `to`, on whichever host runs
+     * it (nothing happens if it is gone). */
+    void (*post)(struct session_host *h, struct session_ref to, enum session_msg msg);
+    /* bw waits for buffer memory; session_budget_retry(bw) is called when
+     * there may be some. wait on a queued bw, or leave on one that is not,
+     * does nothing. */
+    void (*wait_budget)(struct session_host *h, struct budget_waiter *bw);
+    void (*leave_budget)(struct session_host *h, struct budget_waiter *bw);
+    /* A descriptor that the budget had counted could not be had (EMFILE:
+     * something outside the budget took it; ENFILE: the system is out):
+     * accept no more for a while. */
+    void (*fds_exhausted)(struct session_host *h, const char *route, int err);
+    /* The session is closed: counted and about to be logged (whoever reads
+     * the line then finds it gone), its handles closing. Once per session. */
+    void (*closed)(struct session_host *h, struct session *s);
+    /* The session's memory is gone, and both its descriptors are closed.
+     * Once per session, after `closed`. */
+    void (*freed)(struct session_host *h);
+};
+
+/* What the host keeps of each session: its list, its index by id, and the
+ * session's slot in the connection limits. The session never touches it. */
+struct session_link {
+    LIST_ENTRY(session_link) list;
+    struct table_node by_id;
+    struct limit_route *limit;       /* counted in the shared limits, or NULL */
+};
+LIST_HEAD(session_list, session_link);
+
+/* A connection to start a session for. */
+struct session_params {
+    struct config *cfg;              /* the session takes a reference */
+    const struct route_config *route; /* in cfg */
+    struct route_stats *stats;       /* the route's counters on this host */
+    int fd;                          /* accepted, non-blocking */
+    const struct sockaddr *peer;     /* as accept4() gave it */
+    socklen_t peer_len;
+};
+
+/* Makes the session of an accepted connection; it does nothing yet, so
+ * that the host can list it before session_run(). Returns 0 and *out, or a
+ * negative UV error: then the fd is closed, nothing is left that the host
+ * must track (`closed` and `freed` are never called), and the host gives
+ * back whatever it took for the connection. */
+int session_new(struct session_host *h, const struct session_params *p, struct session **out);
+
+/* Starts it: claims the client identity, reads, connects upstream. It may
+ * close at once (rejected), calling h->closed before it returns. */
+void session_run(struct session *s);
 
 /* Ends the session with this reason (the first reason given wins). Safe to
  * call in any state and more than once; REASON_SHUTDOWN also cuts short a
  * session that is still flushing. */
 void session_close(struct session *s, enum reason reason);
 
-/* The session's identity now belongs to it: go on and connect upstream. */
-void session_go(struct session *s);
+/* A message another session posted to this one (see session_host.post). */
+void session_deliver(struct session *s, enum session_msg msg);
 
-/* The worker asks a reader that waits for buffer memory whether it may read
- * again (bw is detached then): it resumes, or waits again. */
+/* A reader that waits for buffer memory, asked whether it may read again
+ * (bw has left the queue): it resumes, or waits again. */
 void session_budget_retry(struct budget_waiter *bw);
 
-/* Process-wide id, the address of a session in worker messages. */
+/* Process-wide id, the address of a session in messages. */
 uint64_t session_id(const struct session *s);
+
+/* The client's address, as accepted. */
+const struct sockaddr *session_peer(const struct session *s);
+
+/* The host's part of the session, and back. */
+struct session_link *session_link(struct session *s);
+struct session *session_of_link(struct session_link *l);
 
 /* Writes the session as one JSON object (admin /sessions); returns its
  * length. SESSION_JSON_MAX is always enough. */
 #define SESSION_JSON_MAX 512
 int session_json(const struct session *s, char *buf, size_t len);
-
-/* The next session in the worker's list, for walking it while closing. */
-struct session *session_next(const struct session *s);
 
 #endif
