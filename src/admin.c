@@ -153,14 +153,15 @@ void admin_request_init(struct admin_request *r)
 
 static enum admin_parse parse_result(const struct admin_request *r, size_t used, size_t len)
 {
+    /* The URL and headers together are bounded however the bytes arrived:
+     * checked before completeness, so one read that brings the whole
+     * request is judged as several would be. */
+    if (r->too_large || r->header_bytes + r->url_len > ADMIN_HEADERS_MAX)
+        return ADMIN_PARSE_TOO_LARGE;
     if (r->complete)
         return ADMIN_PARSE_DONE;
-    if (r->too_large)
-        return ADMIN_PARSE_TOO_LARGE;
     if (HTTP_PARSER_ERRNO(&r->parser) != HPE_OK || used != len)
         return ADMIN_PARSE_BAD;
-    if (r->header_bytes + r->url_len > ADMIN_HEADERS_MAX)
-        return ADMIN_PARSE_TOO_LARGE;
     return ADMIN_PARSE_MORE;
 }
 

@@ -4,6 +4,7 @@
 #include "lifeline/liveness.h"
 #include "lifeline/table.h"
 
+#include <arpa/inet.h>
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -967,7 +968,16 @@ static void check_route(struct ctx *c, const struct route_config *r, size_t i)
     }
     /* A source address picks the family of every upstream socket: a literal
      * server of the other family can never be reached from it. */
-    if (u->source.ss_family != AF_UNSPEC) {
+    if (addr_is_v4_mapped((const struct sockaddr *)&u->source)) {
+        /* An IPv6 socket bound to it cannot reach IPv6 servers, nor an IPv4
+         * socket be bound to it: only the IPv4 form means anything. */
+        path_push(&p, "routes[%zu].upstream.source_address", i);
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&u->source;
+        inet_ntop(AF_INET6, &in6->sin6_addr, addr, sizeof(addr));
+        add_error(c, &p, "an IPv4-mapped address: write the IPv4 address itself, got %s",
+                  quote(addr, q, sizeof(q)));
+        path_pop(&p, 0);
+    } else if (u->source.ss_family != AF_UNSPEC) {
         for (size_t s = 0; s < u->n_servers; s++) {
             const struct hostport *srv = &u->servers[s];
             if (!srv->numeric || srv->sa.ss_family == u->source.ss_family)
@@ -977,7 +987,6 @@ static void check_route(struct ctx *c, const struct route_config *r, size_t i)
                       family_word(u->source.ss_family), family_word(srv->sa.ss_family), s,
                       quote(addr_format_hostport(srv, addr, sizeof(addr)), q, sizeof(q)));
             path_pop(&p, 0);
-            break;
         }
     }
     /* Only the wildcard takes both families: a specific IPv6 address

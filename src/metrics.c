@@ -15,7 +15,8 @@
 /* Every metric family, once: name, type, help. */
 #define METRIC_FAMILIES(X)                                                                  \
     X(SESSIONS_ACTIVE, "lifeline_sessions_active", "gauge", "Sessions open now.")          \
-    X(SESSIONS_TOTAL, "lifeline_sessions_total", "counter", "Sessions accepted.")          \
+    X(SESSIONS_TOTAL, "lifeline_sessions_total", "counter",                            \
+      "Connections accepted, denied ones included.")          \
     X(CLOSES, "lifeline_session_closes_total", "counter", "Sessions closed, by reason.")   \
     X(BYTES, "lifeline_bytes_total", "counter",                                            \
       "Bytes relayed, by direction (from_client, from_server).")                          \
@@ -44,7 +45,8 @@
     X(FDS_MAX, "lifeline_session_descriptors_max", "gauge",                                \
       "The descriptor limit less what the rest of the process keeps for itself.")        \
     X(BUFFER, "lifeline_buffer_bytes", "gauge",                                            \
-      "Memory in relay buffers held by sessions now.")                                     \
+      "Memory in relay buffers held by sessions now (may pass the _max bound by one "     \
+      "read per worker and 64 KiB per stalled session).")                                     \
     X(BUFFER_MAX, "lifeline_buffer_bytes_max", "gauge",                                    \
       "buffer_total_bytes: past it lifeline stops reading.")                               \
     X(ADMIN_REQUESTS, "lifeline_admin_requests_total", "counter",                          \

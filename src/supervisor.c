@@ -511,7 +511,9 @@ static int open_admin_socket(const struct config *cfg, const struct sockaddr_sto
         log_listen_error("admin", &cfg->admin.listen, strerror(-*fd));
         return EXIT_RUNTIME;
     }
-    log_listening("admin", sa);
+    char addr[ADDR_STR_MAX];
+    log_info("admin listening",
+             LF_STR("address", addr_format((const struct sockaddr *)sa, addr, sizeof(addr))));
     return EXIT_CLEAN;
 }
 

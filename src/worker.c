@@ -118,7 +118,7 @@ static void set_phase(struct worker *w, enum worker_phase phase)
 static void accept_cb(uv_poll_t *p, int status, int events);
 static void accept_retry_cb(uv_timer_t *t);
 
-/* Out of descriptors (the budget is spent, or the kernel said EMFILE): stop
+/* Out of descriptors (the budget is spent: err 0, or the kernel said so): stop
  * accepting on every listener of this worker, so that new connections wait
  * in the kernel's queues while the sessions already open go on, and try
  * again shortly. Logged when a shortage begins, not at every retry. */
@@ -129,7 +129,7 @@ static void pause_accepting(struct worker *w, const char *route, int err)
     if (w->accept == ACCEPT_ON)
         log_warn("accept paused: out of file descriptors", LF_STR("route", route),
                  LF_INT("worker", w->id), LF_INT("sessions", w->n_sessions),
-                 LF_STR("error", uv_strerror(err)));
+                 LF_STR("error", err == 0 ? "descriptor budget spent" : uv_strerror(err)));
     w->accept = ACCEPT_PAUSED;
     for (struct listener *x = w->listeners; x != NULL; x = x->next)
         if (x->poll.data != NULL)
@@ -298,7 +298,7 @@ static void accept_cb(uv_poll_t *p, int status, int events)
          * and the descriptors kept back for the admin endpoint and the
          * resolver stay free. */
         if (budget_take_fds(w->shared.budget, BUDGET_FDS_PER_SESSION) < 0) {
-            pause_accepting(w, l->route->name, UV_EMFILE);
+            pause_accepting(w, l->route->name, 0);
             return;
         }
         struct sockaddr_storage peer;

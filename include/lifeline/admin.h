@@ -27,7 +27,7 @@
     X(METRICS, "metrics")                                                     \
     X(SESSIONS, "sessions")                                                   \
     X(CLOSE, "close")       /* POST /sessions/{id}/close */                   \
-    X(OTHER, "other")       /* anything else: 400, 404, 405, 431 */
+    X(OTHER, "other")       /* anything else: 400, 404, 431 (a 405 counts as its path) */
 
 enum admin_endpoint {
 #define ADMIN_EP_ENUM_(id, name) ADMIN_EP_##id,

@@ -48,7 +48,7 @@ class FdLimit(LifelineTestCase):
         self.assertIsNotNone(waiting, f"{len(served)} sessions and no limit reached")
         self.assertGreater(len(served), 10)
         paused = d.wait_log("accept paused: out of file descriptors", timeout=scaled(5))
-        self.assertEqual(paused["error"], "too many open files", paused)
+        self.assertEqual(paused["error"], "descriptor budget spent", paused)
 
         # A connection is accepted only with descriptors for its server
         # connection counted: no accepted client is turned away.

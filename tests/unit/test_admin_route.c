@@ -504,8 +504,8 @@ static void test_header_bound(void **state)
     free(req);
 }
 
-/* While the request is still arriving, the URL and the headers together may
- * not pass ADMIN_HEADERS_MAX either. */
+/* The URL and the headers together may not pass ADMIN_HEADERS_MAX either,
+ * whether the request arrives in pieces or in one read. */
 static void test_url_and_headers_bound(void **state)
 {
     (void)state;
@@ -530,6 +530,10 @@ static void test_url_and_headers_bound(void **state)
     assert_int_equal(admin_request_feed(&r, longer, len), ADMIN_PARSE_TOO_LARGE);
     assert_int_equal(r.url_len, 3);
     assert_int_equal(feed_str(&r, "\r\n"), ADMIN_PARSE_TOO_LARGE);
+
+    /* The whole of it in one read: judged the same, not served. */
+    admin_request_init(&r);
+    assert_int_equal(admin_request_feed(&r, longer, strlen(longer)), ADMIN_PARSE_TOO_LARGE);
     free(longer);
     free(req);
 }

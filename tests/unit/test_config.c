@@ -1573,6 +1573,8 @@ static void test_cross_key_rules(void **state)
     const char *family[] = {
         "routes[0].upstream.source_address: an IPv4 source cannot reach the IPv6 server "
         "servers[1] \"[::1]:6001\"",
+        "routes[0].upstream.source_address: an IPv4 source cannot reach the IPv6 server "
+        "servers[2] \"[::1]:6002\"",
         "routes[1].upstream.source_address: an IPv6 source cannot reach the IPv4 server "
         "servers[0] \"127.0.0.1:6000\"",
         NULL,
@@ -1584,6 +1586,15 @@ static void test_cross_key_rules(void **state)
                   "{'name':'b','listen':'127.0.0.1:2','upstream':{" SERVERS
                   ",'source_address':'::1'}}]}",
                   family);
+    const char *mapped[] = {
+        "routes[0].upstream.source_address: an IPv4-mapped address: write the IPv4 address "
+        "itself, got \"::ffff:127.0.0.1\"",
+        NULL,
+    };
+    expect_errors("IPv4-mapped source address",
+                  "{'routes':[{'name':'a','listen':'127.0.0.1:1','upstream':{"
+                  "'servers':['[::1]:6001'],'source_address':'::ffff:127.0.0.1'}}]}",
+                  mapped);
     /* A host name is resolved in the source's family: it may be reachable. */
     cfg = expect_ok("{'routes':[{'name':'r','listen':'127.0.0.1:5000','upstream':{"
                     "'servers':['db.example:6000'],'source_address':'::1'}}]}");
