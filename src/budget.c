@@ -58,6 +58,16 @@ void budget_give_buf(struct budget *b, size_t n)
 
 void budget_set_buf_max(struct budget *b, int64_t max) { atomic_store(&b->buf_max, max); }
 
+void budget_raise_fd_limit(void)
+{
+    /* Two descriptors per session: take all the hard limit allows. */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        (void)setrlimit(RLIMIT_NOFILE, &rl); /* the budget is sized from what it got */
+    }
+}
+
 int64_t budget_fd_limit(void)
 {
     struct rlimit rl;

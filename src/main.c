@@ -9,6 +9,7 @@
 #include "lifeline/config.h"
 #include "lifeline/log.h"
 #include "lifeline/probe.h"
+#include "lifeline/listen.h"
 #include "lifeline/supervisor.h"
 
 static const char usage[] =
@@ -122,7 +123,7 @@ int main(int argc, char **argv)
          * resolved, must not overlap. (It does not bind: a running lifeline
          * holds those ports.) */
         struct sockaddr_storage *addrs = calloc(cfg->n_routes, sizeof(*addrs));
-        rc = addrs == NULL ? -ENOMEM : supervisor_check_listen(cfg, addrs, NULL, &errs);
+        rc = addrs == NULL ? -ENOMEM : listen_check(cfg, addrs, NULL, &errs);
         free(addrs);
     }
     if (check) {

@@ -44,13 +44,13 @@ struct listener {
     int fd;                            /* handed over by the supervisor; the listener's */
 };
 
-/* A message for this worker: from a session on any worker, or a gather
+/* A message for this worker: from a session on any worker, or a request
  * from the supervisor. */
 struct worker_msg {
     struct worker_msg *next;
-    enum worker_msg_type type;
+    struct request *request;     /* a request, or NULL: a session message */
+    enum session_msg msg;
     uint64_t session_id;
-    struct gather *gather;       /* DESCRIBE, KILL and RELOAD */
 };
 
 /* Accepting, as descriptors allow. A shortage is logged when it begins
@@ -517,13 +517,14 @@ static void budget_retry_cb(uv_timer_t *t)
         uv_timer_stop(&w->budget_retry);
 }
 
+static int post(struct worker *to, struct request *r, enum session_msg msg, uint64_t id);
+
 static void host_post(struct session_host *h, struct session_ref to, enum session_msg msg)
 {
     struct worker *w = worker_of(h);
     if (to.worker < 0 || (size_t)to.worker >= w->shared.n_peers)
         return;
-    worker_post(w->shared.peers[to.worker],
-                msg == SESSION_MSG_EVICT ? WORKER_MSG_EVICT : WORKER_MSG_GO, to.id, NULL);
+    post(w->shared.peers[to.worker], NULL, msg, to.id);
 }
 
 /* Unlisted and its limit slot given back before the close line is logged. */
@@ -629,18 +630,6 @@ uint64_t worker_stalled_ms(struct worker *w)
     return now > last + TICK_MS ? now - last - TICK_MS : 0;
 }
 
-static void gather_answer(struct gather *g, char *part, int id, int found)
-{
-    uv_mutex_lock(&g->lock);
-    if (part != NULL)
-        g->parts[id] = part;
-    g->found |= found;
-    int last = --g->pending == 0;
-    uv_mutex_unlock(&g->lock);
-    if (last)
-        uv_async_send(&g->done);
-}
-
 /* Every session of this worker as JSON objects separated by commas. */
 static char *describe_all(struct worker *w)
 {
@@ -665,46 +654,55 @@ static char *describe_all(struct worker *w)
     return out;
 }
 
-/* A draining worker keeps its sessions on the config they started with and
- * accepts nothing: the new config is of no use to it. */
-static void reload(struct worker *w, struct gather *g)
+/* Answers one of the supervisor's requests. A draining worker keeps its
+ * sessions on the config they started with and accepts nothing: a new
+ * config is of no use to it. */
+static void answer(struct worker *w, struct request *r)
 {
-    int rc = 0;
-    if (!w->draining)
-        rc = serve_config(w, g->cfg, g->addrs, &g->fds[(size_t)w->id * g->cfg->n_routes]);
-    config_free(g->cfg); /* the reference the supervisor took for this worker */
-    gather_answer(g, NULL, w->id, rc < 0);
+    switch (r->type) {
+    case REQUEST_LIST: {
+        struct list_request *l = (struct list_request *)(void *)r;
+        char *part = describe_all(w);
+        uv_mutex_lock(&r->lock);
+        l->parts[w->id] = part;
+        uv_mutex_unlock(&r->lock);
+        break;
+    }
+    case REQUEST_KILL: {
+        struct kill_request *k = (struct kill_request *)(void *)r;
+        struct session *s = find_session(w, k->session_id);
+        if (s != NULL)
+            session_close(s, REASON_ADMIN_KILL);
+        uv_mutex_lock(&r->lock);
+        k->found |= s != NULL;
+        uv_mutex_unlock(&r->lock);
+        break;
+    }
+    case REQUEST_RELOAD: {
+        struct reload_request *rl = (struct reload_request *)(void *)r;
+        int rc = 0;
+        if (!w->draining)
+            rc = serve_config(w, rl->cfg, rl->addrs, &rl->fds[(size_t)w->id * rl->cfg->n_routes]);
+        uv_mutex_lock(&r->lock);
+        rl->failed |= rc < 0;
+        uv_mutex_unlock(&r->lock);
+        break;
+    }
+    }
+    request_answered(r);
 }
 
 /* A message for a session that is gone already needs nothing: its own close
  * released its identity, and the registry handed it on. */
 static void deliver(struct worker *w, const struct worker_msg *m)
 {
-    if (m->type == WORKER_MSG_DESCRIBE) {
-        gather_answer(m->gather, describe_all(w), w->id, 0);
+    if (m->request != NULL) {
+        answer(w, m->request);
         return;
     }
     struct session *s = find_session(w, m->session_id);
-    switch (m->type) {
-    case WORKER_MSG_EVICT:
-        if (s != NULL)
-            session_deliver(s, SESSION_MSG_EVICT);
-        break;
-    case WORKER_MSG_GO:
-        if (s != NULL)
-            session_deliver(s, SESSION_MSG_GO);
-        break;
-    case WORKER_MSG_KILL:
-        if (s != NULL)
-            session_close(s, REASON_ADMIN_KILL);
-        gather_answer(m->gather, NULL, w->id, s != NULL);
-        break;
-    case WORKER_MSG_RELOAD:
-        reload(w, m->gather);
-        break;
-    case WORKER_MSG_DESCRIBE:
-        break;
-    }
+    if (s != NULL)
+        session_deliver(s, m->msg);
 }
 
 static void drain_inbox(struct worker *w)
@@ -722,16 +720,12 @@ static void drain_inbox(struct worker *w)
     }
 }
 
-int worker_post(struct worker *to, enum worker_msg_type type, uint64_t session_id,
-                struct gather *g)
+static int post(struct worker *to, struct request *r, enum session_msg msg, uint64_t id)
 {
     struct worker_msg *m = malloc(sizeof(*m));
     if (m == NULL)
         return UV_ENOMEM;
-    m->next = NULL;
-    m->type = type;
-    m->session_id = session_id;
-    m->gather = g;
+    *m = (struct worker_msg){ .request = r, .msg = msg, .session_id = id };
     uv_mutex_lock(&to->inbox_lock);
     if (to->inbox_closed) {
         /* Only while shutting down: its sessions are closing anyway. */
@@ -749,6 +743,8 @@ int worker_post(struct worker *to, enum worker_msg_type type, uint64_t session_i
     uv_mutex_unlock(&to->inbox_lock);
     return 0;
 }
+
+int worker_ask(struct worker *to, struct request *r) { return post(to, r, SESSION_MSG_GO, 0); }
 
 static void wakeup_cb(uv_async_t *a)
 {
@@ -945,3 +941,20 @@ enum worker_phase worker_phase(struct worker *w) { return (enum worker_phase)ato
 int worker_start_error(const struct worker *w) { return w->start_error; }
 
 struct worker_stats *worker_stats(struct worker *w) { return &w->stats; }
+
+int worker_stuck(struct worker *w)
+{
+    return worker_phase(w) == WORKER_PHASE_RUNNING && worker_stalled_ms(w) > WORKER_STALL_MS;
+}
+
+int worker_set_ask(struct worker_set *ws, uv_loop_t *loop, struct request *r)
+{
+    int rc = request_begin(r, loop, ws->n_started);
+    if (rc < 0)
+        return rc;
+    for (size_t i = 0; i < ws->n_started; i++)
+        if (worker_ask(ws->w[i], r) < 0)
+            request_answered(r); /* its loop ended: it has no sessions */
+    request_answered(r); /* the asker's own share: every post is made */
+    return 0;
+}

@@ -43,6 +43,9 @@ void budget_set_buf_max(struct budget *b, int64_t max);
 
 /* --- how many descriptors the process needs besides its sessions' -------- */
 
+/* Raises the soft descriptor limit to the hard one. */
+void budget_raise_fd_limit(void);
+
 /* The process's descriptor limit (RLIMIT_NOFILE, soft), or -1. */
 int64_t budget_fd_limit(void);
 

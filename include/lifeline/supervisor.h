@@ -1,4 +1,4 @@
-/* The main thread: listeners, worker lifecycle, signals. */
+/* The main thread: start-up, the workers' lifecycle, signals, the watchdog. */
 #ifndef LIFELINE_SUPERVISOR_H
 #define LIFELINE_SUPERVISOR_H
 
@@ -20,15 +20,8 @@ struct supervisor_options {
     int log_format_fixed;      /* --log-format likewise */
 };
 
-/* Resolves every listen address of cfg (blocking, for host names) into
- * addrs (one per route) and *admin (when the config has one and admin is
- * not NULL), and checks them as the daemon does before it binds: no
- * IPv4-mapped address, and no two that overlap (a wildcard holds its port
- * on every address of its family; a dual_stack "[::]" on IPv4's too).
- * --check, the start and a reload all run it. Adds "json.path: message"
- * lines to errs and returns -EINVAL on a problem, else 0. */
-int supervisor_check_listen(const struct config *cfg, struct sockaddr_storage *addrs,
-                            struct sockaddr_storage *admin, struct config_errors *errs);
+/* The `invalid config` lines: what --check prints, as the daemon logs them. */
+void supervisor_log_invalid(const char *path, const struct config_errors *errs);
 
 /* Binds every listener, runs the workers until a signal drains them, and
  * returns the process exit code. The supervisor takes its own reference to

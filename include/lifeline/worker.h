@@ -12,6 +12,7 @@
 #include "lifeline/limits.h"
 #include "lifeline/metrics.h"
 #include "lifeline/registry.h"
+#include "lifeline/request.h"
 
 /* Private to worker.c: the supervisor and the sessions see only functions
  * (the sessions through their struct session_host). */
@@ -26,36 +27,6 @@ enum worker_command {
     WORKER_CMD_NONE,
     WORKER_CMD_DRAIN,    /* stop accepting; close what is left at the drain deadline */
     WORKER_CMD_STOP,     /* close every session now */
-};
-
-/* Supervisor requests that every worker answers. */
-enum worker_msg_type {
-    WORKER_MSG_EVICT,    /* a session's: close that session, a new connection replaces it */
-    WORKER_MSG_GO,       /* a session's: that session now owns its identity */
-    WORKER_MSG_DESCRIBE, /* add every session to the gather (admin /sessions) */
-    WORKER_MSG_KILL,     /* close that session, reason admin_kill, if it is here */
-    WORKER_MSG_RELOAD,   /* serve the gather's config to new connections */
-};
-
-/* A question the supervisor asks every worker at once; the last worker to
- * answer wakes the supervisor through `done`. */
-struct gather {
-    enum worker_msg_type type;   /* DESCRIBE, KILL or RELOAD */
-    uint64_t session_id;         /* KILL */
-    /* RELOAD: the config (one reference per worker it was posted to), its
-     * listen addresses resolved, and the sockets to add: fds[worker *
-     * n_routes + route], -1 where the worker keeps its listener on that
-     * address. A worker sets the entries it adopts to -1. */
-    struct config *cfg;
-    const struct sockaddr_storage *addrs;
-    int *fds;
-    uv_mutex_t lock;
-    size_t pending;              /* workers yet to answer */
-    char **parts;                /* DESCRIBE: one JSON fragment per worker */
-    size_t n_parts;
-    int found;                   /* KILL: a worker had the session; RELOAD: one failed */
-    uv_async_t done;             /* on the supervisor's loop */
-    void *owner;                 /* the supervisor's request */
 };
 
 /* Where the worker is in its life; written by the worker, read by the supervisor. */
@@ -92,11 +63,27 @@ void worker_join(struct worker *w);
 /* Frees a worker that was made but never started. */
 void worker_destroy(struct worker *w);
 
-/* Thread-safe: posts a message to worker `to` (a session's, by id, or a
- * gather's). Returns 0, UV_ENOMEM, or UV_ECANCELED when the worker's loop
- * has ended. */
-int worker_post(struct worker *to, enum worker_msg_type type, uint64_t session_id,
-                struct gather *g);
+/* The supervisor's workers, as the modules of its thread see them. */
+struct worker_set {
+    struct worker **w;       /* by number */
+    size_t n;                /* made: sockets are bound for each */
+    size_t n_started;        /* whose thread was started: the ones asked */
+};
+
+/* Begins r on `loop` and asks every started worker; r->complete runs on
+ * `loop` once each has answered (at once when none could be reached).
+ * Returns 0, or a negative UV error when r could not be begun: nothing was
+ * asked, and r is the caller's to free. */
+int worker_set_ask(struct worker_set *ws, uv_loop_t *loop, struct request *r);
+
+/* Has worker w's loop not turned for WORKER_STALL_MS? */
+#define WORKER_STALL_MS 2000
+int worker_stuck(struct worker *w);
+
+/* Thread-safe: asks worker `to` a request (request.h); it answers through
+ * request_answered(). Returns 0, UV_ENOMEM, or UV_ECANCELED when the
+ * worker's loop has ended (it will not answer: it has no sessions). */
+int worker_ask(struct worker *to, struct request *r);
 
 /* Thread-safe readers for the supervisor. */
 int worker_id(const struct worker *w);

@@ -1,0 +1,71 @@
+/* Questions the supervisor asks every worker at once, each a typed message with its own completion. */
+#ifndef LIFELINE_REQUEST_H
+#define LIFELINE_REQUEST_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <uv.h>
+
+struct config;
+
+enum request_type {
+    REQUEST_LIST,    /* every session as JSON (admin /sessions) */
+    REQUEST_KILL,    /* close one session, reason admin_kill */
+    REQUEST_RELOAD,  /* serve a new config to new connections */
+};
+
+/* The common part: posted to every worker; each answers once, writing its
+ * answer under `lock`; the last answer wakes the asker's loop, where
+ * `complete` runs. The asker owns the request and frees it in `complete`
+ * (request_free). */
+struct request {
+    enum request_type type;
+    void (*complete)(struct request *r);  /* on the asker's loop, once */
+    void *owner;                          /* the asker's */
+    uv_mutex_t lock;                      /* guards pending and every answer field */
+    size_t pending;                       /* answers still due */
+    uv_async_t done;
+};
+
+struct list_request {
+    struct request base;
+    char **parts;          /* one JSON fragment per worker (by number), or NULL */
+    size_t n_parts;
+};
+
+struct kill_request {
+    struct request base;
+    uint64_t session_id;
+    int found;             /* a worker had the session */
+};
+
+struct reload_request {
+    struct request base;
+    /* The config (one reference per worker it was posted to), its listen
+     * addresses resolved, and the sockets to add: fds[worker * n_routes +
+     * route], -1 where the worker keeps its listener on that address. A
+     * worker sets the entries it adopts to -1. */
+    struct config *cfg;
+    const struct sockaddr_storage *addrs;
+    int *fds;
+    int failed;            /* a worker could not serve every route */
+};
+
+/* Makes a request of this type for n_workers (all fields zero but these).
+ * NULL on ENOMEM. */
+struct request *request_new(enum request_type type, size_t n_workers,
+                            void (*complete)(struct request *r), void *owner);
+
+/* Arms the request on the asker's loop before it is posted to n_posted
+ * workers. Returns 0 or a negative UV error. */
+int request_begin(struct request *r, uv_loop_t *loop, size_t n_posted);
+
+/* A worker has written its answer (under r->lock) or will not answer (its
+ * loop ended): one answer fewer due. Thread-safe. */
+void request_answered(struct request *r);
+
+/* Frees a request once complete (or one never begun). */
+void request_free(struct request *r);
+
+#endif
