@@ -1139,12 +1139,9 @@ static void release_identity(struct session *s)
         return;
     s->registered = 0;
     struct identity id;
-    struct session_ref next;
     registry_identity(&id, s->route->name, &s->peer.sa,
                       s->route->client.identity == IDENTITY_ADDRESS_PORT);
-    if (registry_release(s->host->registry, &id, (struct session_ref){ s->host->id, s->id },
-                         &next))
-        s->host->post(s->host, next, SESSION_MSG_GO);
+    registry_release(s->host->registry, &id, (struct session_ref){ s->host->id, s->id });
 }
 
 /* Logs the close, hands the identity on, and closes every handle. */
@@ -1300,25 +1297,21 @@ static enum session_state claim_identity(struct session *s)
         return SESSION_CONNECTING;
 
     struct identity id;
-    struct session_ref owner, displaced;
     registry_identity(&id, s->route->name, &s->peer.sa, cc->identity == IDENTITY_ADDRESS_PORT);
-    enum registry_claim claim =
-        registry_claim(s->host->registry, &id, (struct session_ref){ s->host->id, s->id },
-                       cc->on_duplicate == DUPLICATE_REPLACE, &owner, &displaced);
-    switch (claim) {
-    case REGISTRY_OWNER:
+    switch (registry_claim(s->host->registry, &id, (struct session_ref){ s->host->id, s->id },
+                           cc->on_duplicate == DUPLICATE_REPLACE)) {
+    case REGISTRY_GO:
         s->registered = 1;
         return SESSION_CONNECTING;
     case REGISTRY_REFUSED:
         return SESSION_CLOSED;
-    case REGISTRY_SUCCESSOR:
+    case REGISTRY_WAIT:
+        metric_add(&s->stats->c[RC_TAKEOVERS], 1);
+        break;
+    case REGISTRY_PENDING:
         break;
     }
-    s->registered = 1;
-    metric_add(&s->stats->c[RC_TAKEOVERS], 1);
-    s->host->post(s->host, owner, SESSION_MSG_EVICT);
-    if (displaced.worker >= 0)
-        s->host->post(s->host, displaced, SESSION_MSG_EVICT);
+    s->registered = 1; /* a claim to withdraw, should it end before GO */
     return SESSION_WAITING;
 }
 
@@ -1392,14 +1385,20 @@ void session_run(struct session *s)
         session_go(s);
 }
 
-void session_deliver(struct session *s, enum session_msg msg)
+void session_deliver(struct session *s, enum registry_msg msg)
 {
     switch (msg) {
-    case SESSION_MSG_EVICT:
+    case REGISTRY_MSG_EVICT:
         session_close(s, REASON_REPLACED);
         break;
-    case SESSION_MSG_GO:
+    case REGISTRY_MSG_GO:
         session_go(s);
+        break;
+    case REGISTRY_MSG_REFUSED:
+        if (s->state == SESSION_WAITING) {
+            s->registered = 0; /* refused: nothing to release */
+            session_close(s, REASON_REJECTED);
+        }
         break;
     }
 }

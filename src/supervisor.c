@@ -40,7 +40,7 @@ struct supervisor {
     uv_async_t notify;            /* workers report phase changes here */
     struct worker_set workers;    /* by number; n_started of them running */
     struct worker_shared shared;  /* what every worker is lent */
-    struct registry registry;     /* client identities, shared by the workers */
+    struct registry *registry;    /* client identities, shared by the workers */
     struct limits limits;         /* open sessions per route and address */
     struct budget budget;         /* descriptors and buffer memory, shared by the workers */
     enum sup_phase phase;
@@ -241,7 +241,7 @@ static void start_workers(struct supervisor *sup, int *fds)
 {
     const struct config *cfg = sup->rl.cfg;
     sup->shared = (struct worker_shared){
-        .peers = sup->workers.w, .n_peers = sup->workers.n, .registry = &sup->registry,
+        .registry = sup->registry,
         .limits = &sup->limits, .budget = &sup->budget, .notify = &sup->notify,
     };
     size_t n_init = 0;
@@ -388,7 +388,7 @@ int supervisor_run(struct config *cfg, const struct supervisor_options *opts)
     int code = EXIT_RUNTIME;
     int have_registry = 0, have_limits = 0;
     if (fds == NULL || sup.workers.w == NULL || sup.stalled == NULL || sup.rl.addrs == NULL ||
-        !(have_registry = registry_init(&sup.registry) == 0) ||
+        !(have_registry = registry_local_new(&sup.registry, worker_deliver, &sup.workers) == 0) ||
         !(have_limits = limits_init(&sup.limits) == 0)) {
         log_error("out of memory");
         goto out;
@@ -430,7 +430,7 @@ int supervisor_run(struct config *cfg, const struct supervisor_options *opts)
         log_info("stopped");
 out:
     if (have_registry)
-        registry_destroy(&sup.registry);
+        registry_destroy(sup.registry);
     if (have_limits)
         limits_destroy(&sup.limits);
     free(fds);

@@ -48,8 +48,8 @@ struct listener {
  * from the supervisor. */
 struct worker_msg {
     struct worker_msg *next;
-    struct request *request;     /* a request, or NULL: a session message */
-    enum session_msg msg;
+    struct request *request;     /* a request, or NULL: a registry message */
+    enum registry_msg msg;
     uint64_t session_id;
 };
 
@@ -66,7 +66,7 @@ enum accept_state {
 
 struct worker {
     int id;
-    struct worker_shared shared;  /* peers, registry, limits, budget */
+    struct worker_shared shared;  /* registry, limits, budget, notify */
     struct session_host host;     /* what the sessions may use of this worker */
     struct config *cfg;           /* for new connections; a reference */
     uv_loop_t loop;
@@ -517,15 +517,6 @@ static void budget_retry_cb(uv_timer_t *t)
         uv_timer_stop(&w->budget_retry);
 }
 
-static int post(struct worker *to, struct request *r, enum session_msg msg, uint64_t id);
-
-static void host_post(struct session_host *h, struct session_ref to, enum session_msg msg)
-{
-    struct worker *w = worker_of(h);
-    if (to.worker < 0 || (size_t)to.worker >= w->shared.n_peers)
-        return;
-    post(w->shared.peers[to.worker], NULL, msg, to.id);
-}
 
 /* Unlisted and its limit slot given back before the close line is logged. */
 static void host_closed(struct session_host *h, struct session *s)
@@ -720,7 +711,7 @@ static void drain_inbox(struct worker *w)
     }
 }
 
-static int post(struct worker *to, struct request *r, enum session_msg msg, uint64_t id)
+static int post(struct worker *to, struct request *r, enum registry_msg msg, uint64_t id)
 {
     struct worker_msg *m = malloc(sizeof(*m));
     if (m == NULL)
@@ -744,7 +735,14 @@ static int post(struct worker *to, struct request *r, enum session_msg msg, uint
     return 0;
 }
 
-int worker_ask(struct worker *to, struct request *r) { return post(to, r, SESSION_MSG_GO, 0); }
+int worker_ask(struct worker *to, struct request *r) { return post(to, r, REGISTRY_MSG_GO, 0); }
+
+void worker_deliver(void *ctx, struct session_ref to, enum registry_msg msg)
+{
+    const struct worker_set *ws = ctx;
+    if (to.worker >= 0 && (size_t)to.worker < ws->n)
+        post(ws->w[to.worker], NULL, msg, to.id);
+}
 
 static void wakeup_cb(uv_async_t *a)
 {
@@ -822,7 +820,6 @@ int worker_new(struct worker **out, int id, struct config *cfg,
         .registry = shared->registry,
         .upstream_log = &w->upstream_log,
         .id = id,
-        .post = host_post,
         .wait_budget = host_wait_budget,
         .leave_budget = host_leave_budget,
         .fds_exhausted = host_fds_exhausted,

@@ -1,14 +1,39 @@
-/* Client identities -> owning session, across workers: who may talk to the server. */
+/* The registry contract: which session may talk to the server for a client identity, across workers. */
 #ifndef LIFELINE_REGISTRY_H
 #define LIFELINE_REGISTRY_H
 
-#include <pthread.h>
-#include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
 
 #include "lifeline/addr.h"
-#include "lifeline/table.h"
+
+/*
+ * A session whose route has an identity claims it before it connects
+ * upstream, and releases it once the server has finished with its
+ * connection (so that the server sees the old connection's EOF before the
+ * next one of that client exists). The registry answers a claim now, or
+ * later through `deliver`:
+ *
+ *   claim ──▶ REGISTRY_GO       nobody held it: connect now
+ *         ──▶ REGISTRY_REFUSED  an owner holds it and on_duplicate is reject
+ *         ──▶ REGISTRY_WAIT     an owner holds it and is being evicted: GO
+ *                               comes once it has released the identity
+ *         ──▶ REGISTRY_PENDING  the backend answers later: GO or REFUSED
+ *
+ *  While a session waits, EVICT may come instead (a newer claimant
+ *  displaced it); it then closes and releases, which withdraws its claim.
+ *
+ * With on_duplicate "replace", a claim on a held identity sends EVICT to
+ * the owner (and to a successor that never got to run); the owner closes
+ * as `replaced` and releases, which sends GO to the claimant. A release by
+ * a session that never owned the identity (it gave up waiting) only
+ * withdraws its claim. Messages go through `deliver`, from any thread, to
+ * sessions on any worker; one for a session that is gone is dropped.
+ *
+ * Today's backend is the in-process table (registry_local_new); a registry
+ * shared between machines or handed over to a new process implements the
+ * same three operations.
+ */
 
 /* A session anywhere in the process: its worker and its process-wide id. */
 struct session_ref {
@@ -22,35 +47,62 @@ struct identity {
     struct addr_key client;   /* port 0 when the identity is the address alone */
 };
 
-enum registry_claim {
-    REGISTRY_OWNER,       /* nobody held it: go ahead */
-    REGISTRY_SUCCESSOR,   /* an owner holds it: it must be evicted; wait for registry_release() */
-    REGISTRY_REFUSED,     /* an owner holds it and the policy keeps it */
+enum registry_answer {
+    REGISTRY_GO,       /* the identity is the claimant's: connect upstream */
+    REGISTRY_WAIT,     /* taking over from a live owner: GO will come */
+    REGISTRY_PENDING,  /* not known yet: GO or REFUSED will come */
+    REGISTRY_REFUSED,  /* held by another session, and kept */
 };
 
+/* What the registry tells a session later. */
+enum registry_msg {
+    REGISTRY_MSG_GO,      /* your claim is granted: connect upstream */
+    REGISTRY_MSG_REFUSED, /* your claim is refused: close as rejected */
+    REGISTRY_MSG_EVICT,   /* a newer connection of your client replaces you: close as replaced */
+};
+
+/* How the registry reaches a session. Thread-safe. */
+typedef void (*registry_deliver_fn)(void *ctx, struct session_ref to, enum registry_msg msg);
+
+struct registry;
+
+struct registry_ops {
+    enum registry_answer (*claim)(struct registry *r, const struct identity *id,
+                                  struct session_ref self, int replace);
+    void (*release)(struct registry *r, const struct identity *id, struct session_ref self);
+    void (*destroy)(struct registry *r);
+};
+
+/* The common part of every backend. */
 struct registry {
-    pthread_mutex_t lock;
-    struct table entries;     /* struct registry_entry, by identity */
+    const struct registry_ops *ops;
+    registry_deliver_fn deliver;
+    void *deliver_ctx;
 };
 
-int registry_init(struct registry *r);
-void registry_destroy(struct registry *r);
+/* Claims `id` for `self` (replace: on_duplicate is "replace"; else a held
+ * identity is refused). Thread-safe. */
+static inline enum registry_answer registry_claim(struct registry *r, const struct identity *id,
+                                                  struct session_ref self, int replace)
+{
+    return r->ops->claim(r, id, self, replace);
+}
 
-/* Claims `id` for `self`. With replace=1, a held identity makes `self` the
- * successor: *owner is the session to evict, and *displaced (worker -1 when
- * none) a previous successor that never got to run and must be closed. With
- * replace=0, a held identity is REGISTRY_REFUSED. */
-enum registry_claim registry_claim(struct registry *r, const struct identity *id,
-                                   struct session_ref self, int replace,
-                                   struct session_ref *owner, struct session_ref *displaced);
+/* `self` is done with `id`: it owned it and the server is finished with
+ * its connection, or it gives up its claim. Thread-safe. */
+static inline void registry_release(struct registry *r, const struct identity *id,
+                                    struct session_ref self)
+{
+    r->ops->release(r, id, self);
+}
 
-/* `self` is done with the identity (owner finished, or successor gave up).
- * Returns 1 and sets *next when a successor now owns it and must be told to
- * go on; 0 otherwise. */
-int registry_release(struct registry *r, const struct identity *id, struct session_ref self,
-                     struct session_ref *next);
+static inline void registry_destroy(struct registry *r) { r->ops->destroy(r); }
 
-/* Builds the identity of a client address; with_port=0 keeps the address only. */
+/* The in-process backend. Returns 0 and *out, or -ENOMEM. */
+int registry_local_new(struct registry **out, registry_deliver_fn deliver, void *ctx);
+
+/* Builds the identity of a client address; with_port=0 keeps the address
+ * only. An IPv4-mapped address is the IPv4 address it maps. */
 void registry_identity(struct identity *id, const char *route, const struct sockaddr *sa,
                        int with_port);
 

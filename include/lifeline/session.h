@@ -19,12 +19,6 @@ struct route_stats;
 struct session;
 struct session_host;
 
-/* Messages between sessions (the takeover path), carried by the host. */
-enum session_msg {
-    SESSION_MSG_EVICT, /* close: a new connection of the same client replaces you */
-    SESSION_MSG_GO,    /* you own your client identity now: connect upstream */
-};
-
 /* A reader waiting for buffer memory (buffer_total_bytes spent), on its
  * host's queue while `queued`. */
 struct budget_waiter {
@@ -40,13 +34,11 @@ struct session_host {
     uv_loop_t *loop;
     struct pool *pool;               /* relay buffers */
     struct budget *budget;           /* descriptors and buffer memory, process-wide */
-    struct registry *registry;       /* client identities, process-wide */
+    struct registry *registry;       /* client identities (registry.h: its messages
+                                      * come back through session_deliver) */
     struct log_limit *upstream_log;  /* failed tries and reconnects: bounded lines */
     int id;                          /* the worker's number: a session_ref's worker */
 
-    /* Thread-safe: delivers msg to the session `to`, on whichever host runs
-     * it (nothing happens if it is gone). */
-    void (*post)(struct session_host *h, struct session_ref to, enum session_msg msg);
     /* bw waits for buffer memory; session_budget_retry(bw) is called when
      * there may be some. wait on a queued bw, or leave on one that is not,
      * does nothing. */
@@ -99,8 +91,8 @@ void session_run(struct session *s);
  * session that is still flushing. */
 void session_close(struct session *s, enum reason reason);
 
-/* A message another session posted to this one (see session_host.post). */
-void session_deliver(struct session *s, enum session_msg msg);
+/* A message of the registry's to this session (on its host's loop). */
+void session_deliver(struct session *s, enum registry_msg msg);
 
 /* A reader that waits for buffer memory, asked whether it may read again
  * (bw has left the queue): it resumes, or waits again. */

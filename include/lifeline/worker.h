@@ -39,8 +39,6 @@ enum worker_phase {
 
 /* What every worker shares, owned by the supervisor. */
 struct worker_shared {
-    struct worker *const *peers; /* every worker, by number, this one included */
-    size_t n_peers;
     struct registry *registry;
     struct limits *limits;
     struct budget *budget;
@@ -75,6 +73,10 @@ struct worker_set {
  * Returns 0, or a negative UV error when r could not be begun: nothing was
  * asked, and r is the caller's to free. */
 int worker_set_ask(struct worker_set *ws, uv_loop_t *loop, struct request *r);
+
+/* The registry's way to its sessions (registry_deliver_fn; ctx is the
+ * struct worker_set): posts msg to the worker that runs `to`. */
+void worker_deliver(void *ctx, struct session_ref to, enum registry_msg msg);
 
 /* Has worker w's loop not turned for WORKER_STALL_MS? */
 #define WORKER_STALL_MS 2000

@@ -475,7 +475,10 @@ class DeniedLog(AccessCase):
         # many were not logged.
         flushed = d.wait_log("log lines suppressed", timeout=scaled(3), kind="connection denied")
         self.assertEqual(flushed["count"], self.N - len(lines), flushed)
-        self.assertGreaterEqual(self.ts(flushed) - self.ts(lines[0]), 1.0, (lines[0], flushed))
+        # A second on the daemon's loop clock (cached per loop turn), read
+        # off wall-clock log stamps written later in their turns: a few ms
+        # of slack.
+        self.assertGreaterEqual(self.ts(flushed) - self.ts(lines[0]), 0.95, (lines[0], flushed))
         self.assertEqual(self.accounted(d), self.N, "logged + suppressed must account for every denial")
 
         # Steady denials for 2.5 s: a line at ~1 s and ~2 s, none in between.
