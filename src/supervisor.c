@@ -324,9 +324,6 @@ static int start_admin(struct supervisor *sup)
 {
     if (sup->admin_fd < 0)
         return 0;
-    sup->admin_state = (struct admin_state){
-        .loop = &sup->loop, .workers = &sup->workers, .ps = &sup->ps,
-    };
     struct admin_backend b = admin_backend_of(&sup->admin_state);
     int rc = admin_start(&sup->admin, &sup->loop, sup->admin_fd, &b);
     sup->admin_fd = -1; /* adopted, or closed */
@@ -371,6 +368,10 @@ int supervisor_run(struct config *cfg, const struct supervisor_options *opts)
     sup.ps.start_time = (double)time(NULL);
     sup.ps.budget = &sup.budget;
     memcpy(sup.ps.config_hash, cfg->hash, sizeof(sup.ps.config_hash));
+    /* Read by the systemd watchdog too, with or without an admin endpoint. */
+    sup.admin_state = (struct admin_state){
+        .loop = &sup.loop, .workers = &sup.workers, .ps = &sup.ps,
+    };
     sup.rl = (struct reload){
         .loop = &sup.loop, .opts = opts, .workers = &sup.workers, .budget = &sup.budget,
         .ps = &sup.ps, .finished = reload_finished_cb, .owner = &sup, .cfg = config_ref(cfg),
