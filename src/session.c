@@ -14,35 +14,41 @@
  *  only copy more. So a direction holds at most one read, buffer_bytes.
  *  Chunks are held only while their bytes are in flight.
  *
- *  Session states, moved only by set_state() (see `transitions`):
+ *  Session states, moved only by set_state() (see `transitions`; every
+ *  state and what its timer does is listed in SESSION_STATES):
  *
- *    WAITING ──▶ CONNECTING ◀──▶ RELAYING ──▶ CLOSING ──▶ CLOSED
- *       │            │              │                       ▲
- *       └────────────┴──────────────┴───────────────────────┘
+ *    WAITING, BACKOFF ──▶ (RESOLVING ──▶) CONNECTING ──▶ RELAYING
+ *    a failed try, or the server leaving a RELAYING session whose
+ *    upstream.on_close is "reconnect" ──▶ RECONNECTING ──▶ BACKOFF
+ *    CONNECTING ──▶ AWAIT_CONNECT ──▶ FLUSHING ──▶ AWAIT_SERVER
+ *    RELAYING ──▶ FLUSHING or AWAIT_SERVER
+ *    any state ──▶ CLOSED
  *
- *  WAITING     another session of the same client identity still owns the
- *              server side; it is being evicted. The registry says when it
- *              is done (session_go), so the server sees the old
- *              connection's EOF before the new connection exists.
- *  CONNECTING  resolve, connect (timeout), retry with backoff and failover;
- *              client bytes queue in up.queue (bounded, then backpressure).
- *              Also entered again from RELAYING when the server closes and
- *              upstream.on_close is "reconnect".
- *  RELAYING    both directions; a source's EOF flushes then FINs its
- *              destination while the other direction goes on.
- *  CLOSING     one side is gone and closed; the other gets what was read
- *              for it, then FIN (CLOSE_FLUSHING, bounded by CLOSE_LINGER_MS).
- *              A client given up on while its upstream handshake was in
- *              flight first waits for that to end (CLOSE_AWAIT_CONNECT).
- *              After the FIN to the server, the session waits until the
- *              server has finished with the connection (CLOSE_AWAIT_SERVER,
- *              bounded by AWAIT_SERVER_MS), reading and dropping what it
- *              still sends: closing with unread input would reset the
- *              connection and destroy what is still queued for it, and the
- *              identity (if the session owns one) passes on only then.
- *  CLOSED      the close is logged, the identity released; handles are
- *              closing and the session is freed in the last close callback
- *              (free_if_unused), never earlier.
+ *  WAITING        another session of the same client identity still owns
+ *                 the server side; it is being evicted. The registry says
+ *                 when it is done (session_go), so the server sees the old
+ *                 connection's EOF before the new connection exists.
+ *  RESOLVING,     a try: resolve the server's name, connect (timeout);
+ *  CONNECTING     client bytes queue in up.queue (bounded, then backpressure).
+ *  RECONNECTING,  a failed try: its handle closes, then the next try waits
+ *  BACKOFF        retry_backoff_ms (doubling), or `retries` ends it. Also
+ *                 entered from RELAYING when the server closes and
+ *                 upstream.on_close is "reconnect".
+ *  RELAYING       both directions; a source's EOF flushes then FINs its
+ *                 destination while the other direction goes on.
+ *  FLUSHING       one side is gone and closed; the other gets what was read
+ *                 for it, then FIN (bounded by CLOSE_LINGER_MS).
+ *  AWAIT_CONNECT  a client given up on while its upstream handshake was in
+ *                 flight: wait for that to end, then flush to the server.
+ *  AWAIT_SERVER   after the FIN to the server, wait until the server has
+ *                 finished with the connection (bounded by AWAIT_SERVER_MS),
+ *                 reading and dropping what it still sends: closing with
+ *                 unread input would reset the connection and destroy what
+ *                 is still queued for it, and the identity (if the session
+ *                 owns one) passes on only then.
+ *  CLOSED         the close is logged, the identity released; handles are
+ *                 closing and the session is freed in the last close
+ *                 callback (free_if_unused), never earlier.
  */
 #include "lifeline/session.h"
 
@@ -83,38 +89,59 @@
 /* Reads of unread input before a graceful close (of up to POOL_READ_SIZE). */
 #define DRAIN_READS_MAX 4
 
+/* Every step of a session is a state of its own, moved only by
+ * set_state(); `timer` serves the state it is in, as the comments say.
+ * The connecting states are "connecting" and the closing ones "closing"
+ * in /sessions. */
+#define SESSION_STATES(X)                                                                   \
+    X(WAITING, "waiting", "waiting")         /* the registry decides: no timer */         \
+    X(RESOLVING, "resolving", "connecting")  /* uv_getaddrinfo in flight: no timer */      \
+    X(CONNECTING, "connecting", "connecting") /* handshake; timer: connect timeout */     \
+    X(RECONNECTING, "reconnecting", "connecting") /* the last try's handle closing */     \
+    X(BACKOFF, "backoff", "connecting")      /* timer: the pause before the next try */    \
+    X(RELAYING, "relaying", "relaying")      /* no timer (silence has its own) */          \
+    X(FLUSHING, "flushing", "closing")       /* timer: CLOSE_LINGER_MS, then cut */        \
+    X(AWAIT_CONNECT, "await_connect", "closing") /* given up mid-handshake; timer: the    \
+                                              * connect timeout still */                   \
+    X(AWAIT_SERVER, "await_server", "closing") /* FIN sent upstream; timer: polls until   \
+                                              * the server is done */                      \
+    X(CLOSED, "closed", "closed")            /* handles closing; freed by the last */
+
 enum session_state {
-    SESSION_WAITING,
-    SESSION_CONNECTING,
-    SESSION_RELAYING,
-    SESSION_CLOSING,
-    SESSION_CLOSED,
+#define STATE_ENUM_(id, name, shown) SESSION_##id,
+    SESSION_STATES(STATE_ENUM_)
+#undef STATE_ENUM_
 };
 
 #define BIT(state) (1u << (state))
+#define TRYING (BIT(SESSION_RESOLVING) | BIT(SESSION_CONNECTING) | BIT(SESSION_RECONNECTING))
 static const unsigned transitions[] = {
-    [SESSION_WAITING] = BIT(SESSION_CONNECTING) | BIT(SESSION_CLOSED),
-    [SESSION_CONNECTING] = BIT(SESSION_RELAYING) | BIT(SESSION_CLOSING) | BIT(SESSION_CLOSED),
-    [SESSION_RELAYING] = BIT(SESSION_CONNECTING) | BIT(SESSION_CLOSING) | BIT(SESSION_CLOSED),
-    [SESSION_CLOSING] = BIT(SESSION_CLOSED),
+    [SESSION_WAITING] = TRYING | BIT(SESSION_CLOSED),
+    [SESSION_RESOLVING] = BIT(SESSION_CONNECTING) | BIT(SESSION_RECONNECTING) | BIT(SESSION_CLOSED),
+    [SESSION_CONNECTING] = BIT(SESSION_RELAYING) | BIT(SESSION_RECONNECTING) |
+                           BIT(SESSION_AWAIT_CONNECT) | BIT(SESSION_CLOSED),
+    [SESSION_RECONNECTING] = BIT(SESSION_BACKOFF) | BIT(SESSION_CLOSED),
+    [SESSION_BACKOFF] = TRYING | BIT(SESSION_CLOSED),
+    [SESSION_RELAYING] = BIT(SESSION_RECONNECTING) | BIT(SESSION_FLUSHING) |
+                         BIT(SESSION_AWAIT_SERVER) | BIT(SESSION_CLOSED),
+    [SESSION_FLUSHING] = BIT(SESSION_AWAIT_SERVER) | BIT(SESSION_CLOSED),
+    [SESSION_AWAIT_CONNECT] = BIT(SESSION_FLUSHING) | BIT(SESSION_CLOSED),
+    [SESSION_AWAIT_SERVER] = BIT(SESSION_CLOSED),
     [SESSION_CLOSED] = 0,
 };
 
-/* What the connect machinery is doing while the session is CONNECTING. */
-enum connect_step {
-    CONNECT_RESOLVING,   /* uv_getaddrinfo in flight (bounded by the resolver) */
-    CONNECT_CONNECTING,  /* handshake in flight, timer = connect timeout */
-    CONNECT_CLOSING,     /* waiting for the previous upstream handle to close */
-    CONNECT_BACKOFF,     /* timer = wait before the next try */
-};
+/* Trying to reach a server: "connecting" in /sessions. */
+static int is_connecting(enum session_state st)
+{
+    return (TRYING | BIT(SESSION_BACKOFF)) & BIT(st);
+}
 
-/* Where a CLOSING session is. */
-enum close_step {
-    CLOSE_FLUSHING,      /* writing what is left to the surviving side, then FIN */
-    CLOSE_AWAIT_CONNECT, /* closed while the upstream handshake was in flight:
-                          * the server may have the connection already */
-    CLOSE_AWAIT_SERVER,  /* FIN sent upstream: waiting until the server is done */
-};
+/* One side is gone: "closing" in /sessions. */
+static int is_closing(enum session_state st)
+{
+    return (BIT(SESSION_FLUSHING) | BIT(SESSION_AWAIT_CONNECT) | BIT(SESSION_AWAIT_SERVER)) &
+           BIT(st);
+}
 
 /* How the server was seen to finish with a replaced session's connection. */
 enum upstream_finish {
@@ -166,8 +193,6 @@ struct session {
     const struct route_config *route; /* in cfg */
     struct route_stats *stats;     /* the route's counters on this worker */
     enum session_state state;
-    enum connect_step step;
-    enum close_step close_step;
     enum upstream_finish finish;
     enum reason reason;            /* set once, by the first session_close() */
     enum reason eof_reason;        /* the side whose EOF came first */
@@ -214,7 +239,15 @@ static void finish_close(struct session *s);
 static void await_server(struct session *s);
 
 static const char *const state_names[] = {
-    "waiting", "connecting", "relaying", "closing", "closed",
+#define STATE_NAME_(id, name, shown) [SESSION_##id] = name,
+    SESSION_STATES(STATE_NAME_)
+#undef STATE_NAME_
+};
+
+static const char *const state_shown[] = {
+#define STATE_SHOWN_(id, name, shown) [SESSION_##id] = shown,
+    SESSION_STATES(STATE_SHOWN_)
+#undef STATE_SHOWN_
 };
 
 static void set_state(struct session *s, enum session_state next)
@@ -239,7 +272,7 @@ int session_json(const struct session *s, char *buf, size_t len)
                      ",\"client_idle_ms\":%" PRIu64 "}",
                      s->id, s->route->name, s->host->id,
                      addr_format(&s->peer.sa, client, sizeof(client)), s->upstream_port,
-                     state_names[s->state], s->up.bytes, s->down.bytes, now - s->started_ms,
+                     state_shown[s->state], s->up.bytes, s->down.bytes, now - s->started_ms,
                      now - s->last_rx_ms);
     return n < (int)len ? n : (int)len - 1;
 }
@@ -373,7 +406,7 @@ static void alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
     if (room > POOL_READ_SIZE)
         room = POOL_READ_SIZE;
     /* A closing session reads the server only for its EOF, holding nothing. */
-    if (h->s->state != SESSION_CLOSING && (room = budget_allows(h, room)) < READ_MIN)
+    if (!is_closing(h->s->state) && (room = budget_allows(h, room)) < READ_MIN)
         room = 0; /* read_cb gets UV_ENOBUFS: wait for memory */
     *buf = uv_buf_init(room > 0 ? base : NULL, (unsigned)room);
 }
@@ -417,8 +450,11 @@ void session_budget_retry(struct budget_waiter *bw)
 {
     struct half *h = (struct half *)(void *)((char *)bw - offsetof(struct half, waiter));
     struct session *s = h->s;
+    /* A waiting session reads its client too (its bytes queue for the
+     * server it will have), so it waits for memory like the others. */
     if (h->read != READ_BUDGET || h->state != HALF_OPEN ||
-        (s->state != SESSION_RELAYING && s->state != SESSION_CONNECTING))
+        (s->state != SESSION_RELAYING && s->state != SESSION_WAITING &&
+         !is_connecting(s->state)))
         return;
     if (budget_allows(h, READ_MIN) < READ_MIN) {
         s->host->wait_budget(s->host, bw); /* still no room */
@@ -441,7 +477,7 @@ static int should_reconnect(const struct session *s)
 static void half_failed(struct half *h, int err)
 {
     struct session *s = h->s;
-    if (s->state == SESSION_CLOSING)
+    if (is_closing(s->state))
         finish_close(s);
     else if (h->dst == &s->upstream && should_reconnect(s))
         reconnect(s, err);
@@ -459,8 +495,8 @@ static void half_fin_done(struct half *h, int status)
         half_failed(h, status);
         return;
     }
-    if (s->state == SESSION_CLOSING) {
-        if (s->close_step == CLOSE_AWAIT_SERVER)
+    if (is_closing(s->state)) {
+        if (s->state == SESSION_AWAIT_SERVER)
             return; /* waiting already */
         if (h == &s->up)
             await_server(s);
@@ -646,13 +682,13 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     struct half *h = stream->data;
     struct session *s = h->s;
 
-    if (s->state == SESSION_CLOSING) {
+    if (is_closing(s->state)) {
         /* Only the server is read while closing (drop_server_input): for
          * its EOF, not its bytes. */
         if (nread < 0 && h == &s->down) {
             uv_read_stop(stream);
             h->state = HALF_DONE;
-            if (s->close_step == CLOSE_AWAIT_SERVER)
+            if (s->state == SESSION_AWAIT_SERVER)
                 await_done(s, FINISH_SERVER_EOF);
         }
         return;
@@ -744,7 +780,7 @@ static void connect_next(struct session *s)
         session_close(s, REASON_UPSTREAM_CONNECT_FAILED);
         return;
     }
-    s->step = CONNECT_BACKOFF;
+    set_state(s, SESSION_BACKOFF);
     uv_timer_start(&s->timer, timer_cb, s->tries == 0 ? 0 : backoff_ms(s), 0);
 }
 
@@ -752,7 +788,7 @@ static void upstream_retry_closed_cb(uv_handle_t *handle)
 {
     struct session *s = session_of(handle);
     s->refs--;
-    if (s->state == SESSION_CONNECTING && s->step == CONNECT_CLOSING)
+    if (s->state == SESSION_RECONNECTING)
         connect_next(s);
     else
         free_if_unused(s);
@@ -762,12 +798,12 @@ static void upstream_retry_closed_cb(uv_handle_t *handle)
 static void close_upstream_then_retry(struct session *s)
 {
     uv_timer_stop(&s->timer);
+    set_state(s, SESSION_RECONNECTING);
     if (!s->upstream_open) {
         connect_next(s);
         return;
     }
     s->upstream_open = 0;
-    s->step = CONNECT_CLOSING;
     uv_close((uv_handle_t *)&s->upstream, upstream_retry_closed_cb);
 }
 
@@ -806,7 +842,6 @@ static void reconnect(struct session *s, int err)
                      LF_INT("upstream_local_port", s->upstream_port),
                      LF_STR("error", uv_strerror(err)), LF_INT("suppressed", suppressed));
     }
-    set_state(s, SESSION_CONNECTING);
     s->upstream_port = 0;
     s->down.state = HALF_OPEN;
     half_read_reset(&s->down);
@@ -860,8 +895,6 @@ static void connected(struct session *s)
 
 static void flush_then_fin(struct session *s, struct half *h);
 
-/* The handshake of a session given up on while connecting has ended: if the
- * server has the connection, it gets the client's bytes and its EOF. */
 /* While lifeline flushes the client's bytes to the server and then waits
  * for it, it reads what the server sends and drops it: a server that cannot
  * write may stop reading, which would stall the flush, and close() with
@@ -876,6 +909,8 @@ static void drop_server_input(struct session *s)
         s->down.state = HALF_DONE; /* nothing more will come from it */
 }
 
+/* The handshake of a session given up on while connecting has ended: if the
+ * server has the connection, it gets the client's bytes and its EOF. */
 static void connect_resolved_while_closing(struct session *s, int status)
 {
     if (status < 0) {
@@ -886,8 +921,8 @@ static void connect_resolved_while_closing(struct session *s, int status)
     uv_fileno((uv_handle_t *)&s->upstream, &fd);
     s->upstream_port = net_local_port(fd);
     drop_server_input(s);
-    deliver_queue(s, SESSION_CLOSING);
-    if (s->state == SESSION_CLOSING)
+    deliver_queue(s, SESSION_AWAIT_CONNECT);
+    if (s->state == SESSION_AWAIT_CONNECT)
         flush_then_fin(s, &s->up);
 }
 
@@ -896,7 +931,7 @@ static void connect_cb(uv_connect_t *req, int status)
     struct session *s = req->data;
     if (status == UV_ECANCELED)
         return; /* the handle was closed under us: whoever closed it carries on */
-    if (s->state == SESSION_CLOSING && s->close_step == CLOSE_AWAIT_CONNECT) {
+    if (s->state == SESSION_AWAIT_CONNECT) {
         connect_resolved_while_closing(s, status);
         return;
     }
@@ -940,7 +975,7 @@ static void connect_to(struct session *s, const struct sockaddr *sa)
         connect_failed(s, rc);
         return;
     }
-    s->step = CONNECT_CONNECTING;
+    set_state(s, SESSION_CONNECTING);
     uv_timer_start(&s->timer, timer_cb, s->route->upstream.connect_timeout_ms, 0);
 }
 
@@ -948,7 +983,7 @@ static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
     struct session *s = req->data;
     s->refs--;
-    if (s->state != SESSION_CONNECTING) {
+    if (s->state != SESSION_RESOLVING) {
         uv_freeaddrinfo(res);
         free_if_unused(s);
         return;
@@ -984,7 +1019,6 @@ static void connect_try(struct session *s)
     /* A configured source address decides the family to resolve. */
     struct addrinfo hints = { .ai_family = u->source.ss_family, .ai_socktype = SOCK_STREAM,
                               .ai_flags = AI_ADDRCONFIG };
-    s->step = CONNECT_RESOLVING;
     s->gai.data = s;
     int rc = uv_getaddrinfo(s->host->loop, &s->gai, gai_cb, srv->host, NULL, &hints);
     if (rc < 0) {
@@ -992,13 +1026,13 @@ static void connect_try(struct session *s)
         return;
     }
     s->refs++;
+    set_state(s, SESSION_RESOLVING);
 }
 
 static void session_go(struct session *s)
 {
     if (s->state != SESSION_WAITING)
         return;
-    set_state(s, SESSION_CONNECTING);
     connect_try(s);
 }
 
@@ -1012,7 +1046,7 @@ static void await_server(struct session *s)
         await_done(s, FINISH_SERVER_EOF);
         return;
     }
-    s->close_step = CLOSE_AWAIT_SERVER;
+    set_state(s, SESSION_AWAIT_SERVER);
     s->await_since_ms = uv_now(s->host->loop);
     drop_server_input(s); /* reading already, unless the close began elsewhere */
     uv_timer_start(&s->timer, timer_cb, AWAIT_POLL_MS, AWAIT_POLL_MS);
@@ -1048,17 +1082,18 @@ static void timer_cb(uv_timer_t *t)
 {
     struct session *s = t->data;
     switch (s->state) {
-    case SESSION_CONNECTING:
-        if (s->step == CONNECT_BACKOFF)
-            connect_try(s);
-        else if (s->step == CONNECT_CONNECTING)
-            connect_failed(s, UV_ETIMEDOUT);
+    case SESSION_BACKOFF:
+        connect_try(s);
         break;
-    case SESSION_CLOSING:
-        if (s->close_step == CLOSE_AWAIT_SERVER)
-            await_poll(s);
-        else
-            finish_close(s); /* connecting or flushing took too long: cut it */
+    case SESSION_CONNECTING:
+        connect_failed(s, UV_ETIMEDOUT);
+        break;
+    case SESSION_AWAIT_SERVER:
+        await_poll(s);
+        break;
+    case SESSION_FLUSHING:
+    case SESSION_AWAIT_CONNECT:
+        finish_close(s); /* flushing or connecting took too long: cut it */
         break;
     default:
         break;
@@ -1149,7 +1184,7 @@ static void finish_close(struct session *s)
 {
     if (s->state == SESSION_CLOSED)
         return;
-    int resolving = s->state == SESSION_CONNECTING && s->step == CONNECT_RESOLVING;
+    int resolving = s->state == SESSION_RESOLVING;
     set_state(s, SESSION_CLOSED);
     /* Counted, unlisted and its limit slot given back before the line is
      * logged: whoever reads the line and then asks the admin endpoint, or
@@ -1215,7 +1250,7 @@ void session_close(struct session *s, enum reason reason)
 {
     if (s->state == SESSION_CLOSED)
         return;
-    if (s->state == SESSION_CLOSING) {
+    if (is_closing(s->state)) {
         if (reason == REASON_SHUTDOWN)
             finish_close(s);
         return;
@@ -1224,15 +1259,14 @@ void session_close(struct session *s, enum reason reason)
     uv_timer_stop(&s->silence);
     if (gave_up_on_client(reason))
         s->client_close = s->route->client.close;
-    if (s->state == SESSION_CONNECTING && s->step == CONNECT_CONNECTING &&
-        ends_client_first(reason) && upstream_close_mode(s, reason) == CLOSE_FIN) {
+    if (s->state == SESSION_CONNECTING && ends_client_first(reason) &&
+        upstream_close_mode(s, reason) == CLOSE_FIN) {
         /* The server may have accepted the connection already; its EOF must
          * still come before any successor connects. The connect timeout
          * keeps running and bounds the wait. */
         close_client(s);
         uv_read_stop((uv_stream_t *)&s->client);
-        set_state(s, SESSION_CLOSING);
-        s->close_step = CLOSE_AWAIT_CONNECT;
+        set_state(s, SESSION_AWAIT_CONNECT);
         return;
     }
     uv_timer_stop(&s->timer);
@@ -1252,22 +1286,19 @@ void session_close(struct session *s, enum reason reason)
             finish_close(s);
             return;
         }
-        set_state(s, SESSION_CLOSING);
-        drop_server_input(s);
-        if (half_can_flush(&s->up)) {
-            flush = &s->up;
-        } else {
+        if (!half_can_flush(&s->up)) {
             await_server(s); /* FIN went out earlier, with the client's own EOF */
             return;
         }
+        set_state(s, SESSION_FLUSHING);
+        drop_server_input(s);
+        flush = &s->up;
     } else if (reason == REASON_UPSTREAM_RESET) {
         /* The server is gone: the client gets what the server sent, then FIN. */
         close_upstream(s, CLOSE_FIN);
         uv_read_stop((uv_stream_t *)&s->client);
-        if (half_can_flush(&s->down)) {
-            set_state(s, SESSION_CLOSING);
+        if (half_can_flush(&s->down))
             flush = &s->down;
-        }
     }
     if (flush == NULL) {
         finish_close(s);
@@ -1276,10 +1307,11 @@ void session_close(struct session *s, enum reason reason)
     flush_then_fin(s, flush);
 }
 
-/* CLOSING: the surviving side gets what was read for it, then FIN. */
+/* The surviving side gets what was read for it, then FIN. */
 static void flush_then_fin(struct session *s, struct half *h)
 {
-    s->close_step = CLOSE_FLUSHING;
+    if (s->state != SESSION_FLUSHING)
+        set_state(s, SESSION_FLUSHING);
     h->state = HALF_FLUSHING;
     uv_timer_start(&s->timer, timer_cb, CLOSE_LINGER_MS, 0);
     half_flush_then_fin(h);
@@ -1287,32 +1319,25 @@ static void flush_then_fin(struct session *s, struct half *h)
 
 /* --- accept -------------------------------------------------------------- */
 
-/* Decides who talks to the server for this client: returns the state the
- * new session starts in, or closes it as rejected. */
-static enum session_state claim_identity(struct session *s)
+/* Decides who talks to the server for this client: the registry's answer
+ * (GO when the route tracks no identity). */
+static enum registry_answer claim_identity(struct session *s)
 {
     const struct client_config *cc = &s->route->client;
     if (cc->identity == IDENTITY_NONE || cc->on_duplicate == DUPLICATE_ALLOW ||
         s->peer.sa.sa_family == AF_UNSPEC)
-        return SESSION_CONNECTING;
+        return REGISTRY_GO;
 
     struct identity id;
     registry_identity(&id, s->route->name, &s->peer.sa, cc->identity == IDENTITY_ADDRESS_PORT);
-    switch (registry_claim(s->host->registry, &id, (struct session_ref){ s->host->id, s->id },
-                           cc->on_duplicate == DUPLICATE_REPLACE)) {
-    case REGISTRY_GO:
-        s->registered = 1;
-        return SESSION_CONNECTING;
-    case REGISTRY_REFUSED:
-        return SESSION_CLOSED;
-    case REGISTRY_WAIT:
+    enum registry_answer answer =
+        registry_claim(s->host->registry, &id, (struct session_ref){ s->host->id, s->id },
+                       cc->on_duplicate == DUPLICATE_REPLACE);
+    if (answer == REGISTRY_WAIT)
         metric_add(&s->stats->c[RC_TAKEOVERS], 1);
-        break;
-    case REGISTRY_PENDING:
-        break;
-    }
-    s->registered = 1; /* a claim to withdraw, should it end before GO */
-    return SESSION_WAITING;
+    /* Owned, or a claim to withdraw should the session end before GO. */
+    s->registered = answer != REGISTRY_REFUSED;
+    return answer;
 }
 
 /* The client handle of a session that never ran: only memory to free. */
@@ -1373,15 +1398,15 @@ int session_new(struct session_host *h, const struct session_params *p, struct s
 
 void session_run(struct session *s)
 {
-    enum session_state start = claim_identity(s);
-    if (start == SESSION_CLOSED) {
+    enum registry_answer answer = claim_identity(s);
+    if (answer == REGISTRY_REFUSED) {
         session_close(s, REASON_REJECTED);
         return;
     }
     if (s->route->client.heartbeat.silence_ms > 0)
         uv_timer_start(&s->silence, silence_cb, s->route->client.heartbeat.silence_ms, 0);
     half_read_start(&s->up);
-    if (s->state == SESSION_WAITING && start == SESSION_CONNECTING)
+    if (answer == REGISTRY_GO)
         session_go(s);
 }
 

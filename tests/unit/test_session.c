@@ -997,30 +997,14 @@ static void test_takeover(void **state)
     host_finish(&t);
 }
 
-/* Tests that show a known bug in src/ are skipped unless
- * LIFELINE_TEST_KNOWN_BUGS is set (then they run, and fail until fixed). */
-static void known_bug(const char *what)
-{
-    if (getenv("LIFELINE_TEST_KNOWN_BUGS") == NULL) {
-        fprintf(stderr, "KNOWN BUG, skipped (set LIFELINE_TEST_KNOWN_BUGS=1 to run): %s\n", what);
-        skip();
-    }
-}
-
-/* KNOWN BUG (session.c, session_budget_retry): a session WAITING for its
- * client identity reads its client; with the buffer budget spent, the read
- * gets UV_ENOBUFS and the half waits for memory (READ_BUDGET, on the host's
- * queue). When the host asks it to retry, session_budget_retry() returns
- * at once for a WAITING session, neither reading nor waiting again: the
- * waiter is off the queue for good. connected() later restarts only a
- * READ_HELD half, so the client is never read again: its bytes never reach
- * the server, even once memory is free. Expected: the retry waits again
- * (or connected() restarts a READ_BUDGET half) and every byte arrives. */
+/* A session WAITING for its client identity reads its client; with the
+ * buffer budget spent, the read waits for memory on the host's queue. When
+ * the host asks it to retry it must read again (or wait again), so that
+ * every byte the client sent reaches the server once it connects. (It used
+ * to drop off the queue for good while WAITING.) */
 static void test_takeover_budget_spent_while_waiting(void **state)
 {
     (void)state;
-    known_bug("a successor that waited for buffer memory while WAITING never reads its "
-              "client again");
     static struct host t;
     host_init(&t, &(struct route_opts){ .family = AF_INET, .buffer_bytes = 1048576,
                                         .identity = "address" });
