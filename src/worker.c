@@ -21,6 +21,19 @@
 #include "lifeline/session.h"
 #include "lifeline/table.h"
 
+/* The sanitizers bring allocators of their own: glibc's malloc_trim()
+ * would walk an arena they never used (ThreadSanitizer crashes in it). */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define TRIM_MEMORY 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define TRIM_MEMORY 0
+#endif
+#endif
+#ifndef TRIM_MEMORY
+#define TRIM_MEMORY 1
+#endif
+
 #define TICK_MS 500
 #define POOL_MAX_FREE 64 /* cached buffers per worker: 4 MiB */
 #define ACCEPT_BATCH 64
@@ -610,7 +623,8 @@ static void tick_cb(uv_timer_t *t)
      * most twice a second, and only after a wave of closes. */
     if (w->freed_since_trim >= TRIM_AFTER_FREES) {
         w->freed_since_trim = 0;
-        malloc_trim(0);
+        if (TRIM_MEMORY)
+            malloc_trim(0);
     }
 }
 
