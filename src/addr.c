@@ -1,5 +1,6 @@
 /* Address parsing and formatting: "host:port" strings, IP literals, sockaddrs. */
 #include "lifeline/addr.h"
+#include "lifeline/num.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -20,17 +21,8 @@ static int is_alnum(char c)
 /* Ports are written as plain decimal digits; no sign, no spaces. */
 static int parse_port(const char *s, uint16_t *out)
 {
-    if (*s == '\0')
-        return -EINVAL;
-    unsigned long v = 0;
-    for (; *s; s++) {
-        if (!is_digit(*s))
-            return -EINVAL;
-        v = v * 10 + (unsigned long)(*s - '0');
-        if (v > 65535)
-            return -EINVAL;
-    }
-    if (v == 0)
+    uint64_t v;
+    if (num_parse(s, strlen(s), 65535, &v) < 0 || v == 0)
         return -EINVAL;
     *out = (uint16_t)v;
     return 0;
@@ -269,17 +261,10 @@ int addr_parse_cidr(const char *s, struct cidr *out)
 
     unsigned prefix = max;
     if (slash != NULL) {
-        const char *p = slash + 1;
-        if (*p == '\0')
+        uint64_t v;
+        if (num_parse(slash + 1, strlen(slash + 1), max, &v) < 0)
             return -EINVAL;
-        prefix = 0;
-        for (; *p; p++) {
-            if (!is_digit(*p))
-                return -EINVAL;
-            prefix = prefix * 10 + (unsigned)(*p - '0');
-            if (prefix > max)
-                return -EINVAL;
-        }
+        prefix = (unsigned)v;
     }
 
     /* A client is matched by the address it maps (see addr_cidr_match()), so

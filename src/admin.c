@@ -1,6 +1,7 @@
 /* The admin endpoint: HTTP/1.1 on the supervisor's loop (health, readiness, metrics, sessions). */
 #define _GNU_SOURCE /* accept4 */
 #include "lifeline/admin.h"
+#include "lifeline/num.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -182,12 +183,11 @@ static uint64_t session_close_path(const char *path)
     if (strncmp(path, prefix, sizeof(prefix) - 1) != 0)
         return 0;
     const char *p = path + sizeof(prefix) - 1;
-    if (*p < '1' || *p > '9')
-        return 0;
-    char *end = NULL;
-    errno = 0;
-    unsigned long long id = strtoull(p, &end, 10);
-    if (errno != 0 || strcmp(end, "/close") != 0)
+    const char *end = strchr(p, '/');
+    uint64_t id;
+    /* No leading zero: one id, one spelling. */
+    if (*p == '0' || end == NULL || strcmp(end, "/close") != 0 ||
+        num_parse(p, (size_t)(end - p), UINT64_MAX, &id) < 0)
         return 0;
     return id;
 }

@@ -4,7 +4,10 @@
 #include <dirent.h>
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/resource.h>
+
+#include "lifeline/num.h"
 
 /* libuv's default thread pool, and its largest (UV_THREADPOOL_SIZE). */
 #define THREADPOOL_DEFAULT 4
@@ -92,10 +95,14 @@ int64_t budget_fds_open(void)
 int64_t budget_resolver_fds(void)
 {
     const char *v = getenv("UV_THREADPOOL_SIZE");
-    long threads = v != NULL && *v != '\0' ? strtol(v, NULL, 10) : THREADPOOL_DEFAULT;
+    uint64_t threads = THREADPOOL_DEFAULT;
+    /* libuv reads its leading digits (atoi); so does this. */
+    size_t digits = v != NULL ? strspn(v, "0123456789") : 0;
+    if (digits > 0 && num_parse(v, digits, UINT64_MAX, &threads) == -ERANGE)
+        threads = THREADPOOL_MAX;
     if (threads < 1)
         threads = 1;
     if (threads > THREADPOOL_MAX)
         threads = THREADPOOL_MAX;
-    return threads * FDS_PER_LOOKUP;
+    return (int64_t)threads * FDS_PER_LOOKUP;
 }

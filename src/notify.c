@@ -10,6 +10,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "lifeline/num.h"
+
 /* The module keeps no state: every call reads the environment (which nothing
  * in lifeline changes after start, so getenv() is safe from any thread) and
  * uses a socket of its own, so calls from several threads never interfere. */
@@ -74,18 +76,8 @@ int notify_send(const char *state)
 /* A positive decimal integer with nothing around it; 0 when `s` is not one. */
 static uint64_t parse_positive(const char *s)
 {
-    uint64_t v = 0;
-
-    if (s == NULL || *s == '\0')
-        return 0;
-    for (; *s != '\0'; s++) {
-        if (*s < '0' || *s > '9')
-            return 0;
-        if (v > (UINT64_MAX - (uint64_t)(*s - '0')) / 10)
-            return 0; /* overflow */
-        v = v * 10 + (uint64_t)(*s - '0');
-    }
-    return v;
+    uint64_t v;
+    return s != NULL && num_parse(s, strlen(s), UINT64_MAX, &v) == 0 ? v : 0;
 }
 
 uint64_t notify_watchdog_usec(void)

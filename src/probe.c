@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "lifeline/supervisor.h" /* the exit codes */
+#include "lifeline/num.h"
 
 /* Container images ship no curl; HEALTHCHECK and exec probes need something
  * that speaks just enough HTTP to read a status line. This is a separate,
@@ -78,16 +79,8 @@ static void add_addr(struct probe_target *t, int family, const void *ip, uint16_
 /* Parses "1..65535" (digits only). Returns the port or 0. */
 static uint16_t parse_port(const char *s, size_t len)
 {
-    unsigned long v = 0;
-
-    if (len == 0 || len > 5)
-        return 0;
-    for (size_t i = 0; i < len; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return 0;
-        v = v * 10 + (unsigned long)(s[i] - '0');
-    }
-    return v >= 1 && v <= 65535 ? (uint16_t)v : 0;
+    uint64_t v;
+    return len <= 5 && num_parse(s, len, 65535, &v) == 0 ? (uint16_t)v : 0;
 }
 
 int probe_parse_url(const char *url, struct probe_target *t, const char **why)
@@ -376,16 +369,9 @@ static void run_probe(const struct probe_target *t, int timeout_ms, struct probe
 /* Parses --timeout's value: 1..PROBE_TIMEOUT_MAX milliseconds, or -1. */
 static int parse_timeout(const char *s)
 {
-    long v = 0;
-
-    if (*s == '\0' || strlen(s) > 7)
-        return -1;
-    for (; *s != '\0'; s++) {
-        if (*s < '0' || *s > '9')
-            return -1;
-        v = v * 10 + (*s - '0');
-    }
-    return v >= 1 && v <= PROBE_TIMEOUT_MAX ? (int)v : -1;
+    uint64_t v;
+    size_t len = strlen(s);
+    return len <= 7 && num_parse(s, len, PROBE_TIMEOUT_MAX, &v) == 0 && v >= 1 ? (int)v : -1;
 }
 
 int probe_main(int argc, char **argv)
