@@ -30,7 +30,7 @@ static char *metrics(void *ctx)
     return metrics_render(stats, n, st->ps);
 }
 
-/* Every worker's sessions as one JSON array. */
+/* Every worker's sessions as one JSON array: the workers' arrays, joined. */
 static void list_done(struct request *r)
 {
     struct list_request *l = (struct list_request *)(void *)r;
@@ -41,9 +41,11 @@ static void list_done(struct request *r)
         int first = 1;
         fputc('[', f);
         for (size_t i = 0; i < l->n_parts; i++) {
-            if (l->parts[i] == NULL || l->parts[i][0] == '\0')
+            const char *part = l->parts[i];
+            size_t n = part != NULL ? strlen(part) : 0;
+            if (n <= 2) /* none from that worker, or "[]" */
                 continue;
-            fprintf(f, "%s%s", first ? "" : ",", l->parts[i]);
+            fprintf(f, "%s%.*s", first ? "" : ",", (int)(n - 2), part + 1);
             first = 0;
         }
         fputs("]\n", f);

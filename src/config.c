@@ -1,6 +1,7 @@
 /* Configuration: JSON text -> validated, immutable struct config, driven by key tables. */
 #include "lifeline/config.h"
 
+#include "lifeline/jsonstr.h"
 #include "lifeline/liveness.h"
 #include "lifeline/table.h"
 
@@ -473,28 +474,7 @@ static void errors_give(struct ctx *c, struct config_errors *errs)
 /* A string as it appears in a message: quoted, JSON-escaped, cut if long. */
 static const char *quote(const char *s, char *buf, size_t len)
 {
-    size_t o = 0;
-    buf[o++] = '"';
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (o + 8 >= len || o >= ECHO_MAX) {
-            /* Do not cut a UTF-8 sequence in half. */
-            while (o > 1 && ((unsigned char)buf[o - 1] & 0xC0) == 0x80)
-                o--;
-            if (o > 1 && ((unsigned char)buf[o - 1] & 0xC0) == 0xC0)
-                o--;
-            o += (size_t)snprintf(buf + o, len - o, "...");
-            break;
-        }
-        if (ch == '"' || ch == '\\')
-            o += (size_t)snprintf(buf + o, len - o, "\\%c", ch);
-        else if (ch < 0x20)
-            o += (size_t)snprintf(buf + o, len - o, "\\u%04x", ch);
-        else
-            buf[o++] = (char)ch;
-    }
-    buf[o++] = '"';
-    buf[o] = '\0';
+    jsonstr_quote(buf, len, s, ECHO_MAX);
     return buf;
 }
 
@@ -575,34 +555,6 @@ static int is_var_char(char ch)
     return is_var_start(ch) || (ch >= '0' && ch <= '9');
 }
 
-/* A growing string; `oom` is set once and the text is then incomplete. */
-struct text {
-    char *buf;
-    size_t len, cap;
-    int oom;
-};
-
-static void text_add(struct text *t, const char *s, size_t n)
-{
-    if (t->oom)
-        return;
-    if (t->len + n + 1 > t->cap) {
-        size_t cap = t->cap ? t->cap : 64;
-        while (cap < t->len + n + 1)
-            cap *= 2;
-        char *buf = realloc(t->buf, cap);
-        if (buf == NULL) {
-            t->oom = 1;
-            return;
-        }
-        t->buf = buf;
-        t->cap = cap;
-    }
-    memcpy(t->buf + t->len, s, n);
-    t->len += n;
-    t->buf[t->len] = '\0';
-}
-
 /* Replaces, in the tree, a string value's ${VAR} with the variable's value,
  * ${VAR:-default} with the value or, when VAR is unset or empty, the default
  * (taken literally, up to the first '}'), and $$ with '$'. Any other '$' is
@@ -613,20 +565,25 @@ static int substitute(struct ctx *c, cJSON *v, const struct path *p)
     const char *s = v->valuestring;
     if (strchr(s, '$') == NULL)
         return 0;
-    struct text out = { 0 };
-    text_add(&out, "", 0);
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *out = open_memstream(&buf, &len);
+    if (out == NULL) {
+        c->oom = 1;
+        return -1;
+    }
     char q[ECHO_MAX + 16];
     const char *at = s;
     for (const char *dollar; (dollar = strchr(at, '$')) != NULL;) {
-        text_add(&out, at, (size_t)(dollar - at));
+        fwrite(at, 1, (size_t)(dollar - at), out);
         at = dollar + 1;
         if (*at == '$') {
-            text_add(&out, "$", 1);
+            fputc('$', out);
             at++;
             continue;
         }
         if (*at != '{') {
-            text_add(&out, "$", 1);
+            fputc('$', out);
             continue;
         }
         const char *name = at + 1;
@@ -650,26 +607,28 @@ static int substitute(struct ctx *c, cJSON *v, const struct path *p)
         }
         const char *val = getenv(var);
         if (end != close && (val == NULL || *val == '\0')) {
-            text_add(&out, end + 2, (size_t)(close - (end + 2)));
+            fwrite(end + 2, 1, (size_t)(close - (end + 2)), out);
         } else if (val == NULL) {
             add_error(c, p, "environment variable %.*s is not set", ECHO_MAX, var);
             free(var);
             goto fail;
         } else {
-            text_add(&out, val, strlen(val));
+            fputs(val, out);
         }
         free(var);
         at = close + 1;
     }
-    text_add(&out, at, strlen(at));
-    if (out.oom || cJSON_SetValuestring(v, out.buf) == NULL) {
+    fputs(at, out);
+    if (fclose(out) != 0 || cJSON_SetValuestring(v, buf) == NULL) {
         c->oom = 1;
-        goto fail;
+        free(buf);
+        return -1;
     }
-    free(out.buf);
+    free(buf);
     return 0;
 fail:
-    free(out.buf);
+    fclose(out);
+    free(buf);
     return -1;
 }
 

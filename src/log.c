@@ -10,6 +10,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "lifeline/jsonstr.h"
+
 static _Atomic int log_level_ = LOG_INFO;
 static _Atomic int log_format_ = LOG_FORMAT_TEXT;
 
@@ -81,19 +83,13 @@ static void put(struct line *l, const char *fmt, ...)
         l->len += (size_t)n < room ? (size_t)n : room;
 }
 
+/* Cut with "..." when the rest of the line cannot hold it. */
 static void put_json_string(struct line *l, const char *s)
 {
-    put(l, "\"");
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            put(l, "\\%c", c);
-        else if (c < 0x20)
-            put(l, "\\u%04x", c);
-        else
-            put(l, "%c", c);
-    }
-    put(l, "\"");
+    size_t room = sizeof(l->buf) - 1 - l->len; /* keep one byte for '\n' */
+    if (room < 16)
+        return;
+    l->len += jsonstr_quote(l->buf + l->len, room + 1, s, (size_t)-1);
 }
 
 /* Text values are quoted only when they would not read as one token. */

@@ -196,46 +196,10 @@ struct server_stats *metrics_server(struct route_stats *r, const struct hostport
 
 /* --- text output ---------------------------------------------------------- */
 
-struct text {
-    char *buf;
-    size_t len, cap;
-    int oom;
-};
-
-static void put(struct text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void put(struct text *t, const char *fmt, ...)
+static void header(FILE *t, enum family f)
 {
-    if (t->oom)
-        return;
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(t->buf + t->len, t->cap - t->len, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            t->oom = 1;
-            return;
-        }
-        if ((size_t)n < t->cap - t->len) {
-            t->len += (size_t)n;
-            return;
-        }
-        size_t cap = t->cap * 2 + (size_t)n;
-        char *b = realloc(t->buf, cap);
-        if (b == NULL) {
-            t->oom = 1;
-            return;
-        }
-        t->buf = b;
-        t->cap = cap;
-    }
-}
-
-static void header(struct text *t, enum family f)
-{
-    put(t, "# HELP %s %s\n# TYPE %s %s\n", families[f].name, families[f].help, families[f].name,
-        families[f].type);
+    fprintf(t, "# HELP %s %s\n# TYPE %s %s\n", families[f].name, families[f].help,
+            families[f].name, families[f].type);
 }
 
 static void sum_into(struct route_stats *d, struct route_stats *r)
@@ -277,29 +241,30 @@ static struct route_stats *sum_workers(struct worker_stats *const *stats, size_t
 char *metrics_render(struct worker_stats *const *stats, size_t n_workers,
                      const struct process_stats *ps)
 {
-    struct text t = { .cap = 16384 };
-    t.buf = malloc(t.cap);
-    if (t.buf == NULL)
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *t = open_memstream(&buf, &len);
+    if (t == NULL)
         return NULL;
-    t.buf[0] = '\0';
-    struct route_stats *sums = sum_workers(stats, n_workers, &t.oom);
+    int oom = 0;
+    struct route_stats *sums = sum_workers(stats, n_workers, &oom);
 
     for (size_t k = 0; k < sizeof(route_series) / sizeof(route_series[0]); k++) {
         const struct series *se = &route_series[k];
         const char *name = families[se->family].name;
         if (k == 0 || route_series[k - 1].family != se->family)
-            header(&t, se->family);
+            header(t, se->family);
         for (struct route_stats *r = sums; r != NULL; r = r->next) {
             if (se->server) {
                 for (struct server_stats *sv = r->servers; sv != NULL; sv = sv->next)
-                    put(&t, "%s{route=\"%s\",server=\"%s\"} %" PRIu64 "\n", name, r->name,
+                    fprintf(t, "%s{route=\"%s\",server=\"%s\"} %" PRIu64 "\n", name, r->name,
                         sv->label, metric_get(&sv->c[se->first]));
             } else if (se->label == NULL) {
-                put(&t, "%s{route=\"%s\"} %" PRIu64 "\n", name, r->name,
+                fprintf(t, "%s{route=\"%s\"} %" PRIu64 "\n", name, r->name,
                     metric_get(&r->c[se->first]));
             } else {
                 for (size_t i = 0; i < se->n; i++)
-                    put(&t, "%s{route=\"%s\",%s=\"%s\"} %" PRIu64 "\n", name, r->name,
+                    fprintf(t, "%s{route=\"%s\",%s=\"%s\"} %" PRIu64 "\n", name, r->name,
                         se->label, se->value(i), metric_get(&r->c[se->first + i]));
             }
         }
@@ -311,16 +276,16 @@ char *metrics_render(struct worker_stats *const *stats, size_t n_workers,
         route_stats_free(r);
     }
 
-    header(&t, FAMILY_RELOADS);
-    put(&t, "%s{result=\"ok\"} %" PRIu64 "\n%s{result=\"failed\"} %" PRIu64 "\n",
+    header(t, FAMILY_RELOADS);
+    fprintf(t, "%s{result=\"ok\"} %" PRIu64 "\n%s{result=\"failed\"} %" PRIu64 "\n",
         families[FAMILY_RELOADS].name, ps->reloads_ok, families[FAMILY_RELOADS].name,
         ps->reloads_failed);
-    header(&t, FAMILY_CONFIG_INFO);
-    put(&t, "%s{hash=\"%s\"} 1\n", families[FAMILY_CONFIG_INFO].name, ps->config_hash);
-    header(&t, FAMILY_START_TIME);
-    put(&t, "%s %.3f\n", families[FAMILY_START_TIME].name, ps->start_time);
-    header(&t, FAMILY_WORKERS);
-    put(&t, "%s %zu\n", families[FAMILY_WORKERS].name, n_workers);
+    header(t, FAMILY_CONFIG_INFO);
+    fprintf(t, "%s{hash=\"%s\"} 1\n", families[FAMILY_CONFIG_INFO].name, ps->config_hash);
+    header(t, FAMILY_START_TIME);
+    fprintf(t, "%s %.3f\n", families[FAMILY_START_TIME].name, ps->start_time);
+    header(t, FAMILY_WORKERS);
+    fprintf(t, "%s %zu\n", families[FAMILY_WORKERS].name, n_workers);
     if (ps->budget != NULL) {
         const struct {
             enum family fam;
@@ -332,24 +297,24 @@ char *metrics_render(struct worker_stats *const *stats, size_t n_workers,
             { FAMILY_BUFFER_MAX, &ps->budget->buf_max },
         };
         for (size_t g = 0; g < sizeof(gauges) / sizeof(gauges[0]); g++) {
-            header(&t, gauges[g].fam);
-            put(&t, "%s %" PRId64 "\n", families[gauges[g].fam].name, atomic_load(gauges[g].v));
+            header(t, gauges[g].fam);
+            fprintf(t, "%s %" PRId64 "\n", families[gauges[g].fam].name, atomic_load(gauges[g].v));
         }
     }
     if (ps->admin != NULL) {
-        header(&t, FAMILY_ADMIN_REQUESTS);
+        header(t, FAMILY_ADMIN_REQUESTS);
         for (int e = 0; e < ADMIN_EP_COUNT; e++)
-            put(&t, "%s{endpoint=\"%s\"} %" PRIu64 "\n", families[FAMILY_ADMIN_REQUESTS].name,
+            fprintf(t, "%s{endpoint=\"%s\"} %" PRIu64 "\n", families[FAMILY_ADMIN_REQUESTS].name,
                 admin_endpoint_name((enum admin_endpoint)e), ps->admin->requests[e]);
-        header(&t, FAMILY_ADMIN_OVERLOAD);
+        header(t, FAMILY_ADMIN_OVERLOAD);
         for (int o = 0; o < ADMIN_OVERLOAD_COUNT; o++)
-            put(&t, "%s{action=\"%s\"} %" PRIu64 "\n", families[FAMILY_ADMIN_OVERLOAD].name,
+            fprintf(t, "%s{action=\"%s\"} %" PRIu64 "\n", families[FAMILY_ADMIN_OVERLOAD].name,
                 admin_overload_name((enum admin_overload)o), ps->admin->overload[o]);
     }
 
-    if (t.oom) {
-        free(t.buf);
+    if (fclose(t) != 0 || oom) {
+        free(buf);
         return NULL;
     }
-    return t.buf;
+    return buf;
 }

@@ -261,20 +261,26 @@ static void set_state(struct session *s, enum session_state next)
     s->state = next;
 }
 
-int session_json(const struct session *s, char *buf, size_t len)
+cJSON *session_describe(const struct session *s)
 {
     char client[ADDR_STR_MAX];
     uint64_t now = uv_now(s->host->loop);
-    int n = snprintf(buf, len,
-                     "{\"id\":%" PRIu64 ",\"route\":\"%s\",\"worker\":%d,\"client\":\"%s\","
-                     "\"upstream_local_port\":%u,\"state\":\"%s\",\"bytes_from_client\":%" PRIu64
-                     ",\"bytes_from_server\":%" PRIu64 ",\"age_ms\":%" PRIu64
-                     ",\"client_idle_ms\":%" PRIu64 "}",
-                     s->id, s->route->name, s->host->id,
-                     addr_format(&s->peer.sa, client, sizeof(client)), s->upstream_port,
-                     state_shown[s->state], s->up.bytes, s->down.bytes, now - s->started_ms,
-                     now - s->last_rx_ms);
-    return n < (int)len ? n : (int)len - 1;
+    cJSON *o = cJSON_CreateObject();
+    /* Numbers are doubles in cJSON: exact up to 2^53, far beyond any count here. */
+    if (o == NULL || !cJSON_AddNumberToObject(o, "id", (double)s->id) ||
+        !cJSON_AddStringToObject(o, "route", s->route->name) ||
+        !cJSON_AddNumberToObject(o, "worker", s->host->id) ||
+        !cJSON_AddStringToObject(o, "client", addr_format(&s->peer.sa, client, sizeof(client))) ||
+        !cJSON_AddNumberToObject(o, "upstream_local_port", s->upstream_port) ||
+        !cJSON_AddStringToObject(o, "state", state_shown[s->state]) ||
+        !cJSON_AddNumberToObject(o, "bytes_from_client", (double)s->up.bytes) ||
+        !cJSON_AddNumberToObject(o, "bytes_from_server", (double)s->down.bytes) ||
+        !cJSON_AddNumberToObject(o, "age_ms", (double)(now - s->started_ms)) ||
+        !cJSON_AddNumberToObject(o, "client_idle_ms", (double)(now - s->last_rx_ms))) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return o;
 }
 
 uint64_t session_id(const struct session *s) { return s->id; }

@@ -635,28 +635,22 @@ uint64_t worker_stalled_ms(struct worker *w)
     return now > last + TICK_MS ? now - last - TICK_MS : 0;
 }
 
-/* Every session of this worker as JSON objects separated by commas. */
+/* Every session of this worker as a JSON array, or NULL on ENOMEM. */
 static char *describe_all(struct worker *w)
 {
-    size_t cap = 256 * (w->n_sessions + 1), len = 0;
-    char *out = malloc(cap);
-    if (out == NULL)
-        return NULL;
-    out[0] = '\0';
+    cJSON *all = cJSON_CreateArray();
     struct session_link *link;
     LIST_FOREACH(link, &w->sessions, list) {
-        char one[SESSION_JSON_MAX];
-        int n = session_json(session_of_link(link), one, sizeof(one));
-        if (len + (size_t)n + 2 > cap) {
-            cap = cap * 2 + (size_t)n;
-            char *bigger = realloc(out, cap);
-            if (bigger == NULL)
-                break;
-            out = bigger;
+        cJSON *one = all != NULL ? session_describe(session_of_link(link)) : NULL;
+        if (one == NULL || !cJSON_AddItemToArray(all, one)) {
+            cJSON_Delete(one);
+            cJSON_Delete(all);
+            return NULL;
         }
-        len += (size_t)snprintf(out + len, cap - len, "%s%s", len > 0 ? "," : "", one);
     }
-    return out;
+    char *text = all != NULL ? cJSON_PrintUnformatted(all) : NULL;
+    cJSON_Delete(all);
+    return text;
 }
 
 /* Answers one of the supervisor's requests. A draining worker keeps its

@@ -30,7 +30,7 @@ struct request {
 
 struct list_request {
     struct request base;
-    char **parts;          /* one JSON fragment per worker (by number), or NULL */
+    char **parts;          /* one JSON array per worker (by number), or NULL */
     size_t n_parts;
 };
 

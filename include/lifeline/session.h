@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <sys/queue.h>
 #include <sys/socket.h>
+#include <cjson/cJSON.h>
 #include <uv.h>
 
 #include "lifeline/config.h"
@@ -108,9 +109,7 @@ const struct sockaddr *session_peer(const struct session *s);
 struct session_link *session_link(struct session *s);
 struct session *session_of_link(struct session_link *l);
 
-/* Writes the session as one JSON object (admin /sessions); returns its
- * length. SESSION_JSON_MAX is always enough. */
-#define SESSION_JSON_MAX 512
-int session_json(const struct session *s, char *buf, size_t len);
+/* The session as a JSON object (admin /sessions), or NULL on ENOMEM. */
+cJSON *session_describe(const struct session *s);
 
 #endif

@@ -217,7 +217,7 @@ struct host {
     enum host_event events[MAX_EVENTS]; /* closed/freed, in the order they came */
     int n_events;
     size_t max_out;                 /* the most relay chunks held at once, between steps */
-    char closed_json[SESSION_JSON_MAX]; /* the last closed session, as the admin sees it */
+    char closed_json[512];              /* the last closed session, as the admin sees it */
 };
 
 static struct host *host_of(struct session_host *h)
@@ -354,7 +354,12 @@ static void host_closed(struct session_host *h, struct session *s)
     struct host *t = host_of(h);
     t->n_closed++;
     note_event(t, EV_CLOSED);
-    session_json(s, t->closed_json, sizeof(t->closed_json));
+    cJSON *o = session_describe(s);
+    char *text = o != NULL ? cJSON_PrintUnformatted(o) : NULL;
+    assert_non_null(text);
+    snprintf(t->closed_json, sizeof(t->closed_json), "%s", text);
+    cJSON_free(text);
+    cJSON_Delete(o);
     LIST_REMOVE(session_link(s), list);
 }
 
