@@ -2,7 +2,6 @@
 #include "lifeline/metrics.h"
 
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
