@@ -45,15 +45,9 @@ int identity_table_init(struct identity_table *r)
     return 0;
 }
 
-static void entry_free(struct table_node *n)
-{
-    free(n);
-}
-
 void identity_table_destroy(struct identity_table *r)
 {
-    table_clear(&r->entries, entry_free);
-    table_destroy(&r->entries);
+    table_free(&r->entries);
     pthread_mutex_destroy(&r->lock);
 }
 

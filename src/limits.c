@@ -43,15 +43,9 @@ int limits_init(struct limits *l)
     return 0;
 }
 
-static void entry_free(struct table_node *n)
-{
-    free(n);
-}
-
 void limits_destroy(struct limits *l)
 {
-    table_clear(&l->addresses, entry_free);
-    table_destroy(&l->addresses);
+    table_free(&l->addresses);
     while (l->routes != NULL) {
         struct limit_route *r = l->routes;
         l->routes = r->next;

@@ -97,3 +97,14 @@ void table_clear(struct table *t, void (*drop)(struct table_node *node))
     }
     t->n_entries = 0;
 }
+
+static void free_node(struct table_node *n)
+{
+    free(n);
+}
+
+void table_free(struct table *t)
+{
+    table_clear(t, free_node);
+    table_destroy(t);
+}

@@ -48,7 +48,7 @@
  * connections queued on it, and points it at the new route config. */
 struct listener {
     uv_poll_t poll;                    /* readable: connections to accept; data is NULL until initialised */
-    struct listener *next;             /* the worker's list */
+    STAILQ_ENTRY(listener) link;       /* the worker's list, in route order */
     struct worker *w;
     struct sockaddr_storage addr;      /* what it is bound to */
     const struct route_config *route;  /* in the worker's current config */
@@ -56,15 +56,17 @@ struct listener {
     struct limit_route *limit;         /* the route's open sessions, all workers */
     int fd;                            /* handed over by the supervisor; the listener's */
 };
+STAILQ_HEAD(listener_list, listener);
 
 /* A message for this worker: from a session on any worker, or a request
  * from the supervisor. */
 struct worker_msg {
-    struct worker_msg *next;
+    STAILQ_ENTRY(worker_msg) link;
     struct request *request;     /* a request, or NULL: a registry message */
     enum registry_msg msg;
     uint64_t session_id;
 };
+STAILQ_HEAD(worker_msg_list, worker_msg);
 
 /* Accepting, as descriptors allow. A shortage is logged when it begins
  * (ON -> PAUSED) and when it is over (RETRYING -> ON, after a second of
@@ -86,7 +88,7 @@ struct worker {
     uv_thread_t thread;
     uv_async_t wakeup;            /* messages and commands arrive here */
     uv_timer_t drain_timer;
-    struct listener *listeners;   /* one per route of cfg */
+    struct listener_list listeners; /* one per route of cfg */
     struct pool pool;
     struct session_list sessions; /* every live session, for drain and shutdown */
     struct table by_id;           /* the same sessions by id, for messages */
@@ -102,8 +104,7 @@ struct worker {
     struct worker_stats stats;    /* per route, written only by this loop */
 
     uv_mutex_t inbox_lock;        /* guards inbox only */
-    struct worker_msg *inbox;     /* posted by any thread, drained by this loop */
-    struct worker_msg *inbox_tail;
+    struct worker_msg_list inbox; /* posted by any thread, drained by this loop */
     int inbox_closed;             /* the loop is ending: messages are dropped */
 
     struct budget_waiters budget_waiters; /* readers waiting for memory, oldest first */
@@ -144,7 +145,8 @@ static void pause_accepting(struct worker *w, const char *route, int err)
                  LF_INT("worker", w->id), LF_INT("sessions", w->n_sessions),
                  LF_STR("error", err == 0 ? "descriptor budget spent" : uv_strerror(err)));
     w->accept = ACCEPT_PAUSED;
-    for (struct listener *x = w->listeners; x != NULL; x = x->next)
+    struct listener *x;
+    STAILQ_FOREACH(x, &w->listeners, link)
         if (x->poll.data != NULL)
             uv_poll_stop(&x->poll);
     uv_timer_start(&w->accept_retry, accept_retry_cb, ACCEPT_RETRY_MS, 0);
@@ -161,7 +163,8 @@ static void resume_accepting(struct worker *w)
     }
     w->accept = ACCEPT_RETRYING;
     w->accepting_since_ms = uv_now(&w->loop);
-    for (struct listener *x = w->listeners; x != NULL; x = x->next)
+    struct listener *x;
+    STAILQ_FOREACH(x, &w->listeners, link)
         if (x->poll.data != NULL)
             uv_poll_start(&x->poll, UV_READABLE, accept_cb);
 }
@@ -407,23 +410,25 @@ static int listener_serve(struct listener *l, const struct route_config *route)
     return 0;
 }
 
-static void close_listeners(struct worker *w)
+static void close_list(struct listener_list *list)
 {
-    while (w->listeners != NULL) {
-        struct listener *l = w->listeners;
-        w->listeners = l->next;
+    struct listener *l;
+    while ((l = STAILQ_FIRST(list)) != NULL) {
+        STAILQ_REMOVE_HEAD(list, link);
         listener_close(l);
     }
 }
 
+static void close_listeners(struct worker *w) { close_list(&w->listeners); }
+
 /* Takes the listener bound to addr out of the list. */
-static struct listener *listener_unlink(struct listener **list, const struct sockaddr_storage *addr)
+static struct listener *listener_unlink(struct listener_list *list,
+                                        const struct sockaddr_storage *addr)
 {
-    for (struct listener **p = list; *p != NULL; p = &(*p)->next) {
-        struct listener *l = *p;
+    struct listener *l;
+    STAILQ_FOREACH(l, list, link) {
         if (addr_equal((const struct sockaddr *)&l->addr, (const struct sockaddr *)addr)) {
-            *p = l->next;
-            l->next = NULL;
+            STAILQ_REMOVE(list, l, listener, link);
             return l;
         }
     }
@@ -444,8 +449,8 @@ static void log_listener_error(struct worker *w, const struct route_config *rout
 static int serve_config(struct worker *w, struct config *cfg, const struct sockaddr_storage *addrs,
                         int *fds)
 {
-    struct listener *old = w->listeners, **tail = &w->listeners;
-    w->listeners = NULL;
+    struct listener_list old = STAILQ_HEAD_INITIALIZER(old);
+    STAILQ_CONCAT(&old, &w->listeners);
     int first_error = 0;
     for (size_t r = 0; r < cfg->n_routes; r++) {
         struct listener *l;
@@ -468,16 +473,11 @@ static int serve_config(struct worker *w, struct config *cfg, const struct socka
                 first_error = rc;
             continue;
         }
-        *tail = l;
-        tail = &l->next;
+        STAILQ_INSERT_TAIL(&w->listeners, l, link);
     }
     /* What is left belongs to routes the new config dropped: they stop
      * accepting, and their sessions run on until they end. */
-    while (old != NULL) {
-        struct listener *l = old;
-        old = l->next;
-        listener_close(l);
-    }
+    close_list(&old);
     struct config *prev = w->cfg;
     w->cfg = config_ref(cfg);
     config_free(prev);
@@ -706,16 +706,16 @@ static void deliver(struct worker *w, const struct worker_msg *m)
 
 static void drain_inbox(struct worker *w)
 {
+    struct worker_msg_list taken = STAILQ_HEAD_INITIALIZER(taken);
     uv_mutex_lock(&w->inbox_lock);
-    struct worker_msg *m = w->inbox;
-    w->inbox = w->inbox_tail = NULL;
+    STAILQ_CONCAT(&taken, &w->inbox);
     uv_mutex_unlock(&w->inbox_lock);
 
-    while (m != NULL) {
-        struct worker_msg *next = m->next;
+    struct worker_msg *m;
+    while ((m = STAILQ_FIRST(&taken)) != NULL) {
+        STAILQ_REMOVE_HEAD(&taken, link);
         deliver(w, m);
         free(m);
-        m = next;
     }
 }
 
@@ -732,11 +732,7 @@ static int post(struct worker *to, struct request *r, enum registry_msg msg, uin
         free(m);
         return UV_ECANCELED;
     }
-    if (to->inbox_tail != NULL)
-        to->inbox_tail->next = m;
-    else
-        to->inbox = m;
-    to->inbox_tail = m;
+    STAILQ_INSERT_TAIL(&to->inbox, m, link);
     /* Sent under the lock, so that the handle cannot be closed in between. */
     uv_async_send(&to->wakeup);
     uv_mutex_unlock(&to->inbox_lock);
@@ -786,8 +782,9 @@ int worker_new(struct worker **out, int id, struct config *cfg,
     log_limit_init(&w->accept_log, "accept failed", 1);
     LIST_INIT(&w->sessions);
     TAILQ_INIT(&w->budget_waiters);
+    STAILQ_INIT(&w->listeners);
+    STAILQ_INIT(&w->inbox);
     /* The sockets wait, unopened, for the loop's thread: serve_config(). */
-    struct listener **tail = &w->listeners;
     for (size_t i = 0; i < cfg->n_routes; i++) {
         struct listener *l = rc == 0 ? listener_new(w, fds[i], &addrs[i]) : NULL;
         if (l == NULL) {
@@ -797,8 +794,7 @@ int worker_new(struct worker **out, int id, struct config *cfg,
                 close(fds[i]);
             continue;
         }
-        *tail = l;
-        tail = &l->next;
+        STAILQ_INSERT_TAIL(&w->listeners, l, link);
     }
     int loop_rc = rc == 0 ? uv_loop_init(&w->loop) : rc;
     if (loop_rc == 0 && (rc = uv_async_init(&w->loop, &w->wakeup, wakeup_cb)) < 0)
@@ -843,7 +839,8 @@ static int open_listeners(struct worker *w)
 {
     size_t r = 0;
     int rc = 0;
-    for (struct listener *l = w->listeners; l != NULL && rc == 0; l = l->next, r++) {
+    for (struct listener *l = STAILQ_FIRST(&w->listeners); l != NULL && rc == 0;
+         l = STAILQ_NEXT(l, link), r++) {
         rc = listener_open(l);
         if (rc == 0)
             rc = listener_serve(l, &w->cfg->routes[r]);
@@ -893,9 +890,9 @@ void worker_send(struct worker *w, enum worker_command cmd)
 static void free_worker(struct worker *w)
 {
     /* Messages posted after the loop stopped are for sessions long gone. */
-    while (w->inbox != NULL) {
-        struct worker_msg *m = w->inbox;
-        w->inbox = m->next;
+    struct worker_msg *m;
+    while ((m = STAILQ_FIRST(&w->inbox)) != NULL) {
+        STAILQ_REMOVE_HEAD(&w->inbox, link);
         free(m);
     }
     uv_mutex_destroy(&w->inbox_lock);

@@ -46,4 +46,8 @@ void table_remove(struct table *t, struct table_node *node);
 /* Takes every entry out, passing each to `drop` (which may free it). */
 void table_clear(struct table *t, void (*drop)(struct table_node *node));
 
+/* table_clear() with free() as `drop`, then table_destroy(): for entries
+ * that were malloc'd with their node first. */
+void table_free(struct table *t);
+
 #endif
