@@ -360,8 +360,7 @@ static int run_idle(int port, long count)
     }
     /* The reason first: the driver reads it as soon as it sees the count. */
     if (failed > 0)
-        fprintf(stderr, "load idle: connection %ld failed: %s\n", open_n + 1,
-                strerror(last_err));
+        fprintf(stderr, "load idle: connection %ld failed: %s\n", open_n + 1, strerror(last_err));
     printf("established=%ld failed=%ld\n", open_n, failed);
     fflush(stdout);
 

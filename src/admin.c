@@ -51,30 +51,30 @@ struct admin_conn {
     struct admin *a;
     enum conn_state state;
     uv_tcp_t tcp;
-    uv_timer_t timer;               /* the deadline, then the linger bound */
+    uv_timer_t timer; /* the deadline, then the linger bound */
     int open_handles;
-    int backend_holds;              /* freed only after admin_reply() */
-    int heavy;                      /* counted in a->n_heavy until the answer is sent */
+    int backend_holds; /* freed only after admin_reply() */
+    int heavy;         /* counted in a->n_heavy until the answer is sent */
     uint64_t accepted_ms;
     struct admin_request req;
     char in[2048];
     uv_write_t write_req;
     uv_shutdown_t shutdown_req;
     char head[512];
-    char *body;                     /* malloc'd answer body, freed once written */
+    char *body; /* malloc'd answer body, freed once written */
 };
 
 struct admin {
     uv_loop_t *loop;
-    int fd;                         /* the listening socket */
+    int fd; /* the listening socket */
     uv_poll_t poll;
     int polling;
-    uv_timer_t room;                /* accepting paused: when to look again */
-    int open_handles;               /* poll and room */
+    uv_timer_t room;  /* accepting paused: when to look again */
+    int open_handles; /* poll and room */
     struct admin_backend backend;
-    struct admin_conn *conns;       /* open (not closing), newest first */
+    struct admin_conn *conns; /* open (not closing), newest first */
     size_t n_conns;
-    size_t n_alive;                 /* allocated and not yet freed */
+    size_t n_alive; /* allocated and not yet freed */
     size_t n_heavy;
     int stopping;
     struct admin_stats stats;
@@ -337,14 +337,22 @@ static void write_cb(uv_write_t *req, int status)
 static const char *status_text(int status)
 {
     switch (status) {
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 503: return "Service Unavailable";
-    default: return "Unknown";
+    case 200:
+        return "OK";
+    case 400:
+        return "Bad Request";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 503:
+        return "Service Unavailable";
+    default:
+        return "Unknown";
     }
 }
 
@@ -354,11 +362,11 @@ static void respond(struct admin_conn *c, int status, const char *type, const ch
                     char *owned, const char *extra_headers)
 {
     size_t body_len = body != NULL ? strlen(body) : 0;
-    int n = snprintf(c->head, sizeof(c->head),
-                     "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s"
-                     "Connection: close\r\n\r\n",
-                     status, status_text(status), type, body_len,
-                     extra_headers ? extra_headers : "");
+    int n =
+        snprintf(c->head, sizeof(c->head),
+                 "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s"
+                 "Connection: close\r\n\r\n",
+                 status, status_text(status), type, body_len, extra_headers ? extra_headers : "");
     free(c->body);
     c->body = owned;
     c->state = CONN_WRITING;
@@ -473,8 +481,8 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
     struct admin_conn *c = stream->data;
-    if (nread < 0 && (c->state == CONN_READING || c->state == CONN_WAITING ||
-                      c->state == CONN_LINGERING)) {
+    if (nread < 0 &&
+        (c->state == CONN_READING || c->state == CONN_WAITING || c->state == CONN_LINGERING)) {
         conn_close(c); /* the client closed (in LINGERING: as it should) */
         return;
     }

@@ -69,7 +69,7 @@ struct key {
     int required;
     size_t offset;
     enum key_reload reload;
-    size_t size;  /* the field's size in bytes: what a restart-only check compares */
+    size_t size; /* the field's size in bytes: what a restart-only check compares */
 
     /* KEY_U32, and the default of KEY_ENUM (an enum value) and KEY_BOOL. */
     int64_t min, max, def;
@@ -107,50 +107,66 @@ struct key {
 #define N_KEYS(table) (sizeof(table) / sizeof((table)[0]))
 #define FIELD_SIZE(type, field) sizeof(((type *)0)->field)
 
-#define U32_KEY(key, type, field, lo, hi, dflt, rl)                                   \
-    { .name = (key), .kind = KEY_U32, .offset = offsetof(type, field), .min = (lo),  \
-      .max = (hi), .def = (dflt), .reload = (rl), .size = FIELD_SIZE(type, field) }
+#define U32_KEY(key, type, field, lo, hi, dflt, rl)                                                \
+    {                                                                                              \
+        .name = (key), .kind = KEY_U32, .offset = offsetof(type, field), .min = (lo), .max = (hi), \
+        .def = (dflt), .reload = (rl), .size = FIELD_SIZE(type, field)                             \
+    }
 
-#define BOOL_KEY(key, type, field, dflt, rl)                                          \
-    { .name = (key), .kind = KEY_BOOL, .offset = offsetof(type, field), .def = (dflt), \
-      .reload = (rl), .size = FIELD_SIZE(type, field) }
+#define BOOL_KEY(key, type, field, dflt, rl)                                                       \
+    {                                                                                              \
+        .name = (key), .kind = KEY_BOOL, .offset = offsetof(type, field), .def = (dflt),           \
+        .reload = (rl), .size = FIELD_SIZE(type, field)                                            \
+    }
 
-#define ENUM_KEY(key, type, field, choice_table, dflt, rl)                            \
-    { .name = (key), .kind = KEY_ENUM, .offset = offsetof(type, field),              \
-      .choices = (choice_table), .def = (dflt), .reload = (rl),                      \
-      .size = FIELD_SIZE(type, field) }
+#define ENUM_KEY(key, type, field, choice_table, dflt, rl)                                         \
+    {                                                                                              \
+        .name = (key), .kind = KEY_ENUM, .offset = offsetof(type, field),                          \
+        .choices = (choice_table), .def = (dflt), .reload = (rl), .size = FIELD_SIZE(type, field)  \
+    }
 
-#define STRING_KEY(key, type, field, req, parse_fn, expect_words, rl)                 \
-    { .name = (key), .kind = KEY_STRING, .required = (req),                          \
-      .offset = offsetof(type, field), .parse = (parse_fn), .expect = (expect_words), \
-      .reload = (rl), .size = FIELD_SIZE(type, field) }
+#define STRING_KEY(key, type, field, req, parse_fn, expect_words, rl)                              \
+    {                                                                                              \
+        .name = (key), .kind = KEY_STRING, .required = (req), .offset = offsetof(type, field),     \
+        .parse = (parse_fn), .expect = (expect_words), .reload = (rl),                             \
+        .size = FIELD_SIZE(type, field)                                                            \
+    }
 
-#define UNIQUE_STRING_KEY(key, type, field, req, parse_fn, expect_words, what, same_fn, rl) \
-    { .name = (key), .kind = KEY_STRING, .required = (req),                          \
-      .offset = offsetof(type, field), .parse = (parse_fn), .expect = (expect_words), \
-      .unique = (what), .same = (same_fn), .reload = (rl), .size = FIELD_SIZE(type, field) }
+#define UNIQUE_STRING_KEY(key, type, field, req, parse_fn, expect_words, what, same_fn, rl)        \
+    {                                                                                              \
+        .name = (key), .kind = KEY_STRING, .required = (req), .offset = offsetof(type, field),     \
+        .parse = (parse_fn), .expect = (expect_words), .unique = (what), .same = (same_fn),        \
+        .reload = (rl), .size = FIELD_SIZE(type, field)                                            \
+    }
 
-#define OBJECT_KEY(key, req, off, table, rl)                                          \
-    { .name = (key), .kind = KEY_OBJECT, .required = (req), .offset = (off),         \
-      .keys = (table), .n_keys = N_KEYS(table), .reload = (rl) }
+#define OBJECT_KEY(key, req, off, table, rl)                                                       \
+    {                                                                                              \
+        .name = (key), .kind = KEY_OBJECT, .required = (req), .offset = (off), .keys = (table),    \
+        .n_keys = N_KEYS(table), .reload = (rl)                                                    \
+    }
 
 /* An optional object that, when present, sets `switch_field` of `type` to 1. */
-#define SWITCH_OBJECT_KEY(key, off, table, type, switch_field, rl)                    \
-    { .name = (key), .kind = KEY_OBJECT, .offset = (off), .keys = (table),           \
-      .n_keys = N_KEYS(table), .has_switch = 1,                                      \
-      .switch_offset = offsetof(type, switch_field), .reload = (rl) }
+#define SWITCH_OBJECT_KEY(key, off, table, type, switch_field, rl)                                 \
+    {                                                                                              \
+        .name = (key), .kind = KEY_OBJECT, .offset = (off), .keys = (table),                       \
+        .n_keys = N_KEYS(table), .has_switch = 1, .switch_offset = offsetof(type, switch_field),   \
+        .reload = (rl)                                                                             \
+    }
 
-#define ARRAY_KEY(key, type, field, count_field, req, elem_row, lo, hi, what, rl)     \
-    { .name = (key), .kind = KEY_ARRAY, .required = (req), .offset = offsetof(type, field), \
-      .elem = (elem_row), .elem_size = FIELD_SIZE(type, field[0]),                     \
-      .count_offset = offsetof(type, count_field), .min_items = (lo),                 \
-      .max_items = (hi), .noun = (what), .reload = (rl) }
+#define ARRAY_KEY(key, type, field, count_field, req, elem_row, lo, hi, what, rl)                  \
+    {                                                                                              \
+        .name = (key), .kind = KEY_ARRAY, .required = (req), .offset = offsetof(type, field),      \
+        .elem = (elem_row), .elem_size = FIELD_SIZE(type, field[0]),                               \
+        .count_offset = offsetof(type, count_field), .min_items = (lo), .max_items = (hi),         \
+        .noun = (what), .reload = (rl)                                                             \
+    }
 
 /* Enum fields are written through an int. */
 _Static_assert(sizeof(enum log_level) == sizeof(int), "enum log_level is int-sized");
 _Static_assert(sizeof(enum log_format) == sizeof(int), "enum log_format is int-sized");
 _Static_assert(sizeof(enum close_mode) == sizeof(int), "enum close_mode is int-sized");
-_Static_assert(sizeof(enum upstream_on_close) == sizeof(int), "enum upstream_on_close is int-sized");
+_Static_assert(sizeof(enum upstream_on_close) == sizeof(int),
+               "enum upstream_on_close is int-sized");
 _Static_assert(sizeof(enum client_identity) == sizeof(int), "enum client_identity is int-sized");
 _Static_assert(sizeof(enum on_duplicate) == sizeof(int), "enum on_duplicate is int-sized");
 _Static_assert(CONFIG_NAME_MAX == 64, "route name message says 1-63 characters");
@@ -168,77 +184,97 @@ static const struct choice log_level_choices[] = {
 #define LEVEL_CHOICE_(id, name) { name, LOG_##id },
     LOG_LEVELS(LEVEL_CHOICE_)
 #undef LEVEL_CHOICE_
-    { NULL, 0 },
+        { NULL, 0 },
 };
 
 static const struct choice log_format_choices[] = {
 #define FORMAT_CHOICE_(id, name) { name, LOG_FORMAT_##id },
     LOG_FORMATS(FORMAT_CHOICE_)
 #undef FORMAT_CHOICE_
-    { NULL, 0 },
+        { NULL, 0 },
 };
 
 static const struct key server_elem = {
-    .name = "server", .kind = KEY_STRING, .parse = parse_endpoint, .expect = "\"host:port\"",
+    .name = "server",
+    .kind = KEY_STRING,
+    .parse = parse_endpoint,
+    .expect = "\"host:port\"",
 };
 
 static const struct key allow_elem = {
-    .name = "allow", .kind = KEY_STRING, .parse = parse_cidr, .expect = "an address or CIDR",
+    .name = "allow",
+    .kind = KEY_STRING,
+    .parse = parse_cidr,
+    .expect = "an address or CIDR",
 };
 
 static const struct choice close_choices[] = {
-    { "rst", CLOSE_RST }, { "fin", CLOSE_FIN }, { NULL, 0 },
+    { "rst", CLOSE_RST },
+    { "fin", CLOSE_FIN },
+    { NULL, 0 },
 };
 
 static const struct choice on_close_choices[] = {
-    { "close_client", ON_CLOSE_CLOSE_CLIENT }, { "reconnect", ON_CLOSE_RECONNECT }, { NULL, 0 },
+    { "close_client", ON_CLOSE_CLOSE_CLIENT },
+    { "reconnect", ON_CLOSE_RECONNECT },
+    { NULL, 0 },
 };
 
 static const struct choice identity_choices[] = {
-    { "address_port", IDENTITY_ADDRESS_PORT }, { "address", IDENTITY_ADDRESS },
-    { "none", IDENTITY_NONE }, { NULL, 0 },
+    { "address_port", IDENTITY_ADDRESS_PORT },
+    { "address", IDENTITY_ADDRESS },
+    { "none", IDENTITY_NONE },
+    { NULL, 0 },
 };
 
 static const struct choice on_duplicate_choices[] = {
-    { "replace", DUPLICATE_REPLACE }, { "reject", DUPLICATE_REJECT },
-    { "allow", DUPLICATE_ALLOW }, { NULL, 0 },
+    { "replace", DUPLICATE_REPLACE },
+    { "reject", DUPLICATE_REJECT },
+    { "allow", DUPLICATE_ALLOW },
+    { NULL, 0 },
 };
 
 /* TCP_KEEPIDLE and TCP_KEEPINTVL take at most 32767 s, TCP_KEEPCNT 127. */
 static const struct key heartbeat_keys[] = {
     U32_KEY("silence_ms", struct heartbeat_config, silence_ms, 0, 86400000, 0, RELOADABLE),
-    U32_KEY("keepalive_idle_ms", struct heartbeat_config, keepalive_idle_ms, 0, 32767000, 10000, RELOADABLE),
+    U32_KEY("keepalive_idle_ms", struct heartbeat_config, keepalive_idle_ms, 0, 32767000, 10000,
+            RELOADABLE),
     U32_KEY("keepalive_interval_ms", struct heartbeat_config, keepalive_interval_ms, 1, 32767000,
             2000, RELOADABLE),
     U32_KEY("keepalive_count", struct heartbeat_config, keepalive_count, 1, 127, 3, RELOADABLE),
-    U32_KEY("user_timeout_ms", struct heartbeat_config, user_timeout_ms, 0, 86400000, 20000, RELOADABLE),
+    U32_KEY("user_timeout_ms", struct heartbeat_config, user_timeout_ms, 0, 86400000, 20000,
+            RELOADABLE),
 };
 
 static const struct key client_keys[] = {
-    ENUM_KEY("identity", struct client_config, identity, identity_choices, IDENTITY_ADDRESS_PORT, RELOADABLE),
+    ENUM_KEY("identity", struct client_config, identity, identity_choices, IDENTITY_ADDRESS_PORT,
+             RELOADABLE),
     ENUM_KEY("on_duplicate", struct client_config, on_duplicate, on_duplicate_choices,
              DUPLICATE_REPLACE, RELOADABLE),
     ENUM_KEY("close", struct client_config, close, close_choices, CLOSE_RST, RELOADABLE),
-    OBJECT_KEY("heartbeat", OPTIONAL, offsetof(struct client_config, heartbeat), heartbeat_keys, RELOADABLE),
-    ARRAY_KEY("allow", struct client_config, allow, n_allow, OPTIONAL, &allow_elem, 1, 1024,
-              "CIDR", RELOADABLE),
+    OBJECT_KEY("heartbeat", OPTIONAL, offsetof(struct client_config, heartbeat), heartbeat_keys,
+               RELOADABLE),
+    ARRAY_KEY("allow", struct client_config, allow, n_allow, OPTIONAL, &allow_elem, 1, 1024, "CIDR",
+              RELOADABLE),
     U32_KEY("max_connections", struct client_config, max_connections, 0, 10000000, 0, RELOADABLE),
     U32_KEY("max_per_address", struct client_config, max_per_address, 0, 10000000, 0, RELOADABLE),
 };
 
 static const struct key upstream_keys[] = {
-    ARRAY_KEY("servers", struct upstream_config, servers, n_servers, REQUIRED, &server_elem, 1,
-              64, "server", RELOADABLE),
+    ARRAY_KEY("servers", struct upstream_config, servers, n_servers, REQUIRED, &server_elem, 1, 64,
+              "server", RELOADABLE),
     STRING_KEY("source_address", struct upstream_config, source, OPTIONAL, parse_source_address,
                "an IP address", RELOADABLE),
-    U32_KEY("connect_timeout_ms", struct upstream_config, connect_timeout_ms, 1, 600000, 3000, RELOADABLE),
+    U32_KEY("connect_timeout_ms", struct upstream_config, connect_timeout_ms, 1, 600000, 3000,
+            RELOADABLE),
     U32_KEY("retries", struct upstream_config, retries, 0, 100, 3, RELOADABLE),
-    U32_KEY("retry_backoff_ms", struct upstream_config, retry_backoff_ms, 0, 600000, 200, RELOADABLE),
-    U32_KEY("retry_backoff_max_ms", struct upstream_config, retry_backoff_max_ms, 0, 3600000,
-            30000, RELOADABLE),
+    U32_KEY("retry_backoff_ms", struct upstream_config, retry_backoff_ms, 0, 600000, 200,
+            RELOADABLE),
+    U32_KEY("retry_backoff_max_ms", struct upstream_config, retry_backoff_max_ms, 0, 3600000, 30000,
+            RELOADABLE),
     ENUM_KEY("close", struct upstream_config, close, close_choices, CLOSE_FIN, RELOADABLE),
-    ENUM_KEY("on_close", struct upstream_config, on_close, on_close_choices,
-             ON_CLOSE_CLOSE_CLIENT, RELOADABLE),
+    ENUM_KEY("on_close", struct upstream_config, on_close, on_close_choices, ON_CLOSE_CLOSE_CLIENT,
+             RELOADABLE),
 };
 
 static const struct key route_keys[] = {
@@ -251,11 +287,15 @@ static const struct key route_keys[] = {
     BOOL_KEY("dual_stack", struct route_config, dual_stack, 0, RELOADABLE),
     U32_KEY("buffer_bytes", struct route_config, buffer_bytes, 1024, 67108864, 1048576, RELOADABLE),
     OBJECT_KEY("client", OPTIONAL, offsetof(struct route_config, client), client_keys, RELOADABLE),
-    OBJECT_KEY("upstream", REQUIRED, offsetof(struct route_config, upstream), upstream_keys, RELOADABLE),
+    OBJECT_KEY("upstream", REQUIRED, offsetof(struct route_config, upstream), upstream_keys,
+               RELOADABLE),
 };
 
 static const struct key route_elem = {
-    .name = "route", .kind = KEY_OBJECT, .keys = route_keys, .n_keys = N_KEYS(route_keys),
+    .name = "route",
+    .kind = KEY_OBJECT,
+    .keys = route_keys,
+    .n_keys = N_KEYS(route_keys),
 };
 
 /* "log" and "shutdown" are JSON objects whose fields live in struct config. */
@@ -270,7 +310,8 @@ static const struct key shutdown_keys[] = {
 
 /* "admin" is off unless the object is given; then it needs an address. */
 static const struct key admin_keys[] = {
-    STRING_KEY("listen", struct admin_config, listen, REQUIRED, parse_endpoint, "\"host:port\"", RESTART_ONLY),
+    STRING_KEY("listen", struct admin_config, listen, REQUIRED, parse_endpoint, "\"host:port\"",
+               RESTART_ONLY),
     BOOL_KEY("allow_remote", struct admin_config, allow_remote, 0, RESTART_ONLY),
 };
 
@@ -282,9 +323,12 @@ static const struct key root_keys[] = {
     OBJECT_KEY("shutdown", OPTIONAL, 0, shutdown_keys, RELOADABLE),
     SWITCH_OBJECT_KEY("admin", offsetof(struct config, admin), admin_keys, struct config,
                       admin.enabled, RESTART_ONLY),
-    STRING_KEY("user", struct config, user, OPTIONAL, parse_account, "an account name", RESTART_ONLY),
-    STRING_KEY("group", struct config, group, OPTIONAL, parse_account, "an account name", RESTART_ONLY),
-    ARRAY_KEY("routes", struct config, routes, n_routes, REQUIRED, &route_elem, 1, 0, "route", RELOADABLE),
+    STRING_KEY("user", struct config, user, OPTIONAL, parse_account, "an account name",
+               RESTART_ONLY),
+    STRING_KEY("group", struct config, group, OPTIONAL, parse_account, "an account name",
+               RESTART_ONLY),
+    ARRAY_KEY("routes", struct config, routes, n_routes, REQUIRED, &route_elem, 1, 0, "route",
+              RELOADABLE),
 };
 
 /* ---- Value parsers named by the tables ------------------------------------ */
@@ -344,10 +388,7 @@ static int parse_account(const char *s, void *field)
     return 0;
 }
 
-static int parse_cidr(const char *s, void *field)
-{
-    return addr_parse_cidr(s, field);
-}
+static int parse_cidr(const char *s, void *field) { return addr_parse_cidr(s, field); }
 
 static int same_name(const void *a, const void *b)
 {
@@ -361,8 +402,7 @@ static int same_name(const void *a, const void *b)
 static int same_endpoint(const void *a, const void *b)
 {
     const struct hostport *x = a, *y = b;
-    if (x->host[0] == '\0' || y->host[0] == '\0' || x->port != y->port ||
-        x->numeric != y->numeric)
+    if (x->host[0] == '\0' || y->host[0] == '\0' || x->port != y->port || x->numeric != y->numeric)
         return 0;
     if (!x->numeric)
         return strcasecmp(x->host, y->host) == 0;
@@ -550,10 +590,7 @@ static int is_var_start(char ch)
     return ch == '_' || (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z');
 }
 
-static int is_var_char(char ch)
-{
-    return is_var_start(ch) || (ch >= '0' && ch <= '9');
-}
+static int is_var_char(char ch) { return is_var_start(ch) || (ch >= '0' && ch <= '9'); }
 
 /* Replaces, in the tree, a string value's ${VAR} with the variable's value,
  * ${VAR:-default} with the value or, when VAR is unset or empty, the default
@@ -713,8 +750,7 @@ static void parse_enum(struct ctx *c, const struct key *k, const cJSON *v, char 
     add_error(c, p, "expected one of %s, got %s", list, quote(v->valuestring, q, sizeof(q)));
 }
 
-static void parse_array(struct ctx *c, const struct key *k, cJSON *v, char *base,
-                        struct path *p)
+static void parse_array(struct ctx *c, const struct key *k, cJSON *v, char *base, struct path *p)
 {
     size_t count = (size_t)cJSON_GetArraySize(v);
     if (count < k->min_items) {
@@ -771,8 +807,8 @@ static void parse_array(struct ctx *c, const struct key *k, cJSON *v, char *base
 }
 
 /* Parses one member value; `p` already names it. */
-static void parse_value(struct ctx *c, const struct key *k, cJSON *v, char *base,
-                        struct path *p, const struct siblings *sib)
+static void parse_value(struct ctx *c, const struct key *k, cJSON *v, char *base, struct path *p,
+                        const struct siblings *sib)
 {
     char *field = base + k->offset;
     if (!has_type(k, v)) {
@@ -786,8 +822,9 @@ static void parse_value(struct ctx *c, const struct key *k, cJSON *v, char *base
         double d = v->valuedouble;
         if (d < (double)k->min || d > (double)k->max) {
             /* Digits for anything a person would type; 1e+300 stays short. */
-            add_error(c, p, d > -1e15 && d < 1e15 ? "must be between %lld and %lld, got %.0f"
-                                                  : "must be between %lld and %lld, got %g",
+            add_error(c, p,
+                      d > -1e15 && d < 1e15 ? "must be between %lld and %lld, got %.0f"
+                                            : "must be between %lld and %lld, got %g",
                       (long long)k->min, (long long)k->max, d);
             return;
         }
@@ -892,11 +929,15 @@ static void check_admin(struct ctx *c, const struct config *cfg, const cJSON *ro
     path_push(&p, "admin.listen");
     if (!cfg->admin.allow_remote) {
         if (l->numeric && !addr_is_loopback((const struct sockaddr *)&l->sa))
-            add_error(c, &p, "%s is not a loopback address; set admin.allow_remote to true to "
-                      "serve it", q);
+            add_error(c, &p,
+                      "%s is not a loopback address; set admin.allow_remote to true to "
+                      "serve it",
+                      q);
         else if (!l->numeric && !is_localhost(l->host))
-            add_error(c, &p, "%s is a host name other than \"localhost\"; set admin.allow_remote "
-                      "to true to serve it", q);
+            add_error(c, &p,
+                      "%s is a host name other than \"localhost\"; set admin.allow_remote "
+                      "to true to serve it",
+                      q);
     }
     for (size_t i = 0; i < cfg->n_routes; i++) {
         if (same_endpoint(l, &cfg->routes[i].listen)) {
@@ -906,10 +947,7 @@ static void check_admin(struct ctx *c, const struct config *cfg, const cJSON *ro
     }
 }
 
-static const char *family_word(int family)
-{
-    return family == AF_INET6 ? "IPv6" : "IPv4";
-}
+static const char *family_word(int family) { return family == AF_INET6 ? "IPv6" : "IPv4"; }
 
 /* Rules within one route that span keys: what would make every connection
  * fail, or a value that another key silently overrides. */
@@ -978,10 +1016,7 @@ static void add_json_error(struct ctx *c, const char *json, size_t len, const ch
     add_error(c, NULL, "invalid JSON at line %zu, column %zu", line, col);
 }
 
-static int is_json_space(char ch)
-{
-    return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r';
-}
+static int is_json_space(char ch) { return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r'; }
 
 static void errs_reset(struct config_errors *errs)
 {
@@ -999,8 +1034,10 @@ static void note_whole_seconds(struct ctx *c, size_t route, const char *key, uin
         return;
     struct path p = { .len = 0 };
     path_push(&p, "routes[%zu].client.heartbeat.%s", route, key);
-    add_error(c, &p, "%u ms is rounded up to %u s (the kernel counts keepalive time in whole "
-              "seconds)", ms, liveness_ms_to_s(ms));
+    add_error(c, &p,
+              "%u ms is rounded up to %u s (the kernel counts keepalive time in whole "
+              "seconds)",
+              ms, liveness_ms_to_s(ms));
 }
 
 static int add_notes(struct config *cfg)
@@ -1035,9 +1072,9 @@ static int key_differs(const struct key *k, const char *a, const char *b)
     return k->kind != KEY_ARRAY && memcmp(a + k->offset, b + k->offset, k->size) != 0;
 }
 
-static void walk_restart_only(const struct key *keys, size_t n_keys, const char *a,
-                              const char *b, struct path *p,
-                              void (*report)(const char *path, void *arg), void *arg)
+static void walk_restart_only(const struct key *keys, size_t n_keys, const char *a, const char *b,
+                              struct path *p, void (*report)(const char *path, void *arg),
+                              void *arg)
 {
     for (size_t i = 0; i < n_keys; i++) {
         const struct key *k = &keys[i];
@@ -1086,8 +1123,8 @@ static void describe(const struct key *k, struct path *p, int restart_only,
         for (const struct choice *c = k->choices; c->name != NULL; c++) {
             if (c->value == k->def)
                 snprintf(def, sizeof(def), "`\"%s\"`", c->name);
-            o += (size_t)snprintf(allowed + o, sizeof(allowed) - o, "%s`\"%s\"`",
-                                  o ? ", " : "", c->name);
+            o += (size_t)snprintf(allowed + o, sizeof(allowed) - o, "%s`\"%s\"`", o ? ", " : "",
+                                  c->name);
         }
         break;
     }
@@ -1105,9 +1142,9 @@ static void describe(const struct key *k, struct path *p, int restart_only,
     d.allowed = allowed[0] ? allowed : NULL;
     fn(&d, arg);
 
-    const struct key *keys = k->kind == KEY_OBJECT ? k->keys
+    const struct key *keys = k->kind == KEY_OBJECT                                 ? k->keys
                              : k->kind == KEY_ARRAY && k->elem->kind == KEY_OBJECT ? k->elem->keys
-                                                                                     : NULL;
+                                                                                   : NULL;
     size_t n = k->kind == KEY_OBJECT ? k->n_keys : keys != NULL ? k->elem->n_keys : 0;
     size_t saved = p->len;
     if (k->kind == KEY_ARRAY)

@@ -12,10 +12,10 @@
 /* The owner talks to the server; the successor waits until the owner's
  * server connection is finished, then becomes the owner. */
 struct identity_entry {
-    struct table_node node;   /* first: the table hands nodes back */
+    struct table_node node; /* first: the table hands nodes back */
     struct identity id;
     struct session_ref owner;
-    struct session_ref successor;   /* worker -1: none */
+    struct session_ref successor; /* worker -1: none */
 };
 
 #define NO_SESSION ((struct session_ref){ .worker = -1, .id = 0 })
@@ -51,15 +51,15 @@ void identity_table_destroy(struct identity_table *r)
     pthread_mutex_destroy(&r->lock);
 }
 
-static struct identity_entry *find(struct identity_table *r, const struct identity *id, uint64_t hash)
+static struct identity_entry *find(struct identity_table *r, const struct identity *id,
+                                   uint64_t hash)
 {
     return (struct identity_entry *)table_find(&r->entries, hash, id, entry_is);
 }
 
 enum identity_claim identity_table_claim(struct identity_table *r, const struct identity *id,
                                          struct session_ref self, int replace,
-                                         struct session_ref *owner,
-                                         struct session_ref *displaced)
+                                         struct session_ref *owner, struct session_ref *displaced)
 {
     enum identity_claim result;
     *owner = NO_SESSION;

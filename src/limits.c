@@ -10,11 +10,11 @@
 
 /* Open sessions of one route from one client address. */
 struct limit_entry {
-    struct table_node node;   /* first: the table hands nodes back */
+    struct table_node node; /* first: the table hands nodes back */
     struct limit_key {
         const struct limit_route *route;
         struct addr_key client;
-    } key;                    /* zero-padded: compared and hashed as bytes */
+    } key; /* zero-padded: compared and hashed as bytes */
     uint64_t open;
 };
 

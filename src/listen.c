@@ -74,8 +74,10 @@ int listen_check(const struct config *cfg, struct sockaddr_storage *addrs,
         }
         if (addr_is_v4_mapped((const struct sockaddr *)&all[i])) {
             /* An IPv6 socket takes it only without IPV6_V6ONLY. */
-            config_errors_add(errs, "%s: \"%s\" is an IPv4-mapped address; listen on the IPv4 "
-                              "address itself", path, text);
+            config_errors_add(errs,
+                              "%s: \"%s\" is an IPv4-mapped address; listen on the IPv4 "
+                              "address itself",
+                              path, text);
             continue;
         }
         ok[i] = 1;
@@ -84,10 +86,10 @@ int listen_check(const struct config *cfg, struct sockaddr_storage *addrs,
             if (!ok[j] || !addr_listen_overlap((const struct sockaddr *)&all[i], dual,
                                                (const struct sockaddr *)&all[j], other_dual))
                 continue;
-            config_errors_add(errs, "%s: \"%s\" overlaps %s \"%s\" (%s)", path, text, other,
-                              addr_format_hostport(o, other_text, sizeof(other_text)),
-                              overlap_why((const struct sockaddr *)&all[i],
-                                          (const struct sockaddr *)&all[j]));
+            config_errors_add(
+                errs, "%s: \"%s\" overlaps %s \"%s\" (%s)", path, text, other,
+                addr_format_hostport(o, other_text, sizeof(other_text)),
+                overlap_why((const struct sockaddr *)&all[i], (const struct sockaddr *)&all[j]));
             break;
         }
     }
@@ -148,8 +150,8 @@ int listen_open_routes(const struct config *cfg, size_t n_workers, const struct 
         if (rc < 0)
             return rc;
         for (size_t w = 0; w < n_workers; w++) {
-            int fd = net_listen_socket((const struct sockaddr *)sa, route->dual_stack,
-                                       LISTEN_BACKLOG);
+            int fd =
+                net_listen_socket((const struct sockaddr *)sa, route->dual_stack, LISTEN_BACKLOG);
             if (fd < 0) {
                 log_listen_error(route->name, &route->listen, strerror(-fd));
                 return fd;

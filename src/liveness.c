@@ -21,8 +21,10 @@ int liveness_apply(int fd, const struct heartbeat_config *hb)
      * and what it holds is what the next connections inherit. */
     int rc = 0;
     if (hb->keepalive_idle_ms > 0 &&
-        ((rc = set_int(fd, IPPROTO_TCP, TCP_KEEPIDLE, (int)liveness_ms_to_s(hb->keepalive_idle_ms))) < 0 ||
-         (rc = set_int(fd, IPPROTO_TCP, TCP_KEEPINTVL, (int)liveness_ms_to_s(hb->keepalive_interval_ms))) < 0 ||
+        ((rc = set_int(fd, IPPROTO_TCP, TCP_KEEPIDLE,
+                       (int)liveness_ms_to_s(hb->keepalive_idle_ms))) < 0 ||
+         (rc = set_int(fd, IPPROTO_TCP, TCP_KEEPINTVL,
+                       (int)liveness_ms_to_s(hb->keepalive_interval_ms))) < 0 ||
          (rc = set_int(fd, IPPROTO_TCP, TCP_KEEPCNT, (int)hb->keepalive_count)) < 0))
         return rc;
     if ((rc = set_int(fd, SOL_SOCKET, SO_KEEPALIVE, hb->keepalive_idle_ms > 0)) < 0)

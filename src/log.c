@@ -115,8 +115,8 @@ void log_write(enum log_level level, const char *msg, const struct log_field *fi
     strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
 
     if (atomic_load_explicit(&log_format_, memory_order_relaxed) == LOG_FORMAT_JSON) {
-        put(&l, "{\"ts\":\"%s.%03ldZ\",\"level\":\"%s\",\"msg\":", when,
-            ts.tv_nsec / 1000000, level_names[level]);
+        put(&l, "{\"ts\":\"%s.%03ldZ\",\"level\":\"%s\",\"msg\":", when, ts.tv_nsec / 1000000,
+            level_names[level]);
         put_json_string(&l, msg);
         for (size_t i = 0; i < n_fields; i++) {
             put(&l, ",");

@@ -152,7 +152,8 @@ int main(int argc, char **argv)
     log_info("starting", LF_STR("version", LIFELINE_VERSION), LF_STR("config", path));
     for (size_t i = 0; i < cfg->notes.n; i++)
         log_warn("config note", LF_STR("note", cfg->notes.msgs[i]));
-    struct supervisor_options opts = { .config_path = path, .log_level_fixed = have_level,
+    struct supervisor_options opts = { .config_path = path,
+                                       .log_level_fixed = have_level,
                                        .log_format_fixed = have_format };
     int code = supervisor_run(cfg, &opts);
     config_free(cfg);

@@ -12,45 +12,44 @@
 #include "lifeline/config.h"
 
 /* Every metric family, once: name, type, help. */
-#define METRIC_FAMILIES(X)                                                                  \
-    X(SESSIONS_ACTIVE, "lifeline_sessions_active", "gauge", "Sessions open now.")          \
-    X(SESSIONS_TOTAL, "lifeline_sessions_total", "counter",                            \
-      "Connections accepted, denied ones included.")          \
-    X(CLOSES, "lifeline_session_closes_total", "counter", "Sessions closed, by reason.")   \
-    X(BYTES, "lifeline_bytes_total", "counter",                                            \
-      "Bytes relayed, by direction (from_client, from_server).")                          \
-    X(CONNECT_ATTEMPTS, "lifeline_upstream_connect_attempts_total", "counter",             \
-      "Connection tries to each upstream server.")                                         \
-    X(CONNECT_FAILURES, "lifeline_upstream_connect_failures_total", "counter",             \
-      "Failed connection tries to each upstream server.")                                  \
-    X(TAKEOVERS, "lifeline_takeovers_total", "counter",                                    \
-      "Sessions that replaced an older session of the same client.")                       \
-    X(REJECTIONS, "lifeline_rejections_total", "counter",                                  \
-      "Connections closed because their client already had a session.")                   \
-    X(LIVENESS, "lifeline_liveness_expiries_total", "counter",                             \
-      "Sessions ended because the client was found dead, by kind.")                        \
-    X(DENIED, "lifeline_denied_total", "counter",                                          \
-      "Connections refused by access control or limits, by cause.")                        \
-    X(ACCEPT_ERRORS, "lifeline_accept_errors_total", "counter", "Failed accepts.")         \
-    X(RELOADS, "lifeline_config_reloads_total", "counter",                                 \
-      "Configuration reloads, by result.")                                                 \
-    X(CONFIG_INFO, "lifeline_config_info", "gauge",                                        \
-      "Always 1; the hash label identifies the loaded configuration file.")                \
-    X(START_TIME, "lifeline_process_start_time_seconds", "gauge",                          \
-      "Start time of the process since the Unix epoch, in seconds.")                       \
-    X(WORKERS, "lifeline_workers", "gauge", "Worker threads.")                             \
-    X(FDS, "lifeline_session_descriptors", "gauge",                                        \
-      "Descriptors held by sessions now (two per session, counted from accept).")         \
-    X(FDS_MAX, "lifeline_session_descriptors_max", "gauge",                                \
-      "The descriptor limit less what the rest of the process keeps for itself.")        \
-    X(BUFFER, "lifeline_buffer_bytes", "gauge",                                            \
-      "Memory in relay buffers held by sessions now (may pass the _max bound by one "     \
-      "read per worker and 64 KiB per stalled session).")                                     \
-    X(BUFFER_MAX, "lifeline_buffer_bytes_max", "gauge",                                    \
-      "buffer_total_bytes: past it lifeline stops reading.")                               \
-    X(ADMIN_REQUESTS, "lifeline_admin_requests_total", "counter",                          \
-      "Admin endpoint requests, by endpoint.")                                             \
-    X(ADMIN_OVERLOAD, "lifeline_admin_overload_total", "counter",                          \
+#define METRIC_FAMILIES(X)                                                                         \
+    X(SESSIONS_ACTIVE, "lifeline_sessions_active", "gauge", "Sessions open now.")                  \
+    X(SESSIONS_TOTAL, "lifeline_sessions_total", "counter",                                        \
+      "Connections accepted, denied ones included.")                                               \
+    X(CLOSES, "lifeline_session_closes_total", "counter", "Sessions closed, by reason.")           \
+    X(BYTES, "lifeline_bytes_total", "counter",                                                    \
+      "Bytes relayed, by direction (from_client, from_server).")                                   \
+    X(CONNECT_ATTEMPTS, "lifeline_upstream_connect_attempts_total", "counter",                     \
+      "Connection tries to each upstream server.")                                                 \
+    X(CONNECT_FAILURES, "lifeline_upstream_connect_failures_total", "counter",                     \
+      "Failed connection tries to each upstream server.")                                          \
+    X(TAKEOVERS, "lifeline_takeovers_total", "counter",                                            \
+      "Sessions that replaced an older session of the same client.")                               \
+    X(REJECTIONS, "lifeline_rejections_total", "counter",                                          \
+      "Connections closed because their client already had a session.")                            \
+    X(LIVENESS, "lifeline_liveness_expiries_total", "counter",                                     \
+      "Sessions ended because the client was found dead, by kind.")                                \
+    X(DENIED, "lifeline_denied_total", "counter",                                                  \
+      "Connections refused by access control or limits, by cause.")                                \
+    X(ACCEPT_ERRORS, "lifeline_accept_errors_total", "counter", "Failed accepts.")                 \
+    X(RELOADS, "lifeline_config_reloads_total", "counter", "Configuration reloads, by result.")    \
+    X(CONFIG_INFO, "lifeline_config_info", "gauge",                                                \
+      "Always 1; the hash label identifies the loaded configuration file.")                        \
+    X(START_TIME, "lifeline_process_start_time_seconds", "gauge",                                  \
+      "Start time of the process since the Unix epoch, in seconds.")                               \
+    X(WORKERS, "lifeline_workers", "gauge", "Worker threads.")                                     \
+    X(FDS, "lifeline_session_descriptors", "gauge",                                                \
+      "Descriptors held by sessions now (two per session, counted from accept).")                  \
+    X(FDS_MAX, "lifeline_session_descriptors_max", "gauge",                                        \
+      "The descriptor limit less what the rest of the process keeps for itself.")                  \
+    X(BUFFER, "lifeline_buffer_bytes", "gauge",                                                    \
+      "Memory in relay buffers held by sessions now (may pass the _max bound by one "              \
+      "read per worker and 64 KiB per stalled session).")                                          \
+    X(BUFFER_MAX, "lifeline_buffer_bytes_max", "gauge",                                            \
+      "buffer_total_bytes: past it lifeline stops reading.")                                       \
+    X(ADMIN_REQUESTS, "lifeline_admin_requests_total", "counter",                                  \
+      "Admin endpoint requests, by endpoint.")                                                     \
+    X(ADMIN_OVERLOAD, "lifeline_admin_overload_total", "counter",                                  \
       "Admin clients cut short, by action (timeout, evicted, busy).")
 
 enum family {
@@ -70,10 +69,7 @@ static const struct {
 static const char *deny_label(size_t i) { return deny_name((enum deny_cause)i); }
 static const char *reason_label(size_t i) { return reason_name((enum reason)i); }
 
-static const char *direction_label(size_t i)
-{
-    return i == 0 ? "from_client" : "from_server";
-}
+static const char *direction_label(size_t i) { return i == 0 ? "from_client" : "from_server"; }
 
 /* The liveness kinds: the three client_* liveness reasons, in their order. */
 static const char *liveness_label(size_t i)
@@ -92,7 +88,7 @@ static const struct series {
     size_t n;
     const char *label;
     const char *(*value)(size_t i);
-    int server;                    /* 1: a server counter (first is enum server_counter) */
+    int server; /* 1: a server counter (first is enum server_counter) */
 } route_series[] = {
     { FAMILY_SESSIONS_ACTIVE, RC_SESSIONS_ACTIVE, 1, NULL, NULL, 0 },
     { FAMILY_SESSIONS_TOTAL, RC_SESSIONS_TOTAL, 1, NULL, NULL, 0 },
@@ -197,8 +193,8 @@ struct server_stats *metrics_server(struct route_stats *r, const struct hostport
 
 static void header(FILE *t, enum family f)
 {
-    fprintf(t, "# HELP %s %s\n# TYPE %s %s\n", families[f].name, families[f].help,
-            families[f].name, families[f].type);
+    fprintf(t, "# HELP %s %s\n# TYPE %s %s\n", families[f].name, families[f].help, families[f].name,
+            families[f].type);
 }
 
 static void sum_into(struct route_stats *d, struct route_stats *r)
@@ -257,14 +253,14 @@ char *metrics_render(struct worker_stats *const *stats, size_t n_workers,
             if (se->server) {
                 for (struct server_stats *sv = r->servers; sv != NULL; sv = sv->next)
                     fprintf(t, "%s{route=\"%s\",server=\"%s\"} %" PRIu64 "\n", name, r->name,
-                        sv->label, metric_get(&sv->c[se->first]));
+                            sv->label, metric_get(&sv->c[se->first]));
             } else if (se->label == NULL) {
                 fprintf(t, "%s{route=\"%s\"} %" PRIu64 "\n", name, r->name,
-                    metric_get(&r->c[se->first]));
+                        metric_get(&r->c[se->first]));
             } else {
                 for (size_t i = 0; i < se->n; i++)
-                    fprintf(t, "%s{route=\"%s\",%s=\"%s\"} %" PRIu64 "\n", name, r->name,
-                        se->label, se->value(i), metric_get(&r->c[se->first + i]));
+                    fprintf(t, "%s{route=\"%s\",%s=\"%s\"} %" PRIu64 "\n", name, r->name, se->label,
+                            se->value(i), metric_get(&r->c[se->first + i]));
             }
         }
     }
@@ -277,8 +273,8 @@ char *metrics_render(struct worker_stats *const *stats, size_t n_workers,
 
     header(t, FAMILY_RELOADS);
     fprintf(t, "%s{result=\"ok\"} %" PRIu64 "\n%s{result=\"failed\"} %" PRIu64 "\n",
-        families[FAMILY_RELOADS].name, ps->reloads_ok, families[FAMILY_RELOADS].name,
-        ps->reloads_failed);
+            families[FAMILY_RELOADS].name, ps->reloads_ok, families[FAMILY_RELOADS].name,
+            ps->reloads_failed);
     header(t, FAMILY_CONFIG_INFO);
     fprintf(t, "%s{hash=\"%s\"} 1\n", families[FAMILY_CONFIG_INFO].name, ps->config_hash);
     header(t, FAMILY_START_TIME);
@@ -304,11 +300,11 @@ char *metrics_render(struct worker_stats *const *stats, size_t n_workers,
         header(t, FAMILY_ADMIN_REQUESTS);
         for (int e = 0; e < ADMIN_EP_COUNT; e++)
             fprintf(t, "%s{endpoint=\"%s\"} %" PRIu64 "\n", families[FAMILY_ADMIN_REQUESTS].name,
-                admin_endpoint_name((enum admin_endpoint)e), ps->admin->requests[e]);
+                    admin_endpoint_name((enum admin_endpoint)e), ps->admin->requests[e]);
         header(t, FAMILY_ADMIN_OVERLOAD);
         for (int o = 0; o < ADMIN_OVERLOAD_COUNT; o++)
             fprintf(t, "%s{action=\"%s\"} %" PRIu64 "\n", families[FAMILY_ADMIN_OVERLOAD].name,
-                admin_overload_name((enum admin_overload)o), ps->admin->overload[o]);
+                    admin_overload_name((enum admin_overload)o), ps->admin->overload[o]);
     }
 
     if (fclose(t) != 0 || oom) {

@@ -19,7 +19,8 @@
 int net_resolve_listen(const char *host, unsigned short port, struct sockaddr_storage *out,
                        const char **why)
 {
-    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+    struct addrinfo hints = { .ai_family = AF_UNSPEC,
+                              .ai_socktype = SOCK_STREAM,
                               .ai_flags = AI_PASSIVE | AI_ADDRCONFIG };
     struct addrinfo *res = NULL;
     int rc = getaddrinfo(host, NULL, &hints, &res);

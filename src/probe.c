@@ -134,7 +134,8 @@ int probe_parse_url(const char *url, struct probe_target *t, const char **why)
     if (host_len == 0)
         return *why = "missing host", -1;
     if (host_len >= sizeof(hostbuf))
-        return *why = "the host must be an IPv4 address, an IPv6 address in brackets or localhost", -1;
+        return *why = "the host must be an IPv4 address, an IPv6 address in brackets or localhost",
+               -1;
     memcpy(hostbuf, host, host_len);
     hostbuf[host_len] = '\0';
 
@@ -237,11 +238,11 @@ static int connect_one(const struct sockaddr_storage *sa, socklen_t len, int64_t
 
 /* The outcome of one probe, before it becomes an exit code and a message. */
 struct probe_result {
-    int status;         /* the HTTP status, or 0 when there is none */
-    const char *step;   /* "connect", "send", "recv": what failed, or NULL */
-    int err;            /* its errno; ETIMEDOUT for the deadline */
-    const char *why;    /* or a protocol problem */
-    char line[64];      /* a printable excerpt of an invalid status line */
+    int status;       /* the HTTP status, or 0 when there is none */
+    const char *step; /* "connect", "send", "recv": what failed, or NULL */
+    int err;          /* its errno; ETIMEDOUT for the deadline */
+    const char *why;  /* or a protocol problem */
+    char line[64];    /* a printable excerpt of an invalid status line */
 };
 
 /* "HTTP/1.1 200 OK" -> 200; -1 if the line is not a status line. */
@@ -278,8 +279,7 @@ static void keep_excerpt(struct probe_result *r, const char *s, size_t len)
 }
 
 /* Sends the request on a connected socket and reads the status line. */
-static void exchange(int fd, const struct probe_target *t, int64_t deadline,
-                     struct probe_result *r)
+static void exchange(int fd, const struct probe_target *t, int64_t deadline, struct probe_result *r)
 {
     char req[PROBE_PATH_MAX + PROBE_HOST_MAX + 64];
     char buf[PROBE_STATUS_MAX];

@@ -8,7 +8,7 @@
 #include "lifeline/identity_table.h"
 
 struct local_registry {
-    struct registry base;          /* first: the contract's part */
+    struct registry base; /* first: the contract's part */
     struct identity_table table;
 };
 

@@ -33,8 +33,8 @@ static void finished(struct reload *rl, int ok)
 
 static void failed(struct reload *rl)
 {
-    log_error("reload failed: keeping the running config",
-              LF_STR("config", rl->opts->config_path), LF_STR("hash", rl->ps->config_hash));
+    log_error("reload failed: keeping the running config", LF_STR("config", rl->opts->config_path),
+              LF_STR("hash", rl->ps->config_hash));
     finished(rl, 0);
 }
 

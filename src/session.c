@@ -93,19 +93,17 @@
  * set_state(); `timer` serves the state it is in, as the comments say.
  * The connecting states are "connecting" and the closing ones "closing"
  * in /sessions. */
-#define SESSION_STATES(X)                                                                   \
-    X(WAITING, "waiting", "waiting")         /* the registry decides: no timer */         \
-    X(RESOLVING, "resolving", "connecting")  /* uv_getaddrinfo in flight: no timer */      \
-    X(CONNECTING, "connecting", "connecting") /* handshake; timer: connect timeout */     \
-    X(RECONNECTING, "reconnecting", "connecting") /* the last try's handle closing */     \
-    X(BACKOFF, "backoff", "connecting")      /* timer: the pause before the next try */    \
-    X(RELAYING, "relaying", "relaying")      /* no timer (silence has its own) */          \
-    X(FLUSHING, "flushing", "closing")       /* timer: CLOSE_LINGER_MS, then cut */        \
-    X(AWAIT_CONNECT, "await_connect", "closing") /* given up mid-handshake; timer: the    \
-                                              * connect timeout still */                   \
-    X(AWAIT_SERVER, "await_server", "closing") /* FIN sent upstream; timer: polls until   \
-                                              * the server is done */                      \
-    X(CLOSED, "closed", "closed")            /* handles closing; freed by the last */
+#define SESSION_STATES(X)                                                                          \
+    X(WAITING, "waiting", "waiting")              /* the registry decides: no timer */             \
+    X(RESOLVING, "resolving", "connecting")       /* uv_getaddrinfo in flight: no timer */         \
+    X(CONNECTING, "connecting", "connecting")     /* handshake; timer: connect timeout */          \
+    X(RECONNECTING, "reconnecting", "connecting") /* the last try's handle closing */              \
+    X(BACKOFF, "backoff", "connecting")           /* timer: the pause before the next try */       \
+    X(RELAYING, "relaying", "relaying")           /* no timer (silence has its own) */             \
+    X(FLUSHING, "flushing", "closing")            /* timer: CLOSE_LINGER_MS, then cut */           \
+    X(AWAIT_CONNECT, "await_connect", "closing")  /* given up mid-handshake; timer: connect */     \
+    X(AWAIT_SERVER, "await_server", "closing")    /* FIN sent upstream; timer: polls the server */ \
+    X(CLOSED, "closed", "closed")                 /* handles closing; freed by the last */
 
 enum session_state {
 #define STATE_ENUM_(id, name, shown) SESSION_##id,
@@ -146,29 +144,31 @@ static int is_closing(enum session_state st)
 /* How the server was seen to finish with a replaced session's connection. */
 enum upstream_finish {
     FINISH_NOT_AWAITED,
-    FINISH_SERVER_EOF,   /* the server closed its side: it has read our EOF */
-    FINISH_FIN_ACKED,    /* our FIN was acknowledged, plus a grace period */
-    FINISH_TIMEOUT,      /* neither within AWAIT_SERVER_MS */
+    FINISH_SERVER_EOF, /* the server closed its side: it has read our EOF */
+    FINISH_FIN_ACKED,  /* our FIN was acknowledged, plus a grace period */
+    FINISH_TIMEOUT,    /* neither within AWAIT_SERVER_MS */
 };
 
 static const char *const finish_names[] = {
-    [FINISH_NOT_AWAITED] = "", [FINISH_SERVER_EOF] = "server_eof",
-    [FINISH_FIN_ACKED] = "fin_acked", [FINISH_TIMEOUT] = "timeout",
+    [FINISH_NOT_AWAITED] = "",
+    [FINISH_SERVER_EOF] = "server_eof",
+    [FINISH_FIN_ACKED] = "fin_acked",
+    [FINISH_TIMEOUT] = "timeout",
 };
 
 /* One direction of the relay. */
 enum half_state {
-    HALF_OPEN,      /* reading the source, writing the destination */
-    HALF_FLUSHING,  /* source finished: write what is pending, then FIN */
-    HALF_DONE,      /* FIN sent, or the direction was abandoned */
+    HALF_OPEN,     /* reading the source, writing the destination */
+    HALF_FLUSHING, /* source finished: write what is pending, then FIN */
+    HALF_DONE,     /* FIN sent, or the direction was abandoned */
 };
 
 /* Whether an open direction reads its source. */
 enum half_read {
-    READ_ON,        /* reading (or not started yet) */
-    READ_HELD,      /* stopped until what it holds is written: the destination
+    READ_ON,     /* reading (or not started yet) */
+    READ_HELD,   /* stopped until what it holds is written: the destination
                      * is slow, or not connected yet */
-    READ_BUDGET,    /* stopped: buffer_total_bytes is spent; on its worker's
+    READ_BUDGET, /* stopped: buffer_total_bytes is spent; on its worker's
                      * budget list until there is room (session_budget_retry) */
 };
 
@@ -178,33 +178,33 @@ struct half {
     uv_tcp_t *dst;
     enum half_state state;
     enum half_read read;
-    struct budget_waiter waiter;  /* READ_BUDGET: on the worker's list */
-    size_t pending;             /* bytes read and not yet written */
-    struct chunk *queue_head;   /* bytes waiting for the upstream to connect */
+    struct budget_waiter waiter; /* READ_BUDGET: on the worker's list */
+    size_t pending;              /* bytes read and not yet written */
+    struct chunk *queue_head;    /* bytes waiting for the upstream to connect */
     struct chunk *queue_tail;
-    uint64_t bytes;             /* bytes read from the source */
+    uint64_t bytes; /* bytes read from the source */
 };
 
 struct session {
-    struct session_link link;      /* its host's: list, index, limit slot */
-    uint64_t id;                   /* process-wide, for messages */
-    struct session_host *host;     /* the worker that runs it */
-    struct config *cfg;            /* a reference: the config the session started with */
+    struct session_link link;         /* its host's: list, index, limit slot */
+    uint64_t id;                      /* process-wide, for messages */
+    struct session_host *host;        /* the worker that runs it */
+    struct config *cfg;               /* a reference: the config the session started with */
     const struct route_config *route; /* in cfg */
-    struct route_stats *stats;     /* the route's counters on this worker */
+    struct route_stats *stats;        /* the route's counters on this worker */
     enum session_state state;
     enum upstream_finish finish;
-    enum reason reason;            /* set once, by the first session_close() */
-    enum reason eof_reason;        /* the side whose EOF came first */
+    enum reason reason;     /* set once, by the first session_close() */
+    enum reason eof_reason; /* the side whose EOF came first */
     int saw_eof;
-    enum close_mode client_close;  /* how finish_close() ends the client side */
-    int registered;                /* owns (or waits for) its client identity */
+    enum close_mode client_close; /* how finish_close() ends the client side */
+    int registered;               /* owns (or waits for) its client identity */
 
     uv_tcp_t client;
     uv_tcp_t upstream;
-    int upstream_open;             /* upstream handle initialised and not yet closing */
-    uv_timer_t timer;              /* connect timeout, backoff, linger or await, by state */
-    uv_timer_t silence;            /* heartbeat.silence_ms, re-armed lazily */
+    int upstream_open;  /* upstream handle initialised and not yet closing */
+    uv_timer_t timer;   /* connect timeout, backoff, linger or await, by state */
+    uv_timer_t silence; /* heartbeat.silence_ms, re-armed lazily */
     /* One step of a connect try at a time: resolving, then connecting (a
      * request's memory is free once its callback runs). Shared, so that an
      * idle session does not carry both. */
@@ -212,24 +212,24 @@ struct session {
         uv_connect_t connect_req;
         uv_getaddrinfo_t gai;
     };
-    int refs;                      /* handles and requests whose callbacks are due */
+    int refs; /* handles and requests whose callbacks are due */
 
-    struct half up;                /* client -> upstream */
-    struct half down;              /* upstream -> client */
+    struct half up;   /* client -> upstream */
+    struct half down; /* upstream -> client */
 
-    unsigned tries;                /* connect tries since the last success */
-    size_t server;                 /* index of the server of the current try */
-    unsigned short upstream_port;  /* our local port of the upstream connection */
+    unsigned tries;               /* connect tries since the last success */
+    size_t server;                /* index of the server of the current try */
+    unsigned short upstream_port; /* our local port of the upstream connection */
     uint64_t started_ms;
-    uint64_t connected_ms;         /* when the current server connection was established */
-    uint64_t last_rx_ms;           /* when the client last sent a byte */
+    uint64_t connected_ms; /* when the current server connection was established */
+    uint64_t last_rx_ms;   /* when the client last sent a byte */
     uint64_t await_since_ms;
-    uint64_t fin_acked_ms;         /* 0 until seen */
+    uint64_t fin_acked_ms; /* 0 until seen */
     union {
         struct sockaddr sa;
         struct sockaddr_in in;
         struct sockaddr_in6 in6;
-    } peer;                        /* the client's address and port */
+    } peer; /* the client's address and port */
 };
 
 static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
@@ -459,8 +459,7 @@ void session_budget_retry(struct budget_waiter *bw)
     /* A waiting session reads its client too (its bytes queue for the
      * server it will have), so it waits for memory like the others. */
     if (h->read != READ_BUDGET || h->state != HALF_OPEN ||
-        (s->state != SESSION_RELAYING && s->state != SESSION_WAITING &&
-         !is_connecting(s->state)))
+        (s->state != SESSION_RELAYING && s->state != SESSION_WAITING && !is_connecting(s->state)))
         return;
     if (budget_allows(h, READ_MIN) < READ_MIN) {
         s->host->wait_budget(s->host, bw); /* still no room */
@@ -758,9 +757,8 @@ static void log_try_failed(struct session *s, int err)
     char server[ADDR_STR_MAX], client[ADDR_STR_MAX];
     log_warn("upstream connect failed", LF_STR("route", s->route->name),
              LF_STR("client", addr_format(&s->peer.sa, client, sizeof(client))),
-             LF_STR("server", server_name(s, server, sizeof(server))),
-             LF_INT("attempt", s->tries), LF_STR("error", uv_strerror(err)),
-             LF_INT("suppressed", suppressed));
+             LF_STR("server", server_name(s, server, sizeof(server))), LF_INT("attempt", s->tries),
+             LF_STR("error", uv_strerror(err)), LF_INT("suppressed", suppressed));
 }
 
 static void count_try_failed(struct session *s)
@@ -1023,7 +1021,8 @@ static void connect_try(struct session *s)
         return;
     }
     /* A configured source address decides the family to resolve. */
-    struct addrinfo hints = { .ai_family = u->source.ss_family, .ai_socktype = SOCK_STREAM,
+    struct addrinfo hints = { .ai_family = u->source.ss_family,
+                              .ai_socktype = SOCK_STREAM,
                               .ai_flags = AI_ADDRCONFIG };
     s->gai.data = s;
     int rc = uv_getaddrinfo(s->host->loop, &s->gai, gai_cb, srv->host, NULL, &hints);
@@ -1347,10 +1346,7 @@ static enum registry_answer claim_identity(struct session *s)
 }
 
 /* The client handle of a session that never ran: only memory to free. */
-static void unopened_closed_cb(uv_handle_t *h)
-{
-    free(((struct half *)h->data)->s);
-}
+static void unopened_closed_cb(uv_handle_t *h) { free(((struct half *)h->data)->s); }
 
 int session_new(struct session_host *h, const struct session_params *p, struct session **out)
 {

@@ -26,32 +26,32 @@
 #define WATCHDOG_MS 500
 
 enum sup_phase {
-    SUP_STARTING,   /* waiting for every worker to run */
-    SUP_RUNNING,    /* ready logged */
-    SUP_STOPPING,   /* drain or stop sent; waiting for workers to exit */
+    SUP_STARTING, /* waiting for every worker to run */
+    SUP_RUNNING,  /* ready logged */
+    SUP_STOPPING, /* drain or stop sent; waiting for workers to exit */
 };
 
 struct supervisor {
-    struct reload rl;             /* the running config (rl.cfg, rl.addrs) and its reloads */
+    struct reload rl; /* the running config (rl.cfg, rl.addrs) and its reloads */
     const struct supervisor_options *opts;
-    int reload_again;             /* a SIGHUP came during a reload, or before ready */
+    int reload_again; /* a SIGHUP came during a reload, or before ready */
     uv_loop_t loop;
     uv_signal_t sigterm, sigint, sighup;
-    uv_async_t notify;            /* workers report phase changes here */
-    struct worker_set workers;    /* by number; n_started of them running */
-    struct worker_shared shared;  /* what every worker is lent */
-    struct registry *registry;    /* client identities, shared by the workers */
-    struct limits limits;         /* open sessions per route and address */
-    struct budget budget;         /* descriptors and buffer memory, shared by the workers */
+    uv_async_t notify;           /* workers report phase changes here */
+    struct worker_set workers;   /* by number; n_started of them running */
+    struct worker_shared shared; /* what every worker is lent */
+    struct registry *registry;   /* client identities, shared by the workers */
+    struct limits limits;        /* open sessions per route and address */
+    struct budget budget;        /* descriptors and buffer memory, shared by the workers */
     enum sup_phase phase;
-    int signals;                  /* shutdown signals received */
+    int signals; /* shutdown signals received */
     int exit_code;
-    struct admin *admin;          /* NULL when the config has no admin object */
+    struct admin *admin;            /* NULL when the config has no admin object */
     struct admin_state admin_state; /* what the admin endpoint answers from */
-    int admin_fd;                 /* bound before the workers start */
-    uv_timer_t watchdog;          /* looks for stuck worker loops */
-    uv_timer_t sd_watchdog;       /* WATCHDOG=1 to systemd while healthy */
-    unsigned char *stalled;       /* per worker: stuck, and logged as such */
+    int admin_fd;                   /* bound before the workers start */
+    uv_timer_t watchdog;            /* looks for stuck worker loops */
+    uv_timer_t sd_watchdog;         /* WATCHDOG=1 to systemd while healthy */
+    unsigned char *stalled;         /* per worker: stuck, and logged as such */
     struct process_stats ps;
 };
 
@@ -242,7 +242,9 @@ static void start_workers(struct supervisor *sup, int *fds)
     const struct config *cfg = sup->rl.cfg;
     sup->shared = (struct worker_shared){
         .registry = sup->registry,
-        .limits = &sup->limits, .budget = &sup->budget, .notify = &sup->notify,
+        .limits = &sup->limits,
+        .budget = &sup->budget,
+        .notify = &sup->notify,
     };
     size_t n_init = 0;
     for (size_t i = 0; i < sup->workers.n; i++, n_init++) {
@@ -362,19 +364,28 @@ static int bind_all(struct supervisor *sup, int *fds, size_t n_fds)
 
 int supervisor_run(struct config *cfg, const struct supervisor_options *opts)
 {
-    struct supervisor sup = { .opts = opts, .phase = SUP_STARTING, .exit_code = EXIT_CLEAN,
-                              .admin_fd = -1 };
+    struct supervisor sup = {
+        .opts = opts, .phase = SUP_STARTING, .exit_code = EXIT_CLEAN, .admin_fd = -1
+    };
     sup.workers.n = cfg->workers != 0 ? cfg->workers : uv_available_parallelism();
     sup.ps.start_time = (double)time(NULL);
     sup.ps.budget = &sup.budget;
     memcpy(sup.ps.config_hash, cfg->hash, sizeof(sup.ps.config_hash));
     /* Read by the systemd watchdog too, with or without an admin endpoint. */
     sup.admin_state = (struct admin_state){
-        .loop = &sup.loop, .workers = &sup.workers, .ps = &sup.ps,
+        .loop = &sup.loop,
+        .workers = &sup.workers,
+        .ps = &sup.ps,
     };
     sup.rl = (struct reload){
-        .loop = &sup.loop, .opts = opts, .workers = &sup.workers, .budget = &sup.budget,
-        .ps = &sup.ps, .finished = reload_finished_cb, .owner = &sup, .cfg = config_ref(cfg),
+        .loop = &sup.loop,
+        .opts = opts,
+        .workers = &sup.workers,
+        .budget = &sup.budget,
+        .ps = &sup.ps,
+        .finished = reload_finished_cb,
+        .owner = &sup,
+        .cfg = config_ref(cfg),
     };
 
     /* A peer that vanishes mid-write must be an error return, not a signal. */

@@ -34,8 +34,7 @@ static struct table_node **bucket(const struct table *t, uint64_t hash)
     return &t->buckets[hash & (t->n_buckets - 1)];
 }
 
-struct table_node *table_find(const struct table *t, uint64_t hash, const void *key,
-                              table_eq_fn eq)
+struct table_node *table_find(const struct table *t, uint64_t hash, const void *key, table_eq_fn eq)
 {
     for (struct table_node *n = *bucket(t, hash); n != NULL; n = n->next)
         if (n->hash == hash && eq(n, key))
@@ -98,10 +97,7 @@ void table_clear(struct table *t, void (*drop)(struct table_node *node))
     t->n_entries = 0;
 }
 
-static void free_node(struct table_node *n)
-{
-    free(n);
-}
+static void free_node(struct table_node *n) { free(n); }
 
 void table_free(struct table *t)
 {

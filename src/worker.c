@@ -37,24 +37,24 @@
 #define TICK_MS 500
 #define POOL_MAX_FREE 64 /* cached buffers per worker: 4 MiB */
 #define ACCEPT_BATCH 64
-#define TRIM_AFTER_FREES 1024 /* sessions ended before memory is handed back */
-#define ACCEPT_RETRY_MS 100 /* out of descriptors: try accepting again after this */
-#define BUDGET_RETRY_MS 10  /* buffer memory spent: look for room again after this */
-#define SHORTAGE_OVER_MS 1000 /* accepting this long without a pause ends a shortage */
+#define TRIM_AFTER_FREES 1024  /* sessions ended before memory is handed back */
+#define ACCEPT_RETRY_MS 100    /* out of descriptors: try accepting again after this */
+#define BUDGET_RETRY_MS 10     /* buffer memory spent: look for room again after this */
+#define SHORTAGE_OVER_MS 1000  /* accepting this long without a pause ends a shortage */
 #define DENY_DRAIN_BYTES 65536 /* read from a denied client before a FIN close */
 
 /* One route's listening socket on one worker (SO_REUSEPORT shares the
  * port). A reload that keeps the address keeps the socket, and with it the
  * connections queued on it, and points it at the new route config. */
 struct listener {
-    uv_poll_t poll;                    /* readable: connections to accept; data is NULL until initialised */
-    STAILQ_ENTRY(listener) link;       /* the worker's list, in route order */
+    uv_poll_t poll; /* readable: connections to accept; data is NULL until initialised */
+    STAILQ_ENTRY(listener) link; /* the worker's list, in route order */
     struct worker *w;
-    struct sockaddr_storage addr;      /* what it is bound to */
-    const struct route_config *route;  /* in the worker's current config */
-    struct route_stats *stats;         /* the route's counters on this worker */
-    struct limit_route *limit;         /* the route's open sessions, all workers */
-    int fd;                            /* handed over by the supervisor; the listener's */
+    struct sockaddr_storage addr;     /* what it is bound to */
+    const struct route_config *route; /* in the worker's current config */
+    struct route_stats *stats;        /* the route's counters on this worker */
+    struct limit_route *limit;        /* the route's open sessions, all workers */
+    int fd;                           /* handed over by the supervisor; the listener's */
 };
 STAILQ_HEAD(listener_list, listener);
 
@@ -62,7 +62,7 @@ STAILQ_HEAD(listener_list, listener);
  * from the supervisor. */
 struct worker_msg {
     STAILQ_ENTRY(worker_msg) link;
-    struct request *request;     /* a request, or NULL: a registry message */
+    struct request *request; /* a request, or NULL: a registry message */
     enum registry_msg msg;
     uint64_t session_id;
 };
@@ -81,12 +81,12 @@ enum accept_state {
 
 struct worker {
     int id;
-    struct worker_shared shared;  /* registry, limits, budget, notify */
-    struct session_host host;     /* what the sessions may use of this worker */
-    struct config *cfg;           /* for new connections; a reference */
+    struct worker_shared shared; /* registry, limits, budget, notify */
+    struct session_host host;    /* what the sessions may use of this worker */
+    struct config *cfg;          /* for new connections; a reference */
     uv_loop_t loop;
     uv_thread_t thread;
-    uv_async_t wakeup;            /* messages and commands arrive here */
+    uv_async_t wakeup; /* messages and commands arrive here */
     uv_timer_t drain_timer;
     struct listener_list listeners; /* one per route of cfg */
     struct pool pool;
@@ -98,24 +98,24 @@ struct worker {
     uv_timer_t accept_retry;      /* ACCEPT_PAUSED: try again */
     uint64_t accepting_since_ms;  /* ACCEPT_RETRYING: when accepting resumed */
 
-    struct log_limit deny_log;    /* "connection denied": one line a second */
+    struct log_limit deny_log;     /* "connection denied": one line a second */
     struct log_limit upstream_log; /* failed tries and reconnects: WORKER_UPSTREAM_LOG_PER_S */
-    struct log_limit accept_log;  /* "accept failed": one line a second */
-    struct worker_stats stats;    /* per route, written only by this loop */
+    struct log_limit accept_log;   /* "accept failed": one line a second */
+    struct worker_stats stats;     /* per route, written only by this loop */
 
     uv_mutex_t inbox_lock;        /* guards inbox only */
     struct worker_msg_list inbox; /* posted by any thread, drained by this loop */
     int inbox_closed;             /* the loop is ending: messages are dropped */
 
     struct budget_waiters budget_waiters; /* readers waiting for memory, oldest first */
-    uv_timer_t budget_retry;      /* armed while someone waits */
-    uv_timer_t tick;              /* proves the loop turns: see last_tick_ms */
-    size_t freed_since_trim;      /* sessions freed since memory was last trimmed */
+    uv_timer_t budget_retry;              /* armed while someone waits */
+    uv_timer_t tick;                      /* proves the loop turns: see last_tick_ms */
+    size_t freed_since_trim;              /* sessions freed since memory was last trimmed */
     _Atomic uint64_t last_tick_ms;
 
-    _Atomic int command;          /* enum worker_command */
-    _Atomic int phase;            /* enum worker_phase */
-    int start_error;              /* valid once phase is FAILED */
+    _Atomic int command; /* enum worker_command */
+    _Atomic int phase;   /* enum worker_phase */
+    int start_error;     /* valid once phase is FAILED */
 };
 
 static struct worker *worker_of(struct session_host *h)
@@ -147,8 +147,8 @@ static void pause_accepting(struct worker *w, const char *route, int err)
     w->accept = ACCEPT_PAUSED;
     struct listener *x;
     STAILQ_FOREACH(x, &w->listeners, link)
-        if (x->poll.data != NULL)
-            uv_poll_stop(&x->poll);
+    if (x->poll.data != NULL)
+        uv_poll_stop(&x->poll);
     uv_timer_start(&w->accept_retry, accept_retry_cb, ACCEPT_RETRY_MS, 0);
 }
 
@@ -165,8 +165,8 @@ static void resume_accepting(struct worker *w)
     w->accepting_since_ms = uv_now(&w->loop);
     struct listener *x;
     STAILQ_FOREACH(x, &w->listeners, link)
-        if (x->poll.data != NULL)
-            uv_poll_start(&x->poll, UV_READABLE, accept_cb);
+    if (x->poll.data != NULL)
+        uv_poll_start(&x->poll, UV_READABLE, accept_cb);
 }
 
 static void accept_retry_cb(uv_timer_t *t) { resume_accepting(t->data); }
@@ -177,8 +177,7 @@ static void accept_retry_cb(uv_timer_t *t) { resume_accepting(t->data); }
  * shortage, not one per session. */
 static void end_shortage(struct worker *w)
 {
-    if (w->accept != ACCEPT_RETRYING ||
-        uv_now(&w->loop) - w->accepting_since_ms < SHORTAGE_OVER_MS)
+    if (w->accept != ACCEPT_RETRYING || uv_now(&w->loop) - w->accepting_since_ms < SHORTAGE_OVER_MS)
         return;
     w->accept = ACCEPT_ON;
     log_info("accepting again", LF_INT("worker", w->id), LF_INT("sessions", w->n_sessions));
@@ -283,8 +282,12 @@ static int take_connection(struct worker *w, struct listener *l, int fd,
         budget_give_fds(w->shared.budget, BUDGET_FDS_PER_SESSION);
         return 0;
     }
-    struct session_params p = { .cfg = w->cfg, .route = l->route, .stats = l->stats,
-                                .fd = fd, .peer = peer, .peer_len = peer_len };
+    struct session_params p = { .cfg = w->cfg,
+                                .route = l->route,
+                                .stats = l->stats,
+                                .fd = fd,
+                                .peer = peer,
+                                .peer_len = peer_len };
     struct session *s;
     int rc = session_new(&w->host, &p, &s);
     if (rc < 0) {
@@ -341,9 +344,8 @@ static void accept_cb(uv_poll_t *p, int status, int events)
             metric_add(&l->stats->c[RC_ACCEPT_ERRORS], 1);
             if (log_enabled(LOG_WARN) &&
                 log_limit_allow(&w->accept_log, uv_now(&w->loop), &suppressed))
-                log_warn("accept failed", LF_STR("route", l->route->name),
-                         LF_INT("worker", w->id), LF_STR("error", uv_strerror(rc)),
-                         LF_INT("suppressed", suppressed));
+                log_warn("accept failed", LF_STR("route", l->route->name), LF_INT("worker", w->id),
+                         LF_STR("error", uv_strerror(rc)), LF_INT("suppressed", suppressed));
             return;
         }
     }
@@ -426,7 +428,8 @@ static struct listener *listener_unlink(struct listener_list *list,
                                         const struct sockaddr_storage *addr)
 {
     struct listener *l;
-    STAILQ_FOREACH(l, list, link) {
+    STAILQ_FOREACH(l, list, link)
+    {
         if (addr_equal((const struct sockaddr *)&l->addr, (const struct sockaddr *)addr)) {
             STAILQ_REMOVE(list, l, listener, link);
             return l;
@@ -529,7 +532,6 @@ static void budget_retry_cb(uv_timer_t *t)
     if (TAILQ_EMPTY(&w->budget_waiters))
         uv_timer_stop(&w->budget_retry);
 }
-
 
 /* Unlisted and its limit slot given back before the close line is logged. */
 static void host_closed(struct session_host *h, struct session *s)
@@ -640,7 +642,8 @@ static char *describe_all(struct worker *w)
 {
     cJSON *all = cJSON_CreateArray();
     struct session_link *link;
-    LIST_FOREACH(link, &w->sessions, list) {
+    LIST_FOREACH(link, &w->sessions, list)
+    {
         cJSON *one = all != NULL ? session_describe(session_of_link(link)) : NULL;
         if (one == NULL || !cJSON_AddItemToArray(all, one)) {
             cJSON_Delete(one);
@@ -938,7 +941,10 @@ void worker_destroy(struct worker *w)
 
 int worker_id(const struct worker *w) { return w->id; }
 
-enum worker_phase worker_phase(struct worker *w) { return (enum worker_phase)atomic_load(&w->phase); }
+enum worker_phase worker_phase(struct worker *w)
+{
+    return (enum worker_phase)atomic_load(&w->phase);
+}
 
 int worker_start_error(const struct worker *w) { return w->start_error; }
 
@@ -957,6 +963,6 @@ int worker_set_ask(struct worker_set *ws, uv_loop_t *loop, struct request *r)
     for (size_t i = 0; i < ws->n_started; i++)
         if (worker_ask(ws->w[i], r) < 0)
             request_answered(r); /* its loop ended: it has no sessions */
-    request_answered(r); /* the asker's own share: every post is made */
+    request_answered(r);         /* the asker's own share: every post is made */
     return 0;
 }

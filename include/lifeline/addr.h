@@ -6,8 +6,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
-#define ADDR_HOST_MAX 256 /* a DNS name is at most 253 characters */
-#define ADDR_STR_MAX  (ADDR_HOST_MAX + 8) /* "[host]:65535" */
+#define ADDR_HOST_MAX 256                /* a DNS name is at most 253 characters */
+#define ADDR_STR_MAX (ADDR_HOST_MAX + 8) /* "[host]:65535" */
 
 /* One "host:port" endpoint as written in the config. When the host is an IP
  * literal, `sa` holds it with the port already set and `numeric` is 1; a
@@ -52,9 +52,9 @@ int addr_is_loopback(const struct sockaddr *sa);
  * (AF_INET) or 16 (AF_INET6) bytes in network order with every bit past
  * `prefix` zero. */
 struct cidr {
-    int family;       /* AF_INET or AF_INET6 */
+    int family; /* AF_INET or AF_INET6 */
     uint8_t addr[16];
-    unsigned prefix;  /* 0..32 or 0..128 */
+    unsigned prefix; /* 0..32 or 0..128 */
 };
 
 /* Parses "10.0.0.0/8", "2001:db8::/32" or a bare address, which is /32 or
@@ -75,9 +75,9 @@ int addr_cidr_match(const struct cidr *c, const struct sockaddr *sa);
  * maps, everywhere. Every byte is set (padding included), so keys compare
  * and hash as bytes. */
 struct addr_key {
-    uint8_t family;     /* AF_INET, AF_INET6, or AF_UNSPEC for anything else */
-    uint8_t addr[16];   /* 4 or 16 bytes in network order, the rest zero */
-    uint16_t port;      /* host order; 0 when made without the port */
+    uint8_t family;   /* AF_INET, AF_INET6, or AF_UNSPEC for anything else */
+    uint8_t addr[16]; /* 4 or 16 bytes in network order, the rest zero */
+    uint16_t port;    /* host order; 0 when made without the port */
 };
 
 /* Makes the key of an AF_INET/AF_INET6 address, with its port or without. */

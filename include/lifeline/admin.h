@@ -10,44 +10,44 @@
 
 /* Bounds that keep admin clients from holding the supervisor or its
  * memory, whatever they do. */
-#define ADMIN_MAX_CONNS 16        /* open at once; the descriptor reserve covers them */
-#define ADMIN_TIMEOUT_MS 5000     /* from accept to the last byte of the answer */
-#define ADMIN_EVICT_AFTER_MS 500  /* at capacity, the oldest connection this old makes room */
-#define ADMIN_LINGER_MS 1000      /* after the answer, waiting for the client's close */
-#define ADMIN_HEAVY_MAX 2         /* /sessions answers being built or sent at once */
+#define ADMIN_MAX_CONNS 16       /* open at once; the descriptor reserve covers them */
+#define ADMIN_TIMEOUT_MS 5000    /* from accept to the last byte of the answer */
+#define ADMIN_EVICT_AFTER_MS 500 /* at capacity, the oldest connection this old makes room */
+#define ADMIN_LINGER_MS 1000     /* after the answer, waiting for the client's close */
+#define ADMIN_HEAVY_MAX 2        /* /sessions answers being built or sent at once */
 #define ADMIN_URL_MAX 1024
 #define ADMIN_HEADERS_MAX 8192
 #define ADMIN_BODY_MAX 4096
 
 /* X(ENUM_SUFFIX, "label"): what a request asks for, as counted in
  * lifeline_admin_requests_total{endpoint}. */
-#define ADMIN_ENDPOINTS(X)                                                    \
-    X(HEALTHZ, "healthz")                                                     \
-    X(READYZ, "readyz")                                                       \
-    X(METRICS, "metrics")                                                     \
-    X(SESSIONS, "sessions")                                                   \
-    X(CLOSE, "close")       /* POST /sessions/{id}/close */                   \
-    X(OTHER, "other")       /* anything else: 400, 404, 431 (a 405 counts as its path) */
+#define ADMIN_ENDPOINTS(X)                                                                         \
+    X(HEALTHZ, "healthz")                                                                          \
+    X(READYZ, "readyz")                                                                            \
+    X(METRICS, "metrics")                                                                          \
+    X(SESSIONS, "sessions")                                                                        \
+    X(CLOSE, "close") /* POST /sessions/{id}/close */                                              \
+    X(OTHER, "other") /* anything else: 400, 404, 431 (a 405 counts as its path) */
 
 enum admin_endpoint {
 #define ADMIN_EP_ENUM_(id, name) ADMIN_EP_##id,
     ADMIN_ENDPOINTS(ADMIN_EP_ENUM_)
 #undef ADMIN_EP_ENUM_
-    ADMIN_EP_COUNT
+        ADMIN_EP_COUNT
 };
 
 /* X(ENUM_SUFFIX, "label"): how an admin client was cut short, as counted in
  * lifeline_admin_overload_total{action}. */
-#define ADMIN_OVERLOADS(X)                                                    \
-    X(TIMEOUT, "timeout")   /* closed at its ADMIN_TIMEOUT_MS deadline */     \
-    X(EVICTED, "evicted")   /* closed to make room for a new connection */    \
-    X(BUSY, "busy")         /* /sessions answered 503: ADMIN_HEAVY_MAX reached */
+#define ADMIN_OVERLOADS(X)                                                                         \
+    X(TIMEOUT, "timeout") /* closed at its ADMIN_TIMEOUT_MS deadline */                            \
+    X(EVICTED, "evicted") /* closed to make room for a new connection */                           \
+    X(BUSY, "busy")       /* /sessions answered 503: ADMIN_HEAVY_MAX reached */
 
 enum admin_overload {
 #define ADMIN_OV_ENUM_(id, name) ADMIN_OVERLOAD_##id,
     ADMIN_OVERLOADS(ADMIN_OV_ENUM_)
 #undef ADMIN_OV_ENUM_
-    ADMIN_OVERLOAD_COUNT
+        ADMIN_OVERLOAD_COUNT
 };
 
 const char *admin_endpoint_name(enum admin_endpoint e);
@@ -62,10 +62,10 @@ struct admin_stats {
 /* --- one request, without a socket (the fuzzer drives these) ------------ */
 
 enum admin_parse {
-    ADMIN_PARSE_MORE,       /* the request is not complete yet */
-    ADMIN_PARSE_DONE,       /* one whole request: route it */
-    ADMIN_PARSE_BAD,        /* malformed: 400 */
-    ADMIN_PARSE_TOO_LARGE,  /* URL or headers over their bound: 431 */
+    ADMIN_PARSE_MORE,      /* the request is not complete yet */
+    ADMIN_PARSE_DONE,      /* one whole request: route it */
+    ADMIN_PARSE_BAD,       /* malformed: 400 */
+    ADMIN_PARSE_TOO_LARGE, /* URL or headers over their bound: 431 */
 };
 
 struct admin_request {
@@ -90,8 +90,8 @@ struct admin_route {
     enum admin_endpoint endpoint;
     int status;
     const char *allow;
-    uint64_t session_id;    /* ADMIN_EP_CLOSE: the session to close (never 0) */
-    int head;               /* a HEAD request: the headers of the GET only */
+    uint64_t session_id; /* ADMIN_EP_CLOSE: the session to close (never 0) */
+    int head;            /* a HEAD request: the headers of the GET only */
 };
 
 void admin_request_route(const struct admin_request *r, struct admin_route *out);
@@ -105,9 +105,9 @@ struct admin_conn;
  * answer later, through admin_reply(). All run on the admin loop. */
 struct admin_backend {
     void *ctx;
-    int (*healthy)(void *ctx);               /* 1: every worker loop is responsive */
-    int (*ready)(void *ctx);                 /* 1: listeners bound, not draining */
-    char *(*metrics)(void *ctx);             /* malloc'd Prometheus text, NULL on ENOMEM */
+    int (*healthy)(void *ctx);   /* 1: every worker loop is responsive */
+    int (*ready)(void *ctx);     /* 1: listeners bound, not draining */
+    char *(*metrics)(void *ctx); /* malloc'd Prometheus text, NULL on ENOMEM */
     void (*sessions)(void *ctx, struct admin_conn *c);
     void (*close_session)(void *ctx, struct admin_conn *c, uint64_t id);
 };

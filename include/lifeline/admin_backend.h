@@ -11,10 +11,10 @@
 /* The supervisor's state the answers come from; it keeps `ready` and the
  * process stats current. */
 struct admin_state {
-    uv_loop_t *loop;                 /* the supervisor's, where the admin endpoint runs */
+    uv_loop_t *loop; /* the supervisor's, where the admin endpoint runs */
     struct worker_set *workers;
-    struct process_stats *ps;        /* admin and budget pointers included */
-    int ready;                       /* listeners bound, not draining: /readyz */
+    struct process_stats *ps; /* admin and budget pointers included */
+    int ready;                /* listeners bound, not draining: /readyz */
 };
 
 /* The callbacks admin_start() takes, answering from `st`. */

@@ -16,10 +16,10 @@
  * where it is released, so that `used` never lags behind the truth in the
  * direction that would overspend. */
 struct budget {
-    _Atomic int64_t fds_used;     /* held (or about to be) by sessions */
-    _Atomic int64_t fds_max;      /* the limit less what the rest of the process needs */
-    _Atomic int64_t buf_used;     /* bytes of relay buffers held by sessions */
-    _Atomic int64_t buf_max;      /* buffer_total_bytes */
+    _Atomic int64_t fds_used; /* held (or about to be) by sessions */
+    _Atomic int64_t fds_max;  /* the limit less what the rest of the process needs */
+    _Atomic int64_t buf_used; /* bytes of relay buffers held by sessions */
+    _Atomic int64_t buf_max;  /* buffer_total_bytes */
 };
 
 void budget_init(struct budget *b, int64_t fds_max, int64_t buf_max);

@@ -18,36 +18,36 @@
 
 /* How lifeline closes one side of a session it ends. */
 enum close_mode {
-    CLOSE_RST,    /* abortive: SO_LINGER 0, no TIME_WAIT */
-    CLOSE_FIN,    /* graceful: every byte, then FIN */
+    CLOSE_RST, /* abortive: SO_LINGER 0, no TIME_WAIT */
+    CLOSE_FIN, /* graceful: every byte, then FIN */
 };
 
 /* What happens to the client when the server closes. */
 enum upstream_on_close {
-    ON_CLOSE_CLOSE_CLIENT,  /* mirror the close to the client */
-    ON_CLOSE_RECONNECT,     /* keep the client, connect to the server again */
+    ON_CLOSE_CLOSE_CLIENT, /* mirror the close to the client */
+    ON_CLOSE_RECONNECT,    /* keep the client, connect to the server again */
 };
 
 /* What makes two connections "the same client" on a route. */
 enum client_identity {
-    IDENTITY_ADDRESS_PORT,  /* source address and port: the fixed-port legacy client */
-    IDENTITY_ADDRESS,       /* source address, any port */
-    IDENTITY_NONE,          /* every connection is a client of its own */
+    IDENTITY_ADDRESS_PORT, /* source address and port: the fixed-port legacy client */
+    IDENTITY_ADDRESS,      /* source address, any port */
+    IDENTITY_NONE,         /* every connection is a client of its own */
 };
 
 /* What a new connection of a client that already has a session does. */
 enum on_duplicate {
-    DUPLICATE_REPLACE,      /* close the old session, then serve the new one */
-    DUPLICATE_REJECT,       /* keep the old session, close the new one */
-    DUPLICATE_ALLOW,        /* serve both */
+    DUPLICATE_REPLACE, /* close the old session, then serve the new one */
+    DUPLICATE_REJECT,  /* keep the old session, close the new one */
+    DUPLICATE_ALLOW,   /* serve both */
 };
 
 struct heartbeat_config {
-    uint32_t silence_ms;             /* 0: off */
-    uint32_t keepalive_idle_ms;      /* 0: TCP keepalive off */
+    uint32_t silence_ms;        /* 0: off */
+    uint32_t keepalive_idle_ms; /* 0: TCP keepalive off */
     uint32_t keepalive_interval_ms;
     uint32_t keepalive_count;
-    uint32_t user_timeout_ms;        /* 0: the kernel's default */
+    uint32_t user_timeout_ms; /* 0: the kernel's default */
 };
 
 struct client_config {
@@ -55,18 +55,18 @@ struct client_config {
     enum on_duplicate on_duplicate;
     enum close_mode close;
     struct heartbeat_config heartbeat;
-    struct cidr *allow;            /* NULL (n_allow 0): every address may connect */
+    struct cidr *allow; /* NULL (n_allow 0): every address may connect */
     size_t n_allow;
-    uint32_t max_connections;      /* per route, across workers; 0: no limit */
-    uint32_t max_per_address;      /* per client IP address; 0: no limit */
+    uint32_t max_connections; /* per route, across workers; 0: no limit */
+    uint32_t max_per_address; /* per client IP address; 0: no limit */
 };
 
 struct upstream_config {
-    struct hostport *servers;      /* at least one */
+    struct hostport *servers; /* at least one */
     size_t n_servers;
     struct sockaddr_storage source; /* ss_family == AF_UNSPEC when unset or wildcard */
     uint32_t connect_timeout_ms;
-    uint32_t retries;              /* further tries after the first one */
+    uint32_t retries; /* further tries after the first one */
     uint32_t retry_backoff_ms;
     uint32_t retry_backoff_max_ms; /* the doubled pause never grows past this */
     enum close_mode close;         /* for a client lifeline gave up on */
@@ -76,7 +76,7 @@ struct upstream_config {
 struct route_config {
     char name[CONFIG_NAME_MAX];
     struct hostport listen;
-    int dual_stack;                /* an IPv6 listener that takes IPv4 clients too */
+    int dual_stack; /* an IPv6 listener that takes IPv4 clients too */
     uint32_t buffer_bytes;
     struct client_config client;
     struct upstream_config upstream;
@@ -84,8 +84,8 @@ struct route_config {
 
 /* The admin endpoint (HTTP on the supervisor's loop). */
 struct admin_config {
-    int enabled;                   /* the "admin" object is present */
-    struct hostport listen;        /* loopback unless allow_remote */
+    int enabled;            /* the "admin" object is present */
+    struct hostport listen; /* loopback unless allow_remote */
     int allow_remote;
 };
 
@@ -96,7 +96,7 @@ struct config_errors {
 };
 
 struct config {
-    uint32_t workers;              /* 0 = one per CPU */
+    uint32_t workers; /* 0 = one per CPU */
     enum log_level log_level;
     enum log_format log_format;
     uint32_t drain_timeout_ms;
@@ -110,12 +110,12 @@ struct config {
      * them when it starts. */
     char user[CONFIG_ACCOUNT_MAX];
     char group[CONFIG_ACCOUNT_MAX];
-    struct route_config *routes;   /* at least one */
+    struct route_config *routes; /* at least one */
     size_t n_routes;
     /* Advice that is not an error, "json.path: message": values the kernel
      * will round. --check prints them; the daemon logs them. */
     struct config_errors notes;
-    char hash[17];                 /* hash_bytes() of the JSON text, hex: names the loaded config */
+    char hash[17]; /* hash_bytes() of the JSON text, hex: names the loaded config */
     /* Owners: the supervisor, each worker, each session started under it.
      * A reload leaves established sessions on the config they started with. */
     _Atomic unsigned refs;
@@ -126,8 +126,7 @@ struct config {
  * sets *out (holding one reference); on failure returns -EINVAL (-ENOMEM when memory ran out), *out
  * stays NULL and errs holds every problem found (invalid JSON is one error
  * naming line and column). */
-int config_parse(const char *json, size_t len, struct config **out,
-                 struct config_errors *errs);
+int config_parse(const char *json, size_t len, struct config **out, struct config_errors *errs);
 
 /* Calls report() with the path of each key that only a restart applies
  * (the key table's RESTART_ONLY rows: "workers", "admin", ...) whose value
@@ -138,11 +137,11 @@ void config_restart_changes(const struct config *cur, const struct config *next,
 
 /* One key of the schema, as the README's configuration table shows it. */
 struct config_key_doc {
-    const char *path;     /* "routes[].client.identity" */
-    const char *type;     /* "integer", "boolean", "string", "object", "array" */
-    const char *def;      /* "`3000`", "`\"info\"`", "`false`"; NULL: none shown */
-    const char *allowed;  /* "0 \u2013 100", "`\"rst\"`, `\"fin\"`"; NULL: free form */
-    int restart_only;     /* a reload keeps the running value */
+    const char *path;    /* "routes[].client.identity" */
+    const char *type;    /* "integer", "boolean", "string", "object", "array" */
+    const char *def;     /* "`3000`", "`\"info\"`", "`false`"; NULL: none shown */
+    const char *allowed; /* "0 \u2013 100", "`\"rst\"`, `\"fin\"`"; NULL: free form */
+    int restart_only;    /* a reload keeps the running value */
 };
 
 /* Calls fn for every key of the schema, parents before children, in table

@@ -8,14 +8,14 @@
 #include "lifeline/table.h"
 
 enum identity_claim {
-    IDENTITY_OWNER,       /* nobody held it: go ahead */
-    IDENTITY_SUCCESSOR,   /* an owner holds it: it must be evicted; wait for the release */
-    IDENTITY_REFUSED,     /* an owner holds it and the policy keeps it */
+    IDENTITY_OWNER,     /* nobody held it: go ahead */
+    IDENTITY_SUCCESSOR, /* an owner holds it: it must be evicted; wait for the release */
+    IDENTITY_REFUSED,   /* an owner holds it and the policy keeps it */
 };
 
 struct identity_table {
     pthread_mutex_t lock;
-    struct table entries;     /* struct identity_entry, by identity */
+    struct table entries; /* struct identity_entry, by identity */
 };
 
 int identity_table_init(struct identity_table *t);
@@ -27,8 +27,7 @@ void identity_table_destroy(struct identity_table *t);
  * replace=0, a held identity is IDENTITY_REFUSED (*owner says whose). */
 enum identity_claim identity_table_claim(struct identity_table *t, const struct identity *id,
                                          struct session_ref self, int replace,
-                                         struct session_ref *owner,
-                                         struct session_ref *displaced);
+                                         struct session_ref *owner, struct session_ref *displaced);
 
 /* `self` is done with the identity (owner finished, or successor gave up).
  * Returns 1 and sets *next when a successor now owns it and must be told to

@@ -21,9 +21,9 @@ struct limit_route {
 /* Counts of open sessions that the workers check at accept time. Taken
  * once when a session starts and once when it ends, never on the relay path. */
 struct limits {
-    pthread_mutex_t lock;           /* guards both tables */
-    struct limit_route *routes;     /* grows only: entries live as long as the limits */
-    struct table addresses;         /* struct limit_entry: per route and client address */
+    pthread_mutex_t lock;       /* guards both tables */
+    struct limit_route *routes; /* grows only: entries live as long as the limits */
+    struct table addresses;     /* struct limit_entry: per route and client address */
 };
 
 int limits_init(struct limits *l);
@@ -35,8 +35,8 @@ struct limit_route *limits_route(struct limits *l, const char *name);
 
 /* Which bound refused a take. */
 enum limits_full {
-    LIMITS_ROUTE_FULL,    /* the route has max_route sessions */
-    LIMITS_ADDRESS_FULL,  /* the address has max_per_address sessions on the route */
+    LIMITS_ROUTE_FULL,   /* the route has max_route sessions */
+    LIMITS_ADDRESS_FULL, /* the address has max_per_address sessions on the route */
 };
 
 /* Counts one more session of `route` from `sa` unless that would pass a

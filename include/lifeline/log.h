@@ -51,11 +51,11 @@ void log_write(enum log_level level, const char *msg, const struct log_field *fi
 #define LOG_NFIELDS_(...) (sizeof(LOG_FIELDS_(__VA_ARGS__)) / sizeof(struct log_field))
 
 /* log_info("msg") or log_info("msg", LF_STR("route", name), LF_INT("port", p)). */
-#define log_at(level, msg, ...)                                                     \
-    do {                                                                            \
-        if (log_enabled(level))                                                     \
-            log_write((level), (msg), LOG_FIELDS_(LF_STR(NULL, NULL), ##__VA_ARGS__) + 1, \
-                      LOG_NFIELDS_(LF_STR(NULL, NULL), ##__VA_ARGS__) - 1);         \
+#define log_at(level, msg, ...)                                                                    \
+    do {                                                                                           \
+        if (log_enabled(level))                                                                    \
+            log_write((level), (msg), LOG_FIELDS_(LF_STR(NULL, NULL), ##__VA_ARGS__) + 1,          \
+                      LOG_NFIELDS_(LF_STR(NULL, NULL), ##__VA_ARGS__) - 1);                        \
     } while (0)
 
 /* A bound on how often one kind of line is written: at most `per_second`
@@ -64,11 +64,11 @@ void log_write(enum log_level level, const char *msg, const struct log_field *fi
  * reports them once the window is over if no line came to carry them. Owned
  * by one thread: one per worker and kind of line, never shared. */
 struct log_limit {
-    const char *kind;       /* names the lines in the flush line */
+    const char *kind; /* names the lines in the flush line */
     uint32_t per_second;
-    uint32_t in_window;     /* lines written in the current window */
-    uint64_t window_ms;     /* start of the current window */
-    uint64_t dropped;       /* lines dropped since the last one written */
+    uint32_t in_window; /* lines written in the current window */
+    uint64_t window_ms; /* start of the current window */
+    uint64_t dropped;   /* lines dropped since the last one written */
 };
 
 void log_limit_init(struct log_limit *l, const char *kind, uint32_t per_second);
@@ -83,8 +83,8 @@ int log_limit_allow(struct log_limit *l, uint64_t now_ms, uint64_t *suppressed);
 void log_limit_flush(struct log_limit *l, uint64_t now_ms);
 
 #define log_debug(msg, ...) log_at(LOG_DEBUG, msg, ##__VA_ARGS__)
-#define log_info(msg, ...)  log_at(LOG_INFO, msg, ##__VA_ARGS__)
-#define log_warn(msg, ...)  log_at(LOG_WARN, msg, ##__VA_ARGS__)
+#define log_info(msg, ...) log_at(LOG_INFO, msg, ##__VA_ARGS__)
+#define log_warn(msg, ...) log_at(LOG_WARN, msg, ##__VA_ARGS__)
 #define log_error(msg, ...) log_at(LOG_ERROR, msg, ##__VA_ARGS__)
 
 #endif

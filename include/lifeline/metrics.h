@@ -13,40 +13,40 @@
 /* Every counter of a route and of a server, defined once: X(ID, slots).
  * The structs, the per-worker sums and the Prometheus text (the series
  * table in metrics.c) all come from these lists. */
-#define ROUTE_COUNTERS(X)                                                    \
-    X(SESSIONS_ACTIVE, 1)                                                    \
-    X(SESSIONS_TOTAL, 1)                                                     \
-    X(CLOSES, REASON_COUNT)     /* one per enum reason */                    \
-    X(BYTES_FROM_CLIENT, 1)                                                  \
-    X(BYTES_FROM_SERVER, 1)                                                  \
-    X(TAKEOVERS, 1)                                                          \
-    X(DENIED, DENY_COUNT)       /* one per enum deny_cause */                \
+#define ROUTE_COUNTERS(X)                                                                          \
+    X(SESSIONS_ACTIVE, 1)                                                                          \
+    X(SESSIONS_TOTAL, 1)                                                                           \
+    X(CLOSES, REASON_COUNT) /* one per enum reason */                                              \
+    X(BYTES_FROM_CLIENT, 1)                                                                        \
+    X(BYTES_FROM_SERVER, 1)                                                                        \
+    X(TAKEOVERS, 1)                                                                                \
+    X(DENIED, DENY_COUNT) /* one per enum deny_cause */                                            \
     X(ACCEPT_ERRORS, 1)
 
-#define SERVER_COUNTERS(X)                                                   \
-    X(ATTEMPTS, 1)                                                           \
+#define SERVER_COUNTERS(X)                                                                         \
+    X(ATTEMPTS, 1)                                                                                 \
     X(FAILURES, 1)
 
 /* Slot indexes: RC_CLOSES + reason is the closes for that reason. */
 enum route_counter {
-#define ROUTE_COUNTER_ENUM_(id, slots) RC_##id, RC_##id##_LAST_ = RC_##id + (slots) - 1,
+#define ROUTE_COUNTER_ENUM_(id, slots) RC_##id, RC_##id##_LAST_ = RC_##id + (slots)-1,
     ROUTE_COUNTERS(ROUTE_COUNTER_ENUM_)
 #undef ROUTE_COUNTER_ENUM_
-    RC_COUNT
+        RC_COUNT
 };
 
 enum server_counter {
-#define SERVER_COUNTER_ENUM_(id, slots) SC_##id, SC_##id##_LAST_ = SC_##id + (slots) - 1,
+#define SERVER_COUNTER_ENUM_(id, slots) SC_##id, SC_##id##_LAST_ = SC_##id + (slots)-1,
     SERVER_COUNTERS(SERVER_COUNTER_ENUM_)
 #undef SERVER_COUNTER_ENUM_
-    SC_COUNT
+        SC_COUNT
 };
 
 /* One upstream server's connection tries on one worker. */
 struct server_stats {
     struct server_stats *next;
-    _Atomic uint64_t c[SC_COUNT];  /* enum server_counter */
-    char label[ADDR_STR_MAX];      /* "host:port" as written in the config */
+    _Atomic uint64_t c[SC_COUNT]; /* enum server_counter */
+    char label[ADDR_STR_MAX];     /* "host:port" as written in the config */
 };
 
 /* One route's counters on one worker, kept by route name: a reload that
@@ -56,8 +56,8 @@ struct server_stats {
 struct route_stats {
     struct route_stats *next;
     char name[CONFIG_NAME_MAX];
-    _Atomic uint64_t c[RC_COUNT];        /* enum route_counter */
-    struct server_stats *servers;        /* every server the route ever had */
+    _Atomic uint64_t c[RC_COUNT]; /* enum route_counter */
+    struct server_stats *servers; /* every server the route ever had */
 };
 
 /* One worker's counters. The lists only grow (entries live until
@@ -102,12 +102,12 @@ struct budget;
 
 /* Process-wide facts the supervisor owns. */
 struct process_stats {
-    double start_time;            /* Unix time, seconds */
+    double start_time; /* Unix time, seconds */
     uint64_t reloads_ok;
     uint64_t reloads_failed;
-    char config_hash[17];         /* the loaded config's hash (config.h) */
+    char config_hash[17];            /* the loaded config's hash (config.h) */
     const struct admin_stats *admin; /* the admin endpoint's own counters */
-    const struct budget *budget;  /* descriptors and buffer memory */
+    const struct budget *budget;     /* descriptors and buffer memory */
 };
 
 /* Renders the Prometheus text exposition of every worker's counters, summed

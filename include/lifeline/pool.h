@@ -12,10 +12,10 @@
 /* One relay buffer. The write request lives in the buffer's header, so
  * queueing bytes for a write allocates nothing more. */
 struct chunk {
-    struct chunk *next;   /* free list, or a session's not-yet-written queue */
+    struct chunk *next; /* free list, or a session's not-yet-written queue */
     uv_write_t req;
-    void *owner;          /* the relay direction that wrote it */
-    size_t len;           /* bytes of data in use */
+    void *owner; /* the relay direction that wrote it */
+    size_t len;  /* bytes of data in use */
     char data[POOL_CHUNK_SIZE];
 };
 
@@ -23,9 +23,9 @@ struct chunk {
 struct pool {
     struct chunk *free;
     size_t n_free;
-    size_t max_free;      /* cached chunks beyond this go back to the allocator */
-    size_t n_out;         /* chunks handed out and not yet returned */
-    char *read_buf;       /* POOL_READ_SIZE bytes, allocated on first use */
+    size_t max_free; /* cached chunks beyond this go back to the allocator */
+    size_t n_out;    /* chunks handed out and not yet returned */
+    char *read_buf;  /* POOL_READ_SIZE bytes, allocated on first use */
 };
 
 void pool_init(struct pool *p, size_t max_free);

@@ -16,7 +16,7 @@ struct probe_target {
     char path[PROBE_PATH_MAX];      /* "/healthz", the query kept, the fragment dropped */
     struct sockaddr_storage addrs[2];
     socklen_t addrlens[2];
-    size_t n_addrs;                 /* "localhost" tries 127.0.0.1, then ::1 */
+    size_t n_addrs; /* "localhost" tries 127.0.0.1, then ::1 */
 };
 
 /* http://HOST[:PORT][/PATH][?QUERY][#FRAGMENT] -> *t (PORT 80 and PATH "/"

@@ -43,15 +43,15 @@ struct session_ref {
 
 /* What makes two connections "the same client" on one route. */
 struct identity {
-    char route[64];           /* NUL-padded: identities compare as bytes */
-    struct addr_key client;   /* port 0 when the identity is the address alone */
+    char route[64];         /* NUL-padded: identities compare as bytes */
+    struct addr_key client; /* port 0 when the identity is the address alone */
 };
 
 enum registry_answer {
-    REGISTRY_GO,       /* the identity is the claimant's: connect upstream */
-    REGISTRY_WAIT,     /* taking over from a live owner: GO will come */
-    REGISTRY_PENDING,  /* not known yet: GO or REFUSED will come */
-    REGISTRY_REFUSED,  /* held by another session, and kept */
+    REGISTRY_GO,      /* the identity is the claimant's: connect upstream */
+    REGISTRY_WAIT,    /* taking over from a live owner: GO will come */
+    REGISTRY_PENDING, /* not known yet: GO or REFUSED will come */
+    REGISTRY_REFUSED, /* held by another session, and kept */
 };
 
 /* What the registry tells a session later. */

@@ -14,18 +14,18 @@
 /* The running config and what a reload needs to replace it. The
  * supervisor sets every field before the first reload_start(). */
 struct reload {
-    uv_loop_t *loop;                    /* the supervisor's */
+    uv_loop_t *loop; /* the supervisor's */
     const struct supervisor_options *opts;
     struct worker_set *workers;
     struct budget *budget;
-    struct process_stats *ps;           /* reload counters, the config's hash */
+    struct process_stats *ps; /* reload counters, the config's hash */
     /* A reload ended, either way (after `reloaded` or `reload failed`). */
     void (*finished)(struct reload *rl, int ok);
     void *owner;
 
-    struct config *cfg;                 /* running; a reference */
-    struct sockaddr_storage *addrs;     /* cfg's listen addresses, one per route */
-    int busy;                           /* the workers are answering a reload */
+    struct config *cfg;             /* running; a reference */
+    struct sockaddr_storage *addrs; /* cfg's listen addresses, one per route */
+    int busy;                       /* the workers are answering a reload */
 };
 
 /* Reads the config file again and checks it as --check and a start do.

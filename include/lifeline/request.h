@@ -10,9 +10,9 @@
 struct config;
 
 enum request_type {
-    REQUEST_LIST,    /* every session as JSON (admin /sessions) */
-    REQUEST_KILL,    /* close one session, reason admin_kill */
-    REQUEST_RELOAD,  /* serve a new config to new connections */
+    REQUEST_LIST,   /* every session as JSON (admin /sessions) */
+    REQUEST_KILL,   /* close one session, reason admin_kill */
+    REQUEST_RELOAD, /* serve a new config to new connections */
 };
 
 /* The common part: posted to every worker; each answers once, writing its
@@ -21,23 +21,23 @@ enum request_type {
  * (request_free). */
 struct request {
     enum request_type type;
-    void (*complete)(struct request *r);  /* on the asker's loop, once */
-    void *owner;                          /* the asker's */
-    uv_mutex_t lock;                      /* guards pending and every answer field */
-    size_t pending;                       /* answers still due */
+    void (*complete)(struct request *r); /* on the asker's loop, once */
+    void *owner;                         /* the asker's */
+    uv_mutex_t lock;                     /* guards pending and every answer field */
+    size_t pending;                      /* answers still due */
     uv_async_t done;
 };
 
 struct list_request {
     struct request base;
-    char **parts;          /* one JSON array per worker (by number), or NULL */
+    char **parts; /* one JSON array per worker (by number), or NULL */
     size_t n_parts;
 };
 
 struct kill_request {
     struct request base;
     uint64_t session_id;
-    int found;             /* a worker had the session */
+    int found; /* a worker had the session */
 };
 
 struct reload_request {
@@ -49,7 +49,7 @@ struct reload_request {
     struct config *cfg;
     const struct sockaddr_storage *addrs;
     int *fds;
-    int failed;            /* a worker could not serve every route */
+    int failed; /* a worker could not serve every route */
 };
 
 /* Makes a request of this type for n_workers (all fields zero but these).

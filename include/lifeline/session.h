@@ -33,12 +33,12 @@ TAILQ_HEAD(budget_waiters, budget_waiter);
  * own). The functions run on the host's loop, except `post`. */
 struct session_host {
     uv_loop_t *loop;
-    struct pool *pool;               /* relay buffers */
-    struct budget *budget;           /* descriptors and buffer memory, process-wide */
-    struct registry *registry;       /* client identities (registry.h: its messages
+    struct pool *pool;              /* relay buffers */
+    struct budget *budget;          /* descriptors and buffer memory, process-wide */
+    struct registry *registry;      /* client identities (registry.h: its messages
                                       * come back through session_deliver) */
-    struct log_limit *upstream_log;  /* failed tries and reconnects: bounded lines */
-    int id;                          /* the worker's number: a session_ref's worker */
+    struct log_limit *upstream_log; /* failed tries and reconnects: bounded lines */
+    int id;                         /* the worker's number: a session_ref's worker */
 
     /* bw waits for buffer memory; session_budget_retry(bw) is called when
      * there may be some. wait on a queued bw, or leave on one that is not,
@@ -62,17 +62,17 @@ struct session_host {
 struct session_link {
     LIST_ENTRY(session_link) list;
     struct table_node by_id;
-    struct limit_route *limit;       /* counted in the shared limits, or NULL */
+    struct limit_route *limit; /* counted in the shared limits, or NULL */
 };
 LIST_HEAD(session_list, session_link);
 
 /* A connection to start a session for. */
 struct session_params {
-    struct config *cfg;              /* the session takes a reference */
+    struct config *cfg;               /* the session takes a reference */
     const struct route_config *route; /* in cfg */
-    struct route_stats *stats;       /* the route's counters on this host */
-    int fd;                          /* accepted, non-blocking */
-    const struct sockaddr *peer;     /* as accept4() gave it */
+    struct route_stats *stats;        /* the route's counters on this host */
+    int fd;                           /* accepted, non-blocking */
+    const struct sockaddr *peer;      /* as accept4() gave it */
     socklen_t peer_len;
 };
 

@@ -22,7 +22,7 @@ typedef int (*table_eq_fn)(const struct table_node *node, const void *key);
 
 struct table {
     struct table_node **buckets;
-    size_t n_buckets;          /* a power of two */
+    size_t n_buckets; /* a power of two */
     size_t n_entries;
 };
 

@@ -25,15 +25,15 @@ struct worker;
 /* What the supervisor asks of a worker; read by the worker's loop. */
 enum worker_command {
     WORKER_CMD_NONE,
-    WORKER_CMD_DRAIN,    /* stop accepting; close what is left at the drain deadline */
-    WORKER_CMD_STOP,     /* close every session now */
+    WORKER_CMD_DRAIN, /* stop accepting; close what is left at the drain deadline */
+    WORKER_CMD_STOP,  /* close every session now */
 };
 
 /* Where the worker is in its life; written by the worker, read by the supervisor. */
 enum worker_phase {
     WORKER_PHASE_STARTING,
     WORKER_PHASE_RUNNING,
-    WORKER_PHASE_FAILED,   /* could not start; worker_start_error() says why */
+    WORKER_PHASE_FAILED, /* could not start; worker_start_error() says why */
     WORKER_PHASE_EXITED,
 };
 
@@ -42,7 +42,7 @@ struct worker_shared {
     struct registry *registry;
     struct limits *limits;
     struct budget *budget;
-    uv_async_t *notify;          /* the supervisor's: sent on every phase change */
+    uv_async_t *notify; /* the supervisor's: sent on every phase change */
 };
 
 /* Makes worker number `id`, to serve `cfg` (it takes a reference) on the
@@ -63,9 +63,9 @@ void worker_destroy(struct worker *w);
 
 /* The supervisor's workers, as the modules of its thread see them. */
 struct worker_set {
-    struct worker **w;       /* by number */
-    size_t n;                /* made: sockets are bound for each */
-    size_t n_started;        /* whose thread was started: the ones asked */
+    struct worker **w; /* by number */
+    size_t n;          /* made: sockets are bound for each */
+    size_t n_started;  /* whose thread was started: the ones asked */
 };
 
 /* Begins r on `loop` and asks every started worker; r->complete runs on
@@ -90,8 +90,8 @@ int worker_ask(struct worker *to, struct request *r);
 /* Thread-safe readers for the supervisor. */
 int worker_id(const struct worker *w);
 enum worker_phase worker_phase(struct worker *w);
-int worker_start_error(const struct worker *w);   /* valid once the phase is FAILED */
-uint64_t worker_stalled_ms(struct worker *w);      /* since the loop last turned */
+int worker_start_error(const struct worker *w); /* valid once the phase is FAILED */
+uint64_t worker_stalled_ms(struct worker *w);   /* since the loop last turned */
 struct worker_stats *worker_stats(struct worker *w);
 
 #endif

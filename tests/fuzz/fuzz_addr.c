@@ -22,10 +22,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
  * 253 characters is already the "too long" case. */
 #define FIELD_MAX 1024
 
-#define CHECK(cond)                 \
-    do {                            \
-        if (!(cond))                \
-            __builtin_trap();       \
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond))                                                                               \
+            __builtin_trap();                                                                      \
     } while (0)
 
 static const uint8_t v4_mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
@@ -60,10 +60,7 @@ static int effective(const struct sockaddr_storage *ss, uint8_t out[16])
 }
 
 /* Bit i (from the most significant bit of byte 0). */
-static int bit(const uint8_t *a, unsigned i)
-{
-    return (a[i / 8] >> (7 - i % 8)) & 1;
-}
+static int bit(const uint8_t *a, unsigned i) { return (a[i / 8] >> (7 - i % 8)) & 1; }
 
 /* addr_cidr_match() written the slow, obvious way, to compare against. */
 static int reference_match(const struct cidr *c, const struct sockaddr_storage *ss)

@@ -10,10 +10,10 @@
 /* libFuzzer's entry point; declared here for -Wmissing-prototypes. */
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define CHECK(cond)                 \
-    do {                            \
-        if (!(cond))                \
-            __builtin_trap();       \
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond))                                                                               \
+            __builtin_trap();                                                                      \
     } while (0)
 
 /* What every route of a whole request must be. */

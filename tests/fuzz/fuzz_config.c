@@ -23,10 +23,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 /* Inputs up to this size end right before an inaccessible page (below). */
 #define GUARDED_MAX ((size_t)1 << 20)
 
-#define CHECK(cond)                 \
-    do {                            \
-        if (!(cond))                \
-            __builtin_trap();       \
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond))                                                                               \
+            __builtin_trap();                                                                      \
     } while (0)
 
 /* cJSON is the system library, not instrumented: ASan cannot see it read
@@ -42,8 +42,8 @@ static void map_guard(void)
     if (page <= 0)
         return;
     size_t span = (GUARDED_MAX + (size_t)page - 1) / (size_t)page * (size_t)page;
-    char *m = mmap(NULL, span + (size_t)page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                   -1, 0);
+    char *m =
+        mmap(NULL, span + (size_t)page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED)
         return;
     if (mprotect(m + span, (size_t)page, PROT_NONE) != 0) {
@@ -81,10 +81,7 @@ static void check_messages(const struct config_errors *e)
     }
 }
 
-static int bounded_string(const char *s, size_t cap)
-{
-    return memchr(s, '\0', cap) != NULL;
-}
+static int bounded_string(const char *s, size_t cap) { return memchr(s, '\0', cap) != NULL; }
 
 static void check_endpoint(const struct hostport *hp)
 {
@@ -154,7 +151,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size)
         memcpy(json, data, size);
 
-    struct config *cfg = (struct config *)&cfg; /* must be reset to NULL */
+    struct config *cfg = (struct config *)&cfg;                         /* must be reset to NULL */
     struct config_errors errs = { .msgs = (char **)&errs, .n = 12345 }; /* must be reset */
     int rc = config_parse(json, size, &cfg, &errs);
 

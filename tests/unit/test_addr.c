@@ -17,7 +17,7 @@ struct good_case {
     const char *in;
     const char *host;
     uint16_t port;
-    int family; /* AF_UNSPEC for a host name */
+    int family;            /* AF_UNSPEC for a host name */
     const char *formatted; /* addr_format() of the parsed sockaddr, or NULL */
 };
 
@@ -179,8 +179,8 @@ static void test_parse_ip(void **state)
     assert_int_equal(ss.ss_family, AF_INET6);
     assert_true(addr_is_any((struct sockaddr *)&ss));
 
-    const char *bad_ips[] = { "", "foo", "[::1]", "1.2.3.4:5", " 1.2.3.4", "1.2.3.4 ",
-                              "1.2.3", "256.1.1.1", "::1%lo", "localhost" };
+    const char *bad_ips[] = { "",         "foo",   "[::1]",     "1.2.3.4:5", " 1.2.3.4",
+                              "1.2.3.4 ", "1.2.3", "256.1.1.1", "::1%lo",    "localhost" };
     for (size_t i = 0; i < sizeof(bad_ips) / sizeof(bad_ips[0]); i++) {
         memset(&ss, 0x11, sizeof(ss));
         if (addr_parse_ip(bad_ips[i], &ss) != -EINVAL)
@@ -262,19 +262,19 @@ static void test_listen_overlap(void **state)
         { "127.0.0.1", 0, "0.0.0.0", 0, 5000, 1 },
         { "127.0.0.1", 0, "127.0.0.1", 0, 5000, 1 },
         { "127.0.0.1", 0, "127.0.0.2", 0, 5000, 0 },
-        { "0.0.0.0", 0, "0.0.0.0", 0, 5001, 0 },      /* another port */
-        { "0.0.0.0", 0, "::", 0, 5000, 0 },           /* IPV6_V6ONLY */
+        { "0.0.0.0", 0, "0.0.0.0", 0, 5001, 0 }, /* another port */
+        { "0.0.0.0", 0, "::", 0, 5000, 0 },      /* IPV6_V6ONLY */
         { "::", 0, "0.0.0.0", 0, 5000, 0 },
-        { "::", 1, "0.0.0.0", 0, 5000, 1 },           /* dual stack takes IPv4 */
+        { "::", 1, "0.0.0.0", 0, 5000, 1 }, /* dual stack takes IPv4 */
         { "127.0.0.1", 0, "::", 1, 5000, 1 },
-        { "::1", 1, "127.0.0.1", 0, 5000, 0 },        /* only the wildcard */
+        { "::1", 1, "127.0.0.1", 0, 5000, 0 }, /* only the wildcard */
         { "::", 0, "::1", 0, 5000, 1 },
         { "::1", 0, "::2", 0, 5000, 0 },
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         struct sockaddr_storage a = ip(cases[i].a, 5000), b = ip(cases[i].b, cases[i].port_b);
-        int got = addr_listen_overlap((struct sockaddr *)&a, cases[i].a_dual,
-                                      (struct sockaddr *)&b, cases[i].b_dual);
+        int got = addr_listen_overlap((struct sockaddr *)&a, cases[i].a_dual, (struct sockaddr *)&b,
+                                      cases[i].b_dual);
         if (got != cases[i].overlap)
             fprintf(stderr, "case %zu: %s (dual %d) / %s (dual %d): got %d\n", i, cases[i].a,
                     cases[i].a_dual, cases[i].b, cases[i].b_dual, got);
@@ -289,10 +289,10 @@ static void test_listen_overlap(void **state)
 static void test_is_loopback(void **state)
 {
     (void)state;
-    const char *yes[] = { "127.0.0.1", "127.0.0.0", "127.255.255.255", "127.1.2.3", "::1",
-                          "0:0:0:0:0:0:0:1" };
-    const char *no[] = { "126.255.255.255", "128.0.0.1", "0.0.0.0", "10.0.0.1", "::",
-                         "::2", "::ffff:127.0.0.1", "fe80::1", "2001:db8::1" };
+    const char *yes[] = { "127.0.0.1", "127.0.0.0", "127.255.255.255",
+                          "127.1.2.3", "::1",       "0:0:0:0:0:0:0:1" };
+    const char *no[] = { "126.255.255.255",  "128.0.0.1", "0.0.0.0",    "10.0.0.1", "::", "::2",
+                         "::ffff:127.0.0.1", "fe80::1",   "2001:db8::1" };
     struct sockaddr_storage ss;
     for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) {
         ss = ip(yes[i], 80);
@@ -363,11 +363,32 @@ static void test_parse_cidr(void **state)
     }
 
     const char *bad_cidrs[] = {
-        "", "/8", "10.0.0.0/", "10.0.0.0/33", "10.0.0.0/-1", "10.0.0.0/+8", "10.0.0.0/8/8",
-        "10.0.0.0/ 8", "10.0.0.0 /8", " 10.0.0.0/8", "10.0.0.0/8 ", "10.0.0.0/x",
-        "10.0.0.0/99999999999999999999", "10.0.0/8", "10.0.0.256/8", "010.0.0.0/8", "::/129",
-        "::1/1000", "[::1]/128", "[::1]", "fe80::1%eth0/64", "10.0.0.1:80", "localhost",
-        "localhost/8", "1:2:3:4:5:6:7:8:9/64", "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255x/1",
+        "",
+        "/8",
+        "10.0.0.0/",
+        "10.0.0.0/33",
+        "10.0.0.0/-1",
+        "10.0.0.0/+8",
+        "10.0.0.0/8/8",
+        "10.0.0.0/ 8",
+        "10.0.0.0 /8",
+        " 10.0.0.0/8",
+        "10.0.0.0/8 ",
+        "10.0.0.0/x",
+        "10.0.0.0/99999999999999999999",
+        "10.0.0/8",
+        "10.0.0.256/8",
+        "010.0.0.0/8",
+        "::/129",
+        "::1/1000",
+        "[::1]/128",
+        "[::1]",
+        "fe80::1%eth0/64",
+        "10.0.0.1:80",
+        "localhost",
+        "localhost/8",
+        "1:2:3:4:5:6:7:8:9/64",
+        "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255x/1",
     };
     for (size_t i = 0; i < sizeof(bad_cidrs) / sizeof(bad_cidrs[0]); i++) {
         struct cidr c;
@@ -492,8 +513,9 @@ static void test_format(void **state)
 static void test_round_trip(void **state)
 {
     (void)state;
-    const char *canonical[] = { "1.2.3.4:5", "0.0.0.0:65535", "[::1]:5", "[::]:80",
-                                "[2001:db8::1]:6000", "[fe80::1:2:3:4]:1", "[::ffff:1.2.3.4]:9" };
+    const char *canonical[] = { "1.2.3.4:5",         "0.0.0.0:65535",      "[::1]:5",
+                                "[::]:80",           "[2001:db8::1]:6000", "[fe80::1:2:3:4]:1",
+                                "[::ffff:1.2.3.4]:9" };
     for (size_t i = 0; i < sizeof(canonical) / sizeof(canonical[0]); i++) {
         struct hostport hp;
         char buf[ADDR_STR_MAX];

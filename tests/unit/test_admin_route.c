@@ -350,22 +350,22 @@ static void test_malformed(void **state)
 {
     (void)state;
     static const char *const reqs[] = {
-        "BREW /healthz HTTP/1.1\r\n\r\n",         /* unknown method */
-        "get /healthz HTTP/1.1\r\n\r\n",          /* methods are upper case */
-        "GET\r\n\r\n",                            /* no target, no version */
-        "GET healthz HTTP/1.1\r\n\r\n",           /* a target without '/' */
-        "GET /heal thz HTTP/1.1\r\n\r\n",         /* a space in the target */
-        "GET /healthz QTTP/1.1\r\n\r\n",          /* not HTTP */
-        "GET /healthz HTTP/x.1\r\n\r\n",          /* no version number */
+        "BREW /healthz HTTP/1.1\r\n\r\n", /* unknown method */
+        "get /healthz HTTP/1.1\r\n\r\n",  /* methods are upper case */
+        "GET\r\n\r\n",                    /* no target, no version */
+        "GET healthz HTTP/1.1\r\n\r\n",   /* a target without '/' */
+        "GET /heal thz HTTP/1.1\r\n\r\n", /* a space in the target */
+        "GET /healthz QTTP/1.1\r\n\r\n",  /* not HTTP */
+        "GET /healthz HTTP/x.1\r\n\r\n",  /* no version number */
         "GET /healthz HTTP/11\r\n\r\n",
         "GET /healthz HTTP/1.\r\n\r\n",
         "GET /healthz HTTP/1000.1\r\n\r\n",
-        "GET /healthz HTTP/1.1 extra\r\n\r\n",    /* trailing garbage */
-        "GET /healthz HTTP/1.1\rX\r\n\r\n",       /* CR without LF */
-        "\x01GET /healthz HTTP/1.1\r\n\r\n",      /* a control byte first */
-        "GET /health\x01z HTTP/1.1\r\n\r\n",      /* a control byte in the target */
+        "GET /healthz HTTP/1.1 extra\r\n\r\n", /* trailing garbage */
+        "GET /healthz HTTP/1.1\rX\r\n\r\n",    /* CR without LF */
+        "\x01GET /healthz HTTP/1.1\r\n\r\n",   /* a control byte first */
+        "GET /health\x01z HTTP/1.1\r\n\r\n",   /* a control byte in the target */
         "GET /healthz HTTP/1.1\r\nno colon here\r\n\r\n",
-        "GET /healthz HTTP/1.1\r\n: x\r\n\r\n",   /* an empty header name */
+        "GET /healthz HTTP/1.1\r\n: x\r\n\r\n", /* an empty header name */
         "GET /healthz HTTP/1.1\r\n\x01X: y\r\n\r\n",
         "GET /healthz HTTP/1.1\r\nHost: a\rb\r\n\r\n",
         "POST /sessions/1/close HTTP/1.1\r\nContent-Length: x\r\n\r\n",
@@ -437,8 +437,7 @@ static void test_url_bound(void **state)
     admin_request_init(&r);
     for (size_t i = 0; i < 4 + ADMIN_URL_MAX - 1; i++)
         assert_int_equal(admin_request_feed(&r, req + i, 1), ADMIN_PARSE_MORE);
-    assert_int_equal(admin_request_feed(&r, req + 4 + ADMIN_URL_MAX - 1, 1),
-                     ADMIN_PARSE_TOO_LARGE);
+    assert_int_equal(admin_request_feed(&r, req + 4 + ADMIN_URL_MAX - 1, 1), ADMIN_PARSE_TOO_LARGE);
     free(req);
 }
 

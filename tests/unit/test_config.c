@@ -91,7 +91,7 @@ static struct config *expect_ok(const char *json_sq)
 
 #define NAME_RULE "expected 1-63 characters of A-Z a-z 0-9 _ . -, got "
 /* A route whose client object holds `c`, and one whose client.heartbeat holds `h`. */
-#define WITH_CLIENT(c) \
+#define WITH_CLIENT(c)                                                                             \
     ONE_ROUTE("{'name':'r','listen':'127.0.0.1:5000','client':{" c "}," UPSTREAM "}")
 #define WITH_HEARTBEAT(h) WITH_CLIENT("'heartbeat':{" h "}")
 
@@ -102,7 +102,7 @@ static struct config *expect_ok(const char *json_sq)
 #define ON_CLOSES "\"close_client\", \"reconnect\""
 #define HB "routes[0].client.heartbeat."
 #define NOT_LOOPBACK " is not a loopback address; set admin.allow_remote to true to serve it"
-#define NOT_LOCALHOST \
+#define NOT_LOCALHOST                                                                              \
     " is a host name other than \"localhost\"; set admin.allow_remote to true to serve it"
 #define ACCOUNT_RULE "expected an account name, got "
 #define CIDR_RULE "expected an address or CIDR, got "
@@ -130,31 +130,33 @@ static const struct bad_case bad_cases[] = {
       TOP("'log':{'level':'info','level':'debug'},"),
       { "log.level: duplicate key" } },
     { "duplicate top-level key", TOP("'workers':1,'workers':2,"), { "workers: duplicate key" } },
-    { "duplicate unknown key",
-      TOP("'x':1,'x':2,"),
-      { "x: unknown key", "x: duplicate key" } },
-    { "duplicate routes key",
-      "{" ROUTES "," ROUTES "}",
-      { "routes: duplicate key" } },
+    { "duplicate unknown key", TOP("'x':1,'x':2,"), { "x: unknown key", "x: duplicate key" } },
+    { "duplicate routes key", "{" ROUTES "," ROUTES "}", { "routes: duplicate key" } },
 
     /* Types. */
-    { "integer given a string", TOP("'workers':'4',"),
+    { "integer given a string",
+      TOP("'workers':'4',"),
       { "workers: expected integer, got string" } },
-    { "integer given a fraction", TOP("'workers':1.5,"),
+    { "integer given a fraction",
+      TOP("'workers':1.5,"),
       { "workers: expected integer, got number" } },
-    { "integer given a boolean", TOP("'workers':true,"),
+    { "integer given a boolean",
+      TOP("'workers':true,"),
       { "workers: expected integer, got boolean" } },
     { "integer given null", TOP("'workers':null,"), { "workers: expected integer, got null" } },
-    { "integer given an object", TOP("'workers':{},"),
+    { "integer given an object",
+      TOP("'workers':{},"),
       { "workers: expected integer, got object" } },
-    { "integer given an array", TOP("'workers':[1],"),
-      { "workers: expected integer, got array" } },
+    { "integer given an array", TOP("'workers':[1],"), { "workers: expected integer, got array" } },
     { "object given an array", TOP("'log':['info'],"), { "log: expected object, got array" } },
-    { "object given a string", TOP("'shutdown':'now',"),
+    { "object given a string",
+      TOP("'shutdown':'now',"),
       { "shutdown: expected object, got string" } },
-    { "nested integer given a string", TOP("'shutdown':{'drain_timeout_ms':'10s'},"),
+    { "nested integer given a string",
+      TOP("'shutdown':{'drain_timeout_ms':'10s'},"),
       { "shutdown.drain_timeout_ms: expected integer, got string" } },
-    { "enum given an integer", TOP("'log':{'level':3},"),
+    { "enum given an integer",
+      TOP("'log':{'level':3},"),
       { "log.level: expected string, got integer" } },
     { "route name given an integer",
       ONE_ROUTE("{'name':5,'listen':'127.0.0.1:5000'," UPSTREAM "}"),
@@ -165,24 +167,32 @@ static const struct bad_case bad_cases[] = {
     { "upstream given an array",
       ONE_ROUTE("{'name':'r','listen':'127.0.0.1:5000','upstream':[]}"),
       { "routes[0].upstream: expected object, got array" } },
-    { "servers given a string", WITH_UPSTREAM("'servers':'127.0.0.1:6000'"),
+    { "servers given a string",
+      WITH_UPSTREAM("'servers':'127.0.0.1:6000'"),
       { "routes[0].upstream.servers: expected array, got string" } },
-    { "server given an integer", WITH_UPSTREAM("'servers':[6000,'127.0.0.1:6000',false]"),
+    { "server given an integer",
+      WITH_UPSTREAM("'servers':[6000,'127.0.0.1:6000',false]"),
       { "routes[0].upstream.servers[0]: expected string, got integer",
         "routes[0].upstream.servers[2]: expected string, got boolean" } },
-    { "source_address given an integer", WITH_UPSTREAM(SERVERS ",'source_address':0"),
+    { "source_address given an integer",
+      WITH_UPSTREAM(SERVERS ",'source_address':0"),
       { "routes[0].upstream.source_address: expected string, got integer" } },
 
     /* Ranges: each bound of each integer key. */
-    { "workers above range", TOP("'workers':5000,"),
+    { "workers above range",
+      TOP("'workers':5000,"),
       { "workers: must be between 0 and 256, got 5000" } },
-    { "workers below range", TOP("'workers':-1,"),
+    { "workers below range",
+      TOP("'workers':-1,"),
       { "workers: must be between 0 and 256, got -1" } },
-    { "workers far out of range", TOP("'workers':1e300,"),
+    { "workers far out of range",
+      TOP("'workers':1e300,"),
       { "workers: must be between 0 and 256, got 1e+300" } },
-    { "workers just above range", TOP("'workers':257,"),
+    { "workers just above range",
+      TOP("'workers':257,"),
       { "workers: must be between 0 and 256, got 257" } },
-    { "drain timeout above range", TOP("'shutdown':{'drain_timeout_ms':3600001},"),
+    { "drain timeout above range",
+      TOP("'shutdown':{'drain_timeout_ms':3600001},"),
       { "shutdown.drain_timeout_ms: must be between 0 and 3600000, got 3600001" } },
     { "buffer_bytes below range",
       ONE_ROUTE("{'name':'r','listen':'127.0.0.1:5000','buffer_bytes':1023," UPSTREAM "}"),
@@ -190,39 +200,54 @@ static const struct bad_case bad_cases[] = {
     { "buffer_bytes above range",
       ONE_ROUTE("{'name':'r','listen':'127.0.0.1:5000','buffer_bytes':67108865," UPSTREAM "}"),
       { "routes[0].buffer_bytes: must be between 1024 and 67108864, got 67108865" } },
-    { "connect timeout zero", WITH_UPSTREAM(SERVERS ",'connect_timeout_ms':0"),
+    { "connect timeout zero",
+      WITH_UPSTREAM(SERVERS ",'connect_timeout_ms':0"),
       { "routes[0].upstream.connect_timeout_ms: must be between 1 and 600000, got 0" } },
-    { "connect timeout above range", WITH_UPSTREAM(SERVERS ",'connect_timeout_ms':600001"),
+    { "connect timeout above range",
+      WITH_UPSTREAM(SERVERS ",'connect_timeout_ms':600001"),
       { "routes[0].upstream.connect_timeout_ms: must be between 1 and 600000, got 600001" } },
-    { "retries above range", WITH_UPSTREAM(SERVERS ",'retries':101"),
+    { "retries above range",
+      WITH_UPSTREAM(SERVERS ",'retries':101"),
       { "routes[0].upstream.retries: must be between 0 and 100, got 101" } },
-    { "retries negative", WITH_UPSTREAM(SERVERS ",'retries':-3"),
+    { "retries negative",
+      WITH_UPSTREAM(SERVERS ",'retries':-3"),
       { "routes[0].upstream.retries: must be between 0 and 100, got -3" } },
-    { "backoff above range", WITH_UPSTREAM(SERVERS ",'retry_backoff_ms':600001"),
+    { "backoff above range",
+      WITH_UPSTREAM(SERVERS ",'retry_backoff_ms':600001"),
       { "routes[0].upstream.retry_backoff_ms: must be between 0 and 600000, got 600001" } },
 
     /* Enums. */
-    { "unknown log level", TOP("'log':{'level':'verbose'},"),
+    { "unknown log level",
+      TOP("'log':{'level':'verbose'},"),
       { "log.level: expected one of " LEVELS ", got \"verbose\"" } },
-    { "log level is case-sensitive", TOP("'log':{'level':'INFO'},"),
+    { "log level is case-sensitive",
+      TOP("'log':{'level':'INFO'},"),
       { "log.level: expected one of " LEVELS ", got \"INFO\"" } },
-    { "unknown log format", TOP("'log':{'format':'yaml'},"),
+    { "unknown log format",
+      TOP("'log':{'format':'yaml'},"),
       { "log.format: expected one of \"text\", \"json\", got \"yaml\"" } },
 
     /* routes[].client: takeover policy. */
-    { "unknown identity", WITH_CLIENT("'identity':'x'"),
+    { "unknown identity",
+      WITH_CLIENT("'identity':'x'"),
       { "routes[0].client.identity: expected one of " IDENTITIES ", got \"x\"" } },
-    { "identity is case-sensitive", WITH_CLIENT("'identity':'Address'"),
+    { "identity is case-sensitive",
+      WITH_CLIENT("'identity':'Address'"),
       { "routes[0].client.identity: expected one of " IDENTITIES ", got \"Address\"" } },
-    { "identity given an integer", WITH_CLIENT("'identity':1"),
+    { "identity given an integer",
+      WITH_CLIENT("'identity':1"),
       { "routes[0].client.identity: expected string, got integer" } },
-    { "unknown on_duplicate", WITH_CLIENT("'on_duplicate':'x'"),
+    { "unknown on_duplicate",
+      WITH_CLIENT("'on_duplicate':'x'"),
       { "routes[0].client.on_duplicate: expected one of " DUPLICATES ", got \"x\"" } },
-    { "on_duplicate given null", WITH_CLIENT("'on_duplicate':null"),
+    { "on_duplicate given null",
+      WITH_CLIENT("'on_duplicate':null"),
       { "routes[0].client.on_duplicate: expected string, got null" } },
-    { "unknown client close", WITH_CLIENT("'close':'x'"),
+    { "unknown client close",
+      WITH_CLIENT("'close':'x'"),
       { "routes[0].client.close: expected one of " CLOSES ", got \"x\"" } },
-    { "client close given a boolean", WITH_CLIENT("'close':true"),
+    { "client close given a boolean",
+      WITH_CLIENT("'close':true"),
       { "routes[0].client.close: expected string, got boolean" } },
     { "client given a string",
       ONE_ROUTE("{'name':'r','listen':'127.0.0.1:5000','client':'address'," UPSTREAM "}"),
@@ -233,11 +258,14 @@ static const struct bad_case bad_cases[] = {
     { "client given null",
       ONE_ROUTE("{'name':'r','listen':'127.0.0.1:5000','client':null," UPSTREAM "}"),
       { "routes[0].client: expected object, got null" } },
-    { "unknown client key", WITH_CLIENT("'identiy':'address'"),
+    { "unknown client key",
+      WITH_CLIENT("'identiy':'address'"),
       { "routes[0].client.identiy: unknown key" } },
-    { "heartbeat key directly in client", WITH_CLIENT("'silence_ms':1000"),
+    { "heartbeat key directly in client",
+      WITH_CLIENT("'silence_ms':1000"),
       { "routes[0].client.silence_ms: unknown key" } },
-    { "duplicate client key", WITH_CLIENT("'close':'rst','close':'fin'"),
+    { "duplicate client key",
+      WITH_CLIENT("'close':'rst','close':'fin'"),
       { "routes[0].client.close: duplicate key" } },
     { "every client error in order",
       WITH_CLIENT("'identity':'port','x':1,'on_duplicate':'keep','close':'abort'"),
@@ -247,37 +275,51 @@ static const struct bad_case bad_cases[] = {
         "routes[0].client.close: expected one of " CLOSES ", got \"abort\"" } },
 
     /* routes[].client.heartbeat: each bound of each key, then types. */
-    { "heartbeat given an integer", WITH_CLIENT("'heartbeat':5"),
+    { "heartbeat given an integer",
+      WITH_CLIENT("'heartbeat':5"),
       { "routes[0].client.heartbeat: expected object, got integer" } },
-    { "heartbeat given an array", WITH_CLIENT("'heartbeat':[]"),
+    { "heartbeat given an array",
+      WITH_CLIENT("'heartbeat':[]"),
       { "routes[0].client.heartbeat: expected object, got array" } },
-    { "unknown heartbeat key", WITH_HEARTBEAT("'silence':1000"),
-      { HB "silence: unknown key" } },
-    { "heartbeat keys are case-sensitive", WITH_HEARTBEAT("'Keepalive_count':3"),
+    { "unknown heartbeat key", WITH_HEARTBEAT("'silence':1000"), { HB "silence: unknown key" } },
+    { "heartbeat keys are case-sensitive",
+      WITH_HEARTBEAT("'Keepalive_count':3"),
       { HB "Keepalive_count: unknown key" } },
-    { "duplicate heartbeat key", WITH_HEARTBEAT("'silence_ms':1,'silence_ms':2"),
+    { "duplicate heartbeat key",
+      WITH_HEARTBEAT("'silence_ms':1,'silence_ms':2"),
       { HB "silence_ms: duplicate key" } },
-    { "silence negative", WITH_HEARTBEAT("'silence_ms':-1"),
+    { "silence negative",
+      WITH_HEARTBEAT("'silence_ms':-1"),
       { HB "silence_ms: must be between 0 and 86400000, got -1" } },
-    { "silence above range", WITH_HEARTBEAT("'silence_ms':86400001"),
+    { "silence above range",
+      WITH_HEARTBEAT("'silence_ms':86400001"),
       { HB "silence_ms: must be between 0 and 86400000, got 86400001" } },
-    { "keepalive idle negative", WITH_HEARTBEAT("'keepalive_idle_ms':-1"),
+    { "keepalive idle negative",
+      WITH_HEARTBEAT("'keepalive_idle_ms':-1"),
       { HB "keepalive_idle_ms: must be between 0 and 32767000, got -1" } },
-    { "keepalive idle above range", WITH_HEARTBEAT("'keepalive_idle_ms':32767001"),
+    { "keepalive idle above range",
+      WITH_HEARTBEAT("'keepalive_idle_ms':32767001"),
       { HB "keepalive_idle_ms: must be between 0 and 32767000, got 32767001" } },
-    { "keepalive interval zero", WITH_HEARTBEAT("'keepalive_interval_ms':0"),
+    { "keepalive interval zero",
+      WITH_HEARTBEAT("'keepalive_interval_ms':0"),
       { HB "keepalive_interval_ms: must be between 1 and 32767000, got 0" } },
-    { "keepalive interval above range", WITH_HEARTBEAT("'keepalive_interval_ms':32767001"),
+    { "keepalive interval above range",
+      WITH_HEARTBEAT("'keepalive_interval_ms':32767001"),
       { HB "keepalive_interval_ms: must be between 1 and 32767000, got 32767001" } },
-    { "keepalive count zero", WITH_HEARTBEAT("'keepalive_count':0"),
+    { "keepalive count zero",
+      WITH_HEARTBEAT("'keepalive_count':0"),
       { HB "keepalive_count: must be between 1 and 127, got 0" } },
-    { "keepalive count above range", WITH_HEARTBEAT("'keepalive_count':128"),
+    { "keepalive count above range",
+      WITH_HEARTBEAT("'keepalive_count':128"),
       { HB "keepalive_count: must be between 1 and 127, got 128" } },
-    { "user timeout negative", WITH_HEARTBEAT("'user_timeout_ms':-1"),
+    { "user timeout negative",
+      WITH_HEARTBEAT("'user_timeout_ms':-1"),
       { HB "user_timeout_ms: must be between 0 and 86400000, got -1" } },
-    { "user timeout above range", WITH_HEARTBEAT("'user_timeout_ms':86400001"),
+    { "user timeout above range",
+      WITH_HEARTBEAT("'user_timeout_ms':86400001"),
       { HB "user_timeout_ms: must be between 0 and 86400000, got 86400001" } },
-    { "user timeout far above range", WITH_HEARTBEAT("'user_timeout_ms':1e20"),
+    { "user timeout far above range",
+      WITH_HEARTBEAT("'user_timeout_ms':1e20"),
       { HB "user_timeout_ms: must be between 0 and 86400000, got 1e+20" } },
     { "heartbeat types",
       WITH_HEARTBEAT("'silence_ms':'5s','keepalive_idle_ms':true,'keepalive_interval_ms':1.5,"
@@ -290,21 +332,26 @@ static const struct bad_case bad_cases[] = {
     { "heartbeat errors with client errors",
       WITH_CLIENT("'close':'x','heartbeat':{'keepalive_count':200,'y':0},'identity':'none'"),
       { "routes[0].client.close: expected one of " CLOSES ", got \"x\"",
-        HB "keepalive_count: must be between 1 and 127, got 200",
-        HB "y: unknown key" } },
+        HB "keepalive_count: must be between 1 and 127, got 200", HB "y: unknown key" } },
 
     /* routes[].upstream.close and on_close. */
-    { "unknown upstream close", WITH_UPSTREAM(SERVERS ",'close':'graceful'"),
+    { "unknown upstream close",
+      WITH_UPSTREAM(SERVERS ",'close':'graceful'"),
       { "routes[0].upstream.close: expected one of " CLOSES ", got \"graceful\"" } },
-    { "upstream close is case-sensitive", WITH_UPSTREAM(SERVERS ",'close':'FIN'"),
+    { "upstream close is case-sensitive",
+      WITH_UPSTREAM(SERVERS ",'close':'FIN'"),
       { "routes[0].upstream.close: expected one of " CLOSES ", got \"FIN\"" } },
-    { "upstream close given an integer", WITH_UPSTREAM(SERVERS ",'close':0"),
+    { "upstream close given an integer",
+      WITH_UPSTREAM(SERVERS ",'close':0"),
       { "routes[0].upstream.close: expected string, got integer" } },
-    { "unknown on_close", WITH_UPSTREAM(SERVERS ",'on_close':'retry'"),
+    { "unknown on_close",
+      WITH_UPSTREAM(SERVERS ",'on_close':'retry'"),
       { "routes[0].upstream.on_close: expected one of " ON_CLOSES ", got \"retry\"" } },
-    { "on_close given an object", WITH_UPSTREAM(SERVERS ",'on_close':{}"),
+    { "on_close given an object",
+      WITH_UPSTREAM(SERVERS ",'on_close':{}"),
       { "routes[0].upstream.on_close: expected string, got object" } },
-    { "client keys are not upstream keys", WITH_UPSTREAM(SERVERS ",'on_duplicate':'reject'"),
+    { "client keys are not upstream keys",
+      WITH_UPSTREAM(SERVERS ",'on_duplicate':'reject'"),
       { "routes[0].upstream.on_duplicate: unknown key" } },
 
     /* Required keys and array sizes. */
@@ -312,25 +359,35 @@ static const struct bad_case bad_cases[] = {
     { "empty object", "{}", { "routes: required key is missing" } },
     { "routes empty", "{'routes':[]}", { "routes: must hold at least one route" } },
     { "routes given an object", "{'routes':{}}", { "routes: expected array, got object" } },
-    { "route given a string and null", "{'routes':['r'," ROUTE ",null]}",
+    { "route given a string and null",
+      "{'routes':['r'," ROUTE ",null]}",
       { "routes[0]: expected object, got string", "routes[2]: expected object, got null" } },
-    { "route empty", "{'routes':[{}]}",
+    { "route empty",
+      "{'routes':[{}]}",
       { "routes[0].name: required key is missing", "routes[0].listen: required key is missing",
         "routes[0].upstream: required key is missing" } },
-    { "servers missing", WITH_UPSTREAM("'retries':1"),
+    { "servers missing",
+      WITH_UPSTREAM("'retries':1"),
       { "routes[0].upstream.servers: required key is missing" } },
-    { "servers empty", WITH_UPSTREAM("'servers':[]"),
+    { "servers empty",
+      WITH_UPSTREAM("'servers':[]"),
       { "routes[0].upstream.servers: must hold at least one server" } },
 
     /* Endpoints. */
-    { "server without port", WITH_UPSTREAM("'servers':['127.0.0.1:6000','10.0.0.1']"),
+    { "server without port",
+      WITH_UPSTREAM("'servers':['127.0.0.1:6000','10.0.0.1']"),
       { "routes[0].upstream.servers[1]: expected \"host:port\", got \"10.0.0.1\"" } },
     { "malformed listen addresses",
-      "{'routes':[" ROUTE_NAMED("r0", "0.0.0.0:0") "," ROUTE_NAMED("r1", "0.0.0.0:65536") ","
-      ROUTE_NAMED("r2", "h:http") "," ROUTE_NAMED("r3", ":5000") "," ROUTE_NAMED("r4", "[::1:5000")
-      "," ROUTE_NAMED("r5", "::1:5000") "," ROUTE_NAMED("r6", "[::g]:1") ","
-      ROUTE_NAMED("r7", " 1.2.3.4:5") "," ROUTE_NAMED("r8", "") "," ROUTE_NAMED("r9", "a b:1")
-      "]}",
+      "{'routes':[" ROUTE_NAMED("r0", "0.0.0.0:0") "," ROUTE_NAMED("r1", "0.0.0.0:65536") "," ROUTE_NAMED("r2", "h:http") "," ROUTE_NAMED("r3", ":5000") "," ROUTE_NAMED(
+          "r4",
+          "[::1:5000") "," ROUTE_NAMED("r5",
+                                       "::1:5000") "," ROUTE_NAMED("r6",
+                                                                   "[::g]:1") "," ROUTE_NAMED("r7",
+                                                                                              " 1."
+                                                                                              "2.3."
+                                                                                              "4:5") "," ROUTE_NAMED("r8",
+                                                                                                                     "") "," ROUTE_NAMED("r9",
+                                                                                                                                         "a b:1") "]}",
       { "routes[0].listen: expected \"host:port\", got \"0.0.0.0:0\"",
         "routes[1].listen: expected \"host:port\", got \"0.0.0.0:65536\"",
         "routes[2].listen: expected \"host:port\", got \"h:http\"",
@@ -354,22 +411,25 @@ static const struct bad_case bad_cases[] = {
         "routes[3].upstream.source_address: expected an IP address, got \"\"" } },
 
     /* Route names. */
-    { "name with a space", ONE_ROUTE(ROUTE_NAMED("a b", "127.0.0.1:5000")),
+    { "name with a space",
+      ONE_ROUTE(ROUTE_NAMED("a b", "127.0.0.1:5000")),
       { "routes[0].name: " NAME_RULE "\"a b\"" } },
-    { "empty name", ONE_ROUTE(ROUTE_NAMED("", "127.0.0.1:5000")),
+    { "empty name",
+      ONE_ROUTE(ROUTE_NAMED("", "127.0.0.1:5000")),
       { "routes[0].name: " NAME_RULE "\"\"" } },
     { "name of 64 characters",
       ONE_ROUTE(ROUTE_NAMED("0123456789012345678901234567890123456789012345678901234567890123",
                             "127.0.0.1:5000")),
       { "routes[0].name: " NAME_RULE
         "\"0123456789012345678901234567890123456789012345678901234567890123\"" } },
-    { "name echoed with escapes", ONE_ROUTE(ROUTE_NAMED("a\\\"b\\\\c\\td/", "127.0.0.1:5000")),
+    { "name echoed with escapes",
+      ONE_ROUTE(ROUTE_NAMED("a\\\"b\\\\c\\td/", "127.0.0.1:5000")),
       { "routes[0].name: " NAME_RULE "\"a\\\"b\\\\c\\u0009d/\"" } },
 
     /* Values that must differ between routes. */
     { "duplicate route name",
-      "{'routes':[" ROUTE_NAMED("legacy", "0.0.0.0:5000") "," ROUTE_NAMED("legacy", "0.0.0.0:5001")
-      "]}",
+      "{'routes':[" ROUTE_NAMED("legacy", "0.0.0.0:5000") "," ROUTE_NAMED("legacy",
+                                                                          "0.0.0.0:5001") "]}",
       { "routes[1].name: duplicate route name \"legacy\" (also routes[0].name)" } },
     { "duplicate listen address",
       "{'routes':[" ROUTE_NAMED("a", "0.0.0.0:5000") "," ROUTE_NAMED("b", "0.0.0.0:5000") "]}",
@@ -381,8 +441,10 @@ static const struct bad_case bad_cases[] = {
       "{'routes':[" ROUTE_NAMED("a", "localhost:80") "," ROUTE_NAMED("b", "LocalHost:80") "]}",
       { "routes[1].listen: duplicate listen address \"LocalHost:80\" (also routes[0].listen)" } },
     { "duplicates name the first match",
-      "{'routes':[" ROUTE_NAMED("a", "127.0.0.1:1") "," ROUTE_NAMED("b", "127.0.0.2:1") ","
-      ROUTE_NAMED("b", "127.0.0.2:1") "," ROUTE_NAMED("a", "127.0.0.1:1") "]}",
+      "{'routes':[" ROUTE_NAMED("a", "127.0.0.1:1") "," ROUTE_NAMED(
+          "b", "127.0.0.2:1") "," ROUTE_NAMED("b",
+                                              "127.0.0.2:1") "," ROUTE_NAMED("a",
+                                                                             "127.0.0.1:1") "]}",
       { "routes[2].name: duplicate route name \"b\" (also routes[1].name)",
         "routes[2].listen: duplicate listen address \"127.0.0.2:1\" (also routes[1].listen)",
         "routes[3].name: duplicate route name \"a\" (also routes[0].name)",
@@ -390,61 +452,79 @@ static const struct bad_case bad_cases[] = {
 
     /* admin: types, the required address, loopback unless allow_remote. */
     { "admin given a boolean", TOP("'admin':true,"), { "admin: expected object, got boolean" } },
-    { "admin given a string", TOP("'admin':'127.0.0.1:9900',"),
+    { "admin given a string",
+      TOP("'admin':'127.0.0.1:9900',"),
       { "admin: expected object, got string" } },
     { "admin without listen", WITH_ADMIN(""), { "admin.listen: required key is missing" } },
-    { "admin with only allow_remote", WITH_ADMIN("'allow_remote':true"),
+    { "admin with only allow_remote",
+      WITH_ADMIN("'allow_remote':true"),
       { "admin.listen: required key is missing" } },
-    { "allow_remote given a string", WITH_ADMIN("'listen':'127.0.0.1:9900','allow_remote':'yes'"),
+    { "allow_remote given a string",
+      WITH_ADMIN("'listen':'127.0.0.1:9900','allow_remote':'yes'"),
       { "admin.allow_remote: expected boolean, got string" } },
-    { "allow_remote given an integer", WITH_ADMIN("'listen':'127.0.0.1:9900','allow_remote':1"),
+    { "allow_remote given an integer",
+      WITH_ADMIN("'listen':'127.0.0.1:9900','allow_remote':1"),
       { "admin.allow_remote: expected boolean, got integer" } },
-    { "allow_remote given null", WITH_ADMIN("'listen':'127.0.0.1:9900','allow_remote':null"),
+    { "allow_remote given null",
+      WITH_ADMIN("'listen':'127.0.0.1:9900','allow_remote':null"),
       { "admin.allow_remote: expected boolean, got null" } },
-    { "admin listen without port", WITH_ADMIN("'listen':'127.0.0.1'"),
+    { "admin listen without port",
+      WITH_ADMIN("'listen':'127.0.0.1'"),
       { "admin.listen: expected \"host:port\", got \"127.0.0.1\"" } },
-    { "admin listen given an integer", WITH_ADMIN("'listen':9900"),
+    { "admin listen given an integer",
+      WITH_ADMIN("'listen':9900"),
       { "admin.listen: expected string, got integer" } },
-    { "unknown admin key", WITH_ADMIN("'listen':'127.0.0.1:9900','port':9900"),
+    { "unknown admin key",
+      WITH_ADMIN("'listen':'127.0.0.1:9900','port':9900"),
       { "admin.port: unknown key" } },
-    { "admin keys are case-sensitive", WITH_ADMIN("'Listen':'127.0.0.1:9900'"),
+    { "admin keys are case-sensitive",
+      WITH_ADMIN("'Listen':'127.0.0.1:9900'"),
       { "admin.Listen: unknown key", "admin.listen: required key is missing" } },
     { "duplicate admin key",
       TOP("'admin':{'listen':'127.0.0.1:9900'},'admin':{'listen':'0.0.0.0:9900'},"),
       { "admin: duplicate key" } },
-    { "admin on the IPv4 wildcard", WITH_ADMIN("'listen':'0.0.0.0:9900'"),
+    { "admin on the IPv4 wildcard",
+      WITH_ADMIN("'listen':'0.0.0.0:9900'"),
       { "admin.listen: \"0.0.0.0:9900\"" NOT_LOOPBACK } },
-    { "admin on the IPv6 wildcard", WITH_ADMIN("'listen':'[::]:9900'"),
+    { "admin on the IPv6 wildcard",
+      WITH_ADMIN("'listen':'[::]:9900'"),
       { "admin.listen: \"[::]:9900\"" NOT_LOOPBACK } },
-    { "admin on a private address", WITH_ADMIN("'listen':'10.0.0.5:9900'"),
+    { "admin on a private address",
+      WITH_ADMIN("'listen':'10.0.0.5:9900'"),
       { "admin.listen: \"10.0.0.5:9900\"" NOT_LOOPBACK } },
-    { "admin just outside 127/8", WITH_ADMIN("'listen':'128.0.0.1:9900'"),
+    { "admin just outside 127/8",
+      WITH_ADMIN("'listen':'128.0.0.1:9900'"),
       { "admin.listen: \"128.0.0.1:9900\"" NOT_LOOPBACK } },
-    { "admin on IPv4-mapped loopback", WITH_ADMIN("'listen':'[::ffff:127.0.0.1]:9900'"),
+    { "admin on IPv4-mapped loopback",
+      WITH_ADMIN("'listen':'[::ffff:127.0.0.1]:9900'"),
       { "admin.listen: \"[::ffff:127.0.0.1]:9900\"" NOT_LOOPBACK } },
-    { "admin on a host name", WITH_ADMIN("'listen':'admin.example:9900'"),
+    { "admin on a host name",
+      WITH_ADMIN("'listen':'admin.example:9900'"),
       { "admin.listen: \"admin.example:9900\"" NOT_LOCALHOST } },
-    { "admin on a name that starts like localhost", WITH_ADMIN("'listen':'localhost.example:9900'"),
+    { "admin on a name that starts like localhost",
+      WITH_ADMIN("'listen':'localhost.example:9900'"),
       { "admin.listen: \"localhost.example:9900\"" NOT_LOCALHOST } },
-    { "allow_remote false", WITH_ADMIN("'allow_remote':false,'listen':'0.0.0.0:9900'"),
+    { "allow_remote false",
+      WITH_ADMIN("'allow_remote':false,'listen':'0.0.0.0:9900'"),
       { "admin.listen: \"0.0.0.0:9900\"" NOT_LOOPBACK } },
     { "allow_remote of the wrong type does not allow",
       WITH_ADMIN("'listen':'0.0.0.0:9900','allow_remote':'true'"),
       { "admin.allow_remote: expected boolean, got string",
         "admin.listen: \"0.0.0.0:9900\"" NOT_LOOPBACK } },
-    { "admin on a route's address", WITH_ADMIN("'listen':'127.0.0.1:5000'"),
+    { "admin on a route's address",
+      WITH_ADMIN("'listen':'127.0.0.1:5000'"),
       { "admin.listen: duplicate listen address \"127.0.0.1:5000\" (also routes[0].listen)" } },
     { "admin after the routes it duplicates",
-      "{'routes':[" ROUTE_NAMED("a", "127.0.0.1:1") "," ROUTE_NAMED("b", "[::1]:2") ","
-      ROUTE_NAMED("c", "[::1]:2") "],'admin':{'listen':'[0::1]:2'}}",
+      "{'routes':[" ROUTE_NAMED("a", "127.0.0.1:1") "," ROUTE_NAMED("b", "[::1]:2") "," ROUTE_NAMED(
+          "c", "[::1]:2") "],'admin':{'listen':'[0::1]:2'}}",
       { "routes[2].listen: duplicate listen address \"[::1]:2\" (also routes[1].listen)",
         "admin.listen: duplicate listen address \"[0::1]:2\" (also routes[1].listen)" } },
     { "admin duplicates a host name ignoring case",
       "{'admin':{'listen':'LocalHost:80'},'routes':[" ROUTE_NAMED("a", "localhost:80") "]}",
       { "admin.listen: duplicate listen address \"LocalHost:80\" (also routes[0].listen)" } },
     { "remote admin on a route's address",
-      "{'admin':{'listen':'0.0.0.0:5000','allow_remote':true},'routes':["
-      ROUTE_NAMED("a", "0.0.0.0:5000") "]}",
+      "{'admin':{'listen':'0.0.0.0:5000','allow_remote':true},'routes':[" ROUTE_NAMED(
+          "a", "0.0.0.0:5000") "]}",
       { "admin.listen: duplicate listen address \"0.0.0.0:5000\" (also routes[0].listen)" } },
     { "both admin address errors",
       "{'admin':{'listen':'0.0.0.0:5000'},'routes':[" ROUTE_NAMED("a", "0.0.0.0:5000") "]}",
@@ -463,26 +543,30 @@ static const struct bad_case bad_cases[] = {
     { "user starting with a digit", TOP("'user':'1000',"), { "user: " ACCOUNT_RULE "\"1000\"" } },
     { "user starting with a dash", TOP("'user':'-x',"), { "user: " ACCOUNT_RULE "\"-x\"" } },
     { "user starting with a dot", TOP("'user':'.x',"), { "user: " ACCOUNT_RULE "\".x\"" } },
-    { "user of 33 characters", TOP("'user':'abcdefghijklmnopqrstuvwxyz0123456',"),
+    { "user of 33 characters",
+      TOP("'user':'abcdefghijklmnopqrstuvwxyz0123456',"),
       { "user: " ACCOUNT_RULE "\"abcdefghijklmnopqrstuvwxyz0123456\"" } },
     { "user with '$' inside", TOP("'user':'a$b',"), { "user: " ACCOUNT_RULE "\"a$b\"" } },
     { "user of only '$'", TOP("'user':'$',"), { "user: " ACCOUNT_RULE "\"$\"" } },
     { "user with two '$'", TOP("'user':'ab$$$',"), { "user: " ACCOUNT_RULE "\"ab$$\"" } },
     { "user with a slash", TOP("'user':'a/b',"), { "user: " ACCOUNT_RULE "\"a/b\"" } },
     { "user given an integer", TOP("'user':0,"), { "user: expected string, got integer" } },
-    { "group with punctuation", TOP("'group':'wheel!',"),
-      { "group: " ACCOUNT_RULE "\"wheel!\"" } },
+    { "group with punctuation", TOP("'group':'wheel!',"), { "group: " ACCOUNT_RULE "\"wheel!\"" } },
     { "group given an array", TOP("'group':['a'],"), { "group: expected string, got array" } },
-    { "user and group", TOP("'group':'Staff','user':'root ',"),
+    { "user and group",
+      TOP("'group':'Staff','user':'root ',"),
       { "group: " ACCOUNT_RULE "\"Staff\"", "user: " ACCOUNT_RULE "\"root \"" } },
     { "duplicate user key", TOP("'user':'a','user':'b',"), { "user: duplicate key" } },
 
     /* routes[].client admission: allow, max_connections, max_per_address. */
-    { "allow empty", WITH_CLIENT("'allow':[]"),
+    { "allow empty",
+      WITH_CLIENT("'allow':[]"),
       { "routes[0].client.allow: must hold at least one CIDR" } },
-    { "allow given a string", WITH_CLIENT("'allow':'10.0.0.0/8'"),
+    { "allow given a string",
+      WITH_CLIENT("'allow':'10.0.0.0/8'"),
       { "routes[0].client.allow: expected array, got string" } },
-    { "allow given null", WITH_CLIENT("'allow':null"),
+    { "allow given null",
+      WITH_CLIENT("'allow':null"),
       { "routes[0].client.allow: expected array, got null" } },
     { "bad CIDRs",
       WITH_CLIENT("'allow':['10.0.0.0/8','10.0.0.0/33','::1/129','localhost','10.0.0.0/',"
@@ -497,17 +581,23 @@ static const struct bad_case bad_cases[] = {
         "routes[0].client.allow[8]: " CIDR_RULE "\"fe80::1%eth0\"",
         "routes[0].client.allow[9]: expected string, got null",
         "routes[0].client.allow[10]: " CIDR_RULE "\"10.0.0/8\"" } },
-    { "max_connections above range", WITH_CLIENT("'max_connections':10000001"),
+    { "max_connections above range",
+      WITH_CLIENT("'max_connections':10000001"),
       { "routes[0].client.max_connections: must be between 0 and 10000000, got 10000001" } },
-    { "max_connections negative", WITH_CLIENT("'max_connections':-1"),
+    { "max_connections negative",
+      WITH_CLIENT("'max_connections':-1"),
       { "routes[0].client.max_connections: must be between 0 and 10000000, got -1" } },
-    { "max_connections given a fraction", WITH_CLIENT("'max_connections':1.5"),
+    { "max_connections given a fraction",
+      WITH_CLIENT("'max_connections':1.5"),
       { "routes[0].client.max_connections: expected integer, got number" } },
-    { "max_per_address above range", WITH_CLIENT("'max_per_address':10000001"),
+    { "max_per_address above range",
+      WITH_CLIENT("'max_per_address':10000001"),
       { "routes[0].client.max_per_address: must be between 0 and 10000000, got 10000001" } },
-    { "max_per_address given a string", WITH_CLIENT("'max_per_address':'5'"),
+    { "max_per_address given a string",
+      WITH_CLIENT("'max_per_address':'5'"),
       { "routes[0].client.max_per_address: expected integer, got string" } },
-    { "admission keys are client keys", WITH_UPSTREAM(SERVERS ",'max_connections':1"),
+    { "admission keys are client keys",
+      WITH_UPSTREAM(SERVERS ",'max_connections':1"),
       { "routes[0].upstream.max_connections: unknown key" } },
 
     /* The document root. */
@@ -592,8 +682,8 @@ static void test_long_value_is_cut(void **state)
     memset(name, 'x', 300);
     name[300] = '\0';
     char json[1024];
-    snprintf(json, sizeof(json),
-             "{'routes':[{'name':'%s','listen':'127.0.0.1:1'," UPSTREAM "}]}", name);
+    snprintf(json, sizeof(json), "{'routes':[{'name':'%s','listen':'127.0.0.1:1'," UPSTREAM "}]}",
+             name);
     char want0[512];
     snprintf(want0, sizeof(want0), "routes[0].name: " NAME_RULE "\"%.199s...\"", name);
     const char *want[] = { want0, NULL };
@@ -890,8 +980,7 @@ static void expect_notes(const char *json_sq, const char *const *want)
 static void test_notes(void **state)
 {
     (void)state;
-    const char *idle[] = {
-        HB "keepalive_idle_ms: 1500 ms is rounded up to 2 s" ROUNDED, NULL };
+    const char *idle[] = { HB "keepalive_idle_ms: 1500 ms is rounded up to 2 s" ROUNDED, NULL };
     expect_notes(WITH_HEARTBEAT("'keepalive_idle_ms':1500"), idle);
 
     const char *none[] = { NULL };
@@ -903,20 +992,21 @@ static void test_notes(void **state)
     /* Silence and the user timeout are kept to the millisecond. */
     expect_notes(WITH_HEARTBEAT("'silence_ms':1500,'user_timeout_ms':1501"), none);
 
-    const char *interval[] = {
-        HB "keepalive_interval_ms: 1500 ms is rounded up to 2 s" ROUNDED, NULL };
+    const char *interval[] = { HB "keepalive_interval_ms: 1500 ms is rounded up to 2 s" ROUNDED,
+                               NULL };
     expect_notes(WITH_HEARTBEAT("'keepalive_interval_ms':1500"), interval);
 
-    const char *both[] = {
-        HB "keepalive_idle_ms: 1 ms is rounded up to 1 s" ROUNDED,
-        HB "keepalive_interval_ms: 32766001 ms is rounded up to 32767 s" ROUNDED, NULL };
+    const char *both[] = { HB "keepalive_idle_ms: 1 ms is rounded up to 1 s" ROUNDED,
+                           HB "keepalive_interval_ms: 32766001 ms is rounded up to 32767 s" ROUNDED,
+                           NULL };
     expect_notes(WITH_HEARTBEAT("'keepalive_interval_ms':32766001,'keepalive_idle_ms':1"), both);
 
     /* Each route is named; routes without anything to note add nothing. */
     const char *routes[] = {
         "routes[0].client.heartbeat.keepalive_idle_ms: 10001 ms is rounded up to 11 s" ROUNDED,
         "routes[2].client.heartbeat.keepalive_interval_ms: 999 ms is rounded up to 1 s" ROUNDED,
-        NULL };
+        NULL
+    };
     expect_notes("{'routes':["
                  "{'name':'a','listen':'127.0.0.1:1','client':{'heartbeat':"
                  "{'keepalive_idle_ms':10001}}," UPSTREAM "},"
@@ -987,8 +1077,8 @@ static void test_admin(void **state)
     config_free(cfg);
 
     /* Another port, or another address on a route's port, is no clash. */
-    cfg = expect_ok("{'admin':{'listen':'127.0.0.1:5001'},'routes':["
-                    ROUTE_NAMED("a", "127.0.0.1:5000") "," ROUTE_NAMED("b", "[::1]:5001") "]}");
+    cfg = expect_ok("{'admin':{'listen':'127.0.0.1:5001'},'routes':[" ROUTE_NAMED(
+        "a", "127.0.0.1:5000") "," ROUTE_NAMED("b", "[::1]:5001") "]}");
     assert_int_equal(cfg->admin.listen.port, 5001);
     config_free(cfg);
 }
@@ -1001,8 +1091,15 @@ static void test_user_and_group(void **state)
     assert_string_equal(cfg->group, "lifeline");
     config_free(cfg);
 
-    const char *names[] = { "a", "_", "_svc", "www-data", "svc.relay_1", "host$", "n0body-",
-                            "abcdefghijklmnopqrstuvwxyz012345", "abcdefghijklmnopqrstuvwxyz01234$",
+    const char *names[] = { "a",
+                            "_",
+                            "_svc",
+                            "www-data",
+                            "svc.relay_1",
+                            "host$",
+                            "n0body-",
+                            "abcdefghijklmnopqrstuvwxyz012345",
+                            "abcdefghijklmnopqrstuvwxyz01234$",
                             "abcdefghijklmnopqrstuvwxyz012345$" };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         char json[256];
@@ -1043,8 +1140,8 @@ static void test_allow(void **state)
                                     "{'routes':[{'name':'r','listen':'127.0.0.1:1',"
                                     "'client':{'allow':[");
         for (int i = 0; i < count; i++)
-            o += (size_t)snprintf(json + o, cap - o, "%s'10.%d.%d.0/24'", i ? "," : "",
-                                  i / 256, i % 256);
+            o += (size_t)snprintf(json + o, cap - o, "%s'10.%d.%d.0/24'", i ? "," : "", i / 256,
+                                  i % 256);
         snprintf(json + o, cap - o, "]}," UPSTREAM "}]}");
         if (count == 1024) {
             cfg = expect_ok(json);
@@ -1059,12 +1156,12 @@ static void test_allow(void **state)
     free(json);
 
     /* Each route has its own list and limits. */
-    cfg = expect_ok("{'routes':["
-                    "{'name':'a','listen':'127.0.0.1:1','client':{'allow':['10.0.0.0/8'],"
-                    "'max_connections':5}," UPSTREAM "},"
-                    "{'name':'b','listen':'127.0.0.1:2','client':{'max_per_address':2},"
-                    UPSTREAM "}"
-                    "]}");
+    cfg =
+        expect_ok("{'routes':["
+                  "{'name':'a','listen':'127.0.0.1:1','client':{'allow':['10.0.0.0/8'],"
+                  "'max_connections':5}," UPSTREAM "},"
+                  "{'name':'b','listen':'127.0.0.1:2','client':{'max_per_address':2}," UPSTREAM "}"
+                  "]}");
     assert_int_equal(cfg->routes[0].client.n_allow, 1);
     assert_int_equal(cfg->routes[0].client.max_connections, 5);
     assert_int_equal(cfg->routes[0].client.max_per_address, 0);
@@ -1076,9 +1173,9 @@ static void test_allow(void **state)
 
 /* The variables the substitution tests set, all unset before and after. */
 static const char *const test_vars[] = {
-    "LIFELINE_PORT",   "LIFELINE_T_HOST", "LIFELINE_T_EMPTY", "LIFELINE_T_LEVEL",
-    "LIFELINE_T_RAW",  "LIFELINE_T_NAME", "LIFELINE_T_CIDR",  "UPSTREAM_HOST",
-    "UPSTREAM_PORT",   "LIFELINE_T_KEY",  "LIFELINE_T_ADMIN", "PORT",
+    "LIFELINE_PORT",  "LIFELINE_T_HOST", "LIFELINE_T_EMPTY", "LIFELINE_T_LEVEL",
+    "LIFELINE_T_RAW", "LIFELINE_T_NAME", "LIFELINE_T_CIDR",  "UPSTREAM_HOST",
+    "UPSTREAM_PORT",  "LIFELINE_T_KEY",  "LIFELINE_T_ADMIN", "PORT",
 };
 
 static void unset_test_vars(void)
@@ -1148,8 +1245,8 @@ static void test_env_substitution(void **state)
     assert_string_equal(cfg->group, "wheel$");
     config_free(cfg);
     /* The default is taken as written, up to the first '}'. */
-    const char *literal[] = { "user: " ACCOUNT_RULE "\"a$$\"",
-                              "group: " ACCOUNT_RULE "\"b}\"", NULL };
+    const char *literal[] = { "user: " ACCOUNT_RULE "\"a$$\"", "group: " ACCOUNT_RULE "\"b}\"",
+                              NULL };
     expect_errors("literal default",
                   TOP("'user':'${LIFELINE_T_UNSET_U:-a$$}','group':'${LIFELINE_T_UNSET_G:-b}}',"),
                   literal);
@@ -1161,8 +1258,8 @@ static void test_env_substitution(void **state)
     const char *quoted[] = {
         "log.level: expected one of " LEVELS ", got \"loud\"",
         "routes[0].listen: expected \"host:port\", got \"127.0.0.1:http\"",
-        "routes[0].upstream.servers[0]: expected \"host:port\", got \"${LIFELINE_T_HOST}\"",
-        NULL };
+        "routes[0].upstream.servers[0]: expected \"host:port\", got \"${LIFELINE_T_HOST}\"", NULL
+    };
     expect_errors("substituted values",
                   "{'log':{'level':'${LIFELINE_T_LEVEL}'},'routes':[{'name':'r',"
                   "'listen':'127.0.0.1:${LIFELINE_PORT}',"
@@ -1174,11 +1271,11 @@ static void test_env_substitution(void **state)
                   admin);
 
     /* Values that must differ are compared after substitution. */
-    const char *dup[] = {
-        "routes[1].name: duplicate route name \"from-env\" (also routes[0].name)", NULL };
+    const char *dup[] = { "routes[1].name: duplicate route name \"from-env\" (also routes[0].name)",
+                          NULL };
     expect_errors("duplicate after substitution",
-                  "{'routes':[" ROUTE_NAMED("from-env", "127.0.0.1:1") ","
-                  ROUTE_NAMED("${LIFELINE_T_NAME}", "127.0.0.1:2") "]}",
+                  "{'routes':[" ROUTE_NAMED("from-env", "127.0.0.1:1") "," ROUTE_NAMED(
+                      "${LIFELINE_T_NAME}", "127.0.0.1:2") "]}",
                   dup);
 
     /* Unset without a default, unterminated, bad names: one error each, in
@@ -1196,7 +1293,8 @@ static void test_env_substitution(void **state)
         "routes[0].upstream.servers[5]: invalid variable name in \"${ A}\"",
         "routes[0].upstream.servers[6]: unterminated ${ in \"a:${LIFELINE_T_HOST}${B\"",
         "routes[0].upstream.source_address: environment variable LIFELINE_T_UNSET_SRC is not set",
-        NULL };
+        NULL
+    };
     expect_errors("substitution errors",
                   "{'routes':[{'name':'r','listen':'127.0.0.1:${LIFELINE_PORT}',"
                   "'client':{'allow':['${LIFELINE_T_CIDR','::1','${LIFELINE_T_CIDR}}']},"
@@ -1218,8 +1316,7 @@ static void test_env_substitution(void **state)
      * of the wrong type or under an unknown key is reported as such. */
     assert_int_equal(setenv("LIFELINE_T_KEY", "workers", 1), 0);
     const char *keys[] = { "${LIFELINE_T_KEY}: unknown key",
-                           "workers: expected integer, got string",
-                           "extra: unknown key", NULL };
+                           "workers: expected integer, got string", "extra: unknown key", NULL };
     expect_errors("keys and types",
                   TOP("'${LIFELINE_T_KEY}':1,'workers':'${LIFELINE_T_UNSET_W}',"
                       "'extra':'${LIFELINE_T_UNSET_X}',"),
@@ -1251,8 +1348,8 @@ static void test_ipv6_listen(void **state)
     config_free(cfg);
 
     /* The IPv4 and IPv6 wildcards on one port are two distinct sockets. */
-    cfg = expect_ok("{'routes':[" ROUTE_NAMED("a", "0.0.0.0:1") "," ROUTE_NAMED("b", "[::]:1") ","
-                    ROUTE_NAMED("c", "[::1]:1") "," ROUTE_NAMED("d", "[::1]:2") "]}");
+    cfg = expect_ok("{'routes':[" ROUTE_NAMED("a", "0.0.0.0:1") "," ROUTE_NAMED(
+        "b", "[::]:1") "," ROUTE_NAMED("c", "[::1]:1") "," ROUTE_NAMED("d", "[::1]:2") "]}");
     assert_int_equal(cfg->n_routes, 4);
     config_free(cfg);
 }
@@ -1300,8 +1397,8 @@ static void test_integer_vs_number(void **state)
 static void test_route_names_are_case_sensitive(void **state)
 {
     (void)state;
-    struct config *cfg = expect_ok("{'routes':[" ROUTE_NAMED("a", "127.0.0.1:1") ","
-                                   ROUTE_NAMED("A", "127.0.0.1:2") "]}");
+    struct config *cfg = expect_ok(
+        "{'routes':[" ROUTE_NAMED("a", "127.0.0.1:1") "," ROUTE_NAMED("A", "127.0.0.1:2") "]}");
     assert_string_equal(cfg->routes[0].name, "a");
     assert_string_equal(cfg->routes[1].name, "A");
     config_free(cfg);
@@ -1564,9 +1661,10 @@ static void test_cross_key_rules(void **state)
                   "{'routes':[{'name':'r','listen':'127.0.0.1:5000','upstream':{" SERVERS
                   ",'retry_backoff_ms':40000}}]}",
                   backoff);
-    struct config *cfg = expect_ok("{'routes':[{'name':'r','listen':'127.0.0.1:5000','upstream':{"
-                                   SERVERS ",'retry_backoff_ms':40000,"
-                                   "'retry_backoff_max_ms':60000}}]}");
+    struct config *cfg =
+        expect_ok("{'routes':[{'name':'r','listen':'127.0.0.1:5000','upstream':{" SERVERS
+                  ",'retry_backoff_ms':40000,"
+                  "'retry_backoff_max_ms':60000}}]}");
     assert_int_equal(cfg->routes[0].upstream.retry_backoff_max_ms, 60000);
     config_free(cfg);
 
@@ -1615,8 +1713,8 @@ static void test_cross_key_rules(void **state)
                   "{'name':'b','listen':'[::1]:2','dual_stack':true," UPSTREAM "},"
                   "{'name':'c','listen':'localhost:3','dual_stack':true," UPSTREAM "}]}",
                   dual);
-    cfg = expect_ok("{'routes':[{'name':'r','listen':'[::]:5000','dual_stack':true," UPSTREAM
-                    "}]}");
+    cfg =
+        expect_ok("{'routes':[{'name':'r','listen':'[::]:5000','dual_stack':true," UPSTREAM "}]}");
     assert_int_equal(cfg->routes[0].dual_stack, 1);
     config_free(cfg);
 

@@ -29,10 +29,7 @@ static void assert_ref(struct session_ref got, struct session_ref want)
     assert_int_equal(got.id, want.id);
 }
 
-static void assert_no_ref(struct session_ref got)
-{
-    assert_int_equal(got.worker, NONE_WORKER);
-}
+static void assert_no_ref(struct session_ref got) { assert_int_equal(got.worker, NONE_WORKER); }
 
 /* The identity of an IPv4 or IPv6 literal client address. */
 static struct identity ident(const char *route, const char *ip, uint16_t port, int with_port)
@@ -369,8 +366,8 @@ enum verdict { GRANTED = 1, DISPLACED = 2 };
 struct arena {
     struct identity_table reg;
     struct identity ids[N_IDS];
-    _Atomic int holder[N_IDS];            /* 0, or the holding thread + 1 */
-    _Atomic uint64_t mailbox[N_THREADS];  /* session id << 2 | verdict */
+    _Atomic int holder[N_IDS];           /* 0, or the holding thread + 1 */
+    _Atomic uint64_t mailbox[N_THREADS]; /* session id << 2 | verdict */
     _Atomic long owned, handed_over, displaced, refused, gave_up;
     _Atomic long failures;
 };
@@ -427,7 +424,8 @@ static void hold(struct arena *a, int k, struct session_ref self)
     atomic_fetch_add(&a->owned, 1);
     struct session_ref owner, displaced;
     struct session_ref probe = ref(self.worker, UINT64_MAX);
-    if (identity_table_claim(&a->reg, &a->ids[k], probe, 0, &owner, &displaced) != IDENTITY_REFUSED ||
+    if (identity_table_claim(&a->reg, &a->ids[k], probe, 0, &owner, &displaced) !=
+            IDENTITY_REFUSED ||
         owner.worker != self.worker || owner.id != self.id)
         failure(a, "the registry names another owner");
     sched_yield();
@@ -498,7 +496,8 @@ static void *player_main(void *arg)
             atomic_fetch_add(&a->refused, 1);
             break;
         case IDENTITY_SUCCESSOR:
-            if (!replace || owner.worker < 0 || (owner.worker == self.worker && owner.id == self.id))
+            if (!replace || owner.worker < 0 ||
+                (owner.worker == self.worker && owner.id == self.id))
                 failure(a, "bad successor");
             if (displaced.worker >= 0) {
                 atomic_fetch_add(&a->displaced, 1);
@@ -547,9 +546,11 @@ static void test_threads(void **state)
     for (int i = 0; i < N_THREADS; i++)
         assert_int_equal(pthread_join(threads[i], NULL), 0);
 
-    fprintf(stderr, "registry threads: %ld owned, %ld handed over, %ld displaced, %ld refused, "
-            "%ld gave up\n", atomic_load(&a.owned), atomic_load(&a.handed_over),
-            atomic_load(&a.displaced), atomic_load(&a.refused), atomic_load(&a.gave_up));
+    fprintf(stderr,
+            "registry threads: %ld owned, %ld handed over, %ld displaced, %ld refused, "
+            "%ld gave up\n",
+            atomic_load(&a.owned), atomic_load(&a.handed_over), atomic_load(&a.displaced),
+            atomic_load(&a.refused), atomic_load(&a.gave_up));
     assert_int_equal(atomic_load(&a.failures), 0);
     /* Every path was taken. */
     assert_true(atomic_load(&a.owned) > 0);

@@ -52,7 +52,7 @@ static struct limit_route *RT(struct limits *l, size_t route)
 static int take_sa(struct limits *l, struct limit_route *route, const struct sockaddr *sa,
                    uint64_t max_route, uint64_t max_addr)
 {
-    enum limits_full full = (enum limits_full)-1;
+    enum limits_full full = (enum limits_full) - 1;
     int rc = limits_take(l, route, sa, max_route, max_addr, &full);
     if (rc == 0)
         return 0;
@@ -60,8 +60,8 @@ static int take_sa(struct limits *l, struct limit_route *route, const struct soc
     return full == LIMITS_ROUTE_FULL ? -1 : full == LIMITS_ADDRESS_FULL ? -2 : -3;
 }
 
-static int take(struct limits *l, size_t route, const char *ip, uint16_t port,
-                uint64_t max_route, uint64_t max_addr)
+static int take(struct limits *l, size_t route, const char *ip, uint16_t port, uint64_t max_route,
+                uint64_t max_addr)
 {
     struct sockaddr_storage ss = client(ip, port);
     return take_sa(l, RT(l, route), SA(ss), max_route, max_addr);
@@ -79,10 +79,7 @@ static uint64_t route_open(struct limits *l, size_t route)
 }
 
 /* No per-address entry is left in the table. */
-static int table_empty(const struct limits *l)
-{
-    return l->addresses.n_entries == 0;
-}
+static int table_empty(const struct limits *l) { return l->addresses.n_entries == 0; }
 
 static void assert_empty(struct limits *l)
 {
@@ -424,7 +421,8 @@ static void *hammer_thread(void *arg)
         int addr = (int)((x >> 9) % HAMMER_ADDRS);
         /* Route 0 has both maxima; route 1 only the per-address one. */
         uint64_t max_route = route == 0 ? HAMMER_MAX_ROUTE : 0;
-        int rc = take_sa(h->l, RT(h->l, (size_t)route), SA(h->addrs[addr]), max_route, HAMMER_MAX_ADDR);
+        int rc =
+            take_sa(h->l, RT(h->l, (size_t)route), SA(h->addrs[addr]), max_route, HAMMER_MAX_ADDR);
         if (rc == 0) {
             raise_peak(&h->peak_route[route], atomic_fetch_add(&h->cur_route[route], 1) + 1);
             raise_peak(&h->peak_addr, atomic_fetch_add(&h->cur_addr[route][addr], 1) + 1);
@@ -545,7 +543,8 @@ static void test_threads_no_spurious_route_full(void **state)
     assert_int_equal(pthread_join(prober, NULL), 0);
     pthread_barrier_destroy(&sp.start);
     printf("# %llu takes with room for them, %llu refused\n",
-           (unsigned long long)atomic_load(&sp.tries), (unsigned long long)atomic_load(&sp.refused));
+           (unsigned long long)atomic_load(&sp.tries),
+           (unsigned long long)atomic_load(&sp.refused));
     assert_int_equal(atomic_load(&sp.bad), 0);
     assert_int_equal(atomic_load(&sp.refused), 0);
     limits_give(l, RT(l, 0), SA(sp.full));

@@ -19,13 +19,13 @@
 /* The names as operators see them, written out here rather than read from
  * reason.c: a renamed reason must fail this test. In enum order. */
 static const char *const reasons[] = {
-    "client_eof",     "client_reset",   "client_silence", "client_keepalive",
-    "client_user_timeout", "replaced",  "rejected",       "upstream_eof",
-    "upstream_reset", "upstream_connect_failed", "admin_kill", "shutdown", "denied",
+    "client_eof", "client_reset", "client_silence", "client_keepalive", "client_user_timeout",
+    "replaced",   "rejected",     "upstream_eof",   "upstream_reset",   "upstream_connect_failed",
+    "admin_kill", "shutdown",     "denied",
 };
 static const char *const causes[] = { "allow", "max_connections", "max_per_address" };
-static const char *const endpoints[] = { "healthz", "readyz", "metrics", "sessions", "close",
-                                         "other" };
+static const char *const endpoints[] = { "healthz",  "readyz", "metrics",
+                                         "sessions", "close",  "other" };
 static const char *const overloads[] = { "timeout", "evicted", "busy" };
 
 #define N_OF(a) (sizeof(a) / sizeof((a)[0]))
@@ -33,7 +33,7 @@ static const char *const overloads[] = { "timeout", "evicted", "busy" };
 /* Every family, in exposition order, with its type. */
 static const struct {
     const char *name, *type;
-    int process;          /* 0: per route; 1: always; 2: with a budget; 3: with admin stats */
+    int process; /* 0: per route; 1: always; 2: with a budget; 3: with admin stats */
 } families[] = {
     { "lifeline_sessions_active", "gauge", 0 },
     { "lifeline_sessions_total", "counter", 0 },
@@ -59,12 +59,11 @@ static const struct {
 };
 
 /* Two routes; "a" has two servers, one of them IPv6. */
-static const char config_json[] =
-    "{\"routes\":["
-    "{\"name\":\"a\",\"listen\":\"127.0.0.1:5001\","
-    "\"upstream\":{\"servers\":[\"127.0.0.1:6001\",\"[::1]:6002\"]}},"
-    "{\"name\":\"b\",\"listen\":\"127.0.0.1:5002\","
-    "\"upstream\":{\"servers\":[\"127.0.0.1:6003\"]}}]}";
+static const char config_json[] = "{\"routes\":["
+                                  "{\"name\":\"a\",\"listen\":\"127.0.0.1:5001\","
+                                  "\"upstream\":{\"servers\":[\"127.0.0.1:6001\",\"[::1]:6002\"]}},"
+                                  "{\"name\":\"b\",\"listen\":\"127.0.0.1:5002\","
+                                  "\"upstream\":{\"servers\":[\"127.0.0.1:6003\"]}}]}";
 
 /* What a reload dropped: a route that only worker 1 still has counters for. */
 static const char old_config_json[] =
@@ -177,7 +176,7 @@ static uint64_t route_count(int w, int r, int i)
 struct fixture {
     struct config *cfg, *old;
     struct worker_stats ws[2];
-    struct route_stats *rs[2][2];   /* [worker][route] */
+    struct route_stats *rs[2][2]; /* [worker][route] */
     struct budget budget;
     struct admin_stats admin;
     struct process_stats ps;
@@ -228,8 +227,10 @@ static int setup(void **state)
         f.admin.requests[e] = 10 + (uint64_t)e;
     for (int o = 0; o < ADMIN_OVERLOAD_COUNT; o++)
         f.admin.overload[o] = 20 + (uint64_t)o;
-    f.ps = (struct process_stats){ .start_time = 1700000000.25, .reloads_ok = 3,
-                                   .reloads_failed = 1, .budget = &f.budget,
+    f.ps = (struct process_stats){ .start_time = 1700000000.25,
+                                   .reloads_ok = 3,
+                                   .reloads_failed = 1,
+                                   .budget = &f.budget,
                                    .admin = &f.admin };
     snprintf(f.ps.config_hash, sizeof(f.ps.config_hash), "%s", f.cfg->hash);
     *state = &f;
@@ -293,8 +294,9 @@ static void test_route_series_summed(void **state)
         /* Rejections are the closes for reason rejected, nothing else. */
         expect_line(text, "lifeline_rejections_total{route=\"%s\"} %" PRIu64, n,
                     sum(r, RC_CLOSES + REASON_REJECTED));
-        expect_line(text, "lifeline_liveness_expiries_total{route=\"%s\",kind=\"silence\"} %" PRIu64,
-                    n, sum(r, RC_CLOSES + REASON_CLIENT_SILENCE));
+        expect_line(text,
+                    "lifeline_liveness_expiries_total{route=\"%s\",kind=\"silence\"} %" PRIu64, n,
+                    sum(r, RC_CLOSES + REASON_CLIENT_SILENCE));
         expect_line(text,
                     "lifeline_liveness_expiries_total{route=\"%s\",kind=\"keepalive\"} %" PRIu64, n,
                     sum(r, RC_CLOSES + REASON_CLIENT_KEEPALIVE));
@@ -314,18 +316,21 @@ static void test_servers(void **state)
 {
     struct fixture *f = *state;
     char *text = render(f, &f->ps);
+    expect_line(
+        text, "lifeline_upstream_connect_attempts_total{route=\"a\",server=\"127.0.0.1:6001\"} 12");
     expect_line(text,
-                "lifeline_upstream_connect_attempts_total{route=\"a\",server=\"127.0.0.1:6001\"} 12");
-    expect_line(text, "lifeline_upstream_connect_attempts_total{route=\"a\",server=\"[::1]:6002\"} 24");
+                "lifeline_upstream_connect_attempts_total{route=\"a\",server=\"[::1]:6002\"} 24");
+    expect_line(
+        text, "lifeline_upstream_connect_failures_total{route=\"a\",server=\"127.0.0.1:6001\"} 3");
     expect_line(text,
-                "lifeline_upstream_connect_failures_total{route=\"a\",server=\"127.0.0.1:6001\"} 3");
-    expect_line(text, "lifeline_upstream_connect_failures_total{route=\"a\",server=\"[::1]:6002\"} 4");
-    expect_line(text,
-                "lifeline_upstream_connect_attempts_total{route=\"b\",server=\"127.0.0.1:6003\"} 9");
-    expect_line(text,
-                "lifeline_upstream_connect_failures_total{route=\"b\",server=\"127.0.0.1:6003\"} 9");
-    expect_line(text,
-                "lifeline_upstream_connect_attempts_total{route=\"old\",server=\"127.0.0.1:6004\"} 0");
+                "lifeline_upstream_connect_failures_total{route=\"a\",server=\"[::1]:6002\"} 4");
+    expect_line(
+        text, "lifeline_upstream_connect_attempts_total{route=\"b\",server=\"127.0.0.1:6003\"} 9");
+    expect_line(
+        text, "lifeline_upstream_connect_failures_total{route=\"b\",server=\"127.0.0.1:6003\"} 9");
+    expect_line(
+        text,
+        "lifeline_upstream_connect_attempts_total{route=\"old\",server=\"127.0.0.1:6004\"} 0");
     /* One series per server and route: 2 + 1 + 1. */
     assert_int_equal(count_prefix(text, "lifeline_upstream_connect_attempts_total{"), 4);
     assert_int_equal(count_prefix(text, "lifeline_upstream_connect_failures_total{"), 4);
@@ -429,8 +434,8 @@ static void test_families_declared_once(void **state)
     /* Per route (3 routes): active, total, closes, 2 bytes, takeovers,
      * rejections, 3 liveness, denied, accept errors; servers: 4 + 4;
      * process: 2 reloads, info, start, workers, 4 budget, admin. */
-    want_samples = 3 * (1 + 1 + REASON_COUNT + 2 + 1 + 1 + 3 + DENY_COUNT + 1) + 4 + 4 + 2 + 1 +
-                   1 + 1 + 4 + ADMIN_EP_COUNT + ADMIN_OVERLOAD_COUNT;
+    want_samples = 3 * (1 + 1 + REASON_COUNT + 2 + 1 + 1 + 3 + DENY_COUNT + 1) + 4 + 4 + 2 + 1 + 1 +
+                   1 + 4 + ADMIN_EP_COUNT + ADMIN_OVERLOAD_COUNT;
     assert_int_equal(check_grouping(text), want_samples);
     /* Families come in the order listed. */
     const char *prev = text;
@@ -461,11 +466,13 @@ static void test_render_is_repeatable(void **state)
     /* One more close on worker 1 shows in the next render only there. */
     metric_add(&f->rs[1][1]->c[RC_CLOSES + REASON_CLIENT_KEEPALIVE], 5);
     char *three = render(f, &f->ps);
-    expect_line(three, "lifeline_session_closes_total{route=\"b\",reason=\"client_keepalive\"} %" PRIu64,
+    expect_line(three,
+                "lifeline_session_closes_total{route=\"b\",reason=\"client_keepalive\"} %" PRIu64,
                 sum(1, RC_CLOSES + REASON_CLIENT_KEEPALIVE) + 5);
     expect_line(three, "lifeline_liveness_expiries_total{route=\"b\",kind=\"keepalive\"} %" PRIu64,
                 sum(1, RC_CLOSES + REASON_CLIENT_KEEPALIVE) + 5);
-    expect_line(three, "lifeline_session_closes_total{route=\"a\",reason=\"client_keepalive\"} %" PRIu64,
+    expect_line(three,
+                "lifeline_session_closes_total{route=\"a\",reason=\"client_keepalive\"} %" PRIu64,
                 sum(0, RC_CLOSES + REASON_CLIENT_KEEPALIVE));
     free(three);
 }

@@ -19,8 +19,8 @@
 /* One receiving datagram socket, bound to a temp path or an abstract name. */
 struct receiver {
     int fd;
-    char dir[64];       /* temp directory holding the path socket, or "" */
-    char name[128];     /* what NOTIFY_SOCKET is set to */
+    char dir[64];   /* temp directory holding the path socket, or "" */
+    char name[128]; /* what NOTIFY_SOCKET is set to */
 };
 
 static void receiver_open_path(struct receiver *r)
@@ -258,8 +258,18 @@ static void test_watchdog_usec(void **state)
 
     /* Not a positive decimal integer. */
     static const char *const bad[] = {
-        "", "0", "-1", "+5", " 5", "5 ", "5s", "0x10", "1e6", "10.5",
-        "18446744073709551616", "99999999999999999999999",
+        "",
+        "0",
+        "-1",
+        "+5",
+        " 5",
+        "5 ",
+        "5s",
+        "0x10",
+        "1e6",
+        "10.5",
+        "18446744073709551616",
+        "99999999999999999999999",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         set_watchdog(bad[i], NULL);
@@ -283,14 +293,10 @@ static void test_monotonic_usec(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_send_path),
-        cmocka_unit_test(test_send_abstract),
-        cmocka_unit_test(test_unset_is_noop),
-        cmocka_unit_test(test_errors),
-        cmocka_unit_test(test_never_blocks),
-        cmocka_unit_test(test_no_fd_leak),
-        cmocka_unit_test(test_watchdog_usec),
-        cmocka_unit_test(test_monotonic_usec),
+        cmocka_unit_test(test_send_path),     cmocka_unit_test(test_send_abstract),
+        cmocka_unit_test(test_unset_is_noop), cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_never_blocks),  cmocka_unit_test(test_no_fd_leak),
+        cmocka_unit_test(test_watchdog_usec), cmocka_unit_test(test_monotonic_usec),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

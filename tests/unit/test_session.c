@@ -44,10 +44,10 @@
  * deadline and fails the test when it passes.
  */
 
-#define STEP_MS 2           /* the longest one step waits for an event */
-#define WAIT_MS 10000       /* the deadline of any one wait */
-#define STALL_QUIET_MS 300  /* no progress this long: the sender is blocked */
-#define IO_SLICE 65536      /* bytes a pump moves per system call */
+#define STEP_MS 2          /* the longest one step waits for an event */
+#define WAIT_MS 10000      /* the deadline of any one wait */
+#define STALL_QUIET_MS 300 /* no progress this long: the sender is blocked */
+#define IO_SLICE 65536     /* bytes a pump moves per system call */
 #define BUDGET_FDS 1000
 #define UNSET UINT64_MAX
 
@@ -69,27 +69,31 @@ static uint8_t pattern(uint32_t seed, uint64_t i)
 /* One end of a TCP connection the test drives. */
 struct stream {
     const char *name;
-    int fd;                 /* -1 once closed */
+    int fd; /* -1 once closed */
     uint32_t tx_seed, rx_seed;
-    uint64_t to_send;       /* bytes to send in all (UNSET: without end) */
+    uint64_t to_send; /* bytes to send in all (UNSET: without end) */
     uint64_t sent;
-    int blocked;            /* the last send got EAGAIN */
-    int shut_after;         /* shutdown(SHUT_WR) once to_send is sent */
+    int blocked;    /* the last send got EAGAIN */
+    int shut_after; /* shutdown(SHUT_WR) once to_send is sent */
     int shut;
     int send_err;
-    int reading;            /* pumped reads are on */
-    size_t read_max;        /* per pump; 0: as much as there is */
+    int reading;     /* pumped reads are on */
+    size_t read_max; /* per pump; 0: as much as there is */
     uint64_t rcvd;
-    uint64_t bad_at;        /* first byte received that is not the pattern's, or UNSET */
-    int eof;                /* recv returned 0 */
-    int err;                /* recv failed with this errno (ECONNRESET...) */
+    uint64_t bad_at; /* first byte received that is not the pattern's, or UNSET */
+    int eof;         /* recv returned 0 */
+    int err;         /* recv failed with this errno (ECONNRESET...) */
 };
 
 static void stream_init(struct stream *s, const char *name, int fd, uint32_t tx_seed,
                         uint32_t rx_seed)
 {
-    *s = (struct stream){ .name = name, .fd = fd, .tx_seed = tx_seed, .rx_seed = rx_seed,
-                          .reading = 1, .bad_at = UNSET };
+    *s = (struct stream){ .name = name,
+                          .fd = fd,
+                          .tx_seed = tx_seed,
+                          .rx_seed = rx_seed,
+                          .reading = 1,
+                          .bad_at = UNSET };
 }
 
 static void pump_send(struct stream *s)
@@ -177,25 +181,25 @@ struct posted {
  * the test sees every claim and release. */
 #define MAX_IDS 4
 struct test_registry {
-    struct registry base;           /* first: what the sessions hold */
-    struct registry *local;         /* registry_local_new(), delivering to the host */
+    struct registry base;   /* first: what the sessions hold */
+    struct registry *local; /* registry_local_new(), delivering to the host */
     int n_claim, n_release;
     int n_answer[REGISTRY_REFUSED + 1]; /* by enum registry_answer */
-    struct identity ids[MAX_IDS];   /* every identity claimed */
+    struct identity ids[MAX_IDS];       /* every identity claimed */
     int n_ids;
 };
 
 struct host {
-    struct session_host h;          /* first: the callbacks get &h */
+    struct session_host h; /* first: the callbacks get &h */
     uv_loop_t loop;
     struct pool pool;
     struct budget budget;
     struct test_registry reg;
     struct log_limit upstream_log;
-    struct budget_waiters waiters;  /* readers waiting for memory, oldest first */
+    struct budget_waiters waiters; /* readers waiting for memory, oldest first */
     uv_timer_t budget_retry;
-    struct session_list sessions;   /* made and not yet closed */
-    uv_async_t wakeup;              /* the registry's messages are delivered from here */
+    struct session_list sessions; /* made and not yet closed */
+    uv_async_t wakeup;            /* the registry's messages are delivered from here */
     struct posted inbox[MAX_MSGS];
     int n_inbox;
 
@@ -203,8 +207,8 @@ struct host {
     struct worker_stats ws;
     struct route_stats *rs;
 
-    int front_fd;                   /* where the test client connects */
-    int server_listen_fd;           /* the route's upstream server */
+    int front_fd;         /* where the test client connects */
+    int server_listen_fd; /* the route's upstream server */
     struct sockaddr_storage front_addr, server_addr;
     socklen_t front_len, server_len;
 
@@ -212,12 +216,12 @@ struct host {
     int n_streams;
 
     int made;
-    int n_evict, n_go, n_refused;   /* the registry's messages, by kind */
+    int n_evict, n_go, n_refused; /* the registry's messages, by kind */
     int n_deliver, n_wait_budget, n_leave_budget, n_fds_exhausted, n_closed, n_freed;
     enum host_event events[MAX_EVENTS]; /* closed/freed, in the order they came */
     int n_events;
-    size_t max_out;                 /* the most relay chunks held at once, between steps */
-    char closed_json[512];              /* the last closed session, as the admin sees it */
+    size_t max_out;        /* the most relay chunks held at once, between steps */
+    char closed_json[512]; /* the last closed session, as the admin sees it */
 };
 
 static struct host *host_of(struct session_host *h)
@@ -261,7 +265,8 @@ static void wakeup_cb(uv_async_t *a)
     t->n_inbox = 0;
     for (int i = 0; i < n; i++) {
         struct session_link *l;
-        LIST_FOREACH(l, &t->sessions, list) {
+        LIST_FOREACH(l, &t->sessions, list)
+        {
             if (session_id(session_of_link(l)) == msgs[i].to.id) {
                 session_deliver(session_of_link(l), msgs[i].msg);
                 break;
@@ -470,23 +475,24 @@ static void dump_state(const struct host *t)
                 s->fd, s->sent, s->blocked ? " (blocked)" : "", s->shut ? " (shut)" : "", s->rcvd,
                 s->eof ? " (eof)" : "", s->err);
     }
-    fprintf(stderr, "  sessions made %d closed %d freed %d; wait_budget %d leave_budget %d, "
-            "%s queued; registry messages %d; chunks out %zu\n", t->made, t->n_closed,
-            t->n_freed, t->n_wait_budget, t->n_leave_budget,
+    fprintf(stderr,
+            "  sessions made %d closed %d freed %d; wait_budget %d leave_budget %d, "
+            "%s queued; registry messages %d; chunks out %zu\n",
+            t->made, t->n_closed, t->n_freed, t->n_wait_budget, t->n_leave_budget,
             TAILQ_EMPTY(&t->waiters) ? "none" : "some", t->n_deliver, t->pool.n_out);
 }
 
 /* Steps until cond holds; fails the test at the deadline. */
-#define WAIT_UNTIL(t, cond, what)                                                        \
-    do {                                                                                 \
-        uint64_t deadline_ = now_ms() + WAIT_MS;                                         \
-        while (!(cond)) {                                                                \
-            if (now_ms() > deadline_) {                                                  \
-                dump_state(t);                                                           \
-                fail_msg("%s:%d: no %s within %d ms", __FILE__, __LINE__, (what), WAIT_MS); \
-            }                                                                            \
-            step(t);                                                                     \
-        }                                                                                \
+#define WAIT_UNTIL(t, cond, what)                                                                  \
+    do {                                                                                           \
+        uint64_t deadline_ = now_ms() + WAIT_MS;                                                   \
+        while (!(cond)) {                                                                          \
+            if (now_ms() > deadline_) {                                                            \
+                dump_state(t);                                                                     \
+                fail_msg("%s:%d: no %s within %d ms", __FILE__, __LINE__, (what), WAIT_MS);        \
+            }                                                                                      \
+            step(t);                                                                               \
+        }                                                                                          \
     } while (0)
 
 /* Steps until s has sent nothing for STALL_QUIET_MS while its sends get
@@ -521,10 +527,10 @@ static void run_for(struct host *t, uint64_t ms)
 /* --- setup and teardown ---------------------------------------------------- */
 
 struct route_opts {
-    int family;          /* of both loopback listeners */
+    int family; /* of both loopback listeners */
     unsigned buffer_bytes;
-    int server_rcvbuf;   /* SO_RCVBUF of the server's connections; 0: the kernel's */
-    int no_server;       /* nobody listens on the server's port: connects are refused */
+    int server_rcvbuf; /* SO_RCVBUF of the server's connections; 0: the kernel's */
+    int no_server;     /* nobody listens on the server's port: connects are refused */
     unsigned retries;
     const char *identity; /* client.identity; NULL: the default */
 };
@@ -535,8 +541,8 @@ static void host_init(struct host *t, const struct route_opts *o)
     t->front_fd = t->server_listen_fd = -1;
     t->front_fd = bind_loopback(o->family, 0, 1, &t->front_addr, &t->front_len);
     assert_true(t->front_fd >= 0);
-    t->server_listen_fd = bind_loopback(o->family, o->server_rcvbuf, !o->no_server,
-                                        &t->server_addr, &t->server_len);
+    t->server_listen_fd =
+        bind_loopback(o->family, o->server_rcvbuf, !o->no_server, &t->server_addr, &t->server_len);
     assert_true(t->server_listen_fd >= 0);
 
     const char *host = o->family == AF_INET ? "127.0.0.1" : "[::1]";
@@ -548,8 +554,8 @@ static void host_init(struct host *t, const struct route_opts *o)
              "\"upstream\":{\"servers\":[\"%s:%u\"],\"connect_timeout_ms\":2000,"
              "\"retries\":%u,\"retry_backoff_ms\":10}}]}",
              host, port_of(&t->front_addr), o->buffer_bytes,
-             o->identity != NULL ? o->identity : "address_port", host,
-             port_of(&t->server_addr), o->retries);
+             o->identity != NULL ? o->identity : "address_port", host, port_of(&t->server_addr),
+             o->retries);
     struct config_errors errs = { 0 };
     int rc = config_parse(json, strlen(json), &t->cfg, &errs);
     for (size_t i = 0; i < errs.n; i++)
@@ -565,8 +571,8 @@ static void host_init(struct host *t, const struct route_opts *o)
     pool_init(&t->pool, 64);
     budget_init(&t->budget, BUDGET_FDS, t->cfg->buffer_total_bytes);
     assert_int_equal(registry_local_new(&t->reg.local, host_deliver, t), 0);
-    t->reg.base = (struct registry){ .ops = &test_registry_ops, .deliver = host_deliver,
-                                     .deliver_ctx = t };
+    t->reg.base =
+        (struct registry){ .ops = &test_registry_ops, .deliver = host_deliver, .deliver_ctx = t };
     log_limit_init(&t->upstream_log, "upstream", 10);
     TAILQ_INIT(&t->waiters);
     LIST_INIT(&t->sessions);
@@ -609,13 +615,16 @@ static struct stream *start_session(struct host *t, int which, int client_rcvbuf
 
     struct sockaddr_storage peer;
     socklen_t peer_len = sizeof(peer);
-    int fd = accept4(t->front_fd, (struct sockaddr *)&peer, &peer_len,
-                     SOCK_NONBLOCK | SOCK_CLOEXEC);
+    int fd =
+        accept4(t->front_fd, (struct sockaddr *)&peer, &peer_len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     assert_true(fd >= 0);
 
     assert_int_equal(budget_take_fds(&t->budget, BUDGET_FDS_PER_SESSION), 0);
-    struct session_params p = { .cfg = t->cfg, .route = &t->cfg->routes[0], .stats = t->rs,
-                                .fd = fd, .peer = (struct sockaddr *)&peer,
+    struct session_params p = { .cfg = t->cfg,
+                                .route = &t->cfg->routes[0],
+                                .stats = t->rs,
+                                .fd = fd,
+                                .peer = (struct sockaddr *)&peer,
                                 .peer_len = peer_len };
     struct session *s = NULL;
     assert_int_equal(session_new(&t->h, &p, &s), 0);
@@ -630,7 +639,8 @@ static struct stream *start_session(struct host *t, int which, int client_rcvbuf
 static struct stream *accept_server(struct host *t, int which)
 {
     int fd = -1;
-    WAIT_UNTIL(t, (fd = accept4(t->server_listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0,
+    WAIT_UNTIL(t,
+               (fd = accept4(t->server_listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0,
                "upstream connection");
     t->streams[which].fd = fd;
     return &t->streams[which];
@@ -783,9 +793,11 @@ static void test_backpressure(void **state)
     uint64_t relayed = route_stat(&t, RC_BYTES_FROM_SERVER);
     int outq = 0;
     assert_int_equal(ioctl(server->fd, SIOCOUTQ, &outq), 0);
-    fprintf(stderr, "backpressure: server stalled after %" PRIu64 " bytes (%" PRIu64
-            " ms), %" PRIu64 " read by lifeline, %d in the server's send queue, "
-            "%zu chunk(s) held\n", stalled_at, now_ms() - t0, relayed, outq, t.pool.n_out);
+    fprintf(stderr,
+            "backpressure: server stalled after %" PRIu64 " bytes (%" PRIu64 " ms), %" PRIu64
+            " read by lifeline, %d in the server's send queue, "
+            "%zu chunk(s) held\n",
+            stalled_at, now_ms() - t0, relayed, outq, t.pool.n_out);
     /* Lifeline's receive window is shut: the server's bytes wait in its queue. */
     assert_true(outq > 0);
     assert_true(relayed < stalled_at);
@@ -823,8 +835,8 @@ static void test_client_reset_flushes_then_fin(void **state)
 {
     (void)state;
     static struct host t;
-    host_init(&t, &(struct route_opts){ .family = AF_INET, .buffer_bytes = 1048576,
-                                        .server_rcvbuf = 16 * 1024 });
+    host_init(&t, &(struct route_opts){
+                      .family = AF_INET, .buffer_bytes = 1048576, .server_rcvbuf = 16 * 1024 });
     struct stream *client = start_session(&t, CLIENT, 0);
     struct stream *server = accept_server(&t, SERVER);
 
@@ -832,10 +844,12 @@ static void test_client_reset_flushes_then_fin(void **state)
     client->to_send = UNSET;
     wait_send_stalled(&t, client);
     uint64_t from_client = route_stat(&t, RC_BYTES_FROM_CLIENT);
-    fprintf(stderr, "flush: client stalled after %" PRIu64 " bytes, %" PRIu64
-            " read by lifeline, %zu chunk(s) held\n", client->sent, from_client, t.pool.n_out);
+    fprintf(stderr,
+            "flush: client stalled after %" PRIu64 " bytes, %" PRIu64
+            " read by lifeline, %zu chunk(s) held\n",
+            client->sent, from_client, t.pool.n_out);
     assert_true(from_client > 0);
-    assert_true(t.pool.n_out > 0); /* bytes in flight in lifeline itself */
+    assert_true(t.pool.n_out > 0);                       /* bytes in flight in lifeline itself */
     assert_true(t.max_out <= 1048576 / POOL_CHUNK_SIZE); /* never past buffer_bytes */
     assert_int_equal(server->rcvd, 0);
 
@@ -854,9 +868,10 @@ static void test_client_reset_flushes_then_fin(void **state)
         fail_msg("the server got %s after %" PRIu64 " bytes, not an EOF", strerror(server->err),
                  server->rcvd);
     uint64_t final_from_client = route_stat(&t, RC_BYTES_FROM_CLIENT);
-    fprintf(stderr, "flush: server read %" PRIu64 " bytes, lifeline read %" PRIu64
-            " from the client, which sent %" PRIu64 "\n", server->rcvd, final_from_client,
-            client->sent);
+    fprintf(stderr,
+            "flush: server read %" PRIu64 " bytes, lifeline read %" PRIu64
+            " from the client, which sent %" PRIu64 "\n",
+            server->rcvd, final_from_client, client->sent);
     assert_intact(server, final_from_client);
     assert_true(final_from_client >= from_client);
     assert_true(final_from_client <= client->sent);
@@ -893,9 +908,10 @@ static void test_relay_ipv6(void **state)
     assert_non_null(strstr(t.closed_json, "\"client\":\"[::1]:"));
     /* Whichever EOF lifeline read first names the close. */
     assert_int_equal(route_stat(&t, RC_CLOSES + REASON_CLIENT_EOF) +
-                         route_stat(&t, RC_CLOSES + REASON_UPSTREAM_EOF), 1);
+                         route_stat(&t, RC_CLOSES + REASON_UPSTREAM_EOF),
+                     1);
     assert_closed_once(&t, route_stat(&t, RC_CLOSES + REASON_CLIENT_EOF) ? REASON_CLIENT_EOF
-                                                                    : REASON_UPSTREAM_EOF);
+                                                                         : REASON_UPSTREAM_EOF);
     host_finish(&t);
 }
 
@@ -906,8 +922,8 @@ static void test_connect_refused(void **state)
 {
     (void)state;
     static struct host t;
-    host_init(&t, &(struct route_opts){ .family = AF_INET, .buffer_bytes = 1048576,
-                                        .no_server = 1, .retries = 1 });
+    host_init(&t, &(struct route_opts){
+                      .family = AF_INET, .buffer_bytes = 1048576, .no_server = 1, .retries = 1 });
     struct stream *client = start_session(&t, CLIENT, 0);
     client->to_send = 1000; /* queued while connecting, then dropped */
     WAIT_UNTIL(&t, t.n_freed == 1 && (client->eof || client->err != 0),
@@ -996,8 +1012,8 @@ static void test_takeover(void **state)
 {
     (void)state;
     static struct host t;
-    host_init(&t, &(struct route_opts){ .family = AF_INET, .buffer_bytes = 1048576,
-                                        .identity = "address" });
+    host_init(&t, &(struct route_opts){
+                      .family = AF_INET, .buffer_bytes = 1048576, .identity = "address" });
     takeover(&t, 0);
     host_finish(&t);
 }
@@ -1011,8 +1027,8 @@ static void test_takeover_budget_spent_while_waiting(void **state)
 {
     (void)state;
     static struct host t;
-    host_init(&t, &(struct route_opts){ .family = AF_INET, .buffer_bytes = 1048576,
-                                        .identity = "address" });
+    host_init(&t, &(struct route_opts){
+                      .family = AF_INET, .buffer_bytes = 1048576, .identity = "address" });
     takeover(&t, 1);
     host_finish(&t);
 }

@@ -22,20 +22,14 @@ static int item_is(const struct table_node *n, const void *key)
 }
 
 /* A poor hash on purpose: many keys share a value, so chains form. */
-static uint64_t weak_hash(int key)
-{
-    return (uint64_t)(key % 7);
-}
+static uint64_t weak_hash(int key) { return (uint64_t)(key % 7); }
 
 static struct item *find(struct table *t, int key, uint64_t (*h)(int))
 {
     return (struct item *)table_find(t, h(key), &key, item_is);
 }
 
-static uint64_t fnv(int key)
-{
-    return hash_bytes(HASH_SEED, &key, sizeof(key));
-}
+static uint64_t fnv(int key) { return hash_bytes(HASH_SEED, &key, sizeof(key)); }
 
 static void test_fnv1a_vectors(void **state)
 {
@@ -45,8 +39,7 @@ static void test_fnv1a_vectors(void **state)
     assert_int_equal(hash_bytes(HASH_SEED, "a", 1), 0xaf63dc4c8601ec8cull);
     assert_int_equal(hash_bytes(HASH_SEED, "foobar", 6), 0x85944171f73967e8ull);
     /* Fed in pieces, the same as at once. */
-    assert_int_equal(hash_bytes(hash_bytes(HASH_SEED, "foo", 3), "bar", 3),
-                     0x85944171f73967e8ull);
+    assert_int_equal(hash_bytes(hash_bytes(HASH_SEED, "foo", 3), "bar", 3), 0x85944171f73967e8ull);
 }
 
 static void check_many(uint64_t (*h)(int))
