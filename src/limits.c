@@ -46,9 +46,9 @@ int limits_init(struct limits *l)
 void limits_destroy(struct limits *l)
 {
     table_free(&l->addresses);
-    while (l->routes != NULL) {
-        struct limit_route *r = l->routes;
-        l->routes = r->next;
+    struct limit_route *r;
+    while ((r = SLIST_FIRST(&l->routes)) != NULL) {
+        SLIST_REMOVE_HEAD(&l->routes, link);
         free(r);
     }
     pthread_mutex_destroy(&l->lock);
@@ -57,14 +57,14 @@ void limits_destroy(struct limits *l)
 struct limit_route *limits_route(struct limits *l, const char *name)
 {
     pthread_mutex_lock(&l->lock);
-    struct limit_route *r = l->routes;
-    while (r != NULL && strcmp(r->name, name) != 0)
-        r = r->next;
+    struct limit_route *r;
+    SLIST_FOREACH(r, &l->routes, link)
+    if (strcmp(r->name, name) == 0)
+        break;
     if (r == NULL && (r = calloc(1, sizeof(*r) + strlen(name) + 1)) != NULL) {
         memcpy(r->name, name, strlen(name) + 1);
         atomic_init(&r->open, 0);
-        r->next = l->routes;
-        l->routes = r;
+        SLIST_INSERT_HEAD(&l->routes, r, link);
     }
     pthread_mutex_unlock(&l->lock);
     return r;

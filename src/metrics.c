@@ -112,57 +112,58 @@ _Static_assert(REASON_CLIENT_KEEPALIVE == REASON_CLIENT_SILENCE + 1 &&
 void worker_stats_init(struct worker_stats *ws)
 {
     pthread_mutex_init(&ws->lock, NULL);
-    ws->routes = NULL;
+    STAILQ_INIT(&ws->routes);
 }
 
-static void route_stats_free(struct route_stats *r)
+static void routes_free(struct route_stats_list *list)
 {
-    while (r->servers != NULL) {
-        struct server_stats *sv = r->servers;
-        r->servers = sv->next;
-        free(sv);
+    struct route_stats *r;
+    while ((r = STAILQ_FIRST(list)) != NULL) {
+        STAILQ_REMOVE_HEAD(list, link);
+        struct server_stats *sv;
+        while ((sv = STAILQ_FIRST(&r->servers)) != NULL) {
+            STAILQ_REMOVE_HEAD(&r->servers, link);
+            free(sv);
+        }
+        free(r);
     }
-    free(r);
 }
 
 void worker_stats_destroy(struct worker_stats *ws)
 {
-    while (ws->routes != NULL) {
-        struct route_stats *r = ws->routes;
-        ws->routes = r->next;
-        route_stats_free(r);
-    }
+    routes_free(&ws->routes);
     pthread_mutex_destroy(&ws->lock);
 }
 
 /* Appends keep the config's order in the exposition. Callers hold the lock
  * when the list is shared. */
-static struct route_stats *route_find_or_add(struct route_stats **list, const char *name)
+static struct route_stats *route_find_or_add(struct route_stats_list *list, const char *name)
 {
-    struct route_stats **p = list;
-    for (; *p != NULL; p = &(*p)->next)
-        if (strcmp((*p)->name, name) == 0)
-            return *p;
-    struct route_stats *r = calloc(1, sizeof(*r));
+    struct route_stats *r;
+    STAILQ_FOREACH(r, list, link)
+    if (strcmp(r->name, name) == 0)
+        return r;
+    r = calloc(1, sizeof(*r));
     if (r != NULL) {
         snprintf(r->name, sizeof(r->name), "%s", name);
-        *p = r;
+        STAILQ_INIT(&r->servers);
+        STAILQ_INSERT_TAIL(list, r, link);
     }
     return r;
 }
 
 static struct server_stats *server_find(struct route_stats *r, const char *label, int add)
 {
-    struct server_stats **p = &r->servers;
-    for (; *p != NULL; p = &(*p)->next)
-        if (strcmp((*p)->label, label) == 0)
-            return *p;
+    struct server_stats *sv;
+    STAILQ_FOREACH(sv, &r->servers, link)
+    if (strcmp(sv->label, label) == 0)
+        return sv;
     if (!add)
         return NULL;
-    struct server_stats *sv = calloc(1, sizeof(*sv));
+    sv = calloc(1, sizeof(*sv));
     if (sv != NULL) {
         snprintf(sv->label, sizeof(sv->label), "%s", label);
-        *p = sv;
+        STAILQ_INSERT_TAIL(&r->servers, sv, link);
     }
     return sv;
 }
@@ -203,22 +204,27 @@ static void sum_into(struct route_stats *d, struct route_stats *r)
         metric_add(&d->c[i], metric_get(&r->c[i]));
 }
 
-/* Every worker's counters summed by route name and server; NULL on ENOMEM
- * (*oom set). The caller frees the list. */
-static struct route_stats *sum_workers(struct worker_stats *const *stats, size_t n_workers,
-                                       int *oom)
+/* Every worker's counters summed by route name and server into `sums`
+ * (*oom set when memory ran out). The caller frees the list. */
+static void sum_workers(struct worker_stats *const *stats, size_t n_workers,
+                        struct route_stats_list *sums, int *oom)
 {
-    struct route_stats *sums = NULL;
     for (size_t w = 0; w < n_workers && !*oom; w++) {
         pthread_mutex_lock(&stats[w]->lock);
-        for (struct route_stats *r = stats[w]->routes; r != NULL && !*oom; r = r->next) {
-            struct route_stats *d = route_find_or_add(&sums, r->name);
+        struct route_stats *r;
+        STAILQ_FOREACH(r, &stats[w]->routes, link)
+        {
+            if (*oom)
+                break;
+            struct route_stats *d = route_find_or_add(sums, r->name);
             if (d == NULL) {
                 *oom = 1;
                 break;
             }
             sum_into(d, r);
-            for (struct server_stats *sv = r->servers; sv != NULL; sv = sv->next) {
+            struct server_stats *sv;
+            STAILQ_FOREACH(sv, &r->servers, link)
+            {
                 struct server_stats *ds = server_find(d, sv->label, 1);
                 if (ds == NULL) {
                     *oom = 1;
@@ -230,7 +236,6 @@ static struct route_stats *sum_workers(struct worker_stats *const *stats, size_t
         }
         pthread_mutex_unlock(&stats[w]->lock);
     }
-    return sums;
 }
 
 char *metrics_render(struct worker_stats *const *stats, size_t n_workers,
@@ -242,18 +247,22 @@ char *metrics_render(struct worker_stats *const *stats, size_t n_workers,
     if (t == NULL)
         return NULL;
     int oom = 0;
-    struct route_stats *sums = sum_workers(stats, n_workers, &oom);
+    struct route_stats_list sums = STAILQ_HEAD_INITIALIZER(sums);
+    sum_workers(stats, n_workers, &sums, &oom);
 
     for (size_t k = 0; k < sizeof(route_series) / sizeof(route_series[0]); k++) {
         const struct series *se = &route_series[k];
         const char *name = families[se->family].name;
         if (k == 0 || route_series[k - 1].family != se->family)
             header(t, se->family);
-        for (struct route_stats *r = sums; r != NULL; r = r->next) {
+        struct route_stats *r;
+        STAILQ_FOREACH(r, &sums, link)
+        {
             if (se->server) {
-                for (struct server_stats *sv = r->servers; sv != NULL; sv = sv->next)
-                    fprintf(t, "%s{route=\"%s\",server=\"%s\"} %" PRIu64 "\n", name, r->name,
-                            sv->label, metric_get(&sv->c[se->first]));
+                struct server_stats *sv;
+                STAILQ_FOREACH(sv, &r->servers, link)
+                fprintf(t, "%s{route=\"%s\",server=\"%s\"} %" PRIu64 "\n", name, r->name, sv->label,
+                        metric_get(&sv->c[se->first]));
             } else if (se->label == NULL) {
                 fprintf(t, "%s{route=\"%s\"} %" PRIu64 "\n", name, r->name,
                         metric_get(&r->c[se->first]));
@@ -265,11 +274,7 @@ char *metrics_render(struct worker_stats *const *stats, size_t n_workers,
         }
     }
 
-    while (sums != NULL) {
-        struct route_stats *r = sums;
-        sums = r->next;
-        route_stats_free(r);
-    }
+    routes_free(&sums);
 
     header(t, FAMILY_RELOADS);
     fprintf(t, "%s{result=\"ok\"} %" PRIu64 "\n%s{result=\"failed\"} %" PRIu64 "\n",

@@ -964,11 +964,16 @@ static void connect_to(struct session *s, const struct sockaddr *sa)
         connect_failed(s, fd);
         return;
     }
-    uv_tcp_init(s->host->loop, &s->upstream);
+    int rc = uv_tcp_init(s->host->loop, &s->upstream);
+    if (rc < 0) { /* only for bad flags: no handle to close */
+        close(fd);
+        connect_failed(s, rc);
+        return;
+    }
     s->upstream.data = &s->down;
     s->refs++;
     s->upstream_open = 1;
-    int rc = uv_tcp_open(&s->upstream, fd);
+    rc = uv_tcp_open(&s->upstream, fd);
     if (rc < 0)
         close(fd); /* not adopted by the handle: still ours */
     if (rc == 0) {

@@ -213,7 +213,7 @@ static void signal_cb(uv_signal_t *h, int signum)
  * what is open now (listening sockets, loops, the admin socket), the admin
  * endpoint's connections and the resolver's lookups. Those stay free
  * whatever clients do, so /healthz answers and host names resolve at the
- * limit. Returns 0, or -1 when no session would fit. */
+ * limit. Returns 0, or -EMFILE when no session would fit. */
 static int plan_descriptors(struct supervisor *sup)
 {
     int64_t limit = budget_fd_limit();
@@ -226,7 +226,7 @@ static int plan_descriptors(struct supervisor *sup)
     if (for_sessions < BUDGET_FDS_PER_SESSION) {
         log_error("descriptor limit too low", LF_INT("limit", limit),
                   LF_INT("needed", reserved + BUDGET_FDS_PER_SESSION));
-        return -1;
+        return -EMFILE;
     }
     budget_init(&sup->budget, for_sessions, sup->rl.cfg->buffer_total_bytes);
     log_info("descriptor budget", LF_INT("limit", limit), LF_INT("reserved", reserved),

@@ -6,6 +6,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/queue.h>
 #include <sys/socket.h>
 
 #include "lifeline/table.h"
@@ -13,17 +14,18 @@
 /* One route's open sessions, kept by route name so that the count spans
  * config reloads: sessions started before and after a reload share it. */
 struct limit_route {
-    struct limit_route *next;
+    SLIST_ENTRY(limit_route) link;
     _Atomic uint64_t open;
     char name[];
 };
+SLIST_HEAD(limit_route_list, limit_route);
 
 /* Counts of open sessions that the workers check at accept time. Taken
  * once when a session starts and once when it ends, never on the relay path. */
 struct limits {
-    pthread_mutex_t lock;       /* guards both tables */
-    struct limit_route *routes; /* grows only: entries live as long as the limits */
-    struct table addresses;     /* struct limit_entry: per route and client address */
+    pthread_mutex_t lock;           /* guards both tables */
+    struct limit_route_list routes; /* grows only: entries live as long as the limits */
+    struct table addresses;         /* struct limit_entry: per route and client address */
 };
 
 int limits_init(struct limits *l);

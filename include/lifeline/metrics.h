@@ -6,6 +6,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/queue.h>
 
 #include "lifeline/config.h"
 #include "lifeline/reason.h"
@@ -44,7 +45,7 @@ enum server_counter {
 
 /* One upstream server's connection tries on one worker. */
 struct server_stats {
-    struct server_stats *next;
+    STAILQ_ENTRY(server_stats) link;
     _Atomic uint64_t c[SC_COUNT]; /* enum server_counter */
     char label[ADDR_STR_MAX];     /* "host:port" as written in the config */
 };
@@ -53,19 +54,22 @@ struct server_stats {
  * keeps the name keeps the counters. Only that worker's loop writes them
  * (metric_add), any thread reads them (metric_get): no lock, no atomic
  * read-modify-write on the relay path. */
+STAILQ_HEAD(server_stats_list, server_stats);
+
 struct route_stats {
-    struct route_stats *next;
+    STAILQ_ENTRY(route_stats) link;
     char name[CONFIG_NAME_MAX];
-    _Atomic uint64_t c[RC_COUNT]; /* enum route_counter */
-    struct server_stats *servers; /* every server the route ever had */
+    _Atomic uint64_t c[RC_COUNT];     /* enum route_counter */
+    struct server_stats_list servers; /* every server the route ever had */
 };
+STAILQ_HEAD(route_stats_list, route_stats);
 
 /* One worker's counters. The lists only grow (entries live until
  * worker_stats_destroy), so a session may keep pointers into them; `lock`
  * guards appends against readers on other threads. */
 struct worker_stats {
     pthread_mutex_t lock;
-    struct route_stats *routes;
+    struct route_stats_list routes;
 };
 
 static inline void metric_add(_Atomic uint64_t *m, uint64_t n)
