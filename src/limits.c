@@ -58,9 +58,9 @@ struct limit_route *limits_route(struct limits *l, const char *name)
 {
     pthread_mutex_lock(&l->lock);
     struct limit_route *r;
-    SLIST_FOREACH(r, &l->routes, link)
-    if (strcmp(r->name, name) == 0)
-        break;
+    SLIST_FOREACH (r, &l->routes, link)
+        if (strcmp(r->name, name) == 0)
+            break;
     if (r == NULL && (r = calloc(1, sizeof(*r) + strlen(name) + 1)) != NULL) {
         memcpy(r->name, name, strlen(name) + 1);
         atomic_init(&r->open, 0);

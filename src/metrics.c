@@ -140,9 +140,9 @@ void worker_stats_destroy(struct worker_stats *ws)
 static struct route_stats *route_find_or_add(struct route_stats_list *list, const char *name)
 {
     struct route_stats *r;
-    STAILQ_FOREACH(r, list, link)
-    if (strcmp(r->name, name) == 0)
-        return r;
+    STAILQ_FOREACH (r, list, link)
+        if (strcmp(r->name, name) == 0)
+            return r;
     r = calloc(1, sizeof(*r));
     if (r != NULL) {
         snprintf(r->name, sizeof(r->name), "%s", name);
@@ -155,9 +155,9 @@ static struct route_stats *route_find_or_add(struct route_stats_list *list, cons
 static struct server_stats *server_find(struct route_stats *r, const char *label, int add)
 {
     struct server_stats *sv;
-    STAILQ_FOREACH(sv, &r->servers, link)
-    if (strcmp(sv->label, label) == 0)
-        return sv;
+    STAILQ_FOREACH (sv, &r->servers, link)
+        if (strcmp(sv->label, label) == 0)
+            return sv;
     if (!add)
         return NULL;
     sv = calloc(1, sizeof(*sv));
@@ -212,8 +212,7 @@ static void sum_workers(struct worker_stats *const *stats, size_t n_workers,
     for (size_t w = 0; w < n_workers && !*oom; w++) {
         pthread_mutex_lock(&stats[w]->lock);
         struct route_stats *r;
-        STAILQ_FOREACH(r, &stats[w]->routes, link)
-        {
+        STAILQ_FOREACH (r, &stats[w]->routes, link) {
             if (*oom)
                 break;
             struct route_stats *d = route_find_or_add(sums, r->name);
@@ -223,8 +222,7 @@ static void sum_workers(struct worker_stats *const *stats, size_t n_workers,
             }
             sum_into(d, r);
             struct server_stats *sv;
-            STAILQ_FOREACH(sv, &r->servers, link)
-            {
+            STAILQ_FOREACH (sv, &r->servers, link) {
                 struct server_stats *ds = server_find(d, sv->label, 1);
                 if (ds == NULL) {
                     *oom = 1;
@@ -256,13 +254,12 @@ char *metrics_render(struct worker_stats *const *stats, size_t n_workers,
         if (k == 0 || route_series[k - 1].family != se->family)
             header(t, se->family);
         struct route_stats *r;
-        STAILQ_FOREACH(r, &sums, link)
-        {
+        STAILQ_FOREACH (r, &sums, link) {
             if (se->server) {
                 struct server_stats *sv;
-                STAILQ_FOREACH(sv, &r->servers, link)
-                fprintf(t, "%s{route=\"%s\",server=\"%s\"} %" PRIu64 "\n", name, r->name, sv->label,
-                        metric_get(&sv->c[se->first]));
+                STAILQ_FOREACH (sv, &r->servers, link)
+                    fprintf(t, "%s{route=\"%s\",server=\"%s\"} %" PRIu64 "\n", name, r->name,
+                            sv->label, metric_get(&sv->c[se->first]));
             } else if (se->label == NULL) {
                 fprintf(t, "%s{route=\"%s\"} %" PRIu64 "\n", name, r->name,
                         metric_get(&r->c[se->first]));

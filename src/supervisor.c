@@ -296,14 +296,15 @@ static int init_loop(struct supervisor *sup)
         log_error("cannot start the event loop", LF_STR("error", uv_strerror(rc)));
         return rc;
     }
-    uv_signal_init(&sup->loop, &sup->sigterm);
-    uv_signal_init(&sup->loop, &sup->sigint);
-    uv_signal_init(&sup->loop, &sup->sighup);
+    /* Timers cannot fail to initialise (libuv allocates nothing for them). */
     uv_timer_init(&sup->loop, &sup->watchdog);
     uv_timer_init(&sup->loop, &sup->sd_watchdog);
     sup->notify.data = sup->sigterm.data = sup->sigint.data = sup->sighup.data = sup;
     sup->watchdog.data = sup->sd_watchdog.data = sup;
-    if ((rc = uv_async_init(&sup->loop, &sup->notify, notify_cb)) < 0 ||
+    if ((rc = uv_signal_init(&sup->loop, &sup->sigterm)) < 0 ||
+        (rc = uv_signal_init(&sup->loop, &sup->sigint)) < 0 ||
+        (rc = uv_signal_init(&sup->loop, &sup->sighup)) < 0 ||
+        (rc = uv_async_init(&sup->loop, &sup->notify, notify_cb)) < 0 ||
         (rc = uv_signal_start(&sup->sigterm, signal_cb, SIGTERM)) < 0 ||
         (rc = uv_signal_start(&sup->sigint, signal_cb, SIGINT)) < 0 ||
         (rc = uv_signal_start(&sup->sighup, sighup_cb, SIGHUP)) < 0) {

@@ -131,6 +131,7 @@ static void set_phase(struct worker *w, enum worker_phase phase)
 
 static void accept_cb(uv_poll_t *p, int status, int events);
 static void accept_retry_cb(uv_timer_t *t);
+static void log_listener_error(struct worker *w, const struct route_config *route, int err);
 
 /* Out of descriptors (the budget is spent: err 0, or the kernel said so): stop
  * accepting on every listener of this worker, so that new connections wait
@@ -146,9 +147,9 @@ static void pause_accepting(struct worker *w, const char *route, int err)
                  LF_STR("error", err == 0 ? "descriptor budget spent" : uv_strerror(err)));
     w->accept = ACCEPT_PAUSED;
     struct listener *x;
-    STAILQ_FOREACH(x, &w->listeners, link)
-    if (x->poll.data != NULL)
-        uv_poll_stop(&x->poll);
+    STAILQ_FOREACH (x, &w->listeners, link)
+        if (x->poll.data != NULL)
+            uv_poll_stop(&x->poll);
     uv_timer_start(&w->accept_retry, accept_retry_cb, ACCEPT_RETRY_MS, 0);
 }
 
@@ -164,9 +165,11 @@ static void resume_accepting(struct worker *w)
     w->accept = ACCEPT_RETRYING;
     w->accepting_since_ms = uv_now(&w->loop);
     struct listener *x;
-    STAILQ_FOREACH(x, &w->listeners, link)
-    if (x->poll.data != NULL)
-        uv_poll_start(&x->poll, UV_READABLE, accept_cb);
+    STAILQ_FOREACH (x, &w->listeners, link) {
+        int rc = x->poll.data != NULL ? uv_poll_start(&x->poll, UV_READABLE, accept_cb) : 0;
+        if (rc < 0)
+            log_listener_error(w, x->route, rc);
+    }
 }
 
 static void accept_retry_cb(uv_timer_t *t) { resume_accepting(t->data); }
@@ -428,8 +431,7 @@ static struct listener *listener_unlink(struct listener_list *list,
                                         const struct sockaddr_storage *addr)
 {
     struct listener *l;
-    STAILQ_FOREACH(l, list, link)
-    {
+    STAILQ_FOREACH (l, list, link) {
         if (addr_equal((const struct sockaddr *)&l->addr, (const struct sockaddr *)addr)) {
             STAILQ_REMOVE(list, l, listener, link);
             return l;
@@ -642,8 +644,7 @@ static char *describe_all(struct worker *w)
 {
     cJSON *all = cJSON_CreateArray();
     struct session_link *link;
-    LIST_FOREACH(link, &w->sessions, list)
-    {
+    LIST_FOREACH (link, &w->sessions, list) {
         cJSON *one = all != NULL ? session_describe(session_of_link(link)) : NULL;
         if (one == NULL || !cJSON_AddItemToArray(all, one)) {
             cJSON_Delete(one);
@@ -769,6 +770,8 @@ int worker_new(struct worker **out, int id, struct config *cfg,
 {
     struct worker *w = calloc(1, sizeof(*w));
     int rc = w == NULL ? UV_ENOMEM : table_init(&w->by_id);
+    if (rc == 0 && (rc = uv_mutex_init(&w->inbox_lock)) < 0)
+        table_destroy(&w->by_id);
     if (rc < 0) {
         free(w);
         for (size_t i = 0; i < cfg->n_routes; i++)
@@ -806,10 +809,11 @@ int worker_new(struct worker **out, int id, struct config *cfg,
         close_listeners(w); /* unopened: their fds are closed at once */
         worker_stats_destroy(&w->stats);
         table_destroy(&w->by_id);
+        uv_mutex_destroy(&w->inbox_lock);
         free(w);
         return loop_rc < 0 ? loop_rc : rc;
     }
-    /* Timers cannot fail on a loop that is running. */
+    /* Timers cannot fail to initialise (libuv allocates nothing for them). */
     uv_timer_init(&w->loop, &w->drain_timer);
     uv_timer_init(&w->loop, &w->tick);
     uv_timer_init(&w->loop, &w->accept_retry);
@@ -817,7 +821,6 @@ int worker_new(struct worker **out, int id, struct config *cfg,
     w->wakeup.data = w->drain_timer.data = w->tick.data = w;
     w->accept_retry.data = w->budget_retry.data = w;
     w->cfg = config_ref(cfg);
-    uv_mutex_init(&w->inbox_lock);
     atomic_init(&w->last_tick_ms, now_ms());
     pool_init(&w->pool, POOL_MAX_FREE);
     w->host = (struct session_host){

@@ -265,8 +265,7 @@ static void wakeup_cb(uv_async_t *a)
     t->n_inbox = 0;
     for (int i = 0; i < n; i++) {
         struct session_link *l;
-        LIST_FOREACH(l, &t->sessions, list)
-        {
+        LIST_FOREACH (l, &t->sessions, list) {
             if (session_id(session_of_link(l)) == msgs[i].to.id) {
                 session_deliver(session_of_link(l), msgs[i].msg);
                 break;
