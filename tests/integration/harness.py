@@ -22,6 +22,7 @@ as synchronisation), use only 127.0.0.1 and ::1, clean up every process and
 socket (``LifelineTestCase`` registers the clean-ups).
 """
 
+import collections
 import calendar
 import hashlib
 import json
@@ -95,12 +96,23 @@ def wait_stable(value_fn, quiet, timeout, what="value to stop changing"):
 # ports and sockets
 
 
+_handed_out = collections.deque(maxlen=4096)
+
+
 def free_port(host=LOOPBACK):
-    """A port nothing listens on right now (bind port 0, read it, close)."""
+    """A port nothing listens on right now (bind port 0, read it, close),
+    and not one this process handed out recently: the kernel may give the
+    same free port to two binds in a row, and a test that asks for several
+    ports before binding any of them needs them distinct."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    for _ in range(100):
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.append(port)
+            return port
+    raise AssertionError("no fresh free port in 100 tries")
 
 
 def have_ipv6_loopback():
