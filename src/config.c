@@ -3,6 +3,7 @@
 
 #include "lifeline/jsonstr.h"
 #include "lifeline/liveness.h"
+#include "lifeline/log.h"
 #include "lifeline/table.h"
 
 #include <arpa/inet.h>
@@ -1311,6 +1312,12 @@ void config_free(struct config *cfg)
     free_object(root_keys, N_KEYS(root_keys), (char *)cfg);
     errors_free(cfg->notes.msgs, cfg->notes.n);
     free(cfg);
+}
+
+void config_errors_log(const char *path, const struct config_errors *errs)
+{
+    for (size_t i = 0; i < errs->n; i++)
+        log_error("invalid config", LF_STR("file", path), LF_STR("error", errs->msgs[i]));
 }
 
 void config_errors_free(struct config_errors *errs)

@@ -41,8 +41,10 @@ int identity_table_init(struct identity_table *r)
     int rc = table_init(&r->entries);
     if (rc != 0)
         return rc;
-    pthread_mutex_init(&r->lock, NULL);
-    return 0;
+    rc = -pthread_mutex_init(&r->lock, NULL);
+    if (rc != 0)
+        table_destroy(&r->entries);
+    return rc;
 }
 
 void identity_table_destroy(struct identity_table *r)

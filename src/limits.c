@@ -39,8 +39,10 @@ int limits_init(struct limits *l)
     int rc = table_init(&l->addresses);
     if (rc != 0)
         return rc;
-    pthread_mutex_init(&l->lock, NULL);
-    return 0;
+    rc = -pthread_mutex_init(&l->lock, NULL);
+    if (rc != 0)
+        table_destroy(&l->addresses);
+    return rc;
 }
 
 void limits_destroy(struct limits *l)

@@ -111,7 +111,7 @@ _Static_assert(REASON_CLIENT_KEEPALIVE == REASON_CLIENT_SILENCE + 1 &&
 
 void worker_stats_init(struct worker_stats *ws)
 {
-    pthread_mutex_init(&ws->lock, NULL);
+    pthread_mutex_init(&ws->lock, NULL); /* default attributes: cannot fail (glibc) */
     STAILQ_INIT(&ws->routes);
 }
 

@@ -15,7 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "lifeline/supervisor.h" /* the exit codes */
+#include "lifeline/exit.h"
 #include "lifeline/num.h"
 
 /* Container images ship no curl; HEALTHCHECK and exec probes need something

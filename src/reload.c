@@ -86,7 +86,7 @@ static int load(struct reload *rl, struct config **cfg, struct sockaddr_storage 
         rc = -ENOMEM;
     if (rc == 0)
         rc = listen_check(*cfg, *addrs, NULL, &errs);
-    supervisor_log_invalid(path, &errs);
+    config_errors_log(path, &errs);
     config_errors_free(&errs);
     if (rc < 0) {
         free(*addrs);

@@ -26,7 +26,7 @@
  *
  *  WAITING        another session of the same client identity still owns
  *                 the server side; it is being evicted. The registry says
- *                 when it is done (session_go), so the server sees the old
+ *                 when it is done (REGISTRY_MSG_GO), so the server sees the old
  *                 connection's EOF before the new connection exists.
  *  RESOLVING,     a try: resolve the server's name, connect (timeout);
  *  CONNECTING     client bytes queue in up.queue (bounded, then backpressure).
@@ -91,24 +91,37 @@
 
 /* Every step of a session is a state of its own, moved only by
  * set_state(); `timer` serves the state it is in, as the comments say.
- * The connecting states are "connecting" and the closing ones "closing"
- * in /sessions. */
+ * Each belongs to a phase, which is what /sessions shows and what the
+ * code asks (is_connecting, is_closing). */
 #define SESSION_STATES(X)                                                                          \
-    X(WAITING, "waiting", "waiting")              /* the registry decides: no timer */             \
-    X(RESOLVING, "resolving", "connecting")       /* uv_getaddrinfo in flight: no timer */         \
-    X(CONNECTING, "connecting", "connecting")     /* handshake; timer: connect timeout */          \
-    X(RECONNECTING, "reconnecting", "connecting") /* the last try's handle closing */              \
-    X(BACKOFF, "backoff", "connecting")           /* timer: the pause before the next try */       \
-    X(RELAYING, "relaying", "relaying")           /* no timer (silence has its own) */             \
-    X(FLUSHING, "flushing", "closing")            /* timer: CLOSE_LINGER_MS, then cut */           \
-    X(AWAIT_CONNECT, "await_connect", "closing")  /* given up mid-handshake; timer: connect */     \
-    X(AWAIT_SERVER, "await_server", "closing")    /* FIN sent upstream; timer: polls the server */ \
-    X(CLOSED, "closed", "closed")                 /* handles closing; freed by the last */
+    X(WAITING, "waiting", WAITING)              /* the registry decides: no timer */               \
+    X(RESOLVING, "resolving", CONNECTING)       /* uv_getaddrinfo in flight: no timer */           \
+    X(CONNECTING, "connecting", CONNECTING)     /* handshake; timer: connect timeout */            \
+    X(RECONNECTING, "reconnecting", CONNECTING) /* the last try's handle closing */                \
+    X(BACKOFF, "backoff", CONNECTING)           /* timer: the pause before the next try */         \
+    X(RELAYING, "relaying", RELAYING)           /* no timer (silence has its own) */               \
+    X(FLUSHING, "flushing", CLOSING)            /* timer: CLOSE_LINGER_MS, then cut */             \
+    X(AWAIT_CONNECT, "await_connect", CLOSING)  /* given up mid-handshake; timer: connect */       \
+    X(AWAIT_SERVER, "await_server", CLOSING)    /* FIN sent upstream; timer: polls the server */   \
+    X(CLOSED, "closed", CLOSED)                 /* handles closing; freed by the last */
 
 enum session_state {
-#define STATE_ENUM_(id, name, shown) SESSION_##id,
+#define STATE_ENUM_(id, name, phase) SESSION_##id,
     SESSION_STATES(STATE_ENUM_)
 #undef STATE_ENUM_
+};
+
+enum session_phase { PHASE_WAITING, PHASE_CONNECTING, PHASE_RELAYING, PHASE_CLOSING, PHASE_CLOSED };
+
+static const char *const phase_names[] = {
+    [PHASE_WAITING] = "waiting", [PHASE_CONNECTING] = "connecting", [PHASE_RELAYING] = "relaying",
+    [PHASE_CLOSING] = "closing", [PHASE_CLOSED] = "closed",
+};
+
+static const enum session_phase state_phase[] = {
+#define STATE_PHASE_(id, name, phase) [SESSION_##id] = PHASE_##phase,
+    SESSION_STATES(STATE_PHASE_)
+#undef STATE_PHASE_
 };
 
 #define BIT(state) (1u << (state))
@@ -128,18 +141,11 @@ static const unsigned transitions[] = {
     [SESSION_CLOSED] = 0,
 };
 
-/* Trying to reach a server: "connecting" in /sessions. */
-static int is_connecting(enum session_state st)
-{
-    return (TRYING | BIT(SESSION_BACKOFF)) & BIT(st);
-}
+/* Trying to reach a server. */
+static int is_connecting(enum session_state st) { return state_phase[st] == PHASE_CONNECTING; }
 
-/* One side is gone: "closing" in /sessions. */
-static int is_closing(enum session_state st)
-{
-    return (BIT(SESSION_FLUSHING) | BIT(SESSION_AWAIT_CONNECT) | BIT(SESSION_AWAIT_SERVER)) &
-           BIT(st);
-}
+/* One side is gone. */
+static int is_closing(enum session_state st) { return state_phase[st] == PHASE_CLOSING; }
 
 /* How the server was seen to finish with a replaced session's connection. */
 enum upstream_finish {
@@ -239,15 +245,9 @@ static void finish_close(struct session *s);
 static void await_server(struct session *s);
 
 static const char *const state_names[] = {
-#define STATE_NAME_(id, name, shown) [SESSION_##id] = name,
+#define STATE_NAME_(id, name, phase) [SESSION_##id] = name,
     SESSION_STATES(STATE_NAME_)
 #undef STATE_NAME_
-};
-
-static const char *const state_shown[] = {
-#define STATE_SHOWN_(id, name, shown) [SESSION_##id] = shown,
-    SESSION_STATES(STATE_SHOWN_)
-#undef STATE_SHOWN_
 };
 
 static void set_state(struct session *s, enum session_state next)
@@ -272,7 +272,7 @@ cJSON *session_describe(const struct session *s)
         !cJSON_AddNumberToObject(o, "worker", s->host->id) ||
         !cJSON_AddStringToObject(o, "client", addr_format(&s->peer.sa, client, sizeof(client))) ||
         !cJSON_AddNumberToObject(o, "upstream_local_port", s->upstream_port) ||
-        !cJSON_AddStringToObject(o, "state", state_shown[s->state]) ||
+        !cJSON_AddStringToObject(o, "state", phase_names[state_phase[s->state]]) ||
         !cJSON_AddNumberToObject(o, "bytes_from_client", (double)s->up.bytes) ||
         !cJSON_AddNumberToObject(o, "bytes_from_server", (double)s->down.bytes) ||
         !cJSON_AddNumberToObject(o, "age_ms", (double)(now - s->started_ms)) ||
@@ -1068,7 +1068,7 @@ static void await_done(struct session *s, enum upstream_finish how)
     finish_close(s);
 }
 
-/* Polled while CLOSE_AWAIT_SERVER: has the server acknowledged our FIN? */
+/* Polled while AWAIT_SERVER: has the server acknowledged our FIN? */
 static void await_poll(struct session *s)
 {
     uint64_t now = uv_now(s->host->loop);
@@ -1131,7 +1131,6 @@ static void log_close(struct session *s)
     log_write(LOG_INFO, "session closed", f, n);
 }
 
-/* Closes the client connection, abortively when the policy says so. */
 /* Reads and drops what the peer sent and nobody will read any more:
  * close() on a socket with unread input sends a reset instead of a FIN, and
  * the reset destroys what is still queued for the peer. Bounded: a peer
@@ -1147,6 +1146,7 @@ static void drain_input(struct session *s, uv_tcp_t *t)
             break;
 }
 
+/* Closes the client connection, abortively when the policy says so. */
 static void close_client(struct session *s)
 {
     if (uv_is_closing((uv_handle_t *)&s->client))

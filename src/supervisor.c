@@ -116,12 +116,6 @@ static void sd_watchdog_cb(uv_timer_t *t)
         notify_send("WATCHDOG=1");
 }
 
-void supervisor_log_invalid(const char *path, const struct config_errors *errs)
-{
-    for (size_t i = 0; i < errs->n; i++)
-        log_error("invalid config", LF_STR("file", path), LF_STR("error", errs->msgs[i]));
-}
-
 /* --- reload -------------------------------------------------------------- */
 
 static void reload_finished_cb(struct reload *rl, int ok)
@@ -345,7 +339,7 @@ static int bind_all(struct supervisor *sup, int *fds, size_t n_fds)
     struct sockaddr_storage admin_sa;
     struct config_errors errs = { 0 };
     int rc = listen_check(cfg, sup->rl.addrs, &admin_sa, &errs);
-    supervisor_log_invalid(sup->opts->config_path, &errs);
+    config_errors_log(sup->opts->config_path, &errs);
     config_errors_free(&errs);
     if (rc < 0)
         return EXIT_USAGE;

@@ -566,7 +566,7 @@ static void host_freed(struct session_host *h)
 
 static void close_all_sessions(struct worker *w)
 {
-    /* A closing session leaves the list (host_closed): take the head each time. */
+    /* A closing session leaves the list (host_closed): the next is taken first. */
     struct session_link *link, *next;
     for (link = LIST_FIRST(&w->sessions); link != NULL; link = next) {
         next = LIST_NEXT(link, list);
@@ -743,13 +743,22 @@ static int post(struct worker *to, struct request *r, enum registry_msg msg, uin
     return 0;
 }
 
-int worker_ask(struct worker *to, struct request *r) { return post(to, r, REGISTRY_MSG_GO, 0); }
+int worker_ask(struct worker *to, struct request *r)
+{
+    return post(to, r, REGISTRY_MSG_GO /* unused for a request */, 0);
+}
 
 void worker_deliver(void *ctx, struct session_ref to, enum registry_msg msg)
 {
     const struct worker_set *ws = ctx;
-    if (to.worker >= 0 && (size_t)to.worker < ws->n)
-        post(ws->w[to.worker], NULL, msg, to.id);
+    if (to.worker < 0 || (size_t)to.worker >= ws->n)
+        return;
+    /* ECANCELED: that worker's loop ended, and its sessions with it. A lost
+     * GO would leave a successor waiting for good: say so. */
+    int rc = post(ws->w[to.worker], NULL, msg, to.id);
+    if (rc == UV_ENOMEM)
+        log_error("registry message lost", LF_INT("worker", to.worker), LF_INT("session", to.id),
+                  LF_STR("error", uv_strerror(rc)));
 }
 
 static void wakeup_cb(uv_async_t *a)

@@ -157,6 +157,9 @@ struct config *config_ref(struct config *cfg);
 /* Drops one reference (thread-safe); the last one frees. NULL is a no-op. */
 void config_free(struct config *cfg);
 void config_errors_free(struct config_errors *errs);
+/* Logs each of errs as an `invalid config` error line naming the file (a
+ * start or a reload; --check prints the same messages as plain lines). */
+void config_errors_log(const char *path, const struct config_errors *errs);
 /* Appends one message (printf-style) to errs: for checks made outside the
  * parser. Returns 0 or -ENOMEM. */
 int config_errors_add(struct config_errors *errs, const char *fmt, ...)

@@ -8,8 +8,14 @@
 #include "lifeline/budget.h"
 #include "lifeline/config.h"
 #include "lifeline/metrics.h"
-#include "lifeline/supervisor.h"
 #include "lifeline/worker.h"
+
+/* Where the config comes from, and what the command line fixed. */
+struct supervisor_options {
+    const char *config_path; /* read again on SIGHUP */
+    int log_level_fixed;     /* --log-level was given: it wins over every config */
+    int log_format_fixed;    /* --log-format likewise */
+};
 
 /* The running config and what a reload needs to replace it. The
  * supervisor sets every field before the first reload_start(). */

@@ -42,8 +42,8 @@ struct kill_request {
 
 struct reload_request {
     struct request base;
-    /* The config (one reference per worker it was posted to), its listen
-     * addresses resolved, and the sockets to add: fds[worker * n_routes +
+    /* The config (the asker's reference, held until the request completes:
+     * a worker that serves it takes its own), its listen addresses resolved, and the sockets to add: fds[worker * n_routes +
      * route], -1 where the worker keeps its listener on that address. A
      * worker sets the entries it adopts to -1. */
     struct config *cfg;

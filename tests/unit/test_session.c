@@ -185,6 +185,9 @@ struct test_registry {
     struct registry *local; /* registry_local_new(), delivering to the host */
     int n_claim, n_release;
     int n_answer[REGISTRY_REFUSED + 1]; /* by enum registry_answer */
+    int pending;                        /* answer PENDING, as a remote backend would */
+    int refused_later;                  /* claims refused by a later message: none to release */
+    struct session_ref last_self;       /* the last claimant */
     struct identity ids[MAX_IDS];       /* every identity claimed */
     int n_ids;
 };
@@ -289,7 +292,9 @@ static enum registry_answer test_claim(struct registry *r, const struct identity
         known |= memcmp(&tr->ids[i], id, sizeof(*id)) == 0;
     if (!known && tr->n_ids < MAX_IDS)
         tr->ids[tr->n_ids++] = *id;
-    enum registry_answer a = registry_claim(tr->local, id, self, replace);
+    tr->last_self = self;
+    enum registry_answer a =
+        tr->pending ? REGISTRY_PENDING : registry_claim(tr->local, id, self, replace);
     tr->n_answer[a]++;
     return a;
 }
@@ -703,7 +708,7 @@ static void host_finish(struct host *t)
     assert_int_equal(atomic_load(&t->budget.buf_used), 0);
     assert_int_equal(atomic_load(&t->budget.fds_used), 0);
     /* Every claim was released: each identity is free for a newcomer. */
-    assert_int_equal(t->reg.n_release, t->reg.n_claim);
+    assert_int_equal(t->reg.n_release, t->reg.n_claim - t->reg.refused_later);
     for (int i = 0; i < t->reg.n_ids; i++) {
         struct session_ref probe = { .worker = t->h.id, .id = UINT64_MAX };
         assert_int_equal(registry_claim(t->reg.local, &t->reg.ids[i], probe, 0), REGISTRY_GO);
@@ -1032,6 +1037,57 @@ static void test_takeover_budget_spent_while_waiting(void **state)
     host_finish(&t);
 }
 
+/* An asynchronous backend (a registry shared between machines) answers a
+ * claim PENDING and decides later. Until it does the session waits and
+ * reaches no server; REFUSED closes it as rejected, with nothing to
+ * release; GO lets it connect, and its client's early bytes arrive. */
+static void pending_then(struct host *t, enum registry_msg answer)
+{
+    t->reg.pending = 1;
+    struct stream *c = start_session(t, CLIENT, 0);
+    c->to_send = 5000; /* held while the session waits */
+    assert_int_equal(t->reg.n_answer[REGISTRY_PENDING], 1);
+    for (int i = 0; i < 50; i++) /* a while: no server connection, no close */
+        step(t);
+    int fd = accept4(t->server_listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    assert_int_equal(fd, -1);
+    assert_int_equal(t->n_closed, 0);
+    host_deliver(t, t->reg.last_self, answer);
+    if (answer == REGISTRY_MSG_REFUSED) {
+        WAIT_UNTIL(t, t->n_freed == 1 && (c->eof || c->err != 0), "the refused session gone");
+        assert_int_equal(route_stat(t, RC_CLOSES + REASON_REJECTED), 1);
+        assert_int_equal(t->reg.n_release, 0);
+        t->reg.refused_later++;
+        return;
+    }
+    struct stream *s = accept_server(t, SERVER);
+    WAIT_UNTIL(t, s->rcvd == 5000, "the client's early bytes at the server");
+    stream_close(c);
+    stream_close(s);
+    WAIT_UNTIL(t, t->n_freed == 1, "the session gone");
+    assert_int_equal(t->reg.n_release, 1);
+}
+
+static void test_pending_then_refused(void **state)
+{
+    (void)state;
+    static struct host t;
+    host_init(&t, &(struct route_opts){
+                      .family = AF_INET, .buffer_bytes = 1048576, .identity = "address" });
+    pending_then(&t, REGISTRY_MSG_REFUSED);
+    host_finish(&t);
+}
+
+static void test_pending_then_go(void **state)
+{
+    (void)state;
+    static struct host t;
+    host_init(&t, &(struct route_opts){
+                      .family = AF_INET, .buffer_bytes = 1048576, .identity = "address" });
+    pending_then(&t, REGISTRY_MSG_GO);
+    host_finish(&t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1042,6 +1098,8 @@ int main(void)
         cmocka_unit_test(test_connect_refused),
         cmocka_unit_test(test_takeover),
         cmocka_unit_test(test_takeover_budget_spent_while_waiting),
+        cmocka_unit_test(test_pending_then_refused),
+        cmocka_unit_test(test_pending_then_go),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
