@@ -12,6 +12,11 @@
 #include "lifeline/listen.h"
 #include "lifeline/supervisor.h"
 
+/* " debug info warn error", " text json": from the one list of each. */
+#define NAME_WORD_(id, name) " " name
+#define LEVEL_NAMES LOG_LEVELS(NAME_WORD_)
+#define FORMAT_NAMES LOG_FORMATS(NAME_WORD_)
+
 static const char usage[] =
     "Usage: lifeline [options]\n"
     "       lifeline probe [--timeout MS] URL\n"
@@ -23,8 +28,8 @@ static const char usage[] =
     "  -c, --config FILE      configuration file (default: $LIFELINE_CONFIG,\n"
     "                         else " CONFIG_DEFAULT_PATH ")\n"
     "      --check            validate the configuration, print ok or every error\n"
-    "      --log-level LEVEL  debug, info, warn or error (overrides the config)\n"
-    "      --log-format FMT   text or json (overrides the config)\n"
+    "      --log-level LEVEL  one of" LEVEL_NAMES " (overrides the config)\n"
+    "      --log-format FMT   one of" FORMAT_NAMES " (overrides the config)\n"
     "  -h, --help             show this help\n"
     "  -V, --version          show the version\n"
     "\n"
@@ -81,13 +86,14 @@ int main(int argc, char **argv)
             break;
         case OPT_LOG_LEVEL:
             if (log_level_parse(optarg, &level) < 0)
-                return usage_error("--log-level: expected debug, info, warn or error, got \"%s\"",
+                return usage_error("--log-level: expected one of" LEVEL_NAMES ", got \"%s\"",
                                    optarg);
             have_level = 1;
             break;
         case OPT_LOG_FORMAT:
             if (log_format_parse(optarg, &format) < 0)
-                return usage_error("--log-format: expected text or json, got \"%s\"", optarg);
+                return usage_error("--log-format: expected one of" FORMAT_NAMES ", got \"%s\"",
+                                   optarg);
             have_format = 1;
             break;
         case 'h':
