@@ -261,22 +261,32 @@ static void set_state(struct session *s, enum session_state next)
     s->state = next;
 }
 
+/* Adds a member under a constant key (not copied: one allocation fewer). */
+static int add(cJSON *o, const char *key, cJSON *item)
+{
+    if (item == NULL || !cJSON_AddItemToObjectCS(o, key, item)) {
+        cJSON_Delete(item);
+        return 0;
+    }
+    return 1;
+}
+
 cJSON *session_describe(const struct session *s)
 {
     char client[ADDR_STR_MAX];
     uint64_t now = uv_now(s->host->loop);
     cJSON *o = cJSON_CreateObject();
     /* Numbers are doubles in cJSON: exact up to 2^53, far beyond any count here. */
-    if (o == NULL || !cJSON_AddNumberToObject(o, "id", (double)s->id) ||
-        !cJSON_AddStringToObject(o, "route", s->route->name) ||
-        !cJSON_AddNumberToObject(o, "worker", s->host->id) ||
-        !cJSON_AddStringToObject(o, "client", addr_format(&s->peer.sa, client, sizeof(client))) ||
-        !cJSON_AddNumberToObject(o, "upstream_local_port", s->upstream_port) ||
-        !cJSON_AddStringToObject(o, "state", phase_names[state_phase[s->state]]) ||
-        !cJSON_AddNumberToObject(o, "bytes_from_client", (double)s->up.bytes) ||
-        !cJSON_AddNumberToObject(o, "bytes_from_server", (double)s->down.bytes) ||
-        !cJSON_AddNumberToObject(o, "age_ms", (double)(now - s->started_ms)) ||
-        !cJSON_AddNumberToObject(o, "client_idle_ms", (double)(now - s->last_rx_ms))) {
+    if (o == NULL || !add(o, "id", cJSON_CreateNumber((double)s->id)) ||
+        !add(o, "route", cJSON_CreateString(s->route->name)) ||
+        !add(o, "worker", cJSON_CreateNumber(s->host->id)) ||
+        !add(o, "client", cJSON_CreateString(addr_format(&s->peer.sa, client, sizeof(client)))) ||
+        !add(o, "upstream_local_port", cJSON_CreateNumber(s->upstream_port)) ||
+        !add(o, "state", cJSON_CreateString(phase_names[state_phase[s->state]])) ||
+        !add(o, "bytes_from_client", cJSON_CreateNumber((double)s->up.bytes)) ||
+        !add(o, "bytes_from_server", cJSON_CreateNumber((double)s->down.bytes)) ||
+        !add(o, "age_ms", cJSON_CreateNumber((double)(now - s->started_ms))) ||
+        !add(o, "client_idle_ms", cJSON_CreateNumber((double)(now - s->last_rx_ms)))) {
         cJSON_Delete(o);
         return NULL;
     }

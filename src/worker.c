@@ -639,21 +639,30 @@ uint64_t worker_stalled_ms(struct worker *w)
     return now > last + TICK_MS ? now - last - TICK_MS : 0;
 }
 
-/* Every session of this worker as a JSON array, or NULL on ENOMEM. */
+/* Every session of this worker as a JSON array, or NULL on ENOMEM. One
+ * session's object at a time: a large list costs its text, not a tree. */
 static char *describe_all(struct worker *w)
 {
-    cJSON *all = cJSON_CreateArray();
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    if (f == NULL)
+        return NULL;
+    int n = 0;
+    fputc('[', f);
     struct session_link *link;
     LIST_FOREACH (link, &w->sessions, list) {
-        cJSON *one = all != NULL ? session_describe(session_of_link(link)) : NULL;
-        if (one == NULL || !cJSON_AddItemToArray(all, one)) {
-            cJSON_Delete(one);
-            cJSON_Delete(all);
-            return NULL;
-        }
+        char one[SESSION_JSON_MAX];
+        cJSON *o = session_describe(session_of_link(link));
+        if (o != NULL && cJSON_PrintPreallocated(o, one, sizeof(one), 0))
+            fprintf(f, "%s%s", n++ > 0 ? "," : "", one);
+        cJSON_Delete(o);
     }
-    char *text = all != NULL ? cJSON_PrintUnformatted(all) : NULL;
-    cJSON_Delete(all);
+    fputc(']', f);
+    if (fclose(f) != 0) {
+        free(text);
+        return NULL;
+    }
     return text;
 }
 

@@ -109,7 +109,9 @@ const struct sockaddr *session_peer(const struct session *s);
 struct session_link *session_link(struct session *s);
 struct session *session_of_link(struct session_link *l);
 
-/* The session as a JSON object (admin /sessions), or NULL on ENOMEM. */
+/* The session as a JSON object (admin /sessions), or NULL on ENOMEM.
+ * Printed unformatted, it always fits SESSION_JSON_MAX bytes. */
+#define SESSION_JSON_MAX 512
 cJSON *session_describe(const struct session *s);
 
 #endif
