@@ -448,7 +448,10 @@ class Overload(AdminCase):
     SESSIONS = 2000
 
     def idle_sessions(self, d, echo, n):
-        raise_nofile(4 * n + 500)
+        soft = raise_nofile(4 * n + 500)
+        if soft < 2 * n + 500:
+            # A container's 1,024: the answers would be too small to stall.
+            self.skipTest(f"needs {2 * n + 500} descriptors for {n} sessions; the limit is {soft}")
         port = listen_port(d)
         socks = [self.client(port, timeout=scaled(10)) for _ in range(n)]
         wait_until(lambda: self.metrics(d).get("lifeline_sessions_active", route="r") == n,
