@@ -122,3 +122,15 @@ format-check:
 	$(call install_missing,clang-format,exit 1)
 	clang-format --dry-run --Werror $(FORMAT_FILES)
 # ---- end format ----
+
+# ---- test-container: the image built and run for real (tests/container/) ----
+# Installs podman, runc and mmdebstrap when run as root and missing; skips
+# with a message where no container engine can be set up.
+CONTAINER_DEPS = podman runc mmdebstrap
+
+.PHONY: test-container
+test-container:
+	$(call install_missing,$(CONTAINER_DEPS),echo "test-container: skipped: missing $(CONTAINER_DEPS)"; exit 0)
+	@python3 tests/container/test_image.py; rc=$$?; \
+	  if [ $$rc -eq 77 ]; then echo "test-container: skipped (see above)"; exit 0; fi; exit $$rc
+# ---- end test-container ----
