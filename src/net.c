@@ -117,6 +117,16 @@ void net_set_nodelay(int fd)
     (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
+void net_drain_input(int fd, char *buf, size_t len, size_t max)
+{
+    for (size_t got = 0; got < max;) {
+        ssize_t n = recv(fd, buf, len, MSG_DONTWAIT);
+        if (n <= 0)
+            return;
+        got += (size_t)n;
+    }
+}
+
 int net_was_reset(int fd)
 {
     int err = 0;

@@ -86,8 +86,8 @@
 #define UPSTREAM_STABLE_MS 1000
 /* The smallest read, when the direction is close to buffer_bytes. */
 #define READ_MIN 1024
-/* Reads of unread input before a graceful close (of up to POOL_READ_SIZE). */
-#define DRAIN_READS_MAX 4
+/* Unread input read and dropped before a graceful close, at most. */
+#define DRAIN_BYTES_MAX (4 * POOL_READ_SIZE)
 
 /* Every step of a session is a state of its own, moved only by
  * set_state(); `timer` serves the state it is in, as the comments say.
@@ -1151,9 +1151,7 @@ static void drain_input(struct session *s, uv_tcp_t *t)
     char *buf = pool_read_buffer(s->host->pool);
     if (buf == NULL || uv_fileno((uv_handle_t *)t, &fd) != 0)
         return;
-    for (int i = 0; i < DRAIN_READS_MAX; i++)
-        if (recv(fd, buf, POOL_READ_SIZE, MSG_DONTWAIT) <= 0)
-            break;
+    net_drain_input(fd, buf, POOL_READ_SIZE, DRAIN_BYTES_MAX);
 }
 
 /* Closes the client connection, abortively when the policy says so. */

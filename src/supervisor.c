@@ -267,6 +267,7 @@ static void start_workers(struct supervisor *sup, int *fds)
                 log_error("cannot start worker", LF_INT("worker", i),
                           LF_STR("error", uv_strerror(rc)));
             worker_destroy(w);
+            sup->workers.w[i] = NULL; /* freed: nothing may post to it */
             sup->exit_code = EXIT_RUNTIME;
             continue;
         }

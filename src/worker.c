@@ -208,12 +208,8 @@ static void refuse(struct worker *w, const struct route_config *route, int fd)
         setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
     } else {
         char *buf = pool_read_buffer(&w->pool);
-        for (size_t got = 0; buf != NULL && got < DENY_DRAIN_BYTES;) {
-            ssize_t n = recv(fd, buf, POOL_READ_SIZE, MSG_DONTWAIT);
-            if (n <= 0)
-                break;
-            got += (size_t)n;
-        }
+        if (buf != NULL)
+            net_drain_input(fd, buf, POOL_READ_SIZE, DENY_DRAIN_BYTES);
     }
     close(fd);
 }
@@ -760,7 +756,7 @@ int worker_ask(struct worker *to, struct request *r)
 void worker_deliver(void *ctx, struct session_ref to, enum registry_msg msg)
 {
     const struct worker_set *ws = ctx;
-    if (to.worker < 0 || (size_t)to.worker >= ws->n)
+    if (to.worker < 0 || (size_t)to.worker >= ws->n || ws->w[to.worker] == NULL)
         return;
     /* ECANCELED: that worker's loop ended, and its sessions with it. A lost
      * GO would leave a successor waiting for good: say so. */

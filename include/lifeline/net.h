@@ -2,6 +2,7 @@
 #ifndef LIFELINE_NET_H
 #define LIFELINE_NET_H
 
+#include <stddef.h>
 #include <sys/socket.h>
 
 /* Resolves a listen "host" (IP literal or name) with getaddrinfo(). Blocking:
@@ -27,6 +28,11 @@ int net_upstream_socket(int family, const struct sockaddr *source);
 
 /* TCP_NODELAY on; errors ignored (a socket that refuses it still relays). */
 void net_set_nodelay(int fd);
+
+/* Reads and drops up to `max` bytes the peer sent and nobody will read, in
+ * reads of up to `len` into buf, without blocking: close() on a socket with
+ * unread input sends a reset instead of a FIN. */
+void net_drain_input(int fd, char *buf, size_t len, size_t max);
 
 /* Did the peer reset this connection? After a reset, read() can report a
  * plain EOF while the error is still pending on the socket (SO_ERROR). */
