@@ -312,6 +312,10 @@ class Protocol(AdminCase):
         d = self.start_lifeline(with_admin(config([route(free_port(), [echo.port])],
                                                   workers=2)))
         port = admin_port(d)
+        # The endpoint is logged as itself, not as a route named "admin".
+        self.assertEqual([x["address"] for x in d.find("admin listening")],
+                         [f"{LOOPBACK}:{port}"])
+        self.assertEqual([x["route"] for x in d.find("listening")], ["r"])
 
         r = self.get(d, "/healthz")
         self.assertEqual((r.status, r.body), (200, b"ok\n"), r)
