@@ -123,14 +123,25 @@ format-check:
 	clang-format --dry-run --Werror $(FORMAT_FILES)
 # ---- end format ----
 
-# ---- test-container: the image built and run for real (tests/container/) ----
-# Installs podman, runc and mmdebstrap when run as root and missing; skips
-# with a message where no container engine can be set up.
-CONTAINER_DEPS = podman runc mmdebstrap
+# ---- test-container: the shipped packaging run for real (tests/container/) ----
+# The image, the k8s sidecar (podman kube play), the compose file
+# (podman-compose), the systemd unit under a real systemd and the Debian
+# package, in that order; each test is tests/container/test_X.py.
+# Installs podman, runc, mmdebstrap, podman-compose and debhelper when run as
+# root and missing; skips with a message where no container engine can be
+# set up. CONTAINER_TESTS="image deb" runs only those.
+CONTAINER_DEPS  = podman runc mmdebstrap podman-compose debhelper
+CONTAINER_TESTS ?= image
 
 .PHONY: test-container
 test-container:
 	$(call install_missing,$(CONTAINER_DEPS),echo "test-container: skipped: missing $(CONTAINER_DEPS)"; exit 0)
-	@python3 tests/container/test_image.py; rc=$$?; \
-	  if [ $$rc -eq 77 ]; then echo "test-container: skipped (see above)"; exit 0; fi; exit $$rc
+	@start=$$(date +%s); failed=""; \
+	  for t in $(CONTAINER_TESTS); do \
+	    python3 tests/container/test_$$t.py; rc=$$?; \
+	    if [ $$rc -eq 77 ]; then echo "test-container: $$t skipped (see above)"; \
+	    elif [ $$rc -ne 0 ]; then failed="$$failed $$t"; fi; \
+	  done; \
+	  echo "test-container: done in $$(( $$(date +%s) - start )) s"; \
+	  if [ -n "$$failed" ]; then echo "test-container: FAILED:$$failed"; exit 1; fi
 # ---- end test-container ----

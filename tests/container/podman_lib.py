@@ -1,0 +1,220 @@
+"""What the container tests (`make test-container`) share: podman set up for
+this kind of machine, and the images they build.
+
+Every adaptation to the machine lives here, never in the shipped files (a
+machine with Docker and a registry needs none of it):
+- podman with the runc runtime (crun refuses a hybrid cgroup layout);
+- base images pulled when a registry answers, else made locally: the
+  debian:bookworm-slim base with mmdebstrap (about 40 s, once per machine),
+  and stand-ins built on it for the other public images the shipped files
+  name (see ensure_stand_in());
+- --ulimit at the host's hard limits (without CAP_SYS_RESOURCE the runtime
+  cannot raise them);
+- images built with --format docker (an OCI image drops HEALTHCHECK) and
+  --network host (apt-get inside the build reaches the Debian mirror).
+
+Images, built once per machine and reused (layer cache):
+- IMAGE: docker/Dockerfile, built by test_image.py (its build stage runs the
+  test suite); ensure_lifeline_image() builds it for the others if missing;
+- SYSTEMD_IMAGE: tests/container/systemd.Containerfile, Debian 12 with
+  systemd as PID 1 and lifeline's three runtime libraries.
+"""
+
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "lib"))
+from lifeline_testlib import REPO, wait_until  # noqa: E402,F401
+
+BASE = "docker.io/library/debian:bookworm-slim"
+IMAGE = "localhost/lifeline:test"
+SYSTEMD_IMAGE = "localhost/lifeline-systemd:test"
+SKIP = 77
+
+_prefix = "test-container"
+
+
+def set_prefix(name):
+    global _prefix
+    _prefix = name
+
+
+def log(msg):
+    print(f"[{_prefix}] {msg}", flush=True)
+
+
+def run(*args, check=True, timeout=900, quiet=False, **kw):
+    if not quiet:
+        log("$ " + " ".join(args))
+    return subprocess.run(args, check=check, timeout=timeout, text=True, **kw)
+
+
+def podman(*args, **kw):
+    return run("podman", "--runtime", "runc", *args, **kw)
+
+
+def podman_out(*args, **kw):
+    """podman's stdout, stripped; quiet unless asked."""
+    kw.setdefault("quiet", True)
+    return podman(*args, capture_output=True, **kw).stdout.strip()
+
+
+def check(cond, what):
+    if not cond:
+        raise AssertionError(what)
+    log(f"ok: {what}")
+
+
+def engine_ready():
+    """Why no container can run here, or None."""
+    for tool in ("podman", "runc"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (as root, `make test-container` installs it)"
+    try:
+        podman("info", stdout=subprocess.DEVNULL, timeout=60, quiet=True)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+        return f"podman cannot run here: {e}"
+    return None
+
+
+def image_exists(ref):
+    return podman("image", "exists", ref, check=False, quiet=True).returncode == 0
+
+
+def try_pull(ref):
+    return podman("pull", "-q", ref, check=False, timeout=120, stdout=subprocess.DEVNULL,
+                  stderr=subprocess.DEVNULL).returncode == 0
+
+
+def ensure_base():
+    """debian:bookworm-slim: present, pulled, or made with mmdebstrap."""
+    if image_exists(BASE) or try_pull(BASE):
+        return
+    if shutil.which("mmdebstrap") is None:
+        raise SystemExit(f"no {BASE} and no registry: install mmdebstrap")
+    with tempfile.TemporaryDirectory() as tmp:
+        tar = os.path.join(tmp, "bookworm.tar")
+        run("mmdebstrap", "--variant=minbase", "--format=tar", "bookworm", tar,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        podman("import", tar, BASE, stdout=subprocess.DEVNULL)
+
+
+def ulimits():
+    args = []
+    for name, res in (("nofile", resource.RLIMIT_NOFILE), ("nproc", resource.RLIMIT_NPROC)):
+        hard = resource.getrlimit(res)[1]
+        if hard == resource.RLIM_INFINITY:
+            hard = 1048576
+        if name == "nproc":
+            hard = min(hard, 32768)
+        args += ["--ulimit", f"{name}={hard}:{hard}"]
+    return args
+
+
+def build(containerfile, tag, context=REPO, extra=()):
+    t0 = time.monotonic()
+    podman("build", "--format", "docker", "--network", "host", *ulimits(), *extra,
+           "-f", containerfile, "-t", tag, context)
+    log(f"{tag} built in {time.monotonic() - t0:.0f} s")
+
+
+def ensure_lifeline_image():
+    """The image of docker/Dockerfile (test_image.py builds it first in a
+    `make test-container` run; the layer cache makes this quick then)."""
+    ensure_base()
+    if not image_exists(IMAGE):
+        build(os.path.join(REPO, "docker", "Dockerfile"), IMAGE)
+
+
+def ensure_systemd_image():
+    ensure_base()
+    if not image_exists(SYSTEMD_IMAGE):
+        build(os.path.join(HERE, "systemd.Containerfile"), SYSTEMD_IMAGE, context=HERE)
+
+
+def ensure_stand_in(ref, packages):
+    """A public image a shipped file names (python:3.11-slim-bookworm, say):
+    pulled when a registry answers; else a stand-in, debian:bookworm-slim with
+    PACKAGES installed, tagged with that name in the local store only."""
+    if image_exists(ref) or try_pull(ref):
+        return
+    ensure_base()
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "Containerfile"), "w") as f:
+            f.write(f"FROM {BASE}\n"
+                    "RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y"
+                    f" --no-install-recommends {' '.join(packages)}"
+                    " && rm -rf /var/lib/apt/lists/*\n")
+        log(f"no registry: {ref} is a local stand-in (bookworm + {' '.join(packages)})")
+        build(os.path.join(tmp, "Containerfile"), ref, context=tmp)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class EchoServer(threading.Thread):
+    """Echoes every connection on 127.0.0.1, on a port of its own."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+
+    def run(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.echo, args=(c,), daemon=True).start()
+
+    @staticmethod
+    def echo(c):
+        with c:
+            while True:
+                data = c.recv(65536)
+                if not data:
+                    return
+                c.sendall(data)
+
+
+def echo_through(port, size=256 * 1024, host="127.0.0.1"):
+    """Sends SIZE random bytes to HOST:PORT, half-closes, and returns
+    (sent, received) once the peer's EOF arrives."""
+    data = os.urandom(size)
+    with socket.create_connection((host, port), timeout=10) as c:
+        c.sendall(data)
+        c.shutdown(socket.SHUT_WR)
+        got = b""
+        while True:
+            chunk = c.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+    return data, got
+
+
+def main_wrapper(main):
+    """Runs MAIN: exit 0, 77 (skipped, with the reason) or 1 (failed)."""
+    try:
+        why = engine_ready()
+        if why is not None:
+            print(f"{_prefix}: skipped: {why}", file=sys.stderr)
+            sys.exit(SKIP)
+        sys.exit(main())
+    except (AssertionError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+        print(f"{_prefix}: FAILED: {e}", file=sys.stderr)
+        sys.exit(1)
