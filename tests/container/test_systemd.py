@@ -50,6 +50,13 @@ def install_commands():
     return cmds
 
 
+def readme_commands():
+    """The commands of the README's "Running under systemd" code block."""
+    text = open(os.path.join(REPO, "README.md")).read()
+    block = text.split("## Running under systemd", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+
+
 def sh(cmd, check=True, timeout=120, quiet=False):
     """CMD in the container's shell, in the checkout; returns the result."""
     if not quiet:
@@ -148,6 +155,8 @@ def main():
         cmds = install_commands()
         check(len(cmds) >= 6 and cmds[-1] == "systemctl enable --now lifeline",
               f"the unit file's install comment gives {len(cmds)} commands")
+        check(readme_commands()[:len(cmds)] == [re.sub(r"\s+", " ", c) for c in cmds],
+              "the README's systemd install commands are the unit file's")
         for cmd in cmds:
             r = sh(cmd, check=False)
             check(r.returncode == 0, f"`{cmd}` exit 0 {r.stderr.strip()}")
@@ -235,6 +244,11 @@ def main():
         check(f"eof {accepted}" in server_events(),
               "the server saw EOF (FIN, not a reset) on the drained session")
         held.close()
+
+        m = re.search(r"Overall exposure level for lifeline.service: ([\d.]+)",
+                      out("systemd-analyze security lifeline --no-pager", check=False))
+        check(m is not None and float(m.group(1)) <= 2.0,
+              f"systemd-analyze security rates the sandbox {m and m.group(1)} (at most 2.0)")
     finally:
         if os.environ.get("LIFELINE_KEEP_CONTAINER"):
             log(f"keeping {NAME}")
