@@ -145,3 +145,43 @@ test-container:
 	  echo "test-container: done in $$(( $$(date +%s) - start )) s"; \
 	  if [ -n "$$failed" ]; then echo "test-container: FAILED:$$failed"; exit 1; fi
 # ---- end test-container ----
+
+# ---- deb: the Debian package (debian/) ----
+# Builds DEB_BUILD/lifeline_VERSION_ARCH.deb (build-deb/lifeline_0.1.0_amd64.deb
+# on amd64) with dpkg-buildpackage out of a copy of the working tree (the
+# files git tracks or would track, as they are now), so that the source tree
+# gets no build files and its parent directory no .deb; prints the path.
+# A failed build leaves its copy in DEB_BUILD/src to look into.
+# VERSION is CMakeLists.txt's project(VERSION): debian/rules fails the build
+# when debian/changelog says another. Installs the build dependencies
+# (debian/control's Build-Depends) when run as root and missing.
+DEB_BUILD        ?= build-deb
+DEB_CMAKE_VERSION = $(shell sed -n 's/^project(lifeline VERSION \([^ )]*\).*/\1/p' CMakeLists.txt)
+DEB_ARCH          = $(shell dpkg --print-architecture)
+DEB_FILE          = $(DEB_BUILD)/lifeline_$(DEB_CMAKE_VERSION)_$(DEB_ARCH).deb
+DEB_DEPS          = build-essential dpkg-dev $(shell awk '/^[^ ]/{f=/^Build-Depends:/} f' debian/control \
+                      | sed 's/^Build-Depends://' | tr ',' '\n' | sed 's/(.*)//; s/\[.*\]//; s/<.*>//; s/[[:space:]]//g' \
+                      | sed 's/^debhelper-compat$$/debhelper/; s/^dh-sequence-.*/debhelper/' | sort -u)
+
+.PHONY: deb deb-clean
+deb:
+	$(call install_missing,$(DEB_DEPS),exit 1)
+	@test -n "$(DEB_CMAKE_VERSION)" || { echo "deb: no project(lifeline VERSION X.Y.Z) in CMakeLists.txt" >&2; exit 1; }
+	@start=$$(date +%s); src=$(DEB_BUILD)/src/lifeline-$(DEB_CMAKE_VERSION); \
+	  set -e; rm -rf $(DEB_BUILD); mkdir -p $$src; \
+	  if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
+	    git ls-files -z --cached --others --exclude-standard \
+	      | tar --null --files-from=- --ignore-failed-read -cf - | tar -xf - -C $$src; \
+	  else \
+	    tar --exclude=./build --exclude='./build-*' -cf - . | tar -xf - -C $$src; \
+	  fi; \
+	  (cd $$src && dpkg-buildpackage -us -uc -b); \
+	  mv $(DEB_BUILD)/src/*.deb $(DEB_BUILD)/src/*.buildinfo $(DEB_BUILD)/src/*.changes $(DEB_BUILD)/; \
+	  rm -rf $(DEB_BUILD)/src; \
+	  test -f $(DEB_FILE); \
+	  echo "deb: built in $$(( $$(date +%s) - start )) s: $(DEB_FILE)"
+
+clean: deb-clean
+deb-clean:
+	rm -rf $(DEB_BUILD)
+# ---- end deb ----
