@@ -51,9 +51,9 @@ def install_commands():
 
 
 def readme_commands():
-    """The commands of the README's "Running under systemd" code block."""
+    """The commands of the README's "Install from source" code block."""
     text = open(os.path.join(REPO, "README.md")).read()
-    block = text.split("## Running under systemd", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    block = text.split("### Install from source", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
     return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
 
 
