@@ -11,7 +11,11 @@ machine with Docker and a registry needs none of it):
 - --ulimit at the host's hard limits (without CAP_SYS_RESOURCE the runtime
   cannot raise them);
 - images built with --format docker (an OCI image drops HEALTHCHECK) and
-  --network host (apt-get inside the build reaches the Debian mirror).
+  --network host (apt-get inside the build reaches the Debian mirror);
+- for podman driven by another tool (podman kube play, podman-compose), the
+  runtime and ulimits in a CONTAINERS_CONF file (use_engine_conf()), and podman
+  run in a network namespace of the test's own (NetNS), where the ports those
+  tools publish on 0.0.0.0 stay.
 
 Images, built once per machine and reused (layer cache):
 - IMAGE: docker/Dockerfile, built by test_image.py (its build stage runs the
@@ -20,6 +24,7 @@ Images, built once per machine and reused (layer cache):
   systemd as PID 1 and lifeline's three runtime libraries.
 """
 
+import json
 import os
 import resource
 import shutil
@@ -218,3 +223,132 @@ def main_wrapper(main):
     except (AssertionError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
         print(f"{_prefix}: FAILED: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+# --------------------------------------------------------------------------
+# For the tests that let another tool drive podman (test_kube.py: podman kube
+# play; test_compose.py: podman-compose): neither passes --runtime or --ulimit
+# through, and both publish ports on 0.0.0.0 of the network namespace podman
+# runs in.
+
+
+def use_engine_conf(directory):
+    """Points every podman this process starts, also those podman-compose
+    starts, at a containers.conf written in DIRECTORY: the runc runtime, and
+    default ulimits at the host's hard limits, what podman() and ulimits()
+    pass on the command line."""
+    path = os.path.join(directory, "containers.conf")
+    limits = ", ".join(f'"{v}"' for v in ulimits()[1::2])
+    with open(path, "w") as f:
+        f.write(f'[containers]\ndefault_ulimits = [{limits}]\n\n[engine]\nruntime = "runc"\n')
+    os.environ["CONTAINERS_CONF"] = path
+    return path
+
+
+def netns_ready():
+    """Why this process cannot make a network namespace of its own, or None."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    for tool in ("ip", "nsenter"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    return None
+
+
+class NetNS:
+    """A network namespace of the test's own, loopback only, in which podman
+    runs (`with NetNS("lifeline-test-x") as ns: ns.podman(...)`): the bridges,
+    the published ports (0.0.0.0 of this namespace), the iptables rules and
+    aardvark-dns that podman sets up are in it, and go with it.
+
+    nsenter, not `ip netns exec`: the latter also remounts /sys, which hides
+    /sys/fs/cgroup from podman. Run every podman command that can set up or
+    tear down a container's network (run, start, stop, rm, kube play/down, pod
+    stop/rm, podman-compose) through it; logs, exec and inspect need not."""
+
+    def __init__(self, name):
+        self.name = f"{name}-{os.getpid()}"
+        self.path = f"/run/netns/{self.name}"
+
+    def __enter__(self):
+        run("ip", "netns", "add", self.name)
+        run("ip", "-n", self.name, "link", "set", "lo", "up", quiet=True)
+        return self
+
+    def __exit__(self, *exc):
+        run("ip", "netns", "del", self.name, check=False)
+
+    def run(self, *args, **kw):
+        return run("nsenter", f"--net={self.path}", *args, **kw)
+
+    def popen(self, *args, **kw):
+        log(f"$ nsenter --net={self.path} " + " ".join(args) + " &")
+        return subprocess.Popen(["nsenter", f"--net={self.path}", *args], text=True, **kw)
+
+    def podman(self, *args, **kw):
+        return self.run("podman", "--runtime", "runc", *args, **kw)
+
+
+def load_yaml(path):
+    """The documents of a YAML file: with PyYAML, or through the system python,
+    which has it wherever podman-compose is installed."""
+    try:
+        import yaml
+    except ImportError:
+        out = run("/usr/bin/python3", "-c",
+                  "import json, sys, yaml; "
+                  "print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
+                  path, capture_output=True, quiet=True).stdout
+        return json.loads(out)
+    with open(path) as f:
+        return list(yaml.safe_load_all(f))
+
+
+def image_ref(name):
+    """The full reference podman gives an image a file names without a
+    registry: library images on docker.io, others in the local store
+    (python:3.11-slim-bookworm -> docker.io/library/python:...,
+    lifeline:latest -> localhost/lifeline:latest)."""
+    if "/" in name.split(":")[0]:
+        return name
+    if name.split(":")[0] in ("python", "debian"):
+        return f"docker.io/library/{name}"
+    return f"localhost/{name}"
+
+
+def tag_lifeline_image(name):
+    """IMAGE (built if missing) under the name a shipped file gives it."""
+    ensure_lifeline_image()
+    podman("tag", IMAGE, image_ref(name), quiet=True)
+
+
+def container_logs(name):
+    """A container's log, stdout then stderr (lifeline logs on stderr)."""
+    r = podman("logs", name, capture_output=True, check=False, quiet=True)
+    return r.stdout + r.stderr
+
+
+def json_lines(text):
+    out = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+    return out
+
+
+def exit_code(name):
+    return podman_out("inspect", name, "--format", "{{.State.ExitCode}}")
+
+
+def died_exit_code(cid, since):
+    """The exit code of container CID's last death since SINCE (a podman
+    events time), read from podman's events, which outlive the container;
+    None if it has not died."""
+    out = podman_out("events", "--stream=false", "--since", since, "--filter",
+                     f"container={cid}", "--filter", "event=died", "--format",
+                     "{{.ContainerExitCode}}")
+    codes = out.split()
+    return codes[-1] if codes else None
