@@ -29,7 +29,7 @@ does in its place:
   as PID 1 has not: the test runs each probe itself;
 - terminationGracePeriodSeconds is ignored (stop timeout 10 s), and `kube
   down` stops the Pod with SIGKILL at once (podman issue 22397, fixed in
-  podman 5.1): the test stops the Pod with `podman pod stop -t <the grace
+  2024 by pull request 22398): the test stops the Pod with `podman pod stop -t <the grace
   period>` first, as an operator of podman 4.3 must;
 - kube down leaves the ConfigMap's volume: the test removes it.
 Exit 0 on success, 77 with a message when no container engine or network
