@@ -22,6 +22,7 @@ import os
 import re
 import subprocess
 import time
+from datetime import datetime, timezone
 
 from podman_lib import (REPO, SYSTEMD_IMAGE, check, ensure_systemd_image, log, main_wrapper,
                         podman, podman_out, set_prefix, ulimits, wait_until)
@@ -161,12 +162,17 @@ def main():
             r = sh(cmd, check=False)
             check(r.returncode == 0, f"`{cmd}` exit 0 {r.stderr.strip()}")
         check(out("systemctl is-active lifeline", check=False) == "active", "the unit is active")
-        entries = [json.loads(x) for x in out("journalctl -u lifeline -o json").splitlines()]
-        ready = [int(e["__MONOTONIC_TIMESTAMP"]) for e in entries
-                 if re.search(r" info ready ", e.get("MESSAGE", ""))]
-        active_at = int(prop("ActiveEnterTimestampMonotonic"))
-        check(len(ready) == 1 and ready[0] <= active_at,
-              f"active at {active_at} us, after the ready line at {ready} (Type=notify)")
+        # lifeline's own timestamp of its ready line (taken before it sends
+        # READY=1), against the moment systemd made the unit active; the
+        # journal's receive times of the two cannot be ordered.
+        stamps = re.findall(r"^(\S+) info ready ", journal(), re.M)
+        active = out("systemctl show -p ActiveEnterTimestamp --value --timestamp=us+utc lifeline")
+        active_ms = datetime.strptime(active, "%a %Y-%m-%d %H:%M:%S.%f UTC").replace(
+            tzinfo=timezone.utc).timestamp() * 1000
+        ready_ms = [datetime.strptime(t, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+            tzinfo=timezone.utc).timestamp() * 1000 for t in stamps]
+        check(len(ready_ms) == 1 and int(ready_ms[0]) <= int(active_ms),
+              f"active at {active}, not before the ready line at {stamps} (Type=notify)")
         check(echo_ok(5000), "the shipped config relays 0.0.0.0:5000 to 127.0.0.1:6000")
 
         # -- the sandbox leaves every feature working
