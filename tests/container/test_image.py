@@ -79,6 +79,21 @@ def main():
                         capture_output=True).stdout.strip()
         check(status == "healthy", f"podman reports the container {status}")
 
+        bins = podman("run", "--rm", *ulimits(), "--network", "none", "--entrypoint", "/bin/sh",
+                      IMAGE, "-c", "ls /var/cache/apt/ | grep -c '[.]bin$' || true",
+                      capture_output=True).stdout.strip()
+        check(bins == "0", f"no apt package caches left in the image ({bins} .bin files)")
+        # The README's --check command: a mounted file with ${UPSTREAM}, -e UPSTREAM.
+        with open(os.path.join(tmp, "c.json"), "w") as f:
+            json.dump({"routes": [{"name": "r", "listen": "0.0.0.0:5000",
+                                   "upstream": {"servers": ["${UPSTREAM}"]}}]}, f)
+        os.chmod(os.path.join(tmp, "c.json"), 0o644)
+        r = podman("run", "--rm", *ulimits(), "--network", "none", "-v",
+                   f"{os.path.join(tmp, 'c.json')}:/c.json:ro", "-e", "UPSTREAM=10.0.0.5:6000",
+                   IMAGE, "--check", "-c", "/c.json", capture_output=True, check=False)
+        check(r.returncode == 0 and r.stdout.strip() == "ok",
+              f"the README's --check command: exit {r.returncode}, {r.stdout.strip()}")
+
         podman("stop", "-t", "15", NAME, stdout=subprocess.DEVNULL)
         code = podman("inspect", NAME, "--format", "{{.State.ExitCode}}",
                       capture_output=True).stdout.strip()
