@@ -399,6 +399,29 @@ int addr_is_v4_mapped(const struct sockaddr *sa)
     return memcmp(&sin6.sin6_addr, v4_mapped_prefix, sizeof(v4_mapped_prefix)) == 0;
 }
 
+void addr_host_of(const struct sockaddr *sa, struct sockaddr_storage *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (sa->sa_family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)out;
+        memcpy(in, sa, sizeof(*in));
+        in->sin_port = 0;
+    } else if (addr_is_v4_mapped(sa)) {
+        struct sockaddr_in6 sin6;
+        copy_in6(sa, &sin6);
+        struct sockaddr_in *in = (struct sockaddr_in *)out;
+        in->sin_family = AF_INET;
+        memcpy(&in->sin_addr, (const unsigned char *)&sin6.sin6_addr + 12, 4);
+    } else if (sa->sa_family == AF_INET6) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)out;
+        copy_in6(sa, in6);
+        in6->sin6_port = 0;
+        in6->sin6_flowinfo = 0;
+    } else {
+        out->ss_family = AF_UNSPEC;
+    }
+}
+
 int addr_listen_overlap(const struct sockaddr *a, int a_dual_stack, const struct sockaddr *b,
                         int b_dual_stack)
 {

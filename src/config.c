@@ -265,7 +265,8 @@ static const struct key upstream_keys[] = {
     ARRAY_KEY("servers", struct upstream_config, servers, n_servers, REQUIRED, &server_elem, 1, 64,
               "server", RELOADABLE),
     STRING_KEY("source_address", struct upstream_config, source, OPTIONAL, parse_source_address,
-               "an IP address", RELOADABLE),
+               "an IP address or \"client\"", RELOADABLE),
+    U32_KEY("mark", struct upstream_config, mark, 0, UINT32_MAX, 0, RELOADABLE),
     U32_KEY("connect_timeout_ms", struct upstream_config, connect_timeout_ms, 1, 600000, 3000,
             RELOADABLE),
     U32_KEY("retries", struct upstream_config, retries, 0, 100, 3, RELOADABLE),
@@ -355,17 +356,25 @@ static int parse_endpoint(const char *s, void *field)
     return addr_parse_hostport(s, field, NULL);
 }
 
-/* The wildcard means "let the kernel choose", the same as no source at all. */
+/* "client": the client's own address. The wildcard means "let the kernel
+ * choose", the same as no source at all. */
 static int parse_source_address(const char *s, void *field)
 {
-    struct sockaddr_storage ss;
-    if (addr_parse_ip(s, &ss) < 0)
-        return -EINVAL;
-    if (addr_is_any((struct sockaddr *)&ss)) {
-        memset(&ss, 0, sizeof(ss));
-        ss.ss_family = AF_UNSPEC;
+    struct upstream_source src = { .kind = SOURCE_KERNEL };
+    src.addr.ss_family = AF_UNSPEC;
+    if (strcmp(s, "client") == 0) {
+        src.kind = SOURCE_CLIENT;
+    } else {
+        if (addr_parse_ip(s, &src.addr) < 0)
+            return -EINVAL;
+        if (addr_is_any((struct sockaddr *)&src.addr)) {
+            memset(&src.addr, 0, sizeof(src.addr));
+            src.addr.ss_family = AF_UNSPEC;
+        } else {
+            src.kind = SOURCE_ADDRESS;
+        }
     }
-    memcpy(field, &ss, sizeof(ss));
+    memcpy(field, &src, sizeof(src));
     return 0;
 }
 
@@ -966,24 +975,43 @@ static void check_route(struct ctx *c, const struct route_config *r, size_t i)
     }
     /* A source address picks the family of every upstream socket: a literal
      * server of the other family can never be reached from it. */
-    if (addr_is_v4_mapped((const struct sockaddr *)&u->source)) {
+    const struct sockaddr *source = (const struct sockaddr *)&u->source.addr;
+    if (addr_is_v4_mapped(source)) {
         /* An IPv6 socket bound to it cannot reach IPv6 servers, nor an IPv4
          * socket be bound to it: only the IPv4 form means anything. */
         path_push(&p, "routes[%zu].upstream.source_address", i);
-        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&u->source;
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)source;
         inet_ntop(AF_INET6, &in6->sin6_addr, addr, sizeof(addr));
         add_error(c, &p, "an IPv4-mapped address: write the IPv4 address itself, got %s",
                   quote(addr, q, sizeof(q)));
         path_pop(&p, 0);
-    } else if (u->source.ss_family != AF_UNSPEC) {
+    } else if (u->source.kind == SOURCE_ADDRESS) {
         for (size_t s = 0; s < u->n_servers; s++) {
             const struct hostport *srv = &u->servers[s];
-            if (!srv->numeric || srv->sa.ss_family == u->source.ss_family)
+            if (!srv->numeric || srv->sa.ss_family == source->sa_family)
                 continue;
             path_push(&p, "routes[%zu].upstream.source_address", i);
             add_error(c, &p, "an %s source cannot reach the %s server servers[%zu] %s",
-                      family_word(u->source.ss_family), family_word(srv->sa.ss_family), s,
+                      family_word(source->sa_family), family_word(srv->sa.ss_family), s,
                       quote(addr_format_hostport(srv, addr, sizeof(addr)), q, sizeof(q)));
+            path_pop(&p, 0);
+        }
+    } else if (u->source.kind == SOURCE_CLIENT && r->listen.numeric && !r->dual_stack) {
+        /* The listen address decides the clients' family; a dual-stack
+         * listener takes both, which only a connect can tell apart. */
+        int family = r->listen.sa.ss_family;
+        char srv_addr[ADDR_STR_MAX];
+        for (size_t s = 0; s < u->n_servers; s++) {
+            const struct hostport *srv = &u->servers[s];
+            if (!srv->numeric || srv->sa.ss_family == family)
+                continue;
+            path_push(&p, "routes[%zu].upstream.source_address", i);
+            add_error(c, &p,
+                      "\"client\": the clients of listen %s are %s and cannot reach the %s "
+                      "server servers[%zu] %s from their own addresses",
+                      quote(addr_format_hostport(&r->listen, addr, sizeof(addr)), q, sizeof(q)),
+                      family_word(family), family_word(srv->sa.ss_family), s,
+                      addr_format_hostport(srv, srv_addr, sizeof(srv_addr)));
             path_pop(&p, 0);
         }
     }

@@ -93,20 +93,32 @@ int net_listen_socket(const struct sockaddr *sa, int dual_stack, int backlog)
     return fd;
 }
 
-int net_upstream_socket(int family, const struct sockaddr *source)
+int net_upstream_socket(int family, const struct upstream_bind *b)
 {
     int one = 1;
     int fd = tcp_socket(family);
-    if (fd < 0 || source == NULL)
+    if (fd < 0)
         return fd;
-    if (source->sa_family != family) {
+    if (b->mark != 0 && setsockopt(fd, SOL_SOCKET, SO_MARK, &b->mark, sizeof(b->mark)) < 0)
+        return fail_close(fd);
+    if (b->source == NULL)
+        return fd;
+    if (b->source->sa_family != family) {
         close(fd);
         return -EAFNOSUPPORT;
     }
+    if (b->transparent) {
+        int rc = family == AF_INET6
+                     ? setsockopt(fd, IPPROTO_IPV6, IPV6_TRANSPARENT, &one, sizeof(one))
+                     : setsockopt(fd, IPPROTO_IP, IP_TRANSPARENT, &one, sizeof(one));
+        if (rc < 0)
+            return fail_close(fd);
+    }
     /* Choose the port at connect() time, per destination, so ephemeral
-     * ports are not used up by bind(). */
+     * ports are not used up by bind(): a client's address gets a port of
+     * its own for each server, never the client's port. */
     (void)setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
-    if (bind(fd, source, addr_len(source)) < 0)
+    if (bind(fd, b->source, addr_len(b->source)) < 0)
         return fail_close(fd);
     return fd;
 }

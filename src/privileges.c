@@ -1,13 +1,88 @@
-/* Dropping root once every socket is bound. */
+/* Dropping root once every socket is bound, and the capabilities kept. */
 #include "lifeline/privileges.h"
 
 #include <errno.h>
 #include <grp.h>
+#include <linux/capability.h>
 #include <pwd.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "lifeline/log.h"
+
+/* Capability sets through the raw system calls (no libcap): one 64-bit set
+ * is two 32-bit words. */
+struct caps {
+    uint64_t effective, permitted;
+};
+
+static int caps_get(struct caps *c)
+{
+    struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
+    struct __user_cap_data_struct d[2];
+    if (syscall(SYS_capget, &h, d) < 0)
+        return -errno;
+    c->effective = (uint64_t)d[1].effective << 32 | d[0].effective;
+    c->permitted = (uint64_t)d[1].permitted << 32 | d[0].permitted;
+    return 0;
+}
+
+/* Effective and permitted both `keep`, inheritable empty. */
+static int caps_set(uint64_t keep)
+{
+    struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
+    struct __user_cap_data_struct d[2] = {
+        { .effective = (uint32_t)keep, .permitted = (uint32_t)keep },
+        { .effective = (uint32_t)(keep >> 32), .permitted = (uint32_t)(keep >> 32) },
+    };
+    return syscall(SYS_capset, &h, d) < 0 ? -errno : 0;
+}
+
+#define CAP_BIT(cap) ((uint64_t)1 << (cap))
+
+uint64_t privileges_needed(const struct config *cfg)
+{
+    for (size_t i = 0; i < cfg->n_routes; i++) {
+        const struct upstream_config *u = &cfg->routes[i].upstream;
+        if (u->source.kind == SOURCE_CLIENT || u->mark != 0)
+            return CAP_BIT(CAP_NET_ADMIN);
+    }
+    return 0;
+}
+
+int privileges_check(const struct config *cfg)
+{
+    struct caps c = { 0 };
+    int rc = caps_get(&c);
+    if (rc < 0) {
+        log_error("cannot read capabilities", LF_STR("error", strerror(-rc)));
+        return rc;
+    }
+    if ((c.effective & CAP_BIT(CAP_NET_ADMIN)) != 0)
+        return 0;
+    rc = 0;
+    for (size_t i = 0; i < cfg->n_routes; i++) {
+        const struct upstream_config *u = &cfg->routes[i].upstream;
+        char key[64];
+        if (u->source.kind == SOURCE_CLIENT) {
+            snprintf(key, sizeof(key), "routes[%zu].upstream.source_address", i);
+            log_error("missing capability", LF_STR("capability", "CAP_NET_ADMIN"),
+                      LF_STR("key", key),
+                      LF_STR("needed_for", "a transparent source (\"client\")"));
+            rc = -EPERM;
+        }
+        if (u->mark != 0) {
+            snprintf(key, sizeof(key), "routes[%zu].upstream.mark", i);
+            log_error("missing capability", LF_STR("capability", "CAP_NET_ADMIN"),
+                      LF_STR("key", key), LF_STR("needed_for", "SO_MARK"));
+            rc = -EPERM;
+        }
+    }
+    return rc;
+}
 
 int privileges_drop(const struct config *cfg)
 {
@@ -36,7 +111,15 @@ int privileges_drop(const struct config *cfg)
         }
         gid = gr->gr_gid;
     }
-    /* Supplementary groups first (needs root), then the group, then the user. */
+    /* Supplementary groups first (needs root), then the group, then the user.
+     * PR_SET_KEEPCAPS: leaving uid 0 keeps the permitted set, from which
+     * the needed capabilities are raised again below. */
+    uint64_t keep = privileges_needed(cfg);
+    if (keep != 0 && prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0) {
+        int err = -errno;
+        log_error("cannot drop privileges", LF_STR("error", strerror(-err)));
+        return err;
+    }
     int rc = 0;
     if (pw != NULL && getuid() == 0)
         rc = initgroups(pw->pw_name, gid);
@@ -53,6 +136,15 @@ int privileges_drop(const struct config *cfg)
                   LF_STR("error", strerror(-err)));
         return err;
     }
-    log_info("dropped privileges", LF_INT("uid", getuid()), LF_INT("gid", getgid()));
+    if (keep != 0)
+        (void)prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0);
+    struct caps c = { 0 };
+    if ((rc = caps_get(&c)) < 0 || (rc = caps_set(keep & c.permitted)) < 0) {
+        log_error("cannot drop privileges", LF_STR("capabilities", "set"),
+                  LF_STR("error", strerror(-rc)));
+        return rc;
+    }
+    log_info("dropped privileges", LF_INT("uid", getuid()), LF_INT("gid", getgid()),
+             LF_STR("capabilities", keep != 0 ? "CAP_NET_ADMIN" : "none"));
     return 0;
 }

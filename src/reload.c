@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lifeline/privileges.h"
 #include "lifeline/addr.h"
 #include "lifeline/listen.h"
 #include "lifeline/log.h"
@@ -88,6 +89,9 @@ static int load(struct reload *rl, struct config **cfg, struct sockaddr_storage 
         rc = listen_check(*cfg, *addrs, NULL, &errs);
     config_errors_log(path, &errs);
     config_errors_free(&errs);
+    /* What the privilege drop kept is all there is until a restart. */
+    if (rc == 0)
+        rc = privileges_check(*cfg);
     if (rc < 0) {
         free(*addrs);
         config_free(*cfg);

@@ -958,16 +958,36 @@ static void connect_cb(uv_connect_t *req, int status)
     connected(s);
 }
 
+/* The family a route's upstream sockets must have, or AF_UNSPEC for any:
+ * a source address's, or with "client" the client's (IPv4-mapped is IPv4). */
+static int source_family(const struct session *s)
+{
+    const struct upstream_source *src = &s->route->upstream.source;
+    if (src->kind == SOURCE_ADDRESS)
+        return src->addr.ss_family;
+    if (src->kind == SOURCE_CLIENT)
+        return addr_is_v4_mapped(&s->peer.sa) ? AF_INET : s->peer.sa.sa_family;
+    return AF_UNSPEC;
+}
+
 static void connect_to(struct session *s, const struct sockaddr *sa)
 {
-    const struct sockaddr *source = NULL;
-    if (s->route->upstream.source.ss_family != AF_UNSPEC)
-        source = (const struct sockaddr *)&s->route->upstream.source;
+    const struct upstream_config *u = &s->route->upstream;
+    struct sockaddr_storage client_host;
+    struct upstream_bind b = { .mark = u->mark };
+    if (u->source.kind == SOURCE_ADDRESS) {
+        b.source = (const struct sockaddr *)&u->source.addr;
+    } else if (u->source.kind == SOURCE_CLIENT) {
+        addr_host_of(&s->peer.sa, &client_host);
+        b.source = (const struct sockaddr *)&client_host;
+        b.transparent = 1;
+    }
 
     /* Its descriptor was counted when the client was accepted: EMFILE here
      * means something outside the budget took it (ENFILE: the whole
-     * system is out). A failed try, and no more accepting for now. */
-    int fd = net_upstream_socket(sa->sa_family, source);
+     * system is out). A failed try, and no more accepting for now.
+     * EAFNOSUPPORT: a server of the other family than the source. */
+    int fd = net_upstream_socket(sa->sa_family, &b);
     if (fd == UV_EMFILE || fd == UV_ENFILE)
         s->host->fds_exhausted(s->host, s->route->name, fd);
     if (fd < 0) {
@@ -1035,8 +1055,8 @@ static void connect_try(struct session *s)
         connect_to(s, (const struct sockaddr *)&srv->sa);
         return;
     }
-    /* A configured source address decides the family to resolve. */
-    struct addrinfo hints = { .ai_family = u->source.ss_family,
+    /* A source address, or the client's with "client", decides the family. */
+    struct addrinfo hints = { .ai_family = source_family(s),
                               .ai_socktype = SOCK_STREAM,
                               .ai_flags = AI_ADDRCONFIG };
     s->gai.data = s;

@@ -344,6 +344,8 @@ static int bind_all(struct supervisor *sup, int *fds, size_t n_fds)
     config_errors_free(&errs);
     if (rc < 0)
         return EXIT_USAGE;
+    if (privileges_check(cfg) < 0)
+        return EXIT_RUNTIME;
     for (size_t i = 0; i < n_fds; i++)
         fds[i] = -1;
     if ((rc = listen_open_routes(cfg, sup->workers.n, NULL, NULL, sup->rl.addrs, fds)) < 0 ||

@@ -37,6 +37,10 @@ int addr_equal(const struct sockaddr *a, const struct sockaddr *b);
 /* Is it an IPv4-mapped IPv6 address (::ffff:a.b.c.d)? */
 int addr_is_v4_mapped(const struct sockaddr *sa);
 
+/* The address of sa with port 0, an IPv4-mapped one as plain IPv4: what a
+ * socket binds to for a connection from that host. */
+void addr_host_of(const struct sockaddr *sa, struct sockaddr_storage *out);
+
 /* Would listening sockets bound to a and b take the same connections, so
  * that the second bind fails? Same port, and the same address, or a
  * wildcard of the other's family; an IPv6 wildcard with dual_stack (no

@@ -61,10 +61,23 @@ struct client_config {
     uint32_t max_per_address; /* per client IP address; 0: no limit */
 };
 
+/* Where upstream connections come from (upstream.source_address). */
+enum source_kind {
+    SOURCE_KERNEL,  /* unset or a wildcard: the kernel picks the address */
+    SOURCE_ADDRESS, /* one configured address of this host */
+    SOURCE_CLIENT,  /* each client's own address (transparent: IP_TRANSPARENT) */
+};
+
+struct upstream_source {
+    enum source_kind kind;
+    struct sockaddr_storage addr; /* SOURCE_ADDRESS only; else AF_UNSPEC */
+};
+
 struct upstream_config {
     struct hostport *servers; /* at least one */
     size_t n_servers;
-    struct sockaddr_storage source; /* ss_family == AF_UNSPEC when unset or wildcard */
+    struct upstream_source source; /* the port is always an ephemeral one */
+    uint32_t mark;                 /* SO_MARK on upstream sockets; 0: none */
     uint32_t connect_timeout_ms;
     uint32_t retries; /* further tries after the first one */
     uint32_t retry_backoff_ms;

@@ -3,6 +3,7 @@
 #define LIFELINE_NET_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/socket.h>
 
 /* Resolves a listen "host" (IP literal or name) with getaddrinfo(). Blocking:
@@ -21,10 +22,19 @@ int net_probe_bind(const struct sockaddr *sa, int dual_stack);
  * dual_stack. Returns the fd or -errno. */
 int net_listen_socket(const struct sockaddr *sa, int dual_stack, int backlog);
 
+/* How an upstream socket is set up before connect(). */
+struct upstream_bind {
+    const struct sockaddr *source; /* NULL: the kernel picks the address */
+    int transparent;               /* source may be another host's (IP_TRANSPARENT) */
+    uint32_t mark;                 /* SO_MARK; 0: none */
+};
+
 /* Creates a non-blocking TCP socket for an upstream connection of this
- * family, bound to `source` (address only; the kernel picks an ephemeral
- * port when connecting) when source is not NULL. Returns the fd or -errno. */
-int net_upstream_socket(int family, const struct sockaddr *source);
+ * family, marked and bound as `b` says (an address only: the kernel picks
+ * an ephemeral port when connecting). Returns the fd or -errno:
+ * -EAFNOSUPPORT for a source of the other family, -EPERM without
+ * CAP_NET_ADMIN for a transparent source or a mark. */
+int net_upstream_socket(int family, const struct upstream_bind *b);
 
 /* TCP_NODELAY on; errors ignored (a socket that refuses it still relays). */
 void net_set_nodelay(int fd);

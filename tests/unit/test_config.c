@@ -405,10 +405,11 @@ static const struct bad_case bad_cases[] = {
       "{'name':'c','listen':'127.0.0.1:3','upstream':{" SERVERS ",'source_address':'1.2.3.4:5'}},"
       "{'name':'d','listen':'127.0.0.1:4','upstream':{" SERVERS ",'source_address':''}}"
       "]}",
-      { "routes[0].upstream.source_address: expected an IP address, got \"foo\"",
-        "routes[1].upstream.source_address: expected an IP address, got \"[::1]\"",
-        "routes[2].upstream.source_address: expected an IP address, got \"1.2.3.4:5\"",
-        "routes[3].upstream.source_address: expected an IP address, got \"\"" } },
+      { "routes[0].upstream.source_address: expected an IP address or \"client\", got \"foo\"",
+        "routes[1].upstream.source_address: expected an IP address or \"client\", got \"[::1]\"",
+        "routes[2].upstream.source_address: expected an IP address or \"client\", got "
+        "\"1.2.3.4:5\"",
+        "routes[3].upstream.source_address: expected an IP address or \"client\", got \"\"" } },
 
     /* Route names. */
     { "name with a space",
@@ -736,7 +737,7 @@ static void test_minimal_defaults(void **state)
     assert_int_equal(r->upstream.n_servers, 1);
     assert_string_equal(r->upstream.servers[0].host, "127.0.0.1");
     assert_int_equal(r->upstream.servers[0].port, 6000);
-    assert_int_equal(r->upstream.source.ss_family, AF_UNSPEC);
+    assert_int_equal(r->upstream.source.addr.ss_family, AF_UNSPEC);
     assert_int_equal(r->upstream.connect_timeout_ms, 3000);
     assert_int_equal(r->upstream.retries, 3);
     assert_int_equal(r->upstream.retry_backoff_ms, 200);
@@ -887,8 +888,8 @@ static void test_full_config(void **state)
     assert_int_equal(u->servers[2].numeric, 1);
     assert_string_equal(addr_format((const struct sockaddr *)&u->servers[2].sa, buf, sizeof(buf)),
                         "192.0.2.7:6002");
-    assert_int_equal(u->source.ss_family, AF_INET);
-    assert_string_equal(addr_format((const struct sockaddr *)&u->source, buf, sizeof(buf)),
+    assert_int_equal(u->source.addr.ss_family, AF_INET);
+    assert_string_equal(addr_format((const struct sockaddr *)&u->source.addr, buf, sizeof(buf)),
                         "192.0.2.10:0");
     assert_int_equal(u->connect_timeout_ms, 600000);
     assert_int_equal(u->retries, 0);
@@ -925,8 +926,8 @@ static void test_full_config(void **state)
     assert_int_equal(u->n_servers, 1);
     assert_string_equal(u->servers[0].host, "db.internal");
     assert_int_equal(u->servers[0].port, 7000);
-    assert_int_equal(u->source.ss_family, AF_INET6);
-    assert_string_equal(addr_format((const struct sockaddr *)&u->source, buf, sizeof(buf)),
+    assert_int_equal(u->source.addr.ss_family, AF_INET6);
+    assert_string_equal(addr_format((const struct sockaddr *)&u->source.addr, buf, sizeof(buf)),
                         "[2001:db8::1]:0");
     assert_int_equal(u->connect_timeout_ms, 1);
     assert_int_equal(u->retries, 100);
@@ -1225,7 +1226,7 @@ static void test_env_substitution(void **state)
     assert_int_equal(r->upstream.servers[0].port, 7001);
     assert_string_equal(r->upstream.servers[1].host, "10.9.8.7");
     assert_int_equal(r->upstream.servers[1].port, 1);
-    assert_int_equal(r->upstream.source.ss_family, AF_INET);
+    assert_int_equal(r->upstream.source.addr.ss_family, AF_INET);
     config_free(cfg);
 
     /* The sidecar form with both variables set; a long value grows the string. */
@@ -1364,9 +1365,13 @@ static void test_wildcard_source_is_unset(void **state)
         "{'name':'c','listen':'127.0.0.1:3','upstream':{'servers':['[::1]:6000'],"
         "'source_address':'::1'}}"
         "]}");
-    assert_int_equal(cfg->routes[0].upstream.source.ss_family, AF_UNSPEC);
-    assert_int_equal(cfg->routes[1].upstream.source.ss_family, AF_UNSPEC);
-    assert_int_equal(cfg->routes[2].upstream.source.ss_family, AF_INET6);
+    assert_int_equal(cfg->routes[0].upstream.source.addr.ss_family, AF_UNSPEC);
+    assert_int_equal(cfg->routes[1].upstream.source.addr.ss_family, AF_UNSPEC);
+    assert_int_equal(cfg->routes[2].upstream.source.addr.ss_family, AF_INET6);
+    assert_int_equal(cfg->routes[0].upstream.source.kind, SOURCE_KERNEL);
+    assert_int_equal(cfg->routes[1].upstream.source.kind, SOURCE_KERNEL);
+    assert_int_equal(cfg->routes[2].upstream.source.kind, SOURCE_ADDRESS);
+    assert_int_equal(cfg->routes[2].upstream.mark, 0);
     config_free(cfg);
 }
 
@@ -1434,7 +1439,7 @@ static void test_many_errors_in_one_pass(void **state)
         "routes[0].upstream.servers[2]: expected \"host:port\", got \"[::1]:0\"",
         "routes[0].upstream.retries: expected integer, got number",
         "routes[0].upstream.bogus: unknown key",
-        "routes[1].upstream.source_address: expected an IP address, got \"nope\"",
+        "routes[1].upstream.source_address: expected an IP address or \"client\", got \"nope\"",
         "routes[1].upstream.servers: required key is missing",
         "routes[1].name: required key is missing",
         "routes[2].listen: duplicate listen address \"1.2.3.4:1\" (also routes[1].listen)",
@@ -1696,6 +1701,32 @@ static void test_cross_key_rules(void **state)
     /* A host name is resolved in the source's family: it may be reachable. */
     cfg = expect_ok("{'routes':[{'name':'r','listen':'127.0.0.1:5000','upstream':{"
                     "'servers':['db.example:6000'],'source_address':'::1'}}]}");
+    config_free(cfg);
+
+    /* "client": the listen address gives the clients' family, unless the
+     * listener is dual-stack (both). */
+    const char *client[] = {
+        "routes[0].upstream.source_address: \"client\": the clients of listen "
+        "\"10.0.0.1:5000\" are IPv4 and cannot reach the IPv6 server servers[1] [::1]:6001 "
+        "from their own addresses",
+        "routes[1].upstream.source_address: \"client\": the clients of listen \"[::]:5001\" "
+        "are IPv6 and cannot reach the IPv4 server servers[0] 127.0.0.1:6000 from their own "
+        "addresses",
+        NULL,
+    };
+    expect_errors("client source family against literal servers",
+                  "{'routes':["
+                  "{'name':'a','listen':'10.0.0.1:5000','upstream':{'servers':['10.0.0.2:6000',"
+                  "'[::1]:6001','db.example:6002'],'source_address':'client'}},"
+                  "{'name':'b','listen':'[::]:5001','upstream':{" SERVERS
+                  ",'source_address':'client'}}]}",
+                  client);
+    cfg = expect_ok("{'routes':[{'name':'r','listen':'[::]:5000','dual_stack':true,'upstream':{"
+                    "'servers':['127.0.0.1:6000','[::1]:6001'],'source_address':'client',"
+                    "'mark':4294967295}}]}");
+    assert_int_equal(cfg->routes[0].upstream.source.kind, SOURCE_CLIENT);
+    assert_int_equal(cfg->routes[0].upstream.source.addr.ss_family, AF_UNSPEC);
+    assert_int_equal(cfg->routes[0].upstream.mark, 4294967295u);
     config_free(cfg);
 
     const char *dual[] = {
