@@ -69,13 +69,14 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
 
-    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    host, port = hostport(args.listen)
+    lsock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    lsock.bind(hostport(args.listen))
+    lsock.bind((host, port))
     lsock.listen(128)
     sel = selectors.DefaultSelector()
     sel.register(lsock, selectors.EVENT_READ, None)
-    rec("listening", addr="%s:%d" % lsock.getsockname())
+    rec("listening", addr="%s:%d" % lsock.getsockname()[:2])
 
     next_id = 1
     conns = {}                                         # cid -> socket, for --write-interval-ms
@@ -111,7 +112,7 @@ def main():
                 next_id += 1
                 sel.register(conn, selectors.EVENT_READ, cid)
                 conns[cid] = conn
-                rec("accept", conn=cid, peer="%s:%d" % peer, local="%s:%d" % conn.getsockname())
+                rec("accept", conn=cid, peer="%s:%d" % peer[:2], local="%s:%d" % conn.getsockname()[:2])
                 continue
             cid, conn = key.data, key.fileobj
             try:

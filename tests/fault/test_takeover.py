@@ -34,8 +34,14 @@ ITERATIONS = int(os.environ.get("LL_FAULT_TAKEOVERS") or 100)
 BURSTS = int(os.environ.get("LL_FAULT_BURSTS") or 50)
 
 
-def _crash_and_return(c, case, hb, drop_rst, eof_bound_s, served_bound_s):
-    with Rig(c, case, client={"heartbeat": hb}, sniff=True) as rig:
+def _crash_and_return(c, case, hb, drop_rst, eof_bound_s, served_bound_s, upstream=None,
+                      setup=None):
+    """The crash-and-return checks; `upstream` adds route keys, `setup(rig)` runs
+    before the client starts. The server's two accept records are left in
+    rig.accepts."""
+    with Rig(c, case, client={"heartbeat": hb}, upstream=upstream, sniff=True) as rig:
+        if setup is not None:
+            setup(rig)
         old_proc, _ = rig.client_proc("old")
         _, acc = rig.srv_wait(lambda r: r["event"] == "accept", margin(10), "the server accepting the client")
         old = acc["conn"]
@@ -76,6 +82,7 @@ def _crash_and_return(c, case, hb, drop_rst, eof_bound_s, served_bound_s):
         if drop_rst:
             rig.note("the client host's nft dropped %d outgoing RST(s)" % dropped)
         first_syn = new_tail.find(lambda r: r["event"] == "connect_attempt" and r.get("first"))
+        rig.accepts = (acc, acc2)
         rig.print_timeline(t0, since=t0 - 0.3, label="the crash")
         rig.topo.stop(new_proc)
 

@@ -1,0 +1,117 @@
+#!/bin/sh
+# Routing for lifeline's transparent source (upstream.source_address "client").
+#
+#   transparent-routing.sh up [MARK]     install the rules (again: no duplicates)
+#   transparent-routing.sh down [MARK]   remove them
+#   transparent-routing.sh status [MARK] show them
+#
+# With "client", lifeline connects to the server from the client's own address.
+# The server's replies go to that address, and must reach lifeline's socket
+# instead of the client. Run this, as root, in the network namespace
+# lifeline runs in, for either deployment:
+#
+# - gateway: lifeline's host routes between clients and the server (the
+#   server's route to client addresses goes through it). A reply arrives on
+#   an interface, addressed to a client: the nftables rule finds lifeline's
+#   transparent socket for it and marks the packet MARK.
+# - sidecar: lifeline and the server share one host or network namespace (a
+#   Kubernetes pod). A reply is sent locally, addressed to a client, and would
+#   leave the host: lifeline's upstream connections carry MARK
+#   (upstream.mark in lifeline's configuration, which must equal MARK here),
+#   conntrack remembers it, and the server's replies on those connections get
+#   it back.
+#
+# Either way, the policy rule sends packets marked MARK to routing table
+# TABLE, whose only route delivers every address locally; the kernel then
+# hands them to lifeline's socket. IPv4 and IPv6 alike.
+#
+# MARK defaults to 0x4c4c (19532); TABLE to $LIFELINE_ROUTE_TABLE or 19532;
+# the rule's priority to $LIFELINE_RULE_PRIORITY or 19532. Both deployments
+# need CAP_NET_ADMIN for lifeline itself (IP_TRANSPARENT, SO_MARK).
+set -eu
+
+usage() {
+    echo "usage: $0 up|down|status [MARK]" >&2
+    exit 2
+}
+
+[ $# -ge 1 ] && [ $# -le 2 ] || usage
+action=$1
+MARK=${2:-0x4c4c}
+case $MARK in
+    '' | *[!0-9a-fA-Fx]*) echo "$0: MARK must be a number, got '$MARK'" >&2; exit 2 ;;
+esac
+MARK=$(printf '%u' "$MARK") || { echo "$0: MARK must be a number, got '$MARK'" >&2; exit 2; }
+[ "$MARK" -gt 0 ] || { echo "$0: MARK must not be 0" >&2; exit 2; }
+TABLE=${LIFELINE_ROUTE_TABLE:-19532}
+PRIORITY=${LIFELINE_RULE_PRIORITY:-19532}
+NFT_TABLE=lifeline_transparent
+
+for tool in ip nft; do
+    command -v $tool >/dev/null || { echo "$0: $tool is not installed" >&2; exit 1; }
+done
+
+rule_present() { # FAMILY
+    [ -n "$(ip "$1" rule show priority "$PRIORITY" fwmark "$MARK" lookup "$TABLE" 2>/dev/null)" ]
+}
+
+# IPv6 only where the namespace has it (a host booted with ipv6.disable=1,
+# or a namespace with disable_ipv6 set on lo, has no IPv6 routes to add).
+families() {
+    if [ -r /proc/net/if_inet6 ] && [ "$(cat /proc/sys/net/ipv6/conf/lo/disable_ipv6 2>/dev/null)" = 0 ]; then
+        echo "-4 -6"
+    else
+        echo "-4"
+    fi
+}
+
+up() {
+    for f in $(families); do
+        # Packets marked MARK: every destination is local.
+        rule_present $f || ip $f rule add priority "$PRIORITY" fwmark "$MARK" lookup "$TABLE"
+        ip $f route replace local default dev lo table "$TABLE"
+    done
+    # Replaced whole, so that running `up` again leaves one copy.
+    nft delete table inet $NFT_TABLE 2>/dev/null || true
+    nft -f - <<EOF
+table inet $NFT_TABLE {
+    chain prerouting {
+        type filter hook prerouting priority mangle; policy accept;
+        # gateway: a reply addressed to a client, for lifeline's transparent socket
+        meta l4proto tcp socket transparent 1 meta mark set $MARK
+    }
+    chain output {
+        type route hook output priority mangle; policy accept;
+        # sidecar: lifeline's upstream packets (upstream.mark) mark their connection
+        meta mark $MARK ct mark set meta mark
+        # sidecar: the server's replies on it are routed back to lifeline
+        ct mark $MARK meta mark set ct mark
+    }
+}
+EOF
+}
+
+down() {
+    for f in -4 -6; do  # both: IPv6 may have been turned off since `up`
+        while rule_present $f; do
+            ip $f rule del priority "$PRIORITY" fwmark "$MARK" lookup "$TABLE"
+        done
+        ip $f route flush table "$TABLE" 2>/dev/null || true
+    done
+    nft delete table inet $NFT_TABLE 2>/dev/null || true
+}
+
+status() {
+    for f in $(families); do
+        ip $f rule show priority "$PRIORITY" fwmark "$MARK" lookup "$TABLE"
+        ip $f route show table "$TABLE"
+    done
+    nft list table inet $NFT_TABLE 2>/dev/null || echo "no nftables table $NFT_TABLE"
+}
+
+case $action in
+    up) up ;;
+    down) down ;;
+    status) status ;;
+    *) usage ;;
+esac
