@@ -3,11 +3,12 @@
 on the container's own loopback. Python standard library only.
 
   peer.py server PORT LOG    an echo server on 127.0.0.1:PORT; appends one
-                             line per event to LOG: "accept N", "eof N" (the
+                             line per event to LOG: "accept N ADDR:PORT", "eof N" (the
                              client side closed with FIN), "reset N"
-  peer.py echo PORT SIZE     sends SIZE random bytes to 127.0.0.1:PORT,
-                             half-closes, reads the echo to EOF; exit 0 and
-                             "ok SIZE" when it came back intact, 1 otherwise
+  peer.py echo PORT SIZE [SRC]  sends SIZE random bytes to 127.0.0.1:PORT
+                             (from the address SRC), half-closes, reads the
+                             echo to EOF; exit 0 and "ok SIZE" when it came
+                             back intact, 1 otherwise
   peer.py hold PORT FIFO     opens a session and keeps it: each line read
                              from FIFO is sent and its echo awaited ("ok" or
                              "lost" on stdout); "close" ends it with FIN
@@ -42,15 +43,16 @@ def server(port, log_path):
     srv = socket.create_server(("127.0.0.1", port))
     note("listening")
     while True:
-        conn, _ = srv.accept()
+        conn, peer = srv.accept()
         count[0] += 1
-        note(f"accept {count[0]}")
+        note(f"accept {count[0]} {peer[0]}:{peer[1]}")
         threading.Thread(target=serve, args=(conn, count[0]), daemon=True).start()
 
 
-def echo(port, size):
+def echo(port, size, source=None):
     data = os.urandom(size)
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+    src = (source, 0) if source else None
+    with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=src) as c:
         c.sendall(data)
         c.shutdown(socket.SHUT_WR)
         got = bytearray()
@@ -96,7 +98,7 @@ if __name__ == "__main__":
     if mode == "server":
         server(int(sys.argv[2]), sys.argv[3])
     elif mode == "echo":
-        sys.exit(echo(int(sys.argv[2]), int(sys.argv[3])))
+        sys.exit(echo(int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:5]))
     elif mode == "hold":
         sys.exit(hold(int(sys.argv[2]), sys.argv[3]))
     else:

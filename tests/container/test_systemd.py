@@ -119,12 +119,14 @@ def server_events():
     return out(f"cat {SERVER_LOG}").splitlines()
 
 
-def config(drain_ms=3000, extra_routes=()):
+def config(drain_ms=3000, extra_routes=(), source=None):
     routes = [{"name": "legacy", "listen": "127.0.0.1:23",
                "client": {"heartbeat": {"keepalive_idle_ms": 7000,
                                         "keepalive_interval_ms": 2000,
                                         "user_timeout_ms": 20000}},
                "upstream": {"servers": ["localhost:6000"]}}]
+    if source is not None:
+        routes[0]["upstream"]["source_address"] = source
     return {"user": "lifeline", "group": "lifeline",
             "log": {"level": "info"},
             "shutdown": {"drain_timeout_ms": drain_ms},
@@ -232,6 +234,33 @@ def main():
         check(int(prop("NRestarts")) >= 1, "counted as a restart")
         held.close()
         check(echo_ok(23), "the restarted process relays")
+
+        # -- the unit's commented CAP_NET_ADMIN lines: keeping client addresses
+        write_config(config(source="client"))
+        r = sh("systemctl restart lifeline", check=False)
+        check(r.returncode != 0 and re.search(
+            r"missing capability capability=CAP_NET_ADMIN key=routes\[0\]\.upstream\."
+            r"source_address", journal()) is not None,
+            "without the commented lines, \"client\" fails the start naming CAP_NET_ADMIN")
+        lines = [x[1:] for x in open(UNIT).read().splitlines()
+                 if x.startswith(("#AmbientCapabilities=", "#CapabilityBoundingSet="))]
+        check(len(lines) == 2 and all("CAP_NET_ADMIN" in x for x in lines),
+              f"the unit carries the commented capability lines: {lines}")
+        dropin = "/etc/systemd/system/lifeline.service.d/transparent.conf"
+        sh(f"mkdir -p {os.path.dirname(dropin)} && printf '[Service]\\n%s\\n%s\\n' "
+           f"'{lines[0]}' '{lines[1]}' > {dropin} && systemctl daemon-reload "
+           "&& systemctl reset-failed lifeline && systemctl restart lifeline")
+        pid = prop("MainPID")
+        capeff = out(f"grep CapEff /proc/{pid}/status").split()[1]
+        check(int(capeff, 16) == 1 << 12,
+              f"in a drop-in they give CAP_NET_ADMIN, the only one kept after binding ({capeff})")
+        r = sh(f"python3 {PEER} echo 23 4096 127.0.0.77", check=False, quiet=True)
+        last = [e for e in server_events() if e.startswith("accept")][-1]
+        check(r.returncode == 0 and last.split()[2].startswith("127.0.0.77:"),
+              f"the server sees the client's own address under the sandbox: {last}")
+        sh(f"rm {dropin} && systemctl daemon-reload", quiet=True)
+        write_config(config())
+        sh("systemctl restart lifeline")
 
         # -- stop: drains, FIN to the server, exit 0
         pid = prop("MainPID")
