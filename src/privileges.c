@@ -43,14 +43,41 @@ static int caps_set(uint64_t keep)
 
 #define CAP_BIT(cap) ((uint64_t)1 << (cap))
 
-uint64_t privileges_needed(const struct config *cfg)
+/* Calls need(key, what) for each key of cfg that needs CAP_NET_ADMIN (when
+ * need is not NULL); returns how many there are. */
+static size_t net_admin_keys(const struct config *cfg, void (*need)(const char *, const char *))
 {
+    size_t n = 0;
+    char key[64];
     for (size_t i = 0; i < cfg->n_routes; i++) {
         const struct upstream_config *u = &cfg->routes[i].upstream;
-        if (u->source.kind == SOURCE_CLIENT || u->mark != 0)
-            return CAP_BIT(CAP_NET_ADMIN);
+        if (u->source.kind == SOURCE_CLIENT) {
+            n++;
+            if (need != NULL) {
+                snprintf(key, sizeof(key), "routes[%zu].upstream.source_address", i);
+                need(key, "a transparent source (\"client\")");
+            }
+        }
+        if (u->mark != 0) {
+            n++;
+            if (need != NULL) {
+                snprintf(key, sizeof(key), "routes[%zu].upstream.mark", i);
+                need(key, "SO_MARK");
+            }
+        }
     }
-    return 0;
+    return n;
+}
+
+uint64_t privileges_needed(const struct config *cfg)
+{
+    return net_admin_keys(cfg, NULL) > 0 ? CAP_BIT(CAP_NET_ADMIN) : 0;
+}
+
+static void log_missing(const char *key, const char *what)
+{
+    log_error("missing capability", LF_STR("capability", "CAP_NET_ADMIN"), LF_STR("key", key),
+              LF_STR("needed_for", what));
 }
 
 int privileges_check(const struct config *cfg)
@@ -61,27 +88,10 @@ int privileges_check(const struct config *cfg)
         log_error("cannot read capabilities", LF_STR("error", strerror(-rc)));
         return rc;
     }
-    if ((c.effective & CAP_BIT(CAP_NET_ADMIN)) != 0)
+    if ((c.effective & privileges_needed(cfg)) == privileges_needed(cfg))
         return 0;
-    rc = 0;
-    for (size_t i = 0; i < cfg->n_routes; i++) {
-        const struct upstream_config *u = &cfg->routes[i].upstream;
-        char key[64];
-        if (u->source.kind == SOURCE_CLIENT) {
-            snprintf(key, sizeof(key), "routes[%zu].upstream.source_address", i);
-            log_error("missing capability", LF_STR("capability", "CAP_NET_ADMIN"),
-                      LF_STR("key", key),
-                      LF_STR("needed_for", "a transparent source (\"client\")"));
-            rc = -EPERM;
-        }
-        if (u->mark != 0) {
-            snprintf(key, sizeof(key), "routes[%zu].upstream.mark", i);
-            log_error("missing capability", LF_STR("capability", "CAP_NET_ADMIN"),
-                      LF_STR("key", key), LF_STR("needed_for", "SO_MARK"));
-            rc = -EPERM;
-        }
-    }
-    return rc;
+    net_admin_keys(cfg, log_missing);
+    return -EPERM;
 }
 
 int privileges_drop(const struct config *cfg)
