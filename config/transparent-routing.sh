@@ -3,7 +3,7 @@
 #
 #   transparent-routing.sh up [MARK]     install the rules (again: no duplicates)
 #   transparent-routing.sh down [MARK]   remove them
-#   transparent-routing.sh status [MARK] show them
+#   transparent-routing.sh status [MARK] show them; exit 1 if any is missing
 #
 # With "client", lifeline connects to the server from the client's own address.
 # The server's replies go to that address, and must reach lifeline's socket
@@ -37,12 +37,20 @@ usage() {
 
 [ $# -ge 1 ] && [ $# -le 2 ] || usage
 action=$1
-MARK=${2:-0x4c4c}
-case $MARK in
-    '' | *[!0-9a-fA-Fx]*) echo "$0: MARK must be a number, got '$MARK'" >&2; exit 2 ;;
+given=${2:-0x4c4c}
+# A decimal number without a leading zero, or 0x and hex digits; 1 to 2^32-1.
+case $given in
+    0x[0-9a-fA-F]* | [1-9]*) ;;
+    *) given=bad ;;
 esac
-MARK=$(printf '%u' "$MARK") || { echo "$0: MARK must be a number, got '$MARK'" >&2; exit 2; }
-[ "$MARK" -gt 0 ] || { echo "$0: MARK must not be 0" >&2; exit 2; }
+case $given in
+    0x*[!0-9a-fA-F]* | [1-9]*[!0-9]*) given=bad ;;
+esac
+MARK=$(printf '%u' "$given" 2>/dev/null) || MARK=0
+if [ "$given" = bad ] || [ ${#MARK} -gt 10 ] || [ "$MARK" -lt 1 ] || [ "$MARK" -gt 4294967295 ]; then
+    echo "$0: MARK must be a number from 1 to 4294967295 (decimal, or hex with 0x), got '${2:-}'" >&2
+    exit 2
+fi
 TABLE=${LIFELINE_ROUTE_TABLE:-19532}
 PRIORITY=${LIFELINE_RULE_PRIORITY:-19532}
 NFT_TABLE=lifeline_transparent
@@ -53,6 +61,11 @@ done
 
 rule_present() { # FAMILY
     [ -n "$(ip "$1" rule show priority "$PRIORITY" fwmark "$MARK" lookup "$TABLE" 2>/dev/null)" ]
+}
+
+# Any rule of ours, whatever its mark (an `up` with another MARK).
+any_rule() { # FAMILY
+    [ -n "$(ip "$1" rule show priority "$PRIORITY" lookup "$TABLE" 2>/dev/null)" ]
 }
 
 # IPv6 only where the namespace has it (a host booted with ipv6.disable=1,
@@ -93,20 +106,32 @@ EOF
 
 down() {
     for f in -4 -6; do  # both: IPv6 may have been turned off since `up`
-        while rule_present $f; do
-            ip $f rule del priority "$PRIORITY" fwmark "$MARK" lookup "$TABLE"
+        while any_rule $f; do
+            ip $f rule del priority "$PRIORITY" lookup "$TABLE"
         done
         ip $f route flush table "$TABLE" 2>/dev/null || true
     done
     nft delete table inet $NFT_TABLE 2>/dev/null || true
 }
 
+# Prints what is installed; exit 1 when any part for MARK is missing.
 status() {
+    missing=0
     for f in $(families); do
-        ip $f rule show priority "$PRIORITY" fwmark "$MARK" lookup "$TABLE"
-        ip $f route show table "$TABLE"
+        ip $f rule show priority "$PRIORITY" lookup "$TABLE"
+        rule_present $f || { echo "missing: ip $f rule fwmark $MARK lookup $TABLE"; missing=1; }
+        routes=$(ip $f route show table "$TABLE" 2>/dev/null) || routes=
+        [ -n "$routes" ] && echo "$routes" || { echo "missing: ip $f route table $TABLE"; missing=1; }
     done
-    nft list table inet $NFT_TABLE 2>/dev/null || echo "no nftables table $NFT_TABLE"
+    if rules=$(nft list table inet $NFT_TABLE 2>/dev/null); then
+        echo "$rules"
+        echo "$rules" | grep -q "meta mark set $(printf '0x%08x' "$MARK")" ||
+            { echo "missing: nftables rules for mark $MARK"; missing=1; }
+    else
+        echo "missing: nftables table inet $NFT_TABLE"
+        missing=1
+    fi
+    return $missing
 }
 
 case $action in

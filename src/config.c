@@ -996,7 +996,26 @@ static void check_route(struct ctx *c, const struct route_config *r, size_t i)
                       quote(addr_format_hostport(srv, addr, sizeof(addr)), q, sizeof(q)));
             path_pop(&p, 0);
         }
-    } else if (u->source.kind == SOURCE_CLIENT && r->listen.numeric && !r->dual_stack) {
+    }
+    /* A loopback server only ever sees loopback sources: the address of a
+     * client of a listener on another address cannot reach it. (A wildcard
+     * or host-name listener may take loopback clients too: a note, below.) */
+    if (u->source.kind == SOURCE_CLIENT && r->listen.numeric &&
+        !addr_is_loopback((const struct sockaddr *)&r->listen.sa) &&
+        !addr_is_any((const struct sockaddr *)&r->listen.sa)) {
+        for (size_t s = 0; s < u->n_servers; s++) {
+            const struct hostport *srv = &u->servers[s];
+            if (!srv->numeric || !addr_is_loopback((const struct sockaddr *)&srv->sa))
+                continue;
+            path_push(&p, "routes[%zu].upstream.servers[%zu]", i, s);
+            add_error(c, &p,
+                      "a loopback server cannot be reached from client addresses "
+                      "(source_address \"client\"): use an address of this host, got %s",
+                      quote(addr_format_hostport(srv, addr, sizeof(addr)), q, sizeof(q)));
+            path_pop(&p, 0);
+        }
+    }
+    if (u->source.kind == SOURCE_CLIENT && r->listen.numeric && !r->dual_stack) {
         /* The listen address decides the clients' family; a dual-stack
          * listener takes both, which only a connect can tell apart. */
         int family = r->listen.sa.ss_family;
@@ -1069,6 +1088,54 @@ static void note_whole_seconds(struct ctx *c, size_t route, const char *key, uin
               ms, liveness_ms_to_s(ms));
 }
 
+/* A dual-stack listener with "client": a client of a family no server
+ * has fails its connects. Said, not refused: only some clients fail. */
+static void note_dual_stack_client(struct ctx *c, size_t i, const struct route_config *r)
+{
+    const struct upstream_config *u = &r->upstream;
+    if (u->source.kind != SOURCE_CLIENT || !r->dual_stack)
+        return;
+    int v4 = 0, v6 = 0;
+    for (size_t s = 0; s < u->n_servers; s++) {
+        if (!u->servers[s].numeric)
+            return; /* a host name is resolved in each client's family */
+        if (u->servers[s].sa.ss_family == AF_INET6)
+            v6 = 1;
+        else
+            v4 = 1;
+    }
+    if (v4 && v6)
+        return;
+    struct path p = { .len = 0 };
+    path_push(&p, "routes[%zu].upstream.source_address", i);
+    add_error(c, &p,
+              "\"client\" with dual_stack: %s clients cannot reach the %s servers from their "
+              "own addresses and will fail to connect",
+              v6 ? "IPv4" : "IPv6", v6 ? "IPv6" : "IPv4");
+}
+
+/* "client" with a loopback server behind a listener that takes outside
+ * clients as well as loopback ones. */
+static void note_loopback_client(struct ctx *c, size_t i, const struct route_config *r)
+{
+    const struct upstream_config *u = &r->upstream;
+    if (u->source.kind != SOURCE_CLIENT ||
+        (r->listen.numeric && !addr_is_any((const struct sockaddr *)&r->listen.sa)))
+        return;
+    char q[ADDR_STR_MAX + 16], addr[ADDR_STR_MAX];
+    for (size_t s = 0; s < u->n_servers; s++) {
+        const struct hostport *srv = &u->servers[s];
+        if (!srv->numeric || !addr_is_loopback((const struct sockaddr *)&srv->sa))
+            continue;
+        struct path p = { .len = 0 };
+        path_push(&p, "routes[%zu].upstream.servers[%zu]", i, s);
+        add_error(c, &p,
+                  "a loopback server, with source_address \"client\": only clients on this "
+                  "host can reach it, others will fail to connect (%s)",
+                  quote(addr_format_hostport(srv, addr, sizeof(addr)), q, sizeof(q)));
+    }
+}
+
 static int add_notes(struct config *cfg)
 {
     struct ctx c = { 0 };
@@ -1078,6 +1145,10 @@ static int add_notes(struct config *cfg)
             continue;
         note_whole_seconds(&c, i, "keepalive_idle_ms", hb->keepalive_idle_ms);
         note_whole_seconds(&c, i, "keepalive_interval_ms", hb->keepalive_interval_ms);
+    }
+    for (size_t i = 0; i < cfg->n_routes; i++) {
+        note_dual_stack_client(&c, i, &cfg->routes[i]);
+        note_loopback_client(&c, i, &cfg->routes[i]);
     }
     errors_give(&c, &cfg->notes);
     return c.oom ? -ENOMEM : 0;

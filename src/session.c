@@ -765,10 +765,27 @@ static void log_try_failed(struct session *s, int err)
     if (!upstream_log_allowed(s, LOG_WARN, &suppressed))
         return;
     char server[ADDR_STR_MAX], client[ADDR_STR_MAX];
-    log_warn("upstream connect failed", LF_STR("route", s->route->name),
-             LF_STR("client", addr_format(&s->peer.sa, client, sizeof(client))),
-             LF_STR("server", server_name(s, server, sizeof(server))), LF_INT("attempt", s->tries),
-             LF_STR("error", uv_strerror(err)), LF_INT("suppressed", suppressed));
+    addr_format(&s->peer.sa, client, sizeof(client));
+    server_name(s, server, sizeof(server));
+    /* With the client's address as the source, a timeout nearly always means
+     * the server's replies went to the client instead of back to lifeline. */
+    const char *hint =
+        s->route->upstream.source.kind != SOURCE_CLIENT ? NULL
+        : err == UV_ETIMEDOUT    ? "source_address \"client\": are the server's replies routed "
+                                   "back to lifeline? (transparent-routing.sh status; in a sidecar "
+                                   "upstream.mark must be its MARK)"
+        : err == UV_EAFNOSUPPORT ? "source_address \"client\": the client and the server are of "
+                                   "different address families"
+                                 : NULL;
+    if (hint != NULL)
+        log_warn("upstream connect failed", LF_STR("route", s->route->name),
+                 LF_STR("client", client), LF_STR("server", server), LF_INT("attempt", s->tries),
+                 LF_STR("error", uv_strerror(err)), LF_STR("hint", hint),
+                 LF_INT("suppressed", suppressed));
+    else
+        log_warn("upstream connect failed", LF_STR("route", s->route->name),
+                 LF_STR("client", client), LF_STR("server", server), LF_INT("attempt", s->tries),
+                 LF_STR("error", uv_strerror(err)), LF_INT("suppressed", suppressed));
 }
 
 static void count_try_failed(struct session *s)

@@ -14,6 +14,8 @@ case 4  sidecar, IPv6: the same.
 case 5  transparent-routing.sh: up twice leaves one rule, one route and one
         nftables table per family; down leaves the namespace as it was; a bad
         MARK is refused.
+case 6  the gateway without the routing: the connect times out, and the log
+        line's hint names the routing script.
 
 Exit 0 pass, 1 fail, 77 skip; the last line is "N passed, N failed".
 """
@@ -193,6 +195,29 @@ def case4_sidecar_ipv6(c):
     c.summary("case 4: sidecar IPv6: the server saw %s" % acc["peer"])
 
 
+def case6_no_routing(c):
+    """case 6: gateway without the routing: the failure says where to look"""
+    with Rig(c, "case 6", upstream={"source_address": "client", "connect_timeout_ms": 300,
+                                     "retries": 0}) as rig:
+        s = faultlib.ns_socket(rig.topo.ns("client"))
+        s.bind((rig.topo.client_ip, CLIENT_PORT))
+        s.settimeout(margin(5))
+        s.connect((rig.topo.proxy_client_ip, PROXY_PORT))
+        s.sendall(b"nobody routes the answer\n")
+        _, fail = wait_for(lambda: rig.ll.find(lambda r: r.get("msg") == "upstream connect failed"),
+                           margin(5), "the failed connect")
+        c.check(fail.get("error") == "connection timed out"
+                and "transparent-routing.sh status" in fail.get("hint", ""),
+                "case 6: without the routing, the connect times out and the log line's hint names "
+                "the routing script", str(fail))
+        _, closed = wait_for(lambda: rig.ll.find(lambda r: r.get("msg") == "session closed"),
+                             margin(5), "the session's close")
+        c.check(closed["reason"] == "upstream_connect_failed",
+                "case 6: the session ends with upstream_connect_failed", closed["reason"])
+        s.close()
+    c.summary("case 6: no routing: timeout, with a hint at the routing script")
+
+
 def case5_script(c):
     """case 5: transparent-routing.sh is idempotent and leaves nothing behind"""
     with Topology() as topo:
@@ -207,6 +232,9 @@ def case5_script(c):
                 out.append(topo.run("proxy", argv, check=False).stdout)
             return out
         before = snapshot()
+        st = routing(topo, "status")
+        c.check(st.returncode == 1 and "missing:" in st.stdout,
+                "case 5: status before up: exit 1, naming what is missing", st.stdout.strip())
         r1, r2 = routing(topo, "up"), routing(topo, "up")
         c.check(r1.returncode == 0 and r2.returncode == 0, "case 5: up twice, exit 0 both times",
                 r1.stderr + r2.stderr)
@@ -220,10 +248,17 @@ def case5_script(c):
                 "case 5: one rule, one local route per family and one nftables table",
                 "rules %d/%d, routes %d/%d, tables %d" % (len(rules4), len(rules6), len(local4),
                                                           len(local6), tables))
+        st = routing(topo, "status")
+        c.check(st.returncode == 0 and "missing" not in st.stdout, "case 5: status after up: exit 0",
+                st.stdout.strip())
+        st7 = routing(topo, "status", 7)
+        c.check(st7.returncode == 1 and "mark 7" in st7.stdout,
+                "case 5: status with another MARK says its rules are missing", st7.stdout.strip())
+        r7 = routing(topo, "up", 7)
         rd = routing(topo, "down")
-        c.check(rd.returncode == 0 and snapshot() == before,
-                "case 5: down leaves the namespace's rules, routes and ruleset as they were",
-                rd.stderr)
+        c.check(r7.returncode == 0 and rd.returncode == 0 and snapshot() == before,
+                "case 5: up, up, up 7, then one down leaves the namespace's rules, routes and "
+                "ruleset as they were", r7.stderr + rd.stderr)
         bad = routing(topo, "up", "zero")
         c.check(bad.returncode == 2 and "MARK must be a number" in bad.stderr
                 and snapshot() == before, "case 5: a bad MARK is refused and changes nothing",
@@ -233,4 +268,4 @@ def case5_script(c):
 
 if __name__ == "__main__":
     sys.exit(faultlib.main([case1_gateway, case2_gateway_crash_return, case3_sidecar_ipv4,
-                            case4_sidecar_ipv6, case5_script]))
+                            case4_sidecar_ipv6, case5_script, case6_no_routing]))

@@ -993,6 +993,25 @@ static void test_notes(void **state)
     /* Silence and the user timeout are kept to the millisecond. */
     expect_notes(WITH_HEARTBEAT("'silence_ms':1500,'user_timeout_ms':1501"), none);
 
+    /* "client" behind a dual-stack listener with servers of one family. */
+    const char *dual[] = { "routes[0].upstream.source_address: \"client\" with dual_stack: IPv4 "
+                           "clients cannot reach the IPv6 servers from their own addresses and "
+                           "will fail to connect",
+                           NULL };
+    expect_notes("{'routes':[{'name':'r','listen':'[::]:5000','dual_stack':true,'upstream':{"
+                 "'servers':['[2001:db8::2]:6000'],'source_address':'client'}}]}",
+                 dual);
+    expect_notes("{'routes':[{'name':'r','listen':'[::]:5000','dual_stack':true,'upstream':{"
+                 "'servers':['db.example:6000'],'source_address':'client'}}]}",
+                 none);
+    const char *loop[] = { "routes[0].upstream.servers[0]: a loopback server, with source_address "
+                           "\"client\": only clients on this host can reach it, others will fail "
+                           "to connect (\"127.0.0.1:6000\")",
+                           NULL };
+    expect_notes("{'routes':[{'name':'r','listen':'0.0.0.0:5000','upstream':{"
+                 "'servers':['127.0.0.1:6000'],'source_address':'client'}}]}",
+                 loop);
+
     const char *interval[] = { HB "keepalive_interval_ms: 1500 ms is rounded up to 2 s" ROUNDED,
                                NULL };
     expect_notes(WITH_HEARTBEAT("'keepalive_interval_ms':1500"), interval);
@@ -1707,26 +1726,42 @@ static void test_cross_key_rules(void **state)
      * listener is dual-stack (both). */
     const char *client[] = {
         "routes[0].upstream.source_address: \"client\": the clients of listen "
-        "\"10.0.0.1:5000\" are IPv4 and cannot reach the IPv6 server servers[1] [::1]:6001 "
-        "from their own addresses",
+        "\"10.0.0.1:5000\" are IPv4 and cannot reach the IPv6 server servers[1] "
+        "[2001:db8::2]:6001 from their own addresses",
         "routes[1].upstream.source_address: \"client\": the clients of listen \"[::]:5001\" "
-        "are IPv6 and cannot reach the IPv4 server servers[0] 127.0.0.1:6000 from their own "
+        "are IPv6 and cannot reach the IPv4 server servers[0] 10.0.0.2:6000 from their own "
         "addresses",
         NULL,
     };
     expect_errors("client source family against literal servers",
                   "{'routes':["
                   "{'name':'a','listen':'10.0.0.1:5000','upstream':{'servers':['10.0.0.2:6000',"
-                  "'[::1]:6001','db.example:6002'],'source_address':'client'}},"
-                  "{'name':'b','listen':'[::]:5001','upstream':{" SERVERS
-                  ",'source_address':'client'}}]}",
+                  "'[2001:db8::2]:6001','db.example:6002'],'source_address':'client'}},"
+                  "{'name':'b','listen':'[::]:5001','upstream':{'servers':['10.0.0.2:6000'],"
+                  "'source_address':'client'}}]}",
                   client);
+    /* A loopback server sees only loopback sources: fine for loopback
+     * clients, never for outside ones. */
+    const char *loopback[] = {
+        "routes[0].upstream.servers[1]: a loopback server cannot be reached from client "
+        "addresses (source_address \"client\"): use an address of this host, got "
+        "\"127.0.0.1:6001\"",
+        NULL,
+    };
+    expect_errors("client source to a loopback server",
+                  "{'routes':["
+                  "{'name':'a','listen':'10.0.0.1:5000','upstream':{'servers':['10.0.0.2:6000',"
+                  "'127.0.0.1:6001'],'source_address':'client'}},"
+                  "{'name':'b','listen':'127.0.0.1:5001','upstream':{'servers':['127.0.0.1:6000'],"
+                  "'source_address':'client'}}]}",
+                  loopback);
     cfg = expect_ok("{'routes':[{'name':'r','listen':'[::]:5000','dual_stack':true,'upstream':{"
-                    "'servers':['127.0.0.1:6000','[::1]:6001'],'source_address':'client',"
+                    "'servers':['10.0.0.2:6000','[2001:db8::2]:6001'],'source_address':'client',"
                     "'mark':4294967295}}]}");
     assert_int_equal(cfg->routes[0].upstream.source.kind, SOURCE_CLIENT);
     assert_int_equal(cfg->routes[0].upstream.source.addr.ss_family, AF_UNSPEC);
     assert_int_equal(cfg->routes[0].upstream.mark, 4294967295u);
+    assert_int_equal(cfg->notes.n, 0);
     config_free(cfg);
 
     const char *dual[] = {
