@@ -980,7 +980,7 @@ static void check_route(struct ctx *c, const struct route_config *r, size_t i)
         /* An IPv6 socket bound to it cannot reach IPv6 servers, nor an IPv4
          * socket be bound to it: only the IPv4 form means anything. */
         path_push(&p, "routes[%zu].upstream.source_address", i);
-        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)source;
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&u->source.addr;
         inet_ntop(AF_INET6, &in6->sin6_addr, addr, sizeof(addr));
         add_error(c, &p, "an IPv4-mapped address: write the IPv4 address itself, got %s",
                   quote(addr, q, sizeof(q)));

@@ -140,9 +140,10 @@ def ensure_lifeline_image():
 
 
 def ensure_systemd_image():
+    """Built every time: the layer cache makes that a few seconds when
+    systemd.Containerfile has not changed, and a change takes effect."""
     ensure_base()
-    if not image_exists(SYSTEMD_IMAGE):
-        build(os.path.join(HERE, "systemd.Containerfile"), SYSTEMD_IMAGE, context=HERE)
+    build(os.path.join(HERE, "systemd.Containerfile"), SYSTEMD_IMAGE, context=HERE)
 
 
 def ensure_stand_in(ref, packages):

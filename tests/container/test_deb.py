@@ -315,6 +315,12 @@ def main():
         check(out("cat", "/etc/lifeline/lifeline.json") == open(CONFIG).read().strip(),
               "/etc/lifeline/lifeline.json is config/lifeline.json")
         relays("the packaged configuration")
+        script = "/usr/share/lifeline/transparent-routing.sh"
+        check(cexec("test", "-x", script, check=False, quiet=True).returncode == 0,
+              f"{script} is installed, executable")
+        unit = out("systemctl", "cat", "lifeline")
+        check(f"#ExecStartPre=+{script} up" in unit and "/usr/local" not in unit,
+              "the packaged unit's commented ExecStartPre names the packaged script")
 
         # ---- upgrade: no stop, no restart, the open session goes on ----
         lport, uhost, uport = addresses()

@@ -247,13 +247,18 @@ def main():
             r"source_address", journal()) is not None,
             "without the commented lines, \"client\" fails the start naming CAP_NET_ADMIN")
         lines = [x[1:] for x in open(UNIT).read().splitlines()
-                 if x.startswith(("#AmbientCapabilities=", "#CapabilityBoundingSet="))]
-        check(len(lines) == 2 and all("CAP_NET_ADMIN" in x for x in lines),
-              f"the unit carries the commented capability lines: {lines}")
+                 if x.startswith(("#AmbientCapabilities=", "#CapabilityBoundingSet=",
+                                  "#ExecStartPre="))]
+        check(len(lines) == 3 and all("CAP_NET_ADMIN" in x for x in lines[:2])
+              and "transparent-routing.sh up" in lines[2],
+              f"the unit carries the commented lines: {lines}")
         dropin = "/etc/systemd/system/lifeline.service.d/transparent.conf"
-        sh(f"mkdir -p {os.path.dirname(dropin)} && printf '[Service]\\n%s\\n%s\\n' "
-           f"'{lines[0]}' '{lines[1]}' > {dropin} && systemctl daemon-reload "
+        sh(f"mkdir -p {os.path.dirname(dropin)} && printf '[Service]\\n%s\\n%s\\n%s\\n' "
+           f"'{lines[0]}' '{lines[1]}' '{lines[2]}' > {dropin} && systemctl daemon-reload "
            "&& systemctl reset-failed lifeline && systemctl restart lifeline")
+        r = sh("/usr/local/share/lifeline/transparent-routing.sh status", check=False, quiet=True)
+        check(r.returncode == 0, "ExecStartPre installed the routing (transparent-routing.sh "
+              "status: exit 0)")
         pid = prop("MainPID")
         capeff = out(f"grep CapEff /proc/{pid}/status").split()[1]
         check(int(capeff, 16) == 1 << 12,
@@ -262,7 +267,8 @@ def main():
         last = [e for e in server_events() if e.startswith("accept")][-1]
         check(r.returncode == 0 and last.split()[2].startswith("127.0.0.77:"),
               f"the server sees the client's own address under the sandbox: {last}")
-        sh(f"rm {dropin} && systemctl daemon-reload", quiet=True)
+        sh(f"rm {dropin} && /usr/local/share/lifeline/transparent-routing.sh down "
+           "&& systemctl daemon-reload", quiet=True)
         write_config(config())
         sh("systemctl restart lifeline")
 
