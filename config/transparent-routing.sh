@@ -54,6 +54,22 @@ fi
 TABLE=${LIFELINE_ROUTE_TABLE:-19532}
 PRIORITY=${LIFELINE_RULE_PRIORITY:-19532}
 NFT_TABLE=lifeline_transparent
+# A table of our own: never main (254), local (255), default (253) or 0,
+# whose routes `down` would flush. A priority between the local rule (0)
+# and the main one (32766).
+case $TABLE in '' | 0* | *[!0-9]*) TABLE=bad ;; esac
+if [ "$TABLE" = bad ] || [ ${#TABLE} -gt 10 ] || [ "$TABLE" -gt 4294967295 ] ||
+    { [ "$TABLE" -ge 253 ] && [ "$TABLE" -le 255 ]; }; then
+    echo "$0: LIFELINE_ROUTE_TABLE must be a number from 1 to 252 or 256 to 4294967295," \
+        "got '${LIFELINE_ROUTE_TABLE:-}'" >&2
+    exit 2
+fi
+case $PRIORITY in '' | 0* | *[!0-9]*) PRIORITY=bad ;; esac
+if [ "$PRIORITY" = bad ] || [ ${#PRIORITY} -gt 5 ] || [ "$PRIORITY" -gt 32765 ]; then
+    echo "$0: LIFELINE_RULE_PRIORITY must be a number from 1 to 32765," \
+        "got '${LIFELINE_RULE_PRIORITY:-}'" >&2
+    exit 2
+fi
 
 for tool in ip nft; do
     command -v $tool >/dev/null || { echo "$0: $tool is not installed" >&2; exit 1; }
@@ -68,10 +84,18 @@ any_rule() { # FAMILY
     [ -n "$(ip "$1" rule show priority "$PRIORITY" lookup "$TABLE" 2>/dev/null)" ]
 }
 
+# Our rules whose mark is not MARK (left by an `up` with another MARK).
+other_marks() { # FAMILY
+    ip "$1" rule show priority "$PRIORITY" lookup "$TABLE" 2>/dev/null |
+        sed -n 's/.*fwmark \(0x[0-9a-f]*\).*/\1/p' | while read -r m; do
+        [ "$(printf '%u' "$m")" = "$MARK" ] || echo "$m"
+    done
+}
+
 # IPv6 only where the namespace has it (a host booted with ipv6.disable=1,
 # or a namespace with disable_ipv6 set on lo, has no IPv6 routes to add).
 families() {
-    if [ -r /proc/net/if_inet6 ] && [ "$(cat /proc/sys/net/ipv6/conf/lo/disable_ipv6 2>/dev/null)" = 0 ]; then
+    if [ -r /proc/net/if_inet6 ] && [ "$(cat /proc/sys/net/ipv6/conf/lo/disable_ipv6 2>/dev/null || echo 0)" = 0 ]; then
         echo "-4 -6"
     else
         echo "-4"
@@ -82,11 +106,16 @@ up() {
     for f in $(families); do
         # Packets marked MARK: every destination is local.
         rule_present $f || ip $f rule add priority "$PRIORITY" fwmark "$MARK" lookup "$TABLE"
+        for m in $(other_marks $f); do
+            ip $f rule del priority "$PRIORITY" fwmark "$m" lookup "$TABLE"
+        done
         ip $f route replace local default dev lo table "$TABLE"
     done
-    # Replaced whole, so that running `up` again leaves one copy.
-    nft delete table inet $NFT_TABLE 2>/dev/null || true
+    # Replaced whole in one transaction (nft -f applies a file atomically):
+    # at no moment are the rules missing, and `up` again leaves one copy.
     nft -f - <<EOF
+table inet $NFT_TABLE {}
+delete table inet $NFT_TABLE
 table inet $NFT_TABLE {
     chain prerouting {
         type filter hook prerouting priority mangle; policy accept;
@@ -118,7 +147,7 @@ down() {
 status() {
     missing=0
     for f in $(families); do
-        ip $f rule show priority "$PRIORITY" lookup "$TABLE"
+        ip $f rule show priority "$PRIORITY" lookup "$TABLE" 2>/dev/null || true
         rule_present $f || { echo "missing: ip $f rule fwmark $MARK lookup $TABLE"; missing=1; }
         routes=$(ip $f route show table "$TABLE" 2>/dev/null) || routes=
         [ -n "$routes" ] && echo "$routes" || { echo "missing: ip $f route table $TABLE"; missing=1; }

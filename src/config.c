@@ -1019,18 +1019,18 @@ static void check_route(struct ctx *c, const struct route_config *r, size_t i)
         /* The listen address decides the clients' family; a dual-stack
          * listener takes both, which only a connect can tell apart. */
         int family = r->listen.sa.ss_family;
-        char srv_addr[ADDR_STR_MAX];
+        char srv_addr[ADDR_STR_MAX], srv_q[ADDR_STR_MAX + 16];
         for (size_t s = 0; s < u->n_servers; s++) {
             const struct hostport *srv = &u->servers[s];
             if (!srv->numeric || srv->sa.ss_family == family)
                 continue;
+            quote(addr_format_hostport(srv, srv_addr, sizeof(srv_addr)), srv_q, sizeof(srv_q));
             path_push(&p, "routes[%zu].upstream.source_address", i);
             add_error(c, &p,
                       "\"client\": the clients of listen %s are %s and cannot reach the %s "
                       "server servers[%zu] %s from their own addresses",
                       quote(addr_format_hostport(&r->listen, addr, sizeof(addr)), q, sizeof(q)),
-                      family_word(family), family_word(srv->sa.ss_family), s,
-                      addr_format_hostport(srv, srv_addr, sizeof(srv_addr)));
+                      family_word(family), family_word(srv->sa.ss_family), s, srv_q);
             path_pop(&p, 0);
         }
     }

@@ -93,7 +93,9 @@ int net_listen_socket(const struct sockaddr *sa, int dual_stack, int backlog)
     return fd;
 }
 
-int net_upstream_socket(int family, const struct upstream_bind *b)
+/* One socket as net_upstream_socket() makes it; with port_at_bind the
+ * kernel picks the port at bind() instead of at connect(). */
+static int upstream_socket_once(int family, const struct upstream_bind *b, int port_at_bind)
 {
     int one = 1;
     int fd = tcp_socket(family);
@@ -114,13 +116,37 @@ int net_upstream_socket(int family, const struct upstream_bind *b)
         if (rc < 0)
             return fail_close(fd);
     }
-    /* Choose the port at connect() time, per destination, so ephemeral
-     * ports are not used up by bind(): a client's address gets a port of
-     * its own for each server, never the client's port. */
-    (void)setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
+    /* Otherwise the port is chosen at connect() time, per destination, so
+     * that ephemeral ports are not used up by bind(). */
+    if (!port_at_bind)
+        (void)setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
     if (bind(fd, b->source, addr_len(b->source)) < 0)
         return fail_close(fd);
     return fd;
+}
+
+static uint16_t local_port(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
+        return 0;
+    return addr_port((const struct sockaddr *)&ss);
+}
+
+int net_upstream_socket(int family, const struct upstream_bind *b)
+{
+    if (b->avoid_port == 0)
+        return upstream_socket_once(family, b, 0);
+    /* The port is picked at bind() so that it can be checked before any
+     * packet leaves: should the kernel pick the client's own port, a second
+     * socket, bound while the first still holds that port, gets another. */
+    int fd = upstream_socket_once(family, b, 1);
+    if (fd < 0 || local_port(fd) != b->avoid_port)
+        return fd;
+    int other = upstream_socket_once(family, b, 1);
+    close(fd);
+    return other;
 }
 
 void net_set_nodelay(int fd)

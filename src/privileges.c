@@ -88,7 +88,8 @@ int privileges_check(const struct config *cfg)
         log_error("cannot read capabilities", LF_STR("error", strerror(-rc)));
         return rc;
     }
-    if ((c.effective & privileges_needed(cfg)) == privileges_needed(cfg))
+    uint64_t need = privileges_needed(cfg);
+    if ((c.effective & need) == need)
         return 0;
     net_admin_keys(cfg, log_missing);
     return -EPERM;
@@ -125,7 +126,8 @@ int privileges_drop(const struct config *cfg)
      * PR_SET_KEEPCAPS: leaving uid 0 keeps the permitted set, from which
      * the needed capabilities are raised again below. */
     uint64_t keep = privileges_needed(cfg);
-    if (keep != 0 && prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0) {
+    int leaves_root = pw != NULL && getuid() == 0 && pw->pw_uid != 0;
+    if (keep != 0 && leaves_root && prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0) {
         int err = -errno;
         log_error("cannot drop privileges", LF_STR("error", strerror(-err)));
         return err;
@@ -146,15 +148,18 @@ int privileges_drop(const struct config *cfg)
                   LF_STR("error", strerror(-err)));
         return err;
     }
-    if (keep != 0)
+    if (keep != 0 && leaves_root)
         (void)prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0);
+    /* Whatever the switch left (root keeps all of them with only "group",
+     * an account switching to itself keeps its ambient ones), only what
+     * the configuration needs stays. */
     struct caps c = { 0 };
     if ((rc = caps_get(&c)) < 0 || (rc = caps_set(keep & c.permitted)) < 0) {
-        log_error("cannot drop privileges", LF_STR("capabilities", "set"),
+        log_error("cannot drop privileges", LF_STR("step", "capabilities"),
                   LF_STR("error", strerror(-rc)));
         return rc;
     }
     log_info("dropped privileges", LF_INT("uid", getuid()), LF_INT("gid", getgid()),
-             LF_STR("capabilities", keep != 0 ? "CAP_NET_ADMIN" : "none"));
+             LF_STR("capabilities", (keep & c.permitted) != 0 ? "CAP_NET_ADMIN" : "none"));
     return 0;
 }

@@ -998,6 +998,7 @@ static void connect_to(struct session *s, const struct sockaddr *sa)
         addr_host_of(&s->peer.sa, &client_host);
         b.source = (const struct sockaddr *)&client_host;
         b.transparent = 1;
+        b.avoid_port = addr_port(&s->peer.sa);
     }
 
     /* Its descriptor was counted when the client was accepted: EMFILE here

@@ -27,11 +27,12 @@ struct upstream_bind {
     const struct sockaddr *source; /* NULL: the kernel picks the address */
     int transparent;               /* source may be another host's (IP_TRANSPARENT) */
     uint32_t mark;                 /* SO_MARK; 0: none */
+    uint16_t avoid_port;           /* a port the socket must not get (the client's); 0: none */
 };
 
 /* Creates a non-blocking TCP socket for an upstream connection of this
  * family, marked and bound as `b` says (an address only: the kernel picks
- * an ephemeral port when connecting). Returns the fd or -errno:
+ * an ephemeral port, never avoid_port). Returns the fd or -errno:
  * -EAFNOSUPPORT for a source of the other family, -EPERM without
  * CAP_NET_ADMIN for a transparent source or a mark. */
 int net_upstream_socket(int family, const struct upstream_bind *b);

@@ -16,6 +16,8 @@ case 5  transparent-routing.sh: up twice leaves one rule, one route and one
         MARK is refused.
 case 6  the gateway without the routing: the connect times out, and the log
         line's hint names the routing script.
+case 7  with only the client's port and one other left to the kernel, the
+        server sees the other: never the client's port.
 
 Exit 0 pass, 1 fail, 77 skip; the last line is "N passed, N failed".
 """
@@ -218,6 +220,27 @@ def case6_no_routing(c):
     c.summary("case 6: no routing: timeout, with a hint at the routing script")
 
 
+def case7_never_the_client_port(c):
+    """case 7: the upstream port is never the client's, even when the kernel would pick it"""
+    with Rig(c, "case 7", upstream={"source_address": "client"}) as rig:
+        routing_up(rig.topo)
+        # Only the client's port and one other are left to pick from.
+        rig.topo.run("proxy", ["sysctl", "-qw", "net.ipv4.ip_local_port_range=%d %d"
+                               % (CLIENT_PORT, CLIENT_PORT + 1)])
+        s = faultlib.ns_socket(rig.topo.ns("client"))
+        s.bind((rig.topo.client_ip, CLIENT_PORT))
+        s.settimeout(margin(5))
+        s.connect((rig.topo.proxy_client_ip, PROXY_PORT))
+        s.sendall(b"which port?\n")
+        _, acc = rig.srv_wait(lambda r: r["event"] == "accept", margin(5), "the server's accept")
+        c.check(acc["peer"] == "%s:%d" % (rig.topo.client_ip, CLIENT_PORT + 1),
+                "case 7: from the client's IP and the one port left that is not the client's %d"
+                % CLIENT_PORT, acc["peer"])
+        s.close()
+    c.summary("case 7: with only ports %d-%d free, the server saw %s"
+              % (CLIENT_PORT, CLIENT_PORT + 1, acc["peer"]))
+
+
 def case5_script(c):
     """case 5: transparent-routing.sh is idempotent and leaves nothing behind"""
     with Topology() as topo:
@@ -255,10 +278,21 @@ def case5_script(c):
         c.check(st7.returncode == 1 and "mark 7" in st7.stdout,
                 "case 5: status with another MARK says its rules are missing", st7.stdout.strip())
         r7 = routing(topo, "up", 7)
+        now = snapshot()
+        ours = [x for x in now[0].splitlines() + now[1].splitlines() if "lookup 19532" in x]
+        c.check(r7.returncode == 0 and len(ours) == 2 and all("fwmark 0x7 " in x for x in ours)
+                and "meta mark set 0x00000007" in now[4] and "0x00004c4c" not in now[4],
+                "case 5: up 7 replaces the rules of the other mark, one per family", "\n".join(ours))
         rd = routing(topo, "down")
-        c.check(r7.returncode == 0 and rd.returncode == 0 and snapshot() == before,
-                "case 5: up, up, up 7, then one down leaves the namespace's rules, routes and "
-                "ruleset as they were", r7.stderr + rd.stderr)
+        c.check(rd.returncode == 0 and snapshot() == before,
+                "case 5: then one down leaves the namespace's rules, routes and ruleset as they "
+                "were", rd.stderr)
+        main = topo.run("proxy", ["env", "LIFELINE_ROUTE_TABLE=main", "sh", SCRIPT, "up"],
+                        check=False)
+        c.check(main.returncode == 2 and "LIFELINE_ROUTE_TABLE" in main.stderr
+                and snapshot() == before,
+                "case 5: the main routing table is refused as the script's own, nothing changed",
+                main.stderr.strip())
         bad = routing(topo, "up", "zero")
         c.check(bad.returncode == 2 and "MARK must be a number" in bad.stderr
                 and snapshot() == before, "case 5: a bad MARK is refused and changes nothing",
@@ -268,4 +302,5 @@ def case5_script(c):
 
 if __name__ == "__main__":
     sys.exit(faultlib.main([case1_gateway, case2_gateway_crash_return, case3_sidecar_ipv4,
-                            case4_sidecar_ipv6, case5_script, case6_no_routing]))
+                            case4_sidecar_ipv6, case5_script, case6_no_routing,
+                            case7_never_the_client_port]))

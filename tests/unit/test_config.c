@@ -1727,10 +1727,10 @@ static void test_cross_key_rules(void **state)
     const char *client[] = {
         "routes[0].upstream.source_address: \"client\": the clients of listen "
         "\"10.0.0.1:5000\" are IPv4 and cannot reach the IPv6 server servers[1] "
-        "[2001:db8::2]:6001 from their own addresses",
+        "\"[2001:db8::2]:6001\" from their own addresses",
         "routes[1].upstream.source_address: \"client\": the clients of listen \"[::]:5001\" "
-        "are IPv6 and cannot reach the IPv4 server servers[0] 10.0.0.2:6000 from their own "
-        "addresses",
+        "are IPv6 and cannot reach the IPv4 server servers[0] \"10.0.0.2:6000\" from their "
+        "own addresses",
         NULL,
     };
     expect_errors("client source family against literal servers",
