@@ -36,7 +36,7 @@ struct supervisor {
     const struct supervisor_options *opts;
     int reload_again; /* a SIGHUP came during a reload, or before ready */
     uv_loop_t loop;
-    uv_signal_t sigterm, sigint, sighup;
+    uv_signal_t sigterm, sigint, sighup, sigusr1, sigusr2;
     uv_async_t notify;           /* workers report phase changes here */
     struct worker_set workers;   /* by number; n_started of them running */
     struct worker_shared shared; /* what every worker is lent */
@@ -71,6 +71,8 @@ static void handled_signals(sigset_t *set)
     sigaddset(set, SIGTERM);
     sigaddset(set, SIGINT);
     sigaddset(set, SIGHUP);
+    sigaddset(set, SIGUSR1);
+    sigaddset(set, SIGUSR2);
 }
 
 static void close_own_handles(struct supervisor *sup)
@@ -84,6 +86,8 @@ static void close_own_handles(struct supervisor *sup)
     uv_close((uv_handle_t *)&sup->sigterm, NULL);
     uv_close((uv_handle_t *)&sup->sigint, NULL);
     uv_close((uv_handle_t *)&sup->sighup, NULL);
+    uv_close((uv_handle_t *)&sup->sigusr1, NULL);
+    uv_close((uv_handle_t *)&sup->sigusr2, NULL);
     uv_close((uv_handle_t *)&sup->notify, NULL);
     uv_close((uv_handle_t *)&sup->watchdog, NULL);
     uv_close((uv_handle_t *)&sup->sd_watchdog, NULL);
@@ -141,6 +145,18 @@ static void sighup_cb(uv_signal_t *h, int signum)
         sup->reload_again = 0;
         reload_start(&sup->rl);
     }
+}
+
+/* The default action of SIGUSR1 and SIGUSR2 is to terminate: a stray one
+ * (other proxies upgrade on SIGUSR2) would reset every session. Logged and
+ * ignored, until SIGUSR2 starts a live upgrade. */
+static void sigusr_cb(uv_signal_t *h, int signum)
+{
+    (void)h;
+    if (signum == SIGUSR2)
+        log_warn("SIGUSR2 ignored: live upgrade is not available in this version");
+    else
+        log_warn("SIGUSR1 ignored");
 }
 
 static void notify_cb(uv_async_t *a)
@@ -299,10 +315,14 @@ static int init_loop(struct supervisor *sup)
     if ((rc = uv_signal_init(&sup->loop, &sup->sigterm)) < 0 ||
         (rc = uv_signal_init(&sup->loop, &sup->sigint)) < 0 ||
         (rc = uv_signal_init(&sup->loop, &sup->sighup)) < 0 ||
+        (rc = uv_signal_init(&sup->loop, &sup->sigusr1)) < 0 ||
+        (rc = uv_signal_init(&sup->loop, &sup->sigusr2)) < 0 ||
         (rc = uv_async_init(&sup->loop, &sup->notify, notify_cb)) < 0 ||
         (rc = uv_signal_start(&sup->sigterm, signal_cb, SIGTERM)) < 0 ||
         (rc = uv_signal_start(&sup->sigint, signal_cb, SIGINT)) < 0 ||
-        (rc = uv_signal_start(&sup->sighup, sighup_cb, SIGHUP)) < 0) {
+        (rc = uv_signal_start(&sup->sighup, sighup_cb, SIGHUP)) < 0 ||
+        (rc = uv_signal_start(&sup->sigusr1, sigusr_cb, SIGUSR1)) < 0 ||
+        (rc = uv_signal_start(&sup->sigusr2, sigusr_cb, SIGUSR2)) < 0) {
         log_error("cannot start the event loop", LF_STR("error", uv_strerror(rc)));
         uv_walk(&sup->loop, close_walk_cb, NULL);
         uv_run(&sup->loop, UV_RUN_DEFAULT);
@@ -386,8 +406,11 @@ int supervisor_run(struct config *cfg, const struct supervisor_options *opts)
         .cfg = config_ref(cfg),
     };
 
-    /* A peer that vanishes mid-write must be an error return, not a signal. */
+    /* A peer that vanishes mid-write must be an error return, not a signal;
+     * SIGUSR1/2 are ignored until the loop handles them (sigusr_cb). */
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGUSR1, SIG_IGN);
+    signal(SIGUSR2, SIG_IGN);
     budget_raise_fd_limit();
 
     size_t n_fds = sup.workers.n * cfg->n_routes;
@@ -435,6 +458,8 @@ int supervisor_run(struct config *cfg, const struct supervisor_options *opts)
     signal(SIGTERM, SIG_IGN);
     signal(SIGINT, SIG_IGN);
     signal(SIGHUP, SIG_IGN);
+    signal(SIGUSR1, SIG_IGN);
+    signal(SIGUSR2, SIG_IGN);
     code = sup.exit_code;
     if (code == EXIT_CLEAN)
         log_info("stopped");

@@ -82,6 +82,21 @@ class Shutdown(LifelineTestCase):
         self.assertTrue(d.find("stopped"), d.log_tail())
         self.assertEqual(srv.accepted_count(), 1)
 
+    def test_sigusr_ignored_and_logged(self):
+        """SIGUSR2 (what other proxies take for "upgrade") and SIGUSR1 would
+        terminate a process that does not handle them, resetting every
+        session: lifeline logs each and goes on; the session still relays."""
+        srv, d, cli, conn = self.open_session(drain_timeout_ms=2000)
+        d.signal(signal.SIGUSR2)
+        d.wait_log("SIGUSR2 ignored: live upgrade is not available in this version")
+        d.signal(signal.SIGUSR1)
+        d.wait_log("SIGUSR1 ignored")
+        self.assertTrue(d.running())
+        cli.sendall(b"after the signals")
+        self.assertEqual(recv_exact(conn, 17), b"after the signals")
+        conn.sendall(b"back")
+        self.assertEqual(recv_exact(cli, 4), b"back")
+
     def test_drain_deadline_closes_session(self):
         """drain_timeout_ms 500 and a session that never ends: it is closed
         with reason shutdown (the server sees FIN), lifeline exits 0 after
