@@ -125,15 +125,6 @@ static int upstream_socket_once(int family, const struct upstream_bind *b, int p
     return fd;
 }
 
-static uint16_t local_port(int fd)
-{
-    struct sockaddr_storage ss;
-    socklen_t len = sizeof(ss);
-    if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
-        return 0;
-    return addr_port((const struct sockaddr *)&ss);
-}
-
 int net_upstream_socket(int family, const struct upstream_bind *b)
 {
     if (b->avoid_port == 0)
@@ -142,7 +133,7 @@ int net_upstream_socket(int family, const struct upstream_bind *b)
      * packet leaves: should the kernel pick the client's own port, a second
      * socket, bound while the first still holds that port, gets another. */
     int fd = upstream_socket_once(family, b, 1);
-    if (fd < 0 || local_port(fd) != b->avoid_port)
+    if (fd < 0 || net_local_port(fd) != b->avoid_port)
         return fd;
     int other = upstream_socket_once(family, b, 1);
     close(fd);
