@@ -345,6 +345,8 @@ static const char *status_text(int status)
         return "Not Found";
     case 405:
         return "Method Not Allowed";
+    case 409:
+        return "Conflict";
     case 431:
         return "Request Header Fields Too Large";
     case 500:
@@ -637,6 +639,8 @@ int admin_start(struct admin **out, uv_loop_t *loop, int fd, const struct admin_
     *out = a;
     return 0;
 }
+
+int admin_fd(const struct admin *a) { return a->fd; }
 
 void admin_stop(struct admin *a)
 {

@@ -62,11 +62,14 @@ static void kill_done(struct request *r)
 {
     struct kill_request *k = (struct kill_request *)(void *)r;
     char body[64];
-    if (k->found)
+    int status = k->busy ? 409 : k->found ? 200 : 404;
+    if (k->busy)
+        snprintf(body, sizeof(body), "{\"error\":\"live upgrade in progress\"}\n");
+    else if (k->found)
         snprintf(body, sizeof(body), "{\"closed\":%" PRIu64 "}\n", k->session_id);
     else
         snprintf(body, sizeof(body), "{\"error\":\"no such session\"}\n");
-    admin_reply(r->owner, k->found ? 200 : 404, "application/json", strdup(body));
+    admin_reply(r->owner, status, "application/json", strdup(body));
     request_free(r);
 }
 

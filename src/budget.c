@@ -35,6 +35,8 @@ int budget_take_fds(struct budget *b, int n)
 
 void budget_give_fds(struct budget *b, int n) { atomic_fetch_sub(&b->fds_used, n); }
 
+void budget_claim_fds(struct budget *b, int n) { atomic_fetch_add(&b->fds_used, n); }
+
 int budget_fds_room(const struct budget *b)
 {
     return atomic_load(&b->fds_used) + BUDGET_FDS_PER_SESSION <= atomic_load(&b->fds_max);

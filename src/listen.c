@@ -15,9 +15,11 @@
 
 void listen_close_fds(int *fds, size_t n)
 {
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         if (fds[i] >= 0)
             close(fds[i]);
+        fds[i] = -1;
+    }
 }
 
 static void log_listen_error(const char *name, const struct hostport *hp, const char *what)
@@ -146,20 +148,29 @@ int listen_open_routes(const struct config *cfg, size_t n_workers, const struct 
             }
             continue;
         }
-        int rc = probe_listen(route->name, &route->listen, sa, route->dual_stack);
+        int rc = listen_open_route(cfg, r, n_workers, sa, fds);
         if (rc < 0)
             return rc;
-        for (size_t w = 0; w < n_workers; w++) {
-            int fd =
-                net_listen_socket((const struct sockaddr *)sa, route->dual_stack, LISTEN_BACKLOG);
-            if (fd < 0) {
-                log_listen_error(route->name, &route->listen, strerror(-fd));
-                return fd;
-            }
-            fds[w * cfg->n_routes + r] = fd;
-        }
-        log_listening(route->name, sa);
     }
+    return 0;
+}
+
+int listen_open_route(const struct config *cfg, size_t r, size_t n_workers,
+                      const struct sockaddr_storage *sa, int *fds)
+{
+    const struct route_config *route = &cfg->routes[r];
+    int rc = probe_listen(route->name, &route->listen, sa, route->dual_stack);
+    if (rc < 0)
+        return rc;
+    for (size_t w = 0; w < n_workers; w++) {
+        int fd = net_listen_socket((const struct sockaddr *)sa, route->dual_stack, LISTEN_BACKLOG);
+        if (fd < 0) {
+            log_listen_error(route->name, &route->listen, strerror(-fd));
+            return fd;
+        }
+        fds[w * cfg->n_routes + r] = fd;
+    }
+    log_listening(route->name, sa);
     return 0;
 }
 

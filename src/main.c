@@ -11,6 +11,7 @@
 #include "lifeline/probe.h"
 #include "lifeline/listen.h"
 #include "lifeline/supervisor.h"
+#include "lifeline/upgrade.h"
 
 /* " debug info warn error", " text json": from the one list of each. */
 #define NAME_WORD_(id, name) " " name
@@ -158,7 +159,13 @@ int main(int argc, char **argv)
     log_info("starting", LF_STR("version", LIFELINE_VERSION), LF_STR("config", path));
     for (size_t i = 0; i < cfg->notes.n; i++)
         log_warn("config note", LF_STR("note", cfg->notes.msgs[i]));
+    /* Read now: a package upgrade replaces the file, and SIGUSR2 starts
+     * whatever is at this path then. */
+    static struct upgrade_exec exec;
+    if (upgrade_exec_init(&exec, argv) < 0)
+        exec.exe[0] = '\0';
     struct supervisor_options opts = { .config_path = path,
+                                       .exec = &exec,
                                        .log_level_fixed = have_level,
                                        .log_format_fixed = have_format };
     int code = supervisor_run(cfg, &opts);

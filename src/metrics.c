@@ -33,6 +33,10 @@
       "Connections refused by access control or limits, by cause.")                                \
     X(ACCEPT_ERRORS, "lifeline_accept_errors_total", "counter", "Failed accepts.")                 \
     X(RELOADS, "lifeline_config_reloads_total", "counter", "Configuration reloads, by result.")    \
+    X(UPGRADES, "lifeline_upgrades_total", "counter",                                              \
+      "Live upgrades, by result; carried over to each new process.")                               \
+    X(UPGRADE_SECONDS, "lifeline_upgrade_duration_seconds", "gauge",                               \
+      "How long the last live upgrade took, from SIGUSR2 until the new process had it all.")       \
     X(CONFIG_INFO, "lifeline_config_info", "gauge",                                                \
       "Always 1; the hash label identifies the loaded configuration file.")                        \
     X(START_TIME, "lifeline_process_start_time_seconds", "gauge",                                  \
@@ -277,6 +281,12 @@ char *metrics_render(struct worker_stats *const *stats, size_t n_workers,
     fprintf(t, "%s{result=\"ok\"} %" PRIu64 "\n%s{result=\"failed\"} %" PRIu64 "\n",
             families[FAMILY_RELOADS].name, ps->reloads_ok, families[FAMILY_RELOADS].name,
             ps->reloads_failed);
+    header(t, FAMILY_UPGRADES);
+    fprintf(t, "%s{result=\"ok\"} %" PRIu64 "\n%s{result=\"failed\"} %" PRIu64 "\n",
+            families[FAMILY_UPGRADES].name, ps->upgrades_ok, families[FAMILY_UPGRADES].name,
+            ps->upgrades_failed);
+    header(t, FAMILY_UPGRADE_SECONDS);
+    fprintf(t, "%s %.3f\n", families[FAMILY_UPGRADE_SECONDS].name, ps->upgrade_seconds);
     header(t, FAMILY_CONFIG_INFO);
     fprintf(t, "%s{hash=\"%s\"} 1\n", families[FAMILY_CONFIG_INFO].name, ps->config_hash);
     header(t, FAMILY_START_TIME);

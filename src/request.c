@@ -29,6 +29,21 @@ struct request *request_new(enum request_type type, size_t n_workers,
         r = rl != NULL ? &rl->base : NULL;
         break;
     }
+    case REQUEST_FREEZE: {
+        struct freeze_request *f = calloc(1, sizeof(*f));
+        if (f != NULL && (f->parts = calloc(n_workers + 1, sizeof(*f->parts))) == NULL) {
+            free(f);
+            f = NULL;
+        }
+        if (f != NULL)
+            f->n_parts = n_workers;
+        r = f != NULL ? &f->base : NULL;
+        break;
+    }
+    case REQUEST_THAW:
+    case REQUEST_RELEASE:
+        r = calloc(1, sizeof(*r));
+        break;
     }
     if (r != NULL) {
         r->type = type;
@@ -83,6 +98,14 @@ static void free_now(struct request *r)
         for (size_t i = 0; l->parts != NULL && i < l->n_parts; i++)
             free(l->parts[i]);
         free(l->parts);
+    } else if (r->type == REQUEST_FREEZE) {
+        struct freeze_request *f = (struct freeze_request *)r;
+        for (size_t i = 0; f->parts != NULL && i < f->n_parts; i++) {
+            free(f->parts[i].recs);
+            free(f->parts[i].fds);
+            free(f->parts[i].listen_fds);
+        }
+        free(f->parts);
     }
     free(r);
 }

@@ -60,6 +60,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -176,6 +177,8 @@ enum half_read {
                      * is slow, or not connected yet */
     READ_BUDGET, /* stopped: buffer_total_bytes is spent; on its worker's
                      * budget list until there is room (session_budget_retry) */
+    READ_FROZEN, /* stopped for a live upgrade (session_hold): reads again at
+                     * session_thaw, or moves to the new process */
 };
 
 struct half {
@@ -375,14 +378,36 @@ static void queue_free(struct session *s, struct half *h)
 
 /* --- liveness: silence ---------------------------------------------------- */
 
+static void silence_cb(uv_timer_t *t);
+
+/* Bytes the client sent that nobody has read yet: reading is stopped
+ * (backpressure, a live upgrade), not the client silent. */
+static int client_has_input(const struct session *s)
+{
+    int fd = -1, n = 0;
+    return uv_fileno((const uv_handle_t *)&s->client, &fd) == 0 && ioctl(fd, FIONREAD, &n) == 0 &&
+           n > 0;
+}
+
+static void silence_arm(struct session *s)
+{
+    uint64_t limit = s->route->client.heartbeat.silence_ms;
+    uint64_t quiet = uv_now(s->host->loop) - s->last_rx_ms;
+    uv_timer_start(&s->silence, silence_cb, quiet < limit ? limit - quiet : 0, 0);
+}
+
 static void silence_cb(uv_timer_t *t)
 {
     struct session *s = t->data;
     uint64_t limit = s->route->client.heartbeat.silence_ms;
     uint64_t quiet = uv_now(s->host->loop) - s->last_rx_ms;
+    if (quiet >= limit && client_has_input(s)) {
+        s->last_rx_ms = uv_now(s->host->loop);
+        quiet = 0;
+    }
     /* Re-armed here rather than on every read: reads only note the time. */
     if (quiet < limit) {
-        uv_timer_start(&s->silence, silence_cb, limit - quiet, 0);
+        silence_arm(s);
         return;
     }
     session_close(s, REASON_CLIENT_SILENCE);
@@ -1399,9 +1424,17 @@ static enum registry_answer claim_identity(struct session *s)
 /* The client handle of a session that never ran: only memory to free. */
 static void unopened_closed_cb(uv_handle_t *h) { free(((struct half *)h->data)->s); }
 
+static _Atomic uint64_t next_id = 1;
+
+void session_ids_above(uint64_t id)
+{
+    uint64_t cur = atomic_load(&next_id);
+    while (cur <= id && !atomic_compare_exchange_weak(&next_id, &cur, id + 1))
+        ;
+}
+
 int session_new(struct session_host *h, const struct session_params *p, struct session **out)
 {
-    static _Atomic uint64_t next_id = 1;
     *out = NULL;
     struct session *s = calloc(1, sizeof(*s));
     if (s == NULL) {
@@ -1479,6 +1512,200 @@ void session_deliver(struct session *s, enum registry_msg msg)
         }
         break;
     }
+}
+
+/* --- live upgrade ------------------------------------------------------- */
+
+static void half_hold(struct half *h)
+{
+    if (h->state != HALF_OPEN || h->read == READ_FROZEN)
+        return;
+    if (h->read == READ_BUDGET)
+        h->s->host->leave_budget(h->s->host, &h->waiter);
+    uv_read_stop((uv_stream_t *)h->src);
+    h->read = READ_FROZEN;
+}
+
+void session_hold(struct session *s)
+{
+    if (s->state != SESSION_RELAYING)
+        return;
+    half_hold(&s->up);
+    half_hold(&s->down);
+}
+
+static int half_settled(const struct half *h)
+{
+    return h->pending == 0 &&
+           (h->state == HALF_DONE || (h->state == HALF_OPEN && h->read == READ_FROZEN));
+}
+
+int session_settled(const struct session *s)
+{
+    return s->state == SESSION_RELAYING && half_settled(&s->up) && half_settled(&s->down);
+}
+
+void session_export(struct session *s, struct session_record *rec, int fds[2])
+{
+    memset(rec, 0, sizeof(*rec));
+    memcpy(rec->route, s->route->name, strnlen(s->route->name, sizeof(rec->route) - 1));
+    rec->id = s->id;
+    rec->bytes_from_client = s->up.bytes;
+    rec->bytes_from_server = s->down.bytes;
+    rec->started_ms = s->started_ms;
+    rec->connected_ms = s->connected_ms;
+    /* Bytes waiting unread came after the last read: the client spoke. */
+    rec->last_rx_ms = client_has_input(s) ? uv_now(s->host->loop) : s->last_rx_ms;
+    memcpy(&rec->peer, &s->peer, sizeof(s->peer));
+    rec->server = (uint32_t)s->server;
+    rec->upstream_port = s->upstream_port;
+    rec->up_open = s->up.state == HALF_OPEN;
+    rec->down_open = s->down.state == HALF_OPEN;
+    rec->eof_reason = (uint8_t)s->eof_reason;
+    uv_timer_stop(&s->silence);
+    fds[0] = fds[1] = -1;
+    uv_fileno((uv_handle_t *)&s->client, &fds[0]);
+    uv_fileno((uv_handle_t *)&s->upstream, &fds[1]);
+}
+
+static void half_thaw(struct half *h)
+{
+    if (h->state == HALF_OPEN && h->read == READ_FROZEN)
+        half_read_start(h);
+}
+
+void session_thaw(struct session *s)
+{
+    if (s->state != SESSION_RELAYING)
+        return;
+    half_thaw(&s->up);
+    if (s->state == SESSION_RELAYING)
+        half_thaw(&s->down);
+    if (s->state == SESSION_RELAYING && s->up.state == HALF_OPEN &&
+        s->route->client.heartbeat.silence_ms > 0)
+        silence_arm(s);
+}
+
+void session_release(struct session *s)
+{
+    if (s->state == SESSION_CLOSED)
+        return;
+    set_state(s, SESSION_CLOSED);
+    s->registered = 0; /* the identity goes with the session */
+    metric_sub(&s->stats->c[RC_SESSIONS_ACTIVE], 1);
+    s->host->closed(s->host, s);
+    half_read_reset(&s->up);
+    half_read_reset(&s->down);
+    /* A plain close(): the new process holds the same sockets, so the
+     * connections live on. No shutdown(), no SO_LINGER, no draining. */
+    uv_close((uv_handle_t *)&s->client, handle_closed_cb);
+    s->upstream_open = 0;
+    close_handle((uv_handle_t *)&s->upstream);
+    close_handle((uv_handle_t *)&s->timer);
+    close_handle((uv_handle_t *)&s->silence);
+}
+
+/* An adopted session's handle that could not be opened: only memory to free. */
+static void adopt_failed_cb(uv_handle_t *h)
+{
+    struct session *s = session_of(h);
+    if (--s->refs == 0) {
+        config_free(s->cfg);
+        free(s);
+    }
+}
+
+static int adopt_handle(struct session *s, uv_tcp_t *t, struct half *reader, int fd)
+{
+    int rc = uv_tcp_init(s->host->loop, t);
+    if (rc < 0) {
+        close(fd);
+        return rc;
+    }
+    t->data = reader;
+    s->refs++;
+    rc = uv_tcp_open(t, fd);
+    if (rc < 0)
+        close(fd); /* not adopted by the handle: still ours */
+    return rc;
+}
+
+int session_adopt(struct session_host *h, const struct session_adopt_params *p,
+                  struct session **out)
+{
+    const struct session_record *rec = p->rec;
+    *out = NULL;
+    struct session *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        close(p->client_fd);
+        close(p->upstream_fd);
+        return UV_ENOMEM;
+    }
+    s->id = rec->id;
+    session_ids_above(rec->id);
+    s->host = h;
+    s->cfg = config_ref(p->cfg);
+    s->route = p->route;
+    s->stats = p->stats;
+    s->state = SESSION_RELAYING;
+    s->client_close = CLOSE_FIN;
+    s->up = (struct half){ .s = s, .src = &s->client, .dst = &s->upstream, .read = READ_FROZEN };
+    s->down = (struct half){ .s = s, .src = &s->upstream, .dst = &s->client, .read = READ_FROZEN };
+    int rc = adopt_handle(s, &s->client, &s->up, p->client_fd);
+    if (rc < 0)
+        close(p->upstream_fd);
+    else
+        rc = adopt_handle(s, &s->upstream, &s->down, p->upstream_fd);
+    if (rc < 0) {
+        /* Freed once the handles that were made are closed. */
+        if (s->refs == 0) {
+            config_free(s->cfg);
+            free(s);
+            return rc;
+        }
+        int both = s->refs == 2;
+        uv_close((uv_handle_t *)&s->client, adopt_failed_cb);
+        if (both)
+            uv_close((uv_handle_t *)&s->upstream, adopt_failed_cb);
+        return rc;
+    }
+    s->upstream_open = 1;
+    s->refs += 2; /* timer, silence */
+    uv_timer_init(h->loop, &s->timer);
+    uv_timer_init(h->loop, &s->silence);
+    s->timer.data = s;
+    s->silence.data = s;
+    s->started_ms = rec->started_ms;
+    s->connected_ms = rec->connected_ms;
+    s->last_rx_ms = rec->last_rx_ms;
+    memcpy(&s->peer, &rec->peer, sizeof(s->peer));
+    s->server = rec->server < s->route->upstream.n_servers ? rec->server : 0;
+    s->upstream_port = rec->upstream_port;
+    s->up.bytes = rec->bytes_from_client;
+    s->down.bytes = rec->bytes_from_server;
+    s->up.state = rec->up_open ? HALF_OPEN : HALF_DONE;
+    s->down.state = rec->down_open ? HALF_OPEN : HALF_DONE;
+    if (!rec->up_open || !rec->down_open) {
+        s->saw_eof = 1;
+        s->eof_reason = rec->eof_reason < REASON_COUNT ? (enum reason)rec->eof_reason
+                        : rec->up_open                 ? REASON_UPSTREAM_EOF
+                                                       : REASON_CLIENT_EOF;
+    }
+    /* The identity was the old process's session's: it is this one's now.
+     * Replace, whatever the route says: two adopted sessions of one client
+     * (a stricter identity than before) end as a reconnect would. */
+    const struct client_config *cc = &s->route->client;
+    if (cc->identity != IDENTITY_NONE && cc->on_duplicate != DUPLICATE_ALLOW &&
+        s->peer.sa.sa_family != AF_UNSPEC) {
+        struct identity id;
+        registry_identity(&id, s->route->name, &s->peer.sa, cc->identity == IDENTITY_ADDRESS_PORT);
+        registry_claim(h->registry, &id, (struct session_ref){ h->id, s->id }, 1);
+        s->registered = 1;
+    }
+    metric_add(&s->stats->c[RC_SESSIONS_TOTAL], 1);
+    metric_add(&s->stats->c[RC_SESSIONS_ACTIVE], 1);
+    *out = s;
+    return 0;
 }
 
 const struct sockaddr *session_peer(const struct session *s) { return &s->peer.sa; }

@@ -20,6 +20,7 @@
 #include "lifeline/notify.h"
 #include "lifeline/privileges.h"
 #include "lifeline/reload.h"
+#include "lifeline/upgrade.h"
 #include "lifeline/worker.h"
 
 /* How often the watchdog looks for stuck worker loops (WORKER_STALL_MS). */
@@ -53,6 +54,14 @@ struct supervisor {
     uv_timer_t sd_watchdog;         /* WATCHDOG=1 to systemd while healthy */
     unsigned char *stalled;         /* per worker: stuck, and logged as such */
     struct process_stats ps;
+    struct upgrade up; /* a live upgrade this process starts (SIGUSR2) */
+    int upgraded;      /* ... that committed: the new process serves */
+    /* A process started by a live upgrade: the channel to the old one,
+     * whose EOF says it has exited; ready is said only then (bounded). */
+    int channel;
+    uv_poll_t old_poll;
+    uv_timer_t old_timer;
+    int await_old;
 };
 
 static void stop_workers(struct supervisor *sup, enum worker_command cmd)
@@ -91,6 +100,13 @@ static void close_own_handles(struct supervisor *sup)
     uv_close((uv_handle_t *)&sup->notify, NULL);
     uv_close((uv_handle_t *)&sup->watchdog, NULL);
     uv_close((uv_handle_t *)&sup->sd_watchdog, NULL);
+    upgrade_close(&sup->up);
+    if (sup->channel >= 0) {
+        uv_close((uv_handle_t *)&sup->old_poll, NULL);
+        uv_close((uv_handle_t *)&sup->old_timer, NULL);
+        close(sup->channel);
+        sup->channel = -1;
+    }
     admin_stop(sup->admin);
     sup->admin = NULL;
 }
@@ -139,25 +155,83 @@ static void sighup_cb(uv_signal_t *h, int signum)
     (void)signum;
     if (sup->phase == SUP_STOPPING) {
         log_info("SIGHUP ignored: shutting down");
-    } else if (sup->phase == SUP_STARTING || sup->rl.busy) {
-        sup->reload_again = 1; /* once the workers run, or this reload is done */
+    } else if (sup->phase == SUP_STARTING || sup->rl.busy || upgrade_busy(&sup->up)) {
+        sup->reload_again = 1; /* once the workers run, or this reload (upgrade) is done */
     } else {
         sup->reload_again = 0;
         reload_start(&sup->rl);
     }
 }
 
-/* The default action of SIGUSR1 and SIGUSR2 is to terminate: a stray one
- * (other proxies upgrade on SIGUSR2) would reset every session. Logged and
- * ignored, until SIGUSR2 starts a live upgrade. */
+/* --- live upgrade -------------------------------------------------------- */
+
+/* The new process has every socket: the workers are releasing theirs, and
+ * the loop ends once they have. */
+static void upgrade_committed_cb(struct upgrade *u)
+{
+    struct supervisor *sup = u->owner;
+    sup->upgraded = 1;
+    sup->phase = SUP_STOPPING;
+    sup->admin_state.ready = 0;
+}
+
+/* A failed upgrade rolled back: serving as before. */
+static void upgrade_ended_cb(struct upgrade *u)
+{
+    struct supervisor *sup = u->owner;
+    if (sup->reload_again && sup->phase == SUP_RUNNING && !sup->rl.busy) {
+        sup->reload_again = 0;
+        reload_start(&sup->rl);
+    }
+}
+
+/* SIGUSR2 starts a live upgrade; SIGUSR1's default action (terminate)
+ * would reset every session: logged and ignored. */
 static void sigusr_cb(uv_signal_t *h, int signum)
 {
-    (void)h;
-    if (signum == SIGUSR2)
-        log_warn("SIGUSR2 ignored: live upgrade is not available in this version");
-    else
+    struct supervisor *sup = h->data;
+    if (signum != SIGUSR2) {
         log_warn("SIGUSR1 ignored");
+        return;
+    }
+    if (sup->phase != SUP_RUNNING)
+        log_warn("upgrade refused",
+                 LF_STR("reason", sup->phase == SUP_STARTING ? "not ready yet" : "shutting down"));
+    else if (sup->rl.busy)
+        log_warn("upgrade refused", LF_STR("reason", "a reload is in progress"));
+    else if (sup->opts->exec == NULL || sup->opts->exec->exe[0] == '\0')
+        log_warn("upgrade refused", LF_STR("reason", "the executable's path is unknown"));
+    else {
+        sup->up.admin_fd = sup->admin != NULL ? admin_fd(sup->admin) : -1;
+        upgrade_start(&sup->up);
+    }
 }
+
+/* A process started by an upgrade: the old one has exited (EOF on the
+ * channel), or has not in time; either way this one is the one now. */
+static void old_gone(struct supervisor *sup, int timed_out)
+{
+    if (!sup->await_old)
+        return;
+    sup->await_old = 0;
+    uv_poll_stop(&sup->old_poll);
+    uv_timer_stop(&sup->old_timer);
+    if (timed_out)
+        log_warn("upgrade: the old process has not exited; ready all the same",
+                 LF_INT("waited_ms", UPGRADE_OLD_EXIT_MS));
+    uv_async_send(&sup->notify);
+}
+
+static void old_poll_cb(uv_poll_t *p, int status, int events)
+{
+    struct supervisor *sup = p->data;
+    char c;
+    (void)events;
+    if (status < 0 || recv(sup->channel, &c, 1, MSG_DONTWAIT) <= 0)
+        old_gone(sup, 0);
+}
+
+static void old_timer_cb(uv_timer_t *t) { old_gone(t->data, 1); }
 
 static void notify_cb(uv_async_t *a)
 {
@@ -181,7 +255,7 @@ static void notify_cb(uv_async_t *a)
             done++;
         }
     }
-    if (sup->phase == SUP_STARTING && running == sup->workers.n) {
+    if (sup->phase == SUP_STARTING && running == sup->workers.n && !sup->await_old) {
         sup->phase = SUP_RUNNING;
         sup->admin_state.ready = 1;
         log_info("ready", LF_INT("workers", sup->workers.n),
@@ -200,6 +274,7 @@ static void signal_cb(uv_signal_t *h, int signum)
 {
     struct supervisor *sup = h->data;
     const char *name = signum == SIGTERM ? "SIGTERM" : "SIGINT";
+    upgrade_cancel(&sup->up, "shutdown requested"); /* the workers thaw, then drain */
 
     if (++sup->signals == 1) {
         log_info("shutting down", LF_STR("signal", name),
@@ -224,10 +299,12 @@ static void signal_cb(uv_signal_t *h, int signum)
  * endpoint's connections and the resolver's lookups. Those stay free
  * whatever clients do, so /healthz answers and host names resolve at the
  * limit. Returns 0, or -EMFILE when no session would fit. */
-static int plan_descriptors(struct supervisor *sup)
+static int plan_descriptors(struct supervisor *sup, int64_t session_fds)
 {
     int64_t limit = budget_fd_limit();
     int64_t open_now = budget_fds_open();
+    if (open_now >= session_fds) /* adopted sessions' count against the budget itself */
+        open_now -= session_fds;
     if (open_now < 0) /* no /proc: a generous guess */
         open_now = 64 + (int64_t)(sup->workers.n * (sup->rl.cfg->n_routes + 4));
     int64_t admin = sup->admin != NULL ? ADMIN_MAX_CONNS + 1 : 0;
@@ -244,10 +321,51 @@ static int plan_descriptors(struct supervisor *sup)
     return 0;
 }
 
-/* Prepares every worker on its sockets, sizes the descriptor budget from
- * what is then open, and starts them. On a failure the rest of the fds are
- * closed and the exit code says so. */
-static void start_workers(struct supervisor *sup, int *fds)
+/* A process started by a live upgrade that cannot take over: the old one
+ * is told and keeps everything. Nothing here may touch a socket it got (a
+ * worker's cleanup would close sessions with FIN): the kernel drops this
+ * process's copies at _exit, and the old process still holds them. */
+static void give_up(int channel, const char *why)
+{
+    log_error("upgrade: giving up, the old process serves on", LF_STR("reason", why));
+    upgrade_abort(channel, why);
+    _exit(EXIT_RUNTIME);
+}
+
+/* Gives the workers (made, not started) what the old process handed over:
+ * the listening sockets beyond one per worker and route, and every
+ * session, round robin. Then the budget, ADOPTED, and COMMIT. */
+static void adopt_all(struct supervisor *sup, struct upgrade_inbound *in)
+{
+    const struct config *cfg = sup->rl.cfg;
+    size_t *per_route = calloc(cfg->n_routes, sizeof(*per_route));
+    if (per_route == NULL)
+        give_up(sup->channel, "out of memory");
+    for (size_t j = 0; j < in->n_listen; j++) {
+        long r = listen_bound_by(&in->listen_addrs[j], cfg, sup->rl.addrs);
+        if (in->listen_fds[j] < 0 || r < 0)
+            continue;
+        size_t w = per_route[r]++ % sup->workers.n;
+        if (worker_add_listener(sup->workers.w[w], in->listen_fds[j], &in->listen_addrs[j],
+                                (size_t)r) < 0)
+            give_up(sup->channel, "out of memory");
+        in->listen_fds[j] = -1;
+    }
+    free(per_route);
+    for (size_t i = 0; i < in->n_sessions; i++) {
+        int rc = worker_adopt_session(sup->workers.w[i % sup->workers.n], &in->recs[i],
+                                      in->fds[2 * i], in->fds[2 * i + 1]);
+        in->fds[2 * i] = in->fds[2 * i + 1] = -1;
+        if (rc < 0)
+            give_up(sup->channel, "cannot adopt a session");
+    }
+}
+
+/* Prepares every worker on its sockets (and, in a process started by a
+ * live upgrade, what `in` holds), sizes the descriptor budget from what is
+ * then open, and starts them. On a failure the rest of the fds are closed
+ * and the exit code says so. */
+static void start_workers(struct supervisor *sup, int *fds, struct upgrade_inbound *in)
 {
     const struct config *cfg = sup->rl.cfg;
     sup->shared = (struct worker_shared){
@@ -269,8 +387,26 @@ static void start_workers(struct supervisor *sup, int *fds)
             break;
         }
     }
-    if (sup->exit_code == EXIT_CLEAN && plan_descriptors(sup) < 0)
+    int64_t adopted_fds = 0;
+    if (in != NULL && sup->exit_code == EXIT_CLEAN) {
+        adopt_all(sup, in);
+        adopted_fds = (int64_t)in->n_sessions * BUDGET_FDS_PER_SESSION;
+    }
+    if (sup->exit_code == EXIT_CLEAN && plan_descriptors(sup, adopted_fds) < 0)
         sup->exit_code = EXIT_RUNTIME;
+    if (in != NULL) {
+        if (sup->exit_code != EXIT_CLEAN)
+            give_up(sup->channel, "cannot start the workers");
+        if (upgrade_adopted(sup->channel, in->n_sessions, in->n_listen) < 0)
+            _exit(EXIT_RUNTIME); /* logged; the old process serves on */
+        /* COMMIT: the old process relays no more. */
+        sup->ps.upgrades_ok = in->upgrades_ok + 1;
+        sup->ps.upgrades_failed = in->upgrades_failed;
+        sup->ps.upgrade_seconds = (double)(uv_hrtime() - in->started_ns) / 1e9;
+        log_info("upgrade: took over", LF_INT("sessions", in->n_sessions),
+                 LF_INT("listeners", in->n_listen),
+                 LF_INT("duration_ms", (uint64_t)(sup->ps.upgrade_seconds * 1000)));
+    }
 
     sigset_t set, old_mask;
     handled_signals(&set);
@@ -311,6 +447,30 @@ static int init_loop(struct supervisor *sup)
     uv_timer_init(&sup->loop, &sup->watchdog);
     uv_timer_init(&sup->loop, &sup->sd_watchdog);
     sup->notify.data = sup->sigterm.data = sup->sigint.data = sup->sighup.data = sup;
+    sup->sigusr1.data = sup->sigusr2.data = sup;
+    sup->up = (struct upgrade){ .loop = &sup->loop,
+                                .workers = &sup->workers,
+                                .ps = &sup->ps,
+                                .exec = sup->opts->exec,
+                                .admin_fd = -1,
+                                .committed = upgrade_committed_cb,
+                                .ended = upgrade_ended_cb,
+                                .owner = sup };
+    upgrade_init(&sup->up);
+    if (sup->channel >= 0) {
+        uv_timer_init(&sup->loop, &sup->old_timer);
+        sup->old_timer.data = sup->old_poll.data = sup;
+        if (uv_poll_init(&sup->loop, &sup->old_poll, sup->channel) < 0) {
+            /* Cannot watch for its exit: say ready once the workers run. */
+            uv_close((uv_handle_t *)&sup->old_timer, NULL);
+            close(sup->channel);
+            sup->channel = -1;
+        } else {
+            sup->await_old = 1;
+            uv_poll_start(&sup->old_poll, UV_READABLE, old_poll_cb);
+            uv_timer_start(&sup->old_timer, old_timer_cb, UPGRADE_OLD_EXIT_MS, 0);
+        }
+    }
     sup->watchdog.data = sup->sd_watchdog.data = sup;
     if ((rc = uv_signal_init(&sup->loop, &sup->sigterm)) < 0 ||
         (rc = uv_signal_init(&sup->loop, &sup->sigint)) < 0 ||
@@ -380,11 +540,110 @@ static int bind_all(struct supervisor *sup, int *fds, size_t n_fds)
     return EXIT_CLEAN;
 }
 
+/* bind_all() for a process started by a live upgrade: receives what the
+ * old process hands over, checks the config against it, takes the
+ * listening sockets whose addresses it keeps (dup()ing them when there are
+ * more workers now), binds only what is new, and drops privileges. A
+ * problem is told to the old process, which serves on. Returns an exit
+ * code. */
+static int take_over(struct supervisor *sup, int *fds, size_t n_fds, struct upgrade_inbound *in)
+{
+    const struct config *cfg = sup->rl.cfg;
+    size_t n_workers = sup->workers.n, n_routes = cfg->n_routes;
+    char why[160];
+    for (size_t i = 0; i < n_fds; i++)
+        fds[i] = -1;
+    /* systemd's watchdog was meant for the old process; it is ours once
+     * MAINPID names us. */
+    const char *wd = getenv("WATCHDOG_PID");
+    if (wd != NULL && strtoll(wd, NULL, 10) == (long long)getppid()) {
+        char pid[24];
+        snprintf(pid, sizeof(pid), "%d", (int)getpid());
+        setenv("WATCHDOG_PID", pid, 1);
+    }
+    if (upgrade_receive(sup->channel, in) < 0)
+        return EXIT_RUNTIME;
+    log_info("upgrade: taking over", LF_INT("sessions", in->n_sessions),
+             LF_INT("listeners", in->n_listen), LF_INT("old_pid", getppid()));
+
+    struct sockaddr_storage admin_sa;
+    struct config_errors errs = { 0 };
+    int rc = listen_check(cfg, sup->rl.addrs, &admin_sa, &errs);
+    config_errors_log(sup->opts->config_path, &errs);
+    snprintf(why, sizeof(why), "invalid config: %s", errs.n > 0 ? errs.msgs[0] : "");
+    config_errors_free(&errs);
+    if (rc < 0) {
+        upgrade_abort(sup->channel, why);
+        return EXIT_USAGE;
+    }
+    for (size_t i = 0; i < in->n_sessions; i++) {
+        size_t r = 0;
+        while (r < n_routes && strcmp(cfg->routes[r].name, in->recs[i].route) != 0)
+            r++;
+        if (r == n_routes) {
+            snprintf(why, sizeof(why),
+                     "route \"%s\" has live sessions and is not in the new config",
+                     in->recs[i].route);
+            log_error("upgrade: cannot take over", LF_STR("reason", why));
+            upgrade_abort(sup->channel, why);
+            return EXIT_USAGE;
+        }
+    }
+    if (privileges_check(cfg) < 0) {
+        upgrade_abort(sup->channel, "missing capability (see the new process's log)");
+        return EXIT_RUNTIME;
+    }
+    for (size_t r = 0; r < n_routes; r++) {
+        /* The old sockets of this address, one per worker while they last. */
+        size_t c = 0;
+        for (size_t j = 0; j < in->n_listen && c < n_workers; j++) {
+            if (in->listen_fds[j] < 0 || !addr_equal((const struct sockaddr *)&in->listen_addrs[j],
+                                                     (const struct sockaddr *)&sup->rl.addrs[r]))
+                continue;
+            fds[c++ * n_routes + r] = in->listen_fds[j];
+            in->listen_fds[j] = -1;
+        }
+        if (c == 0) {
+            rc = listen_open_route(cfg, r, n_workers, &sup->rl.addrs[r], fds);
+        } else {
+            /* More workers than before: the extra ones share the old
+             * sockets (their port may need a privilege dropped already). */
+            for (size_t w = c; w < n_workers && rc == 0; w++) {
+                int fd = fcntl(fds[(w % c) * n_routes + r], F_DUPFD_CLOEXEC, 0);
+                rc = fd < 0 ? -errno : 0;
+                fds[w * n_routes + r] = fd;
+            }
+        }
+        if (rc < 0) {
+            snprintf(why, sizeof(why), "cannot listen for route \"%s\": %s", cfg->routes[r].name,
+                     strerror(-rc));
+            upgrade_abort(sup->channel, why);
+            return EXIT_RUNTIME;
+        }
+    }
+    if (cfg->admin.enabled && in->admin_fd >= 0 &&
+        addr_equal((const struct sockaddr *)&in->admin_addr, (const struct sockaddr *)&admin_sa)) {
+        sup->admin_fd = in->admin_fd;
+        in->admin_fd = -1;
+    } else if ((rc = listen_open_admin(cfg, &admin_sa, &sup->admin_fd)) < 0) {
+        upgrade_abort(sup->channel, "cannot listen for the admin endpoint");
+        return EXIT_RUNTIME;
+    }
+    if (privileges_drop(cfg) < 0) {
+        upgrade_abort(sup->channel, "cannot drop privileges (see the new process's log)");
+        return EXIT_RUNTIME;
+    }
+    return EXIT_CLEAN;
+}
+
 int supervisor_run(struct config *cfg, const struct supervisor_options *opts)
 {
     struct supervisor sup = {
         .opts = opts, .phase = SUP_STARTING, .exit_code = EXIT_CLEAN, .admin_fd = -1
     };
+    /* Started by a live upgrade: the old process hands everything over. */
+    sup.channel = upgrade_channel();
+    struct upgrade_inbound in = { .admin_fd = -1 };
     sup.workers.n = cfg->workers != 0 ? cfg->workers : uv_available_parallelism();
     sup.ps.start_time = (double)time(NULL);
     sup.ps.budget = &sup.budget;
@@ -426,9 +685,15 @@ int supervisor_run(struct config *cfg, const struct supervisor_options *opts)
         log_error("out of memory");
         goto out;
     }
-    code = bind_all(&sup, fds, n_fds);
-    if (code != EXIT_CLEAN)
+    for (size_t i = 0; i < n_fds; i++)
+        fds[i] = -1;
+    code = sup.channel >= 0 ? take_over(&sup, fds, n_fds, &in) : bind_all(&sup, fds, n_fds);
+    if (code != EXIT_CLEAN) {
+        listen_close_fds(fds, n_fds);
+        if (sup.admin_fd >= 0)
+            close(sup.admin_fd);
         goto out;
+    }
 
     if (init_loop(&sup) < 0) {
         listen_close_fds(fds, n_fds);
@@ -441,8 +706,18 @@ int supervisor_run(struct config *cfg, const struct supervisor_options *opts)
         listen_close_fds(fds, n_fds);
         sup.exit_code = EXIT_RUNTIME;
     } else {
-        start_workers(&sup, fds);
+        start_workers(&sup, fds, sup.channel >= 0 ? &in : NULL);
     }
+    /* Old listening sockets of addresses the config no longer has: closed
+     * (the old process closes its copies too). */
+    for (size_t j = 0; j < in.n_listen; j++)
+        if (in.listen_fds[j] >= 0) {
+            char addr[ADDR_STR_MAX];
+            log_info("upgrade: closing a listener the config dropped",
+                     LF_STR("address", addr_format((const struct sockaddr *)&in.listen_addrs[j],
+                                                   addr, sizeof(addr))));
+        }
+    upgrade_inbound_free(&in);
     if (sup.exit_code != EXIT_CLEAN) {
         if (sup.workers.n_started == 0)
             close_own_handles(&sup);
@@ -461,9 +736,12 @@ int supervisor_run(struct config *cfg, const struct supervisor_options *opts)
     signal(SIGUSR1, SIG_IGN);
     signal(SIGUSR2, SIG_IGN);
     code = sup.exit_code;
-    if (code == EXIT_CLEAN)
+    if (code == EXIT_CLEAN && !sup.upgraded)
         log_info("stopped");
 out:
+    upgrade_inbound_free(&in);
+    if (sup.channel >= 0)
+        close(sup.channel);
     if (have_registry)
         registry_destroy(sup.registry);
     if (have_limits)

@@ -42,6 +42,7 @@
 #define BUDGET_RETRY_MS 10     /* buffer memory spent: look for room again after this */
 #define SHORTAGE_OVER_MS 1000  /* accepting this long without a pause ends a shortage */
 #define DENY_DRAIN_BYTES 65536 /* read from a denied client before a FIN close */
+#define SETTLE_POLL_MS 5       /* a live upgrade looks this often for settled sessions */
 
 /* One route's listening socket on one worker (SO_REUSEPORT shares the
  * port). A reload that keeps the address keeps the socket, and with it the
@@ -54,6 +55,7 @@ struct listener {
     const struct route_config *route; /* in the worker's current config */
     struct route_stats *stats;        /* the route's counters on this worker */
     struct limit_route *limit;        /* the route's open sessions, all workers */
+    size_t route_ix;                  /* its route's index in the worker's config */
     int fd;                           /* handed over by the supervisor; the listener's */
 };
 STAILQ_HEAD(listener_list, listener);
@@ -77,6 +79,13 @@ enum accept_state {
                       * connections wait in the kernel's queue */
     ACCEPT_RETRYING, /* the budget has room again: accepting, the shortage not
                       * over until a second passes without a pause */
+};
+
+/* Where the worker is in a live upgrade (upgrade.h). */
+enum worker_handover {
+    HANDOVER_NONE,     /* serving */
+    HANDOVER_SETTLING, /* not accepting; sessions held as they settle (freeze_tick) */
+    HANDOVER_FROZEN,   /* every session held and exported: it moves, or thaws */
 };
 
 struct worker {
@@ -110,7 +119,11 @@ struct worker {
     struct budget_waiters budget_waiters; /* readers waiting for memory, oldest first */
     uv_timer_t budget_retry;              /* armed while someone waits */
     uv_timer_t tick;                      /* proves the loop turns: see last_tick_ms */
-    size_t freed_since_trim;              /* sessions freed since memory was last trimmed */
+    enum worker_handover handover;        /* loop-local */
+    uv_timer_t settle;                    /* HANDOVER_SETTLING: looks at the sessions */
+    struct freeze_request *freezing;      /* answered once settled or at the deadline */
+    uint64_t settle_deadline_ms;
+    size_t freed_since_trim; /* sessions freed since memory was last trimmed */
     _Atomic uint64_t last_tick_ms;
 
     _Atomic int command; /* enum worker_command */
@@ -156,7 +169,7 @@ static void pause_accepting(struct worker *w, const char *route, int err)
 /* PAUSED -> RETRYING once the budget has room for a session. */
 static void resume_accepting(struct worker *w)
 {
-    if (w->accept != ACCEPT_PAUSED || w->draining)
+    if (w->accept != ACCEPT_PAUSED || w->draining || w->handover != HANDOVER_NONE)
         return;
     if (!budget_fds_room(w->shared.budget)) {
         uv_timer_start(&w->accept_retry, accept_retry_cb, ACCEPT_RETRY_MS, 0);
@@ -353,7 +366,8 @@ static void accept_cb(uv_poll_t *p, int status, int events)
 /* --- listeners -------------------------------------------------------------- */
 
 /* A listener for a socket the supervisor bound; the worker owns fd from now on. */
-static struct listener *listener_new(struct worker *w, int fd, const struct sockaddr_storage *addr)
+static struct listener *listener_new(struct worker *w, int fd, const struct sockaddr_storage *addr,
+                                     size_t route_ix)
 {
     struct listener *l = calloc(1, sizeof(*l));
     if (l == NULL) {
@@ -363,6 +377,7 @@ static struct listener *listener_new(struct worker *w, int fd, const struct sock
     l->w = w;
     l->fd = fd;
     l->addr = *addr;
+    l->route_ix = route_ix;
     return l;
 }
 
@@ -390,7 +405,9 @@ static int listener_open(struct listener *l)
     if (rc < 0)
         return rc;
     l->poll.data = l; /* from here on the handle needs uv_close() */
-    return l->w->accept == ACCEPT_PAUSED ? 0 : uv_poll_start(&l->poll, UV_READABLE, accept_cb);
+    if (l->w->accept == ACCEPT_PAUSED || l->w->handover != HANDOVER_NONE)
+        return 0;
+    return uv_poll_start(&l->poll, UV_READABLE, accept_cb);
 }
 
 /* Points a listener at its route in the worker's (new) config. */
@@ -456,16 +473,19 @@ static int serve_config(struct worker *w, struct config *cfg, const struct socka
     for (size_t r = 0; r < cfg->n_routes; r++) {
         struct listener *l;
         int rc = 0;
-        if (fds[r] >= 0) {
-            l = listener_new(w, fds[r], &addrs[r]);
+        int kept = fds[r] < 0;
+        if (!kept) {
+            l = listener_new(w, fds[r], &addrs[r], r);
             fds[r] = -1;
             rc = l == NULL ? UV_ENOMEM : listener_open(l);
         } else {
             l = listener_unlink(&old, &addrs[r]);
             rc = l == NULL ? UV_ENOENT : 0; /* the supervisor said it was kept */
         }
-        if (rc == 0)
+        if (rc == 0) {
+            l->route_ix = r;
             rc = listener_serve(l, &cfg->routes[r]);
+        }
         if (rc < 0) {
             log_listener_error(w, &cfg->routes[r], rc);
             if (l != NULL)
@@ -475,6 +495,18 @@ static int serve_config(struct worker *w, struct config *cfg, const struct socka
             continue;
         }
         STAILQ_INSERT_TAIL(&w->listeners, l, link);
+        /* A kept address may have more sockets here: an upgrade to fewer
+         * workers gave this worker several of the old ones. */
+        while (kept && (l = listener_unlink(&old, &addrs[r])) != NULL) {
+            l->route_ix = r;
+            rc = listener_serve(l, &cfg->routes[r]);
+            if (rc < 0) {
+                log_listener_error(w, &cfg->routes[r], rc);
+                listener_close(l);
+                continue;
+            }
+            STAILQ_INSERT_TAIL(&w->listeners, l, link);
+        }
     }
     /* What is left belongs to routes the new config dropped: they stop
      * accepting, and their sessions run on until they end. */
@@ -587,6 +619,7 @@ static void exit_if_idle(struct worker *w)
         uv_close((uv_handle_t *)&w->tick, NULL);
         uv_close((uv_handle_t *)&w->accept_retry, NULL);
         uv_close((uv_handle_t *)&w->budget_retry, NULL);
+        uv_close((uv_handle_t *)&w->settle, NULL);
     }
     if (!uv_is_closing((uv_handle_t *)&w->drain_timer))
         uv_close((uv_handle_t *)&w->drain_timer, NULL);
@@ -662,6 +695,181 @@ static char *describe_all(struct worker *w)
     return text;
 }
 
+/* --- live upgrade (upgrade.h) --------------------------------------------- */
+
+static void thaw_sessions(struct worker *w)
+{
+    struct session_link *link, *next;
+    for (link = LIST_FIRST(&w->sessions); link != NULL; link = next) {
+        next = LIST_NEXT(link, list); /* a session may end as it thaws */
+        session_thaw(session_of_link(link));
+    }
+}
+
+static void poll_listeners(struct worker *w, int on)
+{
+    struct listener *l;
+    STAILQ_FOREACH (l, &w->listeners, link) {
+        if (l->poll.data == NULL)
+            continue;
+        int rc = on ? uv_poll_start(&l->poll, UV_READABLE, accept_cb) : uv_poll_stop(&l->poll);
+        if (rc < 0)
+            log_listener_error(w, l->route, rc);
+    }
+}
+
+/* This worker's part of the hand-over: its sessions' records and
+ * descriptors, and its listening sockets. 0 or UV_ENOMEM. */
+static int export_all(struct worker *w, struct worker_export *e)
+{
+    size_t n = 0, n_listen = 0;
+    struct session_link *link;
+    LIST_FOREACH (link, &w->sessions, list)
+        n++;
+    struct listener *l;
+    STAILQ_FOREACH (l, &w->listeners, link)
+        n_listen++;
+    e->recs = malloc((n > 0 ? n : 1) * sizeof(*e->recs));
+    e->fds = malloc((n > 0 ? n : 1) * 2 * sizeof(*e->fds));
+    e->listen_fds = malloc((n_listen > 0 ? n_listen : 1) * sizeof(*e->listen_fds));
+    if (e->recs == NULL || e->fds == NULL || e->listen_fds == NULL)
+        return UV_ENOMEM; /* freed with the request */
+    LIST_FOREACH (link, &w->sessions, list) {
+        session_export(session_of_link(link), &e->recs[e->n], &e->fds[2 * e->n]);
+        e->n++;
+    }
+    STAILQ_FOREACH (l, &w->listeners, link)
+        e->listen_fds[e->n_listen++] = l->fd;
+    return 0;
+}
+
+/* Holds every relaying session; answers once all are held with nothing
+ * left to write, or at the deadline with how many were not. */
+static void freeze_tick(uv_timer_t *t)
+{
+    struct worker *w = t->data;
+    size_t unsettled = 0;
+    struct session_link *link;
+    LIST_FOREACH (link, &w->sessions, list) {
+        struct session *s = session_of_link(link);
+        session_hold(s);
+        unsettled += !session_settled(s);
+    }
+    if (unsettled > 0 && uv_now(&w->loop) < w->settle_deadline_ms)
+        return;
+    uv_timer_stop(t);
+    struct freeze_request *f = w->freezing;
+    w->freezing = NULL;
+    struct worker_export e = { .unsettled = unsettled };
+    int rc = unsettled == 0 ? export_all(w, &e) : 0;
+    if (unsettled == 0 && rc == 0)
+        w->handover = HANDOVER_FROZEN;
+    uv_mutex_lock(&f->base.lock);
+    f->parts[w->id] = e;
+    f->failed |= rc < 0;
+    uv_mutex_unlock(&f->base.lock);
+    request_answered(&f->base);
+}
+
+static void freeze_begin(struct worker *w, struct freeze_request *f)
+{
+    if (w->draining || w->handover != HANDOVER_NONE) {
+        uv_mutex_lock(&f->base.lock);
+        f->failed = 1;
+        uv_mutex_unlock(&f->base.lock);
+        request_answered(&f->base);
+        return;
+    }
+    /* Connections wait in the kernel's queues until the new process (or,
+     * should it fail, this one again) accepts them. */
+    w->handover = HANDOVER_SETTLING;
+    poll_listeners(w, 0);
+    w->freezing = f;
+    w->settle_deadline_ms = uv_now(&w->loop) + f->settle_ms;
+    uv_timer_start(&w->settle, freeze_tick, 0, SETTLE_POLL_MS);
+}
+
+/* The upgrade failed: everything as it was. */
+static void thaw(struct worker *w)
+{
+    if (w->handover == HANDOVER_NONE)
+        return;
+    w->handover = HANDOVER_NONE;
+    uv_timer_stop(&w->settle);
+    thaw_sessions(w);
+    if (w->draining)
+        return;
+    if (w->accept == ACCEPT_PAUSED)
+        uv_timer_start(&w->accept_retry, accept_retry_cb, 0, 0);
+    else
+        poll_listeners(w, 1);
+}
+
+/* The new process has every socket: close our copies, sending nothing,
+ * and end the loop. */
+static void release(struct worker *w)
+{
+    if (w->handover != HANDOVER_FROZEN)
+        return;
+    struct session_link *link, *next;
+    for (link = LIST_FIRST(&w->sessions); link != NULL; link = next) {
+        next = LIST_NEXT(link, list);
+        session_release(session_of_link(link));
+    }
+    begin_drain(w); /* closes the listeners (plain close) and ends once idle */
+}
+
+static const struct route_config *route_named(const struct config *cfg, const char *name)
+{
+    for (size_t r = 0; r < cfg->n_routes; r++)
+        if (strcmp(cfg->routes[r].name, name) == 0)
+            return &cfg->routes[r];
+    return NULL;
+}
+
+int worker_add_listener(struct worker *w, int fd, const struct sockaddr_storage *addr, size_t route)
+{
+    struct listener *l = listener_new(w, fd, addr, route);
+    if (l == NULL)
+        return UV_ENOMEM;
+    STAILQ_INSERT_TAIL(&w->listeners, l, link);
+    return 0;
+}
+
+int worker_adopt_session(struct worker *w, const struct session_record *rec, int client_fd,
+                         int upstream_fd)
+{
+    const struct route_config *route = route_named(w->cfg, rec->route);
+    struct route_stats *stats = route != NULL ? metrics_route(&w->stats, route) : NULL;
+    struct limit_route *limit = route != NULL ? limits_route(w->shared.limits, route->name) : NULL;
+    if (route == NULL || stats == NULL || limit == NULL) {
+        close(client_fd);
+        close(upstream_fd);
+        return route == NULL ? UV_ENOENT : UV_ENOMEM;
+    }
+    struct session_adopt_params p = { .cfg = w->cfg,
+                                      .route = route,
+                                      .stats = stats,
+                                      .rec = rec,
+                                      .client_fd = client_fd,
+                                      .upstream_fd = upstream_fd };
+    struct session *s;
+    int rc = session_adopt(&w->host, &p, &s);
+    if (rc < 0)
+        return rc;
+    /* Counted as the limits and the budget count any session (no bound
+     * refuses it: it exists already). */
+    enum limits_full full;
+    limits_take(w->shared.limits, limit, session_peer(s), 0, 0, &full);
+    budget_claim_fds(w->shared.budget, BUDGET_FDS_PER_SESSION);
+    struct session_link *link = session_link(s);
+    link->limit = limit;
+    LIST_INSERT_HEAD(&w->sessions, link, list);
+    table_insert(&w->by_id, &link->by_id, id_hash(session_id(s)));
+    w->n_sessions++;
+    return 0;
+}
+
 /* Answers one of the supervisor's requests. A draining worker keeps its
  * sessions on the config they started with and accepts nothing: a new
  * config is of no use to it. */
@@ -679,13 +887,25 @@ static void answer(struct worker *w, struct request *r)
     case REQUEST_KILL: {
         struct kill_request *k = (struct kill_request *)(void *)r;
         struct session *s = find_session(w, k->session_id);
-        if (s != NULL)
+        /* A session being moved is the new process's to close. */
+        int busy = s != NULL && w->handover != HANDOVER_NONE;
+        if (s != NULL && !busy)
             session_close(s, REASON_ADMIN_KILL);
         uv_mutex_lock(&r->lock);
         k->found |= s != NULL;
+        k->busy |= busy;
         uv_mutex_unlock(&r->lock);
         break;
     }
+    case REQUEST_FREEZE:
+        freeze_begin(w, (struct freeze_request *)(void *)r);
+        return; /* answered once settled: freeze_tick */
+    case REQUEST_THAW:
+        thaw(w);
+        break;
+    case REQUEST_RELEASE:
+        release(w);
+        break;
     case REQUEST_RELOAD: {
         struct reload_request *rl = (struct reload_request *)(void *)r;
         int rc = 0;
@@ -806,7 +1026,7 @@ int worker_new(struct worker **out, int id, struct config *cfg,
     STAILQ_INIT(&w->inbox);
     /* The sockets wait, unopened, for the loop's thread: serve_config(). */
     for (size_t i = 0; i < cfg->n_routes; i++) {
-        struct listener *l = rc == 0 ? listener_new(w, fds[i], &addrs[i]) : NULL;
+        struct listener *l = rc == 0 ? listener_new(w, fds[i], &addrs[i], i) : NULL;
         if (l == NULL) {
             if (rc == 0)
                 rc = UV_ENOMEM;
@@ -832,8 +1052,9 @@ int worker_new(struct worker **out, int id, struct config *cfg,
     uv_timer_init(&w->loop, &w->tick);
     uv_timer_init(&w->loop, &w->accept_retry);
     uv_timer_init(&w->loop, &w->budget_retry);
+    uv_timer_init(&w->loop, &w->settle);
     w->wakeup.data = w->drain_timer.data = w->tick.data = w;
-    w->accept_retry.data = w->budget_retry.data = w;
+    w->accept_retry.data = w->budget_retry.data = w->settle.data = w;
     w->cfg = config_ref(cfg);
     atomic_init(&w->last_tick_ms, now_ms());
     pool_init(&w->pool, POOL_MAX_FREE);
@@ -854,18 +1075,18 @@ int worker_new(struct worker **out, int id, struct config *cfg,
     return 0;
 }
 
-/* Opens the sockets worker_new() was given, in route order. */
+/* Opens the sockets worker_new() (and worker_add_listener()) gave it. */
 static int open_listeners(struct worker *w)
 {
-    size_t r = 0;
     int rc = 0;
     for (struct listener *l = STAILQ_FIRST(&w->listeners); l != NULL && rc == 0;
-         l = STAILQ_NEXT(l, link), r++) {
+         l = STAILQ_NEXT(l, link)) {
+        const struct route_config *route = &w->cfg->routes[l->route_ix];
         rc = listener_open(l);
         if (rc == 0)
-            rc = listener_serve(l, &w->cfg->routes[r]);
+            rc = listener_serve(l, route);
         if (rc < 0)
-            log_listener_error(w, &w->cfg->routes[r], rc);
+            log_listener_error(w, route, rc);
     }
     return rc;
 }
@@ -886,6 +1107,10 @@ static void worker_main(void *arg)
         return;
     }
     uv_timer_start(&w->tick, tick_cb, TICK_MS, TICK_MS);
+    /* Sessions a live upgrade handed over start here, on the loop's clock
+     * (the same monotonic clock the old process measured them with). */
+    uv_update_time(&w->loop);
+    thaw_sessions(w);
     set_phase(w, WORKER_PHASE_RUNNING);
     /* A command may have come before the loop ran. */
     wakeup_cb(&w->wakeup);
@@ -950,7 +1175,10 @@ void worker_destroy(struct worker *w)
     uv_close((uv_handle_t *)&w->tick, NULL);
     uv_close((uv_handle_t *)&w->accept_retry, NULL);
     uv_close((uv_handle_t *)&w->budget_retry, NULL);
+    uv_close((uv_handle_t *)&w->settle, NULL);
     uv_close((uv_handle_t *)&w->drain_timer, NULL);
+    /* Sessions adopted for a worker that never ran are closed with it. */
+    close_all_sessions(w);
     uv_run(&w->loop, UV_RUN_DEFAULT);
     close_loop(w);
     free_worker(w);

@@ -127,4 +127,7 @@ const struct admin_stats *admin_get_stats(const struct admin *a);
  * holds are dropped when it replies. */
 void admin_stop(struct admin *a);
 
+/* The listening socket (a live upgrade hands it over). */
+int admin_fd(const struct admin *a);
+
 #endif

@@ -28,6 +28,9 @@ void budget_init(struct budget *b, int64_t fds_max, int64_t buf_max);
  * taken) when that would pass fds_max. */
 int budget_take_fds(struct budget *b, int n);
 void budget_give_fds(struct budget *b, int n);
+/* Counts n descriptors that are open already (a live upgrade's sessions),
+ * even past fds_max: new sessions wait until they are given back. */
+void budget_claim_fds(struct budget *b, int n);
 /* Is there room for one more session's descriptors? */
 int budget_fds_room(const struct budget *b);
 /* The rest of the process opened (delta > 0) or closed descriptors that

@@ -24,7 +24,8 @@ enum handover_kind {
     HANDOVER_LISTENER,  /* old -> new: one listening socket and its route */
     HANDOVER_SESSION,   /* old -> new: one established session, its two sockets */
     HANDOVER_SENT,      /* old -> new: nothing more to come */
-    HANDOVER_ADOPTED,   /* new -> old: everything adopted; the old one may go */
+    HANDOVER_ADOPTED,   /* new -> old: everything adopted, nothing started */
+    HANDOVER_COMMIT,    /* old -> new: serve; the old one relays no more */
     HANDOVER_ABORT,     /* either way: give up, the old one keeps serving */
     HANDOVER_KIND_END,
 };

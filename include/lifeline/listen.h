@@ -27,6 +27,12 @@ int listen_open_routes(const struct config *cfg, size_t n_workers, const struct 
                        const struct sockaddr_storage *old_addrs,
                        const struct sockaddr_storage *addrs, int *fds);
 
+/* Binds route r's address sa once per worker into fds[w * n_routes + r]
+ * (what listen_open_routes does for each new address). Returns 0 or -errno
+ * (logged); the caller closes the fds either way. */
+int listen_open_route(const struct config *cfg, size_t r, size_t n_workers,
+                      const struct sockaddr_storage *sa, int *fds);
+
 /* The admin endpoint's socket at sa in *fd (-1 when the config has none).
  * Returns 0 or -errno (logged). */
 int listen_open_admin(const struct config *cfg, const struct sockaddr_storage *sa, int *fd);
@@ -36,7 +42,7 @@ int listen_open_admin(const struct config *cfg, const struct sockaddr_storage *s
 long listen_bound_by(const struct sockaddr_storage *sa, const struct config *old,
                      const struct sockaddr_storage *old_addrs);
 
-/* Closes the descriptors of fds[n] that are not -1. */
+/* Closes the descriptors of fds[n] that are not -1, and sets them to -1. */
 void listen_close_fds(int *fds, size_t n);
 
 #endif

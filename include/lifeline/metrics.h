@@ -109,6 +109,11 @@ struct process_stats {
     double start_time; /* Unix time, seconds */
     uint64_t reloads_ok;
     uint64_t reloads_failed;
+    /* Live upgrades: carried from process to process (a failed one is
+     * counted by the process that stays). */
+    uint64_t upgrades_ok;
+    uint64_t upgrades_failed;
+    double upgrade_seconds;          /* the last one's duration, ok or failed; 0 before any */
     char config_hash[17];            /* the loaded config's hash (config.h) */
     const struct admin_stats *admin; /* the admin endpoint's own counters */
     const struct budget *budget;     /* descriptors and buffer memory */

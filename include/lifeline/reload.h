@@ -10,11 +10,14 @@
 #include "lifeline/metrics.h"
 #include "lifeline/worker.h"
 
+struct upgrade_exec;
+
 /* Where the config comes from, and what the command line fixed. */
 struct supervisor_options {
-    const char *config_path; /* read again on SIGHUP */
-    int log_level_fixed;     /* --log-level was given: it wins over every config */
-    int log_format_fixed;    /* --log-format likewise */
+    const char *config_path;         /* read again on SIGHUP */
+    int log_level_fixed;             /* --log-level was given: it wins over every config */
+    int log_format_fixed;            /* --log-format likewise */
+    const struct upgrade_exec *exec; /* what a live upgrade starts again */
 };
 
 /* The running config and what a reload needs to replace it. The

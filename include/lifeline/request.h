@@ -8,11 +8,17 @@
 #include <uv.h>
 
 struct config;
+struct session_record;
 
 enum request_type {
     REQUEST_LIST,   /* every session as JSON (admin /sessions) */
     REQUEST_KILL,   /* close one session, reason admin_kill */
     REQUEST_RELOAD, /* serve a new config to new connections */
+    /* A live upgrade (upgrade.h), in this order: */
+    REQUEST_FREEZE,  /* stop accepting; hold every session once it relays and has
+                      * written what it read; answer with them (freeze_request) */
+    REQUEST_THAW,    /* the upgrade failed: serve again */
+    REQUEST_RELEASE, /* the new process has everything: close our copies, end */
 };
 
 /* The common part: posted to every worker; each answers once, writing its
@@ -38,6 +44,7 @@ struct kill_request {
     struct request base;
     uint64_t session_id;
     int found; /* a worker had the session */
+    int busy;  /* ... and could not close it: a live upgrade is moving it */
 };
 
 struct reload_request {
@@ -50,6 +57,25 @@ struct reload_request {
     const struct sockaddr_storage *addrs;
     int *fds;
     int failed; /* a worker could not serve every route */
+};
+
+/* One worker's answer to REQUEST_FREEZE. The descriptors stay the
+ * worker's: they are sent to the new process, then released or thawed. */
+struct worker_export {
+    struct session_record *recs; /* malloc'd, n of them */
+    int *fds;                    /* 2 per record: client, server */
+    size_t n;
+    int *listen_fds; /* its listening sockets */
+    size_t n_listen;
+    size_t unsettled; /* sessions still connecting or closing at the deadline */
+};
+
+struct freeze_request {
+    struct request base;
+    uint64_t settle_ms;          /* how long sessions may take to settle */
+    struct worker_export *parts; /* by worker number */
+    size_t n_parts;
+    int failed; /* a worker could not freeze (draining, out of memory) */
 };
 
 /* Makes a request of this type for n_workers (all fields zero but these).

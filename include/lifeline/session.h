@@ -109,6 +109,70 @@ const struct sockaddr *session_peer(const struct session *s);
 struct session_link *session_link(struct session *s);
 struct session *session_of_link(struct session_link *l);
 
+/* --- live upgrade ------------------------------------------------------- */
+
+/* A relaying session as it moves to another process: everything but its
+ * two sockets (which travel as descriptors) and the bytes in their kernel
+ * buffers (which stay there). Times are uv_now() values, CLOCK_MONOTONIC
+ * milliseconds, so the same on both sides of the move. */
+struct session_record {
+    char route[64]; /* the route's name, NUL-terminated */
+    uint64_t id;
+    uint64_t bytes_from_client;
+    uint64_t bytes_from_server;
+    uint64_t started_ms;
+    uint64_t connected_ms;
+    uint64_t last_rx_ms; /* the silence deadline is this plus silence_ms */
+    struct sockaddr_storage peer;
+    uint32_t server;        /* index of the server in the route's list */
+    uint16_t upstream_port; /* our local port of the server connection */
+    uint8_t up_open;        /* client -> server still relays (else its FIN went out) */
+    uint8_t down_open;      /* server -> client likewise */
+    uint8_t eof_reason;     /* enum reason of the first EOF, when one direction ended */
+};
+
+/* Stops a relaying session's reading, so that what it holds can be written
+ * out and the session moved; other states are left to settle first. */
+void session_hold(struct session *s);
+
+/* Held, relaying, and nothing read is waiting to be written: it can move. */
+int session_settled(const struct session *s);
+
+/* Writes the record of a settled session and its two descriptors (client,
+ * server) into fds; stops its silence timer. The session keeps its sockets
+ * until session_release() or session_thaw(). */
+void session_export(struct session *s, struct session_record *rec, int fds[2]);
+
+/* A held session reads again and its silence timer runs for what is left
+ * of it (an upgrade rolled back, or a session just adopted). */
+void session_thaw(struct session *s);
+
+/* The new process has the session: closes this process's copies of its
+ * sockets and frees it, sending nothing (no FIN, no reset) and logging
+ * nothing. The host's `closed` and `freed` are called as for a close. */
+void session_release(struct session *s);
+
+/* What session_adopt() needs besides the record. */
+struct session_adopt_params {
+    struct config *cfg;               /* the session takes a reference */
+    const struct route_config *route; /* in cfg, of the record's route name */
+    struct route_stats *stats;
+    const struct session_record *rec;
+    int client_fd; /* owned by the session from the call on, even on failure */
+    int upstream_fd;
+};
+
+/* Makes a held, relaying session of another process's record, and claims
+ * its client identity (a new process's registry is empty: it gets it).
+ * session_thaw() starts it on its host's loop. Returns 0 and *out, or a
+ * negative UV error with both fds closed (nothing for the host to track). */
+int session_adopt(struct session_host *h, const struct session_adopt_params *p,
+                  struct session **out);
+
+/* Session ids handed out from now on are above `id` (an adopted session
+ * keeps its own). */
+void session_ids_above(uint64_t id);
+
 /* The session as a JSON object (admin /sessions), or NULL on ENOMEM.
  * Printed unformatted, it always fits SESSION_JSON_MAX bytes. */
 #define SESSION_JSON_MAX 512

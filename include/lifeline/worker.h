@@ -52,6 +52,18 @@ struct worker_shared {
 int worker_new(struct worker **out, int id, struct config *cfg,
                const struct sockaddr_storage *addrs, const int *fds,
                const struct worker_shared *shared);
+/* Before worker_start(), for a live upgrade: one more listening socket for
+ * route index `route` of the worker's config (an upgrade to fewer workers
+ * gives a worker several sockets of an address), owned by the worker from
+ * the call on. 0 or UV_ENOMEM (fd closed). */
+int worker_add_listener(struct worker *w, int fd, const struct sockaddr_storage *addr,
+                        size_t route);
+/* Before worker_start(): a session the old process handed over, held until
+ * the loop starts; the fds are the worker's from the call on. 0, UV_ENOENT
+ * when the config has no route of that name, or UV_ENOMEM. */
+struct session_record;
+int worker_adopt_session(struct worker *w, const struct session_record *rec, int client_fd,
+                         int upstream_fd);
 /* Starts the thread. Returns 0 or a negative UV error. */
 int worker_start(struct worker *w);
 /* Thread-safe: asks the worker to drain or stop. */

@@ -47,6 +47,8 @@ static const struct {
     { "lifeline_denied_total", "counter", 0 },
     { "lifeline_accept_errors_total", "counter", 0 },
     { "lifeline_config_reloads_total", "counter", 1 },
+    { "lifeline_upgrades_total", "counter", 1 },
+    { "lifeline_upgrade_duration_seconds", "gauge", 1 },
     { "lifeline_config_info", "gauge", 1 },
     { "lifeline_process_start_time_seconds", "gauge", 1 },
     { "lifeline_workers", "gauge", 1 },
@@ -230,6 +232,9 @@ static int setup(void **state)
     f.ps = (struct process_stats){ .start_time = 1700000000.25,
                                    .reloads_ok = 3,
                                    .reloads_failed = 1,
+                                   .upgrades_ok = 2,
+                                   .upgrades_failed = 5,
+                                   .upgrade_seconds = 0.125,
                                    .budget = &f.budget,
                                    .admin = &f.admin };
     snprintf(f.ps.config_hash, sizeof(f.ps.config_hash), "%s", f.cfg->hash);
@@ -376,6 +381,9 @@ static void test_process_series(void **state)
     char *text = render(f, &f->ps);
     expect_line(text, "lifeline_config_reloads_total{result=\"ok\"} 3");
     expect_line(text, "lifeline_config_reloads_total{result=\"failed\"} 1");
+    expect_line(text, "lifeline_upgrades_total{result=\"ok\"} 2");
+    expect_line(text, "lifeline_upgrades_total{result=\"failed\"} 5");
+    expect_line(text, "lifeline_upgrade_duration_seconds 0.125");
     expect_line(text, "lifeline_config_info{hash=\"%s\"} 1", f->cfg->hash);
     assert_int_equal(strlen(f->cfg->hash), 16);
     expect_line(text, "lifeline_process_start_time_seconds 1700000000.250");
@@ -433,9 +441,10 @@ static void test_families_declared_once(void **state)
     assert_int_equal(count_prefix(text, "# TYPE "), N_OF(families));
     /* Per route (3 routes): active, total, closes, 2 bytes, takeovers,
      * rejections, 3 liveness, denied, accept errors; servers: 4 + 4;
-     * process: 2 reloads, info, start, workers, 4 budget, admin. */
-    want_samples = 3 * (1 + 1 + REASON_COUNT + 2 + 1 + 1 + 3 + DENY_COUNT + 1) + 4 + 4 + 2 + 1 + 1 +
-                   1 + 4 + ADMIN_EP_COUNT + ADMIN_OVERLOAD_COUNT;
+     * process: 2 reloads, 2 upgrades, upgrade duration, info, start,
+     * workers, 4 budget, admin. */
+    want_samples = 3 * (1 + 1 + REASON_COUNT + 2 + 1 + 1 + 3 + DENY_COUNT + 1) + 4 + 4 + 2 + 2 + 1 +
+                   1 + 1 + 1 + 4 + ADMIN_EP_COUNT + ADMIN_OVERLOAD_COUNT;
     assert_int_equal(check_grouping(text), want_samples);
     /* Families come in the order listed. */
     const char *prev = text;

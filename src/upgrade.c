@@ -1,0 +1,600 @@
+/* Live upgrade: the old process's steps on the supervisor's loop, and the
+ * new process's receiving side. See upgrade.h for the sequence. */
+#define _GNU_SOURCE /* environ */
+#include "lifeline/upgrade.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include "lifeline/addr.h"
+#include "lifeline/handover.h"
+#include "lifeline/log.h"
+#include "lifeline/notify.h"
+#include "lifeline/request.h"
+
+extern char **environ;
+
+/* Payloads, fixed-width: both ends run from one source tree's version, and
+ * handover.h's version field guards the rest. */
+enum listener_kind { LISTENER_ROUTE, LISTENER_ADMIN };
+struct listener_msg {
+    uint32_t kind;
+};
+struct sent_msg {
+    uint64_t started_ns;
+    uint64_t upgrades_ok;
+    uint64_t upgrades_failed;
+};
+struct hello_msg {
+    int32_t pid;
+};
+struct adopted_msg {
+    uint64_t sessions;
+    uint64_t listeners;
+};
+
+int upgrade_exec_init(struct upgrade_exec *e, char **argv)
+{
+    ssize_t n = readlink("/proc/self/exe", e->exe, sizeof(e->exe) - 1);
+    if (n < 0)
+        return -errno;
+    e->exe[n] = '\0';
+    e->argv = argv;
+    return 0;
+}
+
+/* Blocking, whatever a uv_poll on it set: the sends and the bounded
+ * receives of an upgrade wait (SO_SNDTIMEO, SO_RCVTIMEO). */
+static void set_blocking(int sock)
+{
+    int fl = fcntl(sock, F_GETFL);
+    if (fl >= 0 && (fl & O_NONBLOCK))
+        fcntl(sock, F_SETFL, fl & ~O_NONBLOCK);
+}
+
+/* --- the old process ------------------------------------------------------ */
+
+static void poll_cb(uv_poll_t *p, int status, int events);
+static void thaw_done(struct request *r);
+
+static double seconds_since(uint64_t ns) { return (double)(uv_hrtime() - ns) / 1e9; }
+
+static void child_exit_cb(uv_process_t *p, int64_t status, int signum);
+
+static void handle_free_cb(uv_handle_t *h) { free(h); }
+
+static void close_channel(struct upgrade *u)
+{
+    if (u->sock < 0)
+        return;
+    uv_close((uv_handle_t *)u->poll, handle_free_cb);
+    u->poll = NULL;
+    close(u->sock);
+    u->sock = -1;
+}
+
+/* Every worker serves again; `ended` runs then. */
+static void thaw_all(struct upgrade *u)
+{
+    if (u->frozen != NULL) {
+        request_free(&u->frozen->base);
+        u->frozen = NULL;
+    }
+    u->phase = UPGRADE_THAWING;
+    struct request *r = request_new(REQUEST_THAW, u->workers->n, thaw_done, u);
+    if (r == NULL || worker_set_ask(u->workers, u->loop, r) < 0) {
+        /* Only short of memory; the sessions would stay held. */
+        log_error("upgrade: cannot resume the workers", LF_STR("error", "out of memory"));
+        if (r != NULL)
+            request_free(r);
+        u->phase = UPGRADE_IDLE;
+        u->ended(u);
+    }
+}
+
+/* Gives up: logged and counted once, the new process stopped, and the
+ * workers thawed (at once, or once the freeze has its answers). */
+static void fail(struct upgrade *u, const char *why, int err)
+{
+    if (u->phase == UPGRADE_IDLE || u->phase == UPGRADE_THAWING ||
+        u->phase == UPGRADE_COMMITTED || u->failed)
+        return;
+    u->failed = 1;
+    u->ps->upgrades_failed++;
+    u->ps->upgrade_seconds = seconds_since(u->started_ns);
+    if (err != 0)
+        log_error("upgrade failed: serving on", LF_STR("reason", why),
+                  LF_STR("error", uv_strerror(err)), LF_INT("new_pid", u->child_pid));
+    else
+        log_error("upgrade failed: serving on", LF_STR("reason", why),
+                  LF_INT("new_pid", u->child_pid));
+    /* Whatever it got, it must never serve: it starts only on COMMIT, and
+     * SIGKILL makes sure it will not wait for one. */
+    if (u->child != NULL)
+        uv_process_kill(u->child, SIGKILL);
+    uv_timer_stop(&u->deadline);
+    close_channel(u);
+    switch (u->phase) {
+    case UPGRADE_SPAWNED: /* nothing frozen */
+        u->phase = UPGRADE_IDLE;
+        u->ended(u);
+        break;
+    case UPGRADE_FREEZING:
+        break; /* freeze_done thaws */
+    default:
+        thaw_all(u);
+        break;
+    }
+}
+
+static void thaw_done(struct request *r)
+{
+    struct upgrade *u = r->owner;
+    request_free(r);
+    u->phase = UPGRADE_IDLE;
+    log_info("upgrade rolled back: accepting again", LF_INT("new_pid", u->child_pid));
+    u->ended(u);
+}
+
+static void child_exit_cb(uv_process_t *p, int64_t status, int signum)
+{
+    struct upgrade *u = p->data;
+    if (u != NULL && u->child == p) {
+        u->child = NULL;
+        if (u->phase != UPGRADE_COMMITTED && u->phase != UPGRADE_IDLE &&
+            u->phase != UPGRADE_THAWING && !u->failed) {
+            char why[64];
+            if (signum != 0)
+                snprintf(why, sizeof(why), "the new process was killed by signal %d", signum);
+            else
+                snprintf(why, sizeof(why), "the new process exited with status %" PRId64, status);
+            fail(u, why, 0);
+        }
+    }
+    uv_close((uv_handle_t *)p, handle_free_cb);
+}
+
+static void deadline_cb(uv_timer_t *t)
+{
+    struct upgrade *u = t->data;
+    fail(u,
+         u->phase == UPGRADE_SPAWNED ? "the new process did not say hello in time"
+                                     : "the new process did not adopt everything in time",
+         UV_ETIMEDOUT);
+}
+
+static int send_all(struct upgrade *u, struct freeze_request *f)
+{
+    struct listener_msg lm = { .kind = LISTENER_ROUTE };
+    int rc = 0;
+    u->n_sessions = u->n_listeners = 0;
+    for (size_t w = 0; w < f->n_parts && rc == 0; w++) {
+        const struct worker_export *e = &f->parts[w];
+        for (size_t i = 0; i < e->n_listen && rc == 0; i++, u->n_listeners++)
+            rc = handover_send(u->sock, HANDOVER_LISTENER, &lm, sizeof(lm), &e->listen_fds[i], 1);
+        for (size_t i = 0; i < e->n && rc == 0; i++, u->n_sessions++)
+            rc = handover_send(u->sock, HANDOVER_SESSION, &e->recs[i], sizeof(e->recs[i]),
+                               &e->fds[2 * i], 2);
+    }
+    if (rc == 0 && u->admin_fd >= 0) {
+        lm.kind = LISTENER_ADMIN;
+        rc = handover_send(u->sock, HANDOVER_LISTENER, &lm, sizeof(lm), &u->admin_fd, 1);
+    }
+    struct sent_msg sm = { .started_ns = u->started_ns,
+                           .upgrades_ok = u->ps->upgrades_ok,
+                           .upgrades_failed = u->ps->upgrades_failed };
+    if (rc == 0)
+        rc = handover_send(u->sock, HANDOVER_SENT, &sm, sizeof(sm), NULL, 0);
+    return rc;
+}
+
+static void freeze_done(struct request *r)
+{
+    struct upgrade *u = r->owner;
+    struct freeze_request *f = (struct freeze_request *)(void *)r;
+    size_t unsettled = 0;
+    for (size_t w = 0; w < f->n_parts; w++)
+        unsettled += f->parts[w].unsettled;
+    u->phase = UPGRADE_SENT;
+    u->frozen = f;
+    if (u->failed) { /* while the workers were settling */
+        thaw_all(u);
+        return;
+    }
+    if (f->failed) {
+        fail(u, "a worker could not hand its sessions over", UV_ENOMEM);
+        return;
+    }
+    if (unsettled > 0) {
+        char why[96];
+        snprintf(why, sizeof(why), "%zu sessions still connecting or closing after %d ms",
+                 unsettled, UPGRADE_SETTLE_MS);
+        fail(u, why, 0);
+        return;
+    }
+    int rc = send_all(u, f);
+    if (rc < 0) {
+        fail(u, "cannot send the sockets to the new process", rc);
+        return;
+    }
+    uv_timer_start(&u->deadline, deadline_cb, UPGRADE_ADOPT_MS, 0);
+}
+
+static void freeze(struct upgrade *u)
+{
+    u->phase = UPGRADE_FREEZING;
+    uv_timer_stop(&u->deadline); /* the workers bound the settling themselves */
+    struct request *r = request_new(REQUEST_FREEZE, u->workers->n, freeze_done, u);
+    if (r != NULL)
+        ((struct freeze_request *)(void *)r)->settle_ms = UPGRADE_SETTLE_MS;
+    if (r == NULL || worker_set_ask(u->workers, u->loop, r) < 0) {
+        if (r != NULL)
+            request_free(r);
+        u->phase = UPGRADE_SPAWNED; /* nothing frozen */
+        fail(u, "cannot ask the workers", UV_ENOMEM);
+    }
+}
+
+static void release_done(struct request *r) { request_free(r); }
+
+/* The new process has adopted everything: from COMMIT on it serves, and
+ * this process only closes its copies. */
+static void commit(struct upgrade *u)
+{
+    int rc = handover_send(u->sock, HANDOVER_COMMIT, NULL, 0, NULL, 0);
+    if (rc < 0) {
+        fail(u, "cannot send COMMIT to the new process", rc);
+        return;
+    }
+    uv_timer_stop(&u->deadline);
+    uv_poll_stop(u->poll); /* the channel stays open: its EOF tells the new process we are gone */
+    u->phase = UPGRADE_COMMITTED;
+    /* NotifyAccess=main: only the main process may say who the main
+     * process is now. */
+    char state[64];
+    snprintf(state, sizeof(state), "MAINPID=%d\nSTATUS=upgraded", u->child_pid);
+    notify_send(state);
+    log_info("upgraded", LF_INT("new_pid", u->child_pid), LF_INT("sessions", u->n_sessions),
+             LF_INT("listeners", u->n_listeners),
+             LF_INT("duration_ms", (uint64_t)(seconds_since(u->started_ns) * 1000)));
+    request_free(&u->frozen->base);
+    u->frozen = NULL;
+    struct request *r = request_new(REQUEST_RELEASE, u->workers->n, release_done, u);
+    if (r == NULL || worker_set_ask(u->workers, u->loop, r) < 0) {
+        /* The workers stay frozen; exiting closes the copies all the same. */
+        if (r != NULL)
+            request_free(r);
+    }
+    u->committed(u);
+}
+
+static void poll_cb(uv_poll_t *p, int status, int events)
+{
+    struct upgrade *u = p->data;
+    (void)events;
+    if (status < 0) {
+        fail(u, "the channel to the new process failed", status);
+        return;
+    }
+    struct handover_msg *m = malloc(sizeof(*m));
+    if (m == NULL) {
+        fail(u, "out of memory", UV_ENOMEM);
+        return;
+    }
+    int rc = handover_recv(u->sock, m);
+    if (rc == -EAGAIN) {
+        free(m);
+        return;
+    }
+    handover_msg_close_fds(m); /* nothing the new process sends carries one */
+    if (rc == -ECONNRESET) {
+        fail(u, "the new process closed the channel", 0);
+    } else if (rc < 0) {
+        fail(u, "the channel to the new process failed", rc);
+    } else if (m->kind == HANDOVER_ABORT) {
+        char why[256];
+        size_t n = m->len < sizeof(why) - 1 ? m->len : sizeof(why) - 1;
+        memcpy(why, m->payload, n);
+        why[n] = '\0';
+        fail(u, why, 0);
+    } else if (m->kind == HANDOVER_HELLO && u->phase == UPGRADE_SPAWNED) {
+        log_info("upgrade: the new process is ready to take over", LF_INT("new_pid", u->child_pid));
+        freeze(u);
+    } else if (m->kind == HANDOVER_ADOPTED && u->phase == UPGRADE_SENT) {
+        commit(u);
+    } else {
+        fail(u, "unexpected message from the new process", UV_EPROTO);
+    }
+    free(m);
+}
+
+/* The environment with the channel's fd added (any inherited one replaced). */
+static char **child_env(void)
+{
+    size_t n = 0;
+    while (environ[n] != NULL)
+        n++;
+    char **env = calloc(n + 2, sizeof(*env));
+    if (env == NULL)
+        return NULL;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (strncmp(environ[i], UPGRADE_ENV "=", sizeof(UPGRADE_ENV)) != 0)
+            env[k++] = environ[i];
+    static char channel[] = UPGRADE_ENV "=3"; /* UPGRADE_CHILD_FD */
+    env[k++] = channel;
+    return env;
+}
+
+void upgrade_init(struct upgrade *u)
+{
+    u->phase = UPGRADE_IDLE;
+    u->sock = -1;
+    uv_timer_init(u->loop, &u->deadline);
+    u->deadline.data = u;
+}
+
+int upgrade_busy(const struct upgrade *u) { return u->phase != UPGRADE_IDLE; }
+
+void upgrade_start(struct upgrade *u)
+{
+    if (u->phase != UPGRADE_IDLE) {
+        log_warn("upgrade refused", LF_STR("reason", "an upgrade is in progress"),
+                 LF_INT("new_pid", u->child_pid));
+        return;
+    }
+    if (getpid() == 1) {
+        /* The container (or the machine) ends when PID 1 exits. */
+        log_warn("upgrade refused",
+                 LF_STR("reason", "running as PID 1: its exit would end the container"));
+        return;
+    }
+    int pair[2];
+    int rc = handover_pair(pair);
+    if (rc < 0) {
+        log_error("upgrade refused", LF_STR("reason", "cannot make the channel"),
+                  LF_STR("error", strerror(-rc)));
+        return;
+    }
+    /* A sender must never wait for good on a new process that stopped reading. */
+    struct timeval tv = { .tv_sec = UPGRADE_ADOPT_MS / 1000 };
+    setsockopt(pair[0], SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+
+    char **env = child_env();
+    uv_process_t *child = calloc(1, sizeof(*child));
+    uv_poll_t *poll = calloc(1, sizeof(*poll));
+    uv_stdio_container_t stdio[UPGRADE_CHILD_FD + 1] = {
+        { .flags = UV_INHERIT_FD, .data.fd = 0 },
+        { .flags = UV_INHERIT_FD, .data.fd = 1 },
+        { .flags = UV_INHERIT_FD, .data.fd = 2 },
+        { .flags = UV_INHERIT_FD, .data.fd = pair[1] },
+    };
+    uv_process_options_t opts = {
+        .exit_cb = child_exit_cb,
+        .file = u->exec->exe,
+        .args = u->exec->argv,
+        .env = env,
+        .stdio_count = UPGRADE_CHILD_FD + 1,
+        .stdio = stdio,
+    };
+    int spawned = env != NULL && child != NULL && poll != NULL;
+    rc = spawned ? uv_spawn(u->loop, child, &opts) : UV_ENOMEM;
+    free(env);
+    close(pair[1]);
+    if (rc < 0) {
+        close(pair[0]);
+        free(poll);
+        if (spawned)
+            uv_close((uv_handle_t *)child, handle_free_cb); /* a failed spawn's handle too */
+        else
+            free(child);
+        u->ps->upgrades_failed++;
+        log_error("upgrade failed: serving on", LF_STR("reason", "cannot start the executable"),
+                  LF_STR("executable", u->exec->exe), LF_STR("error", uv_strerror(rc)));
+        return;
+    }
+    child->data = u;
+    u->child = child;
+    u->child_pid = child->pid;
+    u->sock = pair[0];
+    u->started_ns = uv_hrtime();
+    u->failed = 0;
+    u->phase = UPGRADE_SPAWNED;
+    u->poll = poll;
+    uv_poll_init(u->loop, poll, u->sock);
+    set_blocking(u->sock); /* poll_cb reads only when readable; sends wait */
+    poll->data = u;
+    uv_poll_start(poll, UV_READABLE, poll_cb);
+    uv_timer_start(&u->deadline, deadline_cb, UPGRADE_HELLO_MS, 0);
+    log_info("upgrade starting", LF_STR("executable", u->exec->exe),
+             LF_INT("new_pid", u->child_pid));
+}
+
+void upgrade_cancel(struct upgrade *u, const char *why) { fail(u, why, 0); }
+
+void upgrade_close(struct upgrade *u)
+{
+    uv_close((uv_handle_t *)&u->deadline, NULL);
+    close_channel(u); /* the new process sees EOF: this one is gone */
+    if (u->child != NULL) {
+        u->child->data = NULL;
+        uv_close((uv_handle_t *)u->child, handle_free_cb); /* it runs on */
+        u->child = NULL;
+    }
+    if (u->frozen != NULL) {
+        request_free(&u->frozen->base);
+        u->frozen = NULL;
+    }
+}
+
+/* --- the new process ------------------------------------------------------- */
+
+int upgrade_channel(void)
+{
+    const char *v = getenv(UPGRADE_ENV);
+    if (v == NULL)
+        return -1;
+    char *end;
+    long fd = strtol(v, &end, 10);
+    unsetenv(UPGRADE_ENV);
+    if (*end != '\0' || fd < 0 || fd > INT_MAX)
+        return -1;
+    int sock = (int)fd;
+    int type = 0;
+    socklen_t len = sizeof(type);
+    if (getsockopt(sock, SOL_SOCKET, SO_TYPE, &type, &len) < 0 || type != SOCK_SEQPACKET)
+        return -1;
+    fcntl(sock, F_SETFD, FD_CLOEXEC);
+    return sock;
+}
+
+static int recv_bounded(int sock, struct handover_msg *m, int ms)
+{
+    set_blocking(sock);
+    struct timeval tv = { .tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000 };
+    setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    int rc = handover_recv(sock, m);
+    return rc == -EAGAIN ? -ETIMEDOUT : rc;
+}
+
+static int grow(void **p, size_t *cap, size_t n, size_t size)
+{
+    if (n < *cap)
+        return 0;
+    size_t c = *cap > 0 ? *cap * 2 : 64;
+    void *q = realloc(*p, c * size);
+    if (q == NULL)
+        return -ENOMEM;
+    *p = q;
+    *cap = c;
+    return 0;
+}
+
+static int take_message(struct upgrade_inbound *in, struct handover_msg *m, size_t *cap_l,
+                        size_t *cap_s, size_t *cap_f)
+{
+    if (m->kind == HANDOVER_LISTENER && m->len == sizeof(struct listener_msg) && m->n_fds == 1) {
+        struct listener_msg lm;
+        memcpy(&lm, m->payload, sizeof(lm));
+        struct sockaddr_storage sa;
+        socklen_t len = sizeof(sa);
+        if (getsockname(m->fds[0], (struct sockaddr *)&sa, &len) < 0)
+            return -errno;
+        if (lm.kind == LISTENER_ADMIN) {
+            if (in->admin_fd >= 0)
+                return -EPROTO;
+            in->admin_fd = m->fds[0];
+            in->admin_addr = sa;
+            m->fds[0] = -1;
+            return 0;
+        }
+        size_t cap = *cap_l;
+        if (grow((void **)&in->listen_fds, cap_l, in->n_listen, sizeof(int)) < 0 ||
+            grow((void **)&in->listen_addrs, &cap, in->n_listen, sizeof(sa)) < 0)
+            return -ENOMEM;
+        in->listen_fds[in->n_listen] = m->fds[0];
+        in->listen_addrs[in->n_listen++] = sa;
+        m->fds[0] = -1;
+        return 0;
+    }
+    if (m->kind == HANDOVER_SESSION && m->len == sizeof(struct session_record) && m->n_fds == 2) {
+        if (grow((void **)&in->recs, cap_s, in->n_sessions, sizeof(*in->recs)) < 0 ||
+            grow((void **)&in->fds, cap_f, 2 * in->n_sessions + 1, sizeof(int)) < 0)
+            return -ENOMEM;
+        struct session_record *r = &in->recs[in->n_sessions];
+        memcpy(r, m->payload, sizeof(*r));
+        r->route[sizeof(r->route) - 1] = '\0';
+        in->fds[2 * in->n_sessions] = m->fds[0];
+        in->fds[2 * in->n_sessions + 1] = m->fds[1];
+        in->n_sessions++;
+        m->fds[0] = m->fds[1] = -1;
+        return 0;
+    }
+    return -EPROTO;
+}
+
+int upgrade_receive(int sock, struct upgrade_inbound *in)
+{
+    memset(in, 0, sizeof(*in));
+    in->admin_fd = -1;
+    struct hello_msg h = { .pid = getpid() };
+    int rc = handover_send(sock, HANDOVER_HELLO, &h, sizeof(h), NULL, 0);
+    struct handover_msg *m = malloc(sizeof(*m));
+    size_t cap_l = 0, cap_s = 0, cap_f = 0;
+    if (rc == 0 && m == NULL)
+        rc = -ENOMEM;
+    while (rc == 0) {
+        rc = recv_bounded(sock, m, UPGRADE_RECEIVE_MS);
+        if (rc < 0)
+            break;
+        if (m->kind == HANDOVER_SENT && m->len == sizeof(struct sent_msg)) {
+            struct sent_msg sm;
+            memcpy(&sm, m->payload, sizeof(sm));
+            in->started_ns = sm.started_ns;
+            in->upgrades_ok = sm.upgrades_ok;
+            in->upgrades_failed = sm.upgrades_failed;
+            break;
+        }
+        rc = m->kind == HANDOVER_ABORT ? -ECANCELED : take_message(in, m, &cap_l, &cap_s, &cap_f);
+        handover_msg_close_fds(m);
+    }
+    free(m);
+    if (rc < 0)
+        log_error("upgrade: cannot take over", LF_STR("step", "receiving"),
+                  LF_STR("error", strerror(-rc)));
+    return rc;
+}
+
+int upgrade_adopted(int sock, size_t n_sessions, size_t n_listeners)
+{
+    struct adopted_msg am = { .sessions = n_sessions, .listeners = n_listeners };
+    set_blocking(sock);
+    int rc = handover_send(sock, HANDOVER_ADOPTED, &am, sizeof(am), NULL, 0);
+    struct handover_msg *m = rc == 0 ? malloc(sizeof(*m)) : NULL;
+    if (rc == 0 && m == NULL)
+        rc = -ENOMEM;
+    if (rc == 0) {
+        rc = recv_bounded(sock, m, UPGRADE_ADOPT_MS);
+        if (rc == 0) {
+            handover_msg_close_fds(m);
+            if (m->kind != HANDOVER_COMMIT)
+                rc = m->kind == HANDOVER_ABORT ? -ECANCELED : -EPROTO;
+        }
+    }
+    free(m);
+    if (rc < 0)
+        log_error("upgrade: cannot take over", LF_STR("step", "waiting for COMMIT"),
+                  LF_STR("error", strerror(-rc)));
+    return rc;
+}
+
+void upgrade_abort(int sock, const char *why)
+{
+    (void)handover_send(sock, HANDOVER_ABORT, why, strlen(why), NULL, 0);
+}
+
+void upgrade_inbound_free(struct upgrade_inbound *in)
+{
+    for (size_t i = 0; i < in->n_listen; i++)
+        if (in->listen_fds[i] >= 0)
+            close(in->listen_fds[i]);
+    for (size_t i = 0; i < 2 * in->n_sessions; i++)
+        if (in->fds[i] >= 0)
+            close(in->fds[i]);
+    if (in->admin_fd >= 0)
+        close(in->admin_fd);
+    free(in->listen_fds);
+    free(in->listen_addrs);
+    free(in->recs);
+    free(in->fds);
+    memset(in, 0, sizeof(*in));
+    in->admin_fd = -1;
+}
