@@ -257,6 +257,22 @@ class AsPid1(LifelineTestCase):
         d.wait_log("session closed", timeout=scaled(1), reason="shutdown")
         d.wait_log("stopped", timeout=scaled(1))
 
+    def test_sigusr2_refused_as_pid1(self):
+        """A live upgrade ends the old process, and PID 1's end would end
+        the container: refused with a line saying why; sessions go on."""
+        d = self.start_pid1()
+        c = connect(listen_port(d), timeout=scaled(10))
+        self.addCleanup(c.close)
+        os.kill(self.pid1, signal.SIGUSR2)
+        line = d.wait_log("upgrade refused")
+        self.assertIn("PID 1", line.get("reason", ""))
+        c.sendall(b"still here\n")
+        self.assertEqual(recv_exact(c, 11, timeout=scaled(10)), b"still here\n")
+        self.assertFalse(d.find("upgrade starting"), d.log_tail())
+        c.close()
+        code, _ = self.stop_with(d, signal.SIGTERM)
+        self.assertEqual(code, 0, d.log_tail())
+
 
 class _Health(http.server.BaseHTTPRequestHandler):
     """/healthz 200, /readyz 503, anything else 404."""
@@ -391,6 +407,64 @@ class SystemdNotify(LifelineTestCase):
         self.assertLessEqual(int(msg["MONOTONIC_USEC"]), time.monotonic_ns() // 1000)
         self.assertEqual(self.wait_message(sock, "READY", scaled(10))["READY"], "1")
         self.assertEqual(d.stop(), 0)
+
+    def test_upgrade_messages(self):
+        """A live upgrade under Type=notify with NotifyAccess=main: the old
+        (main) process names the new one (MAINPID=), which then says READY=1
+        and takes over the watchdog pings (WATCHDOG_PID named the old one).
+        Checked by the sender's pid (SCM_CREDENTIALS), as systemd does."""
+        sock, path = self.notify_socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        echo = self.server(EchoServer)
+        cfg = config([route(free_port(), [echo.port])])
+        # $$ is the shell's pid, which lifeline keeps when the shell execs it.
+        d = WrappedLifeline(cfg, self.tmpdir, ["sh", "-c", 'export WATCHDOG_PID=$$; exec "$@"',
+                                               "sh"],
+                            env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"})
+        d.start()
+        self.addCleanup(d.kill)
+        old = d.pid
+
+        def next_from(key, timeout):
+            deadline = time.monotonic() + timeout
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no {key}= message within {timeout:.1f} s")
+                sock.settimeout(left)
+                try:
+                    data, anc, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(12))
+                except socket.timeout:
+                    continue
+                pid = next(int.from_bytes(c[2][:4], "little") for c in anc
+                           if c[0] == socket.SOL_SOCKET and c[1] == socket.SCM_CREDENTIALS)
+                msg = dict(l.split("=", 1) for l in data.decode().split("\n") if "=" in l)
+                if key in msg:
+                    return pid, msg
+
+        self.assertEqual(next_from("READY", scaled(10))[0], old)
+        self.assertEqual(next_from("WATCHDOG", scaled(2))[0], old)
+        c = connect(listen_port(d), timeout=scaled(10))
+        self.addCleanup(c.close)
+        c.sendall(b"before\n")
+        self.assertEqual(recv_exact(c, 7, timeout=scaled(10)), b"before\n")
+        d.signal(signal.SIGUSR2)
+        new = d.wait_log("upgrade starting")["new_pid"]
+        self.addCleanup(lambda: os.path.exists(f"/proc/{new}") and os.kill(new, signal.SIGKILL))
+        pid, msg = next_from("MAINPID", scaled(15))
+        self.assertEqual((pid, int(msg["MAINPID"])), (old, new))
+        pid, msg = next_from("READY", scaled(15))
+        self.assertEqual((pid, msg["READY"]), (new, "1"))
+        self.assertEqual(d.wait_exit(scaled(10)), 0, d.log_tail())
+        for _ in range(3):  # every 200 ms, from the new process only
+            self.assertEqual(next_from("WATCHDOG", scaled(2))[0], new)
+        c.sendall(b"after\n")
+        self.assertEqual(recv_exact(c, 6, timeout=scaled(10)), b"after\n")
+        c.close()
+        os.kill(new, signal.SIGTERM)
+        self.assertEqual(next_from("STOPPING", scaled(10))[0], new)
+        wait_until(lambda: not os.path.exists(f"/proc/{new}"), scaled(10),
+                   what="the new process to exit")
 
 
 if __name__ == "__main__":
