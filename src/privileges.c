@@ -30,15 +30,24 @@ static int caps_get(struct caps *c)
     return 0;
 }
 
-/* Effective and permitted both `keep`, inheritable empty. */
+/* Effective, permitted and inheritable all `keep`, and each of them raised
+ * in the ambient set: the process a live upgrade executes (same user, no
+ * file capabilities) starts with them too, and nothing else. */
 static int caps_set(uint64_t keep)
 {
     struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
     struct __user_cap_data_struct d[2] = {
-        { .effective = (uint32_t)keep, .permitted = (uint32_t)keep },
-        { .effective = (uint32_t)(keep >> 32), .permitted = (uint32_t)(keep >> 32) },
+        { .effective = (uint32_t)keep, .permitted = (uint32_t)keep, .inheritable = (uint32_t)keep },
+        { .effective = (uint32_t)(keep >> 32),
+          .permitted = (uint32_t)(keep >> 32),
+          .inheritable = (uint32_t)(keep >> 32) },
     };
-    return syscall(SYS_capset, &h, d) < 0 ? -errno : 0;
+    if (syscall(SYS_capset, &h, d) < 0)
+        return -errno;
+    for (int cap = 0; cap < 64; cap++)
+        if ((keep >> cap) & 1)
+            (void)prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0);
+    return 0;
 }
 
 #define CAP_BIT(cap) ((uint64_t)1 << (cap))

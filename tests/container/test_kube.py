@@ -773,11 +773,13 @@ def run_transparent_pod(ns, m, played, clients):
           f"lifeline's process runs as uid {'/'.join(uids)}, gid {'/'.join(gids)}, "
           f"groups {st['Groups'].strip()}")
     net_admin = 1 << CAP_NET_ADMIN
+    # Inheritable and ambient hold it too, so that a live upgrade's exec of
+    # the same binary (same user, no file capabilities) starts with it.
     check(caps_of(st["CapEff"]) == net_admin and caps_of(st["CapPrm"]) == net_admin
-          and caps_of(st["CapInh"]) == 0 and caps_of(st["CapAmb"]) == 0
+          and caps_of(st["CapInh"]) == net_admin and caps_of(st["CapAmb"]) == net_admin
           and st["NoNewPrivs"].strip() == "1",
-          f"its capabilities: effective {st['CapEff']}, permitted {st['CapPrm']} "
-          f"(CAP_NET_ADMIN only), inheritable {st['CapInh']}, ambient {st['CapAmb']}; "
+          f"its capabilities: effective {st['CapEff']}, permitted {st['CapPrm']}, "
+          f"inheritable {st['CapInh']}, ambient {st['CapAmb']} (CAP_NET_ADMIN only); "
           "no_new_privs")
     bounding = (1 << CAP_NET_ADMIN) | (1 << CAP_SETUID) | (1 << CAP_SETGID)
     check(caps_of(st["CapBnd"]) == bounding and info["HostConfig"]["ReadonlyRootfs"] is True,

@@ -27,7 +27,7 @@ import subprocess
 import unittest
 
 from harness import (BIN, EchoServer, LifelineTestCase, config, connect, free_port,
-                     have_ipv6_loopback, recv_exact, route, scaled, write_config)
+                     have_ipv6_loopback, recv_exact, route, scaled, wait_until, write_config)
 
 
 def client_from(ip, port):
@@ -47,6 +47,11 @@ def has_net_admin():
 
 def fresh_ip():
     return f"127.0.{random.randint(1, 254)}.{random.randint(2, 254)}"
+
+
+def open_text(path):
+    with open(path) as f:
+        return f.read()
 
 
 class Transparent(LifelineTestCase):
@@ -150,6 +155,42 @@ class Transparent(LifelineTestCase):
             ip = fresh_ip()
             _, peer = self.relay_from(ip, port, echo)
             self.assertEqual(peer[0], ip)
+
+    def test_upgrade_keeps_the_capability(self):
+        """After the switch to "user", a live upgrade's new process (the
+        same binary, executed as that user) still has CAP_NET_ADMIN, as the
+        ambient set carries it, and relays from the clients' own addresses;
+        the session opened before the upgrade goes on."""
+        pw = self.make_user()
+        echo = self.server()
+        port = free_port()
+        cfg = config([route(port, [echo.port], source_address="client")])
+        cfg["user"] = pw.pw_name
+        os.chmod(self.tmpdir, 0o755)  # the new process reads the file as the user
+        d = self.start_lifeline(cfg)
+        os.chmod(d.path, 0o644)
+        before = connect(port, timeout=scaled(10))
+        self.addCleanup(before.close)
+        before.sendall(b"one")
+        self.assertEqual(recv_exact(before, 3, timeout=scaled(10)), b"one")
+        d.signal(signal.SIGUSR2)
+        new = d.wait_log("upgrade starting")["new_pid"]
+        self.addCleanup(lambda: os.path.exists(f"/proc/{new}") and os.kill(new, signal.SIGKILL))
+        self.assertEqual(d.wait_exit(scaled(15)), 0, d.log_tail())
+        ready = d.wait_log("ready", pid=new)
+        self.assertEqual(ready["pid"], new)
+        status = dict(line.split(":\t", 1) for line in
+                      open_text(f"/proc/{new}/status").splitlines() if ":\t" in line)
+        self.assertEqual(status["Uid"].split()[0], str(pw.pw_uid))
+        self.assertEqual(int(status["CapEff"], 16), 1 << 12, status["CapEff"])
+        before.sendall(b"two")
+        self.assertEqual(recv_exact(before, 3, timeout=scaled(10)), b"two")
+        ip = fresh_ip()
+        _, peer = self.relay_from(ip, port, echo)
+        self.assertEqual(peer[0], ip)
+        os.kill(new, signal.SIGTERM)
+        wait_until(lambda: not os.path.exists(f"/proc/{new}"), scaled(15),
+                   what="the new process to exit")
 
     def reload(self, d, cfg, done):
         before = len(d.find(done))
