@@ -226,6 +226,37 @@ def main():
               "the old configuration serves on, the open session too")
         write_config(config())
 
+        # -- live upgrade: SIGUSR2 through systemd; the session is kept, the
+        # main PID moves to the new process (MAINPID= from the old one, with
+        # NotifyAccess=main), which reads the file afresh (workers 2) and
+        # takes the watchdog over: still active after WatchdogSec.
+        write_config(dict(config(), workers=2))
+        eofs = sum(e.startswith("eof") for e in server_events())
+        restarts = prop("NRestarts")
+        r = sh("systemctl kill -s SIGUSR2 --kill-who=main lifeline", check=False)
+        check(r.returncode == 0, f"systemctl kill -s SIGUSR2 exit 0 {r.stderr.strip()}")
+        wait_until(lambda: prop("MainPID") not in (pid, "0"), 20, "a new main PID", interval=0.2)
+        new_pid = prop("MainPID")
+        fed = int(prop("WatchdogTimestampMonotonic"))
+        wait_until(lambda: re.search(rf" info ready workers=2 routes=1 pid={new_pid}$", journal(),
+                                     re.M), 20, "the new process's ready line", interval=0.2)
+        check(re.search(rf" info upgraded new_pid={new_pid} sessions=1 ", journal()) is not None,
+              f"the journal has upgraded (new_pid {new_pid}, 1 session) and ready with workers 2")
+        check(out(f"ps -o user= -p {new_pid}") == "lifeline"
+              and out(f"ps -o pid= -p {pid}", check=False) == "",
+              f"the new main process {new_pid} runs as lifeline; the old one {pid} is gone")
+        check(held.send("after-upgrade"), "the session opened before the upgrade still relays")
+        check(sum(e.startswith("eof") for e in server_events()) == eofs,
+              "the server saw no EOF during the upgrade")
+        # With NotifyAccess=main only the new main process's pings count.
+        wait_until(lambda: int(prop("WatchdogTimestampMonotonic")) > fed, 12,
+                   "a watchdog ping after the upgrade", interval=0.5)
+        check(out("systemctl is-active lifeline", check=False) == "active"
+              and prop("MainPID") == new_pid and prop("NRestarts") == restarts,
+              "the new process feeds the watchdog: active, same main PID, no restart")
+        check(held.send("after-watchdog"), "the session still relays")
+        pid = new_pid
+
         # -- watchdog: a process that stops pinging is killed and restarted
         t0 = time.monotonic()
         sh(f"kill -STOP {pid}")
