@@ -214,8 +214,9 @@ static void freeze_done(struct request *r)
         return;
     }
     if (unsettled > 0) {
-        char why[96];
-        snprintf(why, sizeof(why), "%zu sessions still connecting or closing after %d ms",
+        char why[128];
+        snprintf(why, sizeof(why),
+                 "%zu sessions still connecting, closing or writing to a peer after %d ms",
                  unsettled, UPGRADE_SETTLE_MS);
         fail(u, why, 0);
         return;
