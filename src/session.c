@@ -1570,7 +1570,11 @@ void session_export(struct session *s, struct session_record *rec, int fds[2])
 
 static void half_thaw(struct half *h)
 {
-    if (h->state == HALF_OPEN && h->read == READ_FROZEN)
+    if (h->state != HALF_OPEN || h->read != READ_FROZEN)
+        return;
+    if (h->pending > 0)
+        h->read = READ_HELD; /* write_cb reads again once it is written */
+    else
         half_read_start(h);
 }
 
