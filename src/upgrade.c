@@ -104,8 +104,8 @@ static void thaw_all(struct upgrade *u)
  * workers thawed (at once, or once the freeze has its answers). */
 static void fail(struct upgrade *u, const char *why, int err)
 {
-    if (u->phase == UPGRADE_IDLE || u->phase == UPGRADE_THAWING ||
-        u->phase == UPGRADE_COMMITTED || u->failed)
+    if (u->phase == UPGRADE_IDLE || u->phase == UPGRADE_THAWING || u->phase == UPGRADE_COMMITTED ||
+        u->failed)
         return;
     u->failed = 1;
     u->ps->upgrades_failed++;

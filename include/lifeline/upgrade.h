@@ -76,13 +76,13 @@ struct upgrade {
     void *owner;
 
     enum upgrade_phase phase;
-    int failed;            /* this attempt failed (logged, counted): thaw once frozen */
-    int sock;              /* our end of the channel, or -1 */
-    uv_poll_t *poll;       /* readable sock; freed when its handle closes */
-    uv_timer_t deadline;   /* the current step's bound */
-    uv_process_t *child;   /* NULL when none; freed when its handle closes */
+    int failed;          /* this attempt failed (logged, counted): thaw once frozen */
+    int sock;            /* our end of the channel, or -1 */
+    uv_poll_t *poll;     /* readable sock; freed when its handle closes */
+    uv_timer_t deadline; /* the current step's bound */
+    uv_process_t *child; /* NULL when none; freed when its handle closes */
     int child_pid;
-    uint64_t started_ns;   /* uv_hrtime() at SIGUSR2 */
+    uint64_t started_ns;           /* uv_hrtime() at SIGUSR2 */
     struct freeze_request *frozen; /* the workers' answers, while SENT */
     size_t n_sessions, n_listeners;
 };
