@@ -343,6 +343,27 @@ void upgrade_init(struct upgrade *u)
     u->deadline.data = u;
 }
 
+/* Is our parent a container's minimal init (docker run --init, podman
+ * run --init, tini, dumb-init)? Each exits when its child does: the old
+ * process's exit would end the container, and the new process with it. */
+static int container_init(char *name, size_t len)
+{
+    static const char *const inits[] = { "tini", "docker-init", "dumb-init", "catatonit" };
+    if (getppid() != 1)
+        return 0;
+    FILE *f = fopen("/proc/1/comm", "r");
+    if (f == NULL)
+        return 0;
+    int found = 0;
+    if (fgets(name, (int)len, f) != NULL) {
+        name[strcspn(name, "\n")] = '\0';
+        for (size_t i = 0; i < sizeof(inits) / sizeof(inits[0]); i++)
+            found |= strcmp(name, inits[i]) == 0;
+    }
+    fclose(f);
+    return found;
+}
+
 int upgrade_busy(const struct upgrade *u) { return u->phase != UPGRADE_IDLE; }
 
 void upgrade_start(struct upgrade *u)
@@ -356,6 +377,14 @@ void upgrade_start(struct upgrade *u)
         /* The container (or the machine) ends when PID 1 exits. */
         log_warn("upgrade refused",
                  LF_STR("reason", "running as PID 1: its exit would end the container"));
+        return;
+    }
+    char init[32];
+    if (container_init(init, sizeof(init))) {
+        log_warn(
+            "upgrade refused",
+            LF_STR("reason", "the container's init exits with its child, ending the container"),
+            LF_STR("init", init));
         return;
     }
     int pair[2];

@@ -274,6 +274,50 @@ class AsPid1(LifelineTestCase):
         self.assertEqual(code, 0, d.log_tail())
 
 
+TINI = """#!/usr/bin/python3
+# A stand-in for tini / docker-init: runs its command, exits with it.
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
+class UnderContainerInit(LifelineTestCase):
+    """lifeline as the child of a minimal container init (docker run
+    --init, tini), which exits when its child does: a live upgrade's old
+    process exiting would end the container and the new process with it."""
+
+    def test_sigusr2_refused_under_tini(self):
+        problem = _pid_namespace_problem()
+        if problem:
+            self.skipTest(problem)
+        tini = os.path.join(self.tmpdir, "tini")
+        with open(tini, "w") as f:
+            f.write(TINI)
+        os.chmod(tini, 0o755)
+        echo = self.server(EchoServer)
+        cfg = config([route(free_port(), [echo.port])])
+        d = WrappedLifeline(cfg, self.tmpdir, ["unshare", "--pid", "--fork", "--mount-proc", tini])
+        d.start()
+        self.addCleanup(d.kill)
+        init = wait_until(lambda: children_of(d.pid), scaled(10), what="the init")[0]
+        pid = wait_until(lambda: children_of(init), scaled(10), what="lifeline under the init")[0]
+        d.wait_ready()
+        c = connect(listen_port(d), timeout=scaled(10))
+        self.addCleanup(c.close)
+        os.kill(pid, signal.SIGUSR2)
+        line = d.wait_log("upgrade refused")
+        self.assertEqual(line.get("init"), "tini", line)
+        c.sendall(b"still here\n")
+        self.assertEqual(recv_exact(c, 11, timeout=scaled(10)), b"still here\n")
+        self.assertFalse(d.find("upgrade starting"), d.log_tail())
+        c.close()
+        os.kill(pid, signal.SIGTERM)
+        self.assertEqual(d.wait_exit(scaled(10)), 0, d.log_tail())
+
+
 class _Health(http.server.BaseHTTPRequestHandler):
     """/healthz 200, /readyz 503, anything else 404."""
 
