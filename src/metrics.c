@@ -36,7 +36,7 @@
     X(UPGRADES, "lifeline_upgrades_total", "counter",                                              \
       "Live upgrades, by result; carried over to each new process.")                               \
     X(UPGRADE_SECONDS, "lifeline_upgrade_duration_seconds", "gauge",                               \
-      "How long the last live upgrade took, from SIGUSR2 until the new process had it all.")       \
+      "How long the last live upgrade took, from SIGUSR2 until the new process relayed again.")    \
     X(CONFIG_INFO, "lifeline_config_info", "gauge",                                                \
       "Always 1; the hash label identifies the loaded configuration file.")                        \
     X(START_TIME, "lifeline_process_start_time_seconds", "gauge",                                  \

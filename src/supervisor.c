@@ -62,6 +62,10 @@ struct supervisor {
     uv_poll_t old_poll;
     uv_timer_t old_timer;
     int await_old;
+    struct took_over {
+        uint64_t started_ns; /* the old process's SIGUSR2; 0 once logged */
+        size_t sessions, listeners;
+    } took_over; /* logged once the workers relay them */
 };
 
 static void stop_workers(struct supervisor *sup, enum worker_command cmd)
@@ -255,6 +259,15 @@ static void notify_cb(uv_async_t *a)
             done++;
         }
     }
+    if (sup->phase == SUP_STARTING && running == sup->workers.n && sup->took_over.started_ns) {
+        /* The upgrade's duration ends here: every adopted session relays
+         * and every listener accepts. */
+        sup->ps.upgrade_seconds = (double)(uv_hrtime() - sup->took_over.started_ns) / 1e9;
+        sup->took_over.started_ns = 0;
+        log_info("upgrade: took over", LF_INT("sessions", sup->took_over.sessions),
+                 LF_INT("listeners", sup->took_over.listeners),
+                 LF_INT("duration_ms", (uint64_t)(sup->ps.upgrade_seconds * 1000)));
+    }
     if (sup->phase == SUP_STARTING && running == sup->workers.n && !sup->await_old) {
         sup->phase = SUP_RUNNING;
         sup->admin_state.ready = 1;
@@ -402,10 +415,9 @@ static void start_workers(struct supervisor *sup, int *fds, struct upgrade_inbou
         /* COMMIT: the old process relays no more. */
         sup->ps.upgrades_ok = in->upgrades_ok + 1;
         sup->ps.upgrades_failed = in->upgrades_failed;
-        sup->ps.upgrade_seconds = (double)(uv_hrtime() - in->started_ns) / 1e9;
-        log_info("upgrade: took over", LF_INT("sessions", in->n_sessions),
-                 LF_INT("listeners", in->n_listen),
-                 LF_INT("duration_ms", (uint64_t)(sup->ps.upgrade_seconds * 1000)));
+        sup->took_over = (struct took_over){ .started_ns = in->started_ns,
+                                             .sessions = in->n_sessions,
+                                             .listeners = in->n_listen };
     }
 
     sigset_t set, old_mask;

@@ -387,6 +387,7 @@ void upgrade_start(struct upgrade *u)
             LF_STR("init", init));
         return;
     }
+    uint64_t started_ns = uv_hrtime(); /* the upgrade's duration starts at the signal */
     int pair[2];
     int rc = handover_pair(pair);
     if (rc < 0) {
@@ -435,7 +436,7 @@ void upgrade_start(struct upgrade *u)
     u->child = child;
     u->child_pid = child->pid;
     u->sock = pair[0];
-    u->started_ns = uv_hrtime();
+    u->started_ns = started_ns;
     u->failed = 0;
     u->phase = UPGRADE_SPAWNED;
     u->poll = poll;
