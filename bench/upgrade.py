@@ -739,7 +739,7 @@ def render(b, started, elapsed):
             "timestamp; the old process's exit as the driver saw it.", "",
             "| idle sessions | `upgrade starting` (old: spawned) | new process said hello "
             "(old: freeze) | `upgrade: taking over` (new: all received) | `upgrade: took "
-            "over` (new: adopted; COMMIT) | sampled sessions relay again (first - last) | "
+            "over` (new: relaying again) | sampled sessions relay again (first - last) | "
             "`upgraded` (old) | old process exited | `ready` (new) |",
             "|---|---|---|---|---|---|---|---|---|"]
     for n in sizes:
@@ -773,13 +773,10 @@ def render(b, started, elapsed):
         out += [text, ""]
         loads = ", ".join(f"{r['loadavg']:.1f}" for n in b.args.sessions for r in b.rounds[n])
         out += [
-            f"`duration_ms` leaves out both ends. It starts once `uv_spawn()` has returned "
-            f"(upgrade.c sets `started_ns` there), not at SIGUSR2: {fmt_ms(p['starting'])} ms "
-            f"later at {big:,} sessions. It ends at COMMIT, before the new process's workers "
-            "have started: each then starts reading its share of the sessions before its loop "
-            "turns, so the sessions relay, and new connections are accepted, "
-            f"{fmt_ms(m['resume_ms'] and m['resume_ms'] - p['took_over'])} ms after "
-            "`took over`. `ready` also waits for the old process to exit, "
+            "`duration_ms` runs from SIGUSR2 until the new process's workers relay every "
+            "adopted session and accept again (`took over`); the sampled sessions relayed "
+            f"{fmt_ms(m['resume_ms'] and m['resume_ms'] - p['took_over'])} ms after that "
+            "line, as the driver saw it. `ready` also waits for the old process to exit, "
             f"{fmt_ms(p['old_exit'] - p['upgraded'])} ms after `upgraded` (closing its "
             f"copies). At {big:,} sessions the old process used "
             f"{fmt_ms(m['old_cpu_ms'])} ms of CPU from SIGUSR2 to its exit and the new one "
