@@ -1426,6 +1426,8 @@ static void unopened_closed_cb(uv_handle_t *h) { free(((struct half *)h->data)->
 
 static _Atomic uint64_t next_id = 1;
 
+uint64_t session_next_id(void) { return atomic_load(&next_id); }
+
 void session_ids_above(uint64_t id)
 {
     uint64_t cur = atomic_load(&next_id);
@@ -1540,9 +1542,15 @@ static int half_settled(const struct half *h)
            (h->state == HALF_DONE || (h->state == HALF_OPEN && h->read == READ_FROZEN));
 }
 
-int session_settled(const struct session *s)
+enum session_settle session_settle(const struct session *s, uint64_t *unwritten)
 {
-    return s->state == SESSION_RELAYING && half_settled(&s->up) && half_settled(&s->down);
+    *unwritten = 0;
+    if (s->state != SESSION_RELAYING)
+        return SETTLE_BUSY;
+    if (half_settled(&s->up) && half_settled(&s->down))
+        return SETTLE_READY;
+    *unwritten = s->up.pending + s->down.pending;
+    return SETTLE_WRITING;
 }
 
 void session_export(struct session *s, struct session_record *rec, int fds[2])

@@ -468,7 +468,14 @@ static int init_loop(struct supervisor *sup)
                                 .committed = upgrade_committed_cb,
                                 .ended = upgrade_ended_cb,
                                 .owner = sup };
-    upgrade_init(&sup->up);
+    if ((rc = upgrade_init(&sup->up)) < 0) {
+        log_error("cannot start the event loop", LF_STR("error", uv_strerror(rc)));
+        uv_close((uv_handle_t *)&sup->watchdog, NULL);
+        uv_close((uv_handle_t *)&sup->sd_watchdog, NULL);
+        uv_run(&sup->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&sup->loop);
+        return rc;
+    }
     if (sup->channel >= 0) {
         uv_timer_init(&sup->loop, &sup->old_timer);
         sup->old_timer.data = sup->old_poll.data = sup;

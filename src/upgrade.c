@@ -10,8 +10,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <spawn.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "lifeline/addr.h"
@@ -32,6 +34,7 @@ struct sent_msg {
     uint64_t started_ns;
     uint64_t upgrades_ok;
     uint64_t upgrades_failed;
+    uint64_t next_session_id;
 };
 struct hello_msg {
     int32_t pid;
@@ -66,8 +69,6 @@ static void poll_cb(uv_poll_t *p, int status, int events);
 static void thaw_done(struct request *r);
 
 static double seconds_since(uint64_t ns) { return (double)(uv_hrtime() - ns) / 1e9; }
-
-static void child_exit_cb(uv_process_t *p, int64_t status, int signum);
 
 static void handle_free_cb(uv_handle_t *h) { free(h); }
 
@@ -118,8 +119,8 @@ static void fail(struct upgrade *u, const char *why, int err)
                   LF_INT("new_pid", u->child_pid));
     /* Whatever it got, it must never serve: it starts only on COMMIT, and
      * SIGKILL makes sure it will not wait for one. */
-    if (u->child != NULL)
-        uv_process_kill(u->child, SIGKILL);
+    if (u->child_running)
+        kill(u->child_pid, SIGKILL); /* reaped by sigchld_cb */
     uv_timer_stop(&u->deadline);
     close_channel(u);
     switch (u->phase) {
@@ -144,22 +145,25 @@ static void thaw_done(struct request *r)
     u->ended(u);
 }
 
-static void child_exit_cb(uv_process_t *p, int64_t status, int signum)
+/* SIGCHLD: reaps the new process if it has ended (a failed upgrade, or
+ * one that failed it); after a commit it is no longer ours to wait for. */
+static void sigchld_cb(uv_signal_t *h, int signum)
 {
-    struct upgrade *u = p->data;
-    if (u != NULL && u->child == p) {
-        u->child = NULL;
-        if (u->phase != UPGRADE_COMMITTED && u->phase != UPGRADE_IDLE &&
-            u->phase != UPGRADE_THAWING && !u->failed) {
-            char why[64];
-            if (signum != 0)
-                snprintf(why, sizeof(why), "the new process was killed by signal %d", signum);
-            else
-                snprintf(why, sizeof(why), "the new process exited with status %" PRId64, status);
-            fail(u, why, 0);
-        }
-    }
-    uv_close((uv_handle_t *)p, handle_free_cb);
+    struct upgrade *u = h->data;
+    int status;
+    (void)signum;
+    if (u->child_pid <= 0 || !u->child_running || waitpid(u->child_pid, &status, WNOHANG) <= 0)
+        return;
+    u->child_running = 0;
+    if (u->phase == UPGRADE_COMMITTED || u->phase == UPGRADE_IDLE || u->phase == UPGRADE_THAWING ||
+        u->failed)
+        return;
+    char why[64];
+    if (WIFSIGNALED(status))
+        snprintf(why, sizeof(why), "the new process was killed by signal %d", WTERMSIG(status));
+    else
+        snprintf(why, sizeof(why), "the new process exited with status %d", WEXITSTATUS(status));
+    fail(u, why, 0);
 }
 
 static void deadline_cb(uv_timer_t *t)
@@ -190,7 +194,8 @@ static int send_all(struct upgrade *u, struct freeze_request *f)
     }
     struct sent_msg sm = { .started_ns = u->started_ns,
                            .upgrades_ok = u->ps->upgrades_ok,
-                           .upgrades_failed = u->ps->upgrades_failed };
+                           .upgrades_failed = u->ps->upgrades_failed,
+                           .next_session_id = session_next_id() };
     if (rc == 0)
         rc = handover_send(u->sock, HANDOVER_SENT, &sm, sizeof(sm), NULL, 0);
     return rc;
@@ -200,9 +205,11 @@ static void freeze_done(struct request *r)
 {
     struct upgrade *u = r->owner;
     struct freeze_request *f = (struct freeze_request *)(void *)r;
-    size_t unsettled = 0;
-    for (size_t w = 0; w < f->n_parts; w++)
-        unsettled += f->parts[w].unsettled;
+    size_t busy = 0, writing = 0;
+    for (size_t w = 0; w < f->n_parts; w++) {
+        busy += f->parts[w].busy;
+        writing += f->parts[w].writing;
+    }
     u->phase = UPGRADE_SENT;
     u->frozen = f;
     if (u->failed) { /* while the workers were settling */
@@ -213,11 +220,17 @@ static void freeze_done(struct request *r)
         fail(u, "a worker could not hand its sessions over", UV_ENOMEM);
         return;
     }
-    if (unsettled > 0) {
+    if (writing > 0) {
         char why[128];
-        snprintf(why, sizeof(why),
-                 "%zu sessions still connecting, closing or writing to a peer after %d ms",
-                 unsettled, UPGRADE_SETTLE_MS);
+        snprintf(why, sizeof(why), "%zu sessions have a peer that stopped reading their bytes",
+                 writing);
+        fail(u, why, 0);
+        return;
+    }
+    if (busy > 0) {
+        char why[128];
+        snprintf(why, sizeof(why), "%zu sessions still connecting or closing after %d ms", busy,
+                 UPGRADE_SETTLE_MS);
         fail(u, why, 0);
         return;
     }
@@ -335,12 +348,19 @@ static char **child_env(void)
     return env;
 }
 
-void upgrade_init(struct upgrade *u)
+int upgrade_init(struct upgrade *u)
 {
     u->phase = UPGRADE_IDLE;
     u->sock = -1;
     uv_timer_init(u->loop, &u->deadline);
-    u->deadline.data = u;
+    u->deadline.data = u->sigchld.data = u;
+    int rc = uv_signal_init(u->loop, &u->sigchld);
+    if (rc < 0) {
+        uv_close((uv_handle_t *)&u->deadline, NULL);
+        return rc;
+    }
+    u->handles = 1;
+    return 0;
 }
 
 /* Is our parent a container's minimal init (docker run --init, podman
@@ -373,6 +393,11 @@ void upgrade_start(struct upgrade *u)
                  LF_INT("new_pid", u->child_pid));
         return;
     }
+    if (u->child_running) { /* killed by a failed upgrade, not reaped yet */
+        log_warn("upgrade refused", LF_STR("reason", "the last new process has not ended yet"),
+                 LF_INT("new_pid", u->child_pid));
+        return;
+    }
     if (getpid() == 1) {
         /* The container (or the machine) ends when PID 1 exits. */
         log_warn("upgrade refused",
@@ -399,42 +424,50 @@ void upgrade_start(struct upgrade *u)
     struct timeval tv = { .tv_sec = UPGRADE_ADOPT_MS / 1000 };
     setsockopt(pair[0], SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 
-    char **env = child_env();
-    uv_process_t *child = calloc(1, sizeof(*child));
-    uv_poll_t *poll = calloc(1, sizeof(*poll));
-    uv_stdio_container_t stdio[UPGRADE_CHILD_FD + 1] = {
-        { .flags = UV_INHERIT_FD, .data.fd = 0 },
-        { .flags = UV_INHERIT_FD, .data.fd = 1 },
-        { .flags = UV_INHERIT_FD, .data.fd = 2 },
-        { .flags = UV_INHERIT_FD, .data.fd = pair[1] },
-    };
-    uv_process_options_t opts = {
-        .exit_cb = child_exit_cb,
-        .file = u->exec->exe,
-        .args = u->exec->argv,
-        .env = env,
-        .stdio_count = UPGRADE_CHILD_FD + 1,
-        .stdio = stdio,
-    };
-    int spawned = env != NULL && child != NULL && poll != NULL;
-    rc = spawned ? uv_spawn(u->loop, child, &opts) : UV_ENOMEM;
-    free(env);
+    /* The child's end goes to fd 3; from above 3, so that dup2() clears
+     * its close-on-exec flag. */
+    int child_end = fcntl(pair[1], F_DUPFD_CLOEXEC, UPGRADE_CHILD_FD + 1);
     close(pair[1]);
+    char **env = child_env();
+    uv_poll_t *poll = calloc(1, sizeof(*poll));
+    /* posix_spawn rather than uv_spawn: no helper pipe whose close
+     * ThreadSanitizer cannot see (libuv closes it with a raw system call). */
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t at;
+    sigset_t none, dfl;
+    sigemptyset(&none);
+    sigemptyset(&dfl);
+    sigaddset(&dfl, SIGTERM);
+    sigaddset(&dfl, SIGINT);
+    sigaddset(&dfl, SIGHUP);
+    sigaddset(&dfl, SIGUSR1);
+    sigaddset(&dfl, SIGUSR2);
+    sigaddset(&dfl, SIGCHLD);
+    posix_spawn_file_actions_init(&fa);
+    posix_spawnattr_init(&at);
+    posix_spawn_file_actions_adddup2(&fa, child_end, UPGRADE_CHILD_FD);
+    posix_spawnattr_setsigmask(&at, &none);
+    posix_spawnattr_setsigdefault(&at, &dfl);
+    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    pid_t pid = -1;
+    rc = child_end < 0 ? -errno : env == NULL || poll == NULL ? -ENOMEM : 0;
+    if (rc == 0 && (rc = uv_signal_start(&u->sigchld, sigchld_cb, SIGCHLD)) == 0)
+        rc = -posix_spawn(&pid, u->exec->exe, &fa, &at, u->exec->argv, env);
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&at);
+    free(env);
+    if (child_end >= 0)
+        close(child_end);
     if (rc < 0) {
         close(pair[0]);
         free(poll);
-        if (spawned)
-            uv_close((uv_handle_t *)child, handle_free_cb); /* a failed spawn's handle too */
-        else
-            free(child);
         u->ps->upgrades_failed++;
         log_error("upgrade failed: serving on", LF_STR("reason", "cannot start the executable"),
-                  LF_STR("executable", u->exec->exe), LF_STR("error", uv_strerror(rc)));
+                  LF_STR("executable", u->exec->exe), LF_STR("error", strerror(-rc)));
         return;
     }
-    child->data = u;
-    u->child = child;
-    u->child_pid = child->pid;
+    u->child_pid = pid;
+    u->child_running = 1;
     u->sock = pair[0];
     u->started_ns = started_ns;
     u->failed = 0;
@@ -453,12 +486,18 @@ void upgrade_cancel(struct upgrade *u, const char *why) { fail(u, why, 0); }
 
 void upgrade_close(struct upgrade *u)
 {
+    if (!u->handles)
+        return;
+    u->handles = 0;
     uv_close((uv_handle_t *)&u->deadline, NULL);
-    close_channel(u); /* the new process sees EOF: this one is gone */
-    if (u->child != NULL) {
-        u->child->data = NULL;
-        uv_close((uv_handle_t *)u->child, handle_free_cb); /* it runs on */
-        u->child = NULL;
+    uv_close((uv_handle_t *)&u->sigchld, NULL);
+    if (u->phase == UPGRADE_COMMITTED && u->sock >= 0) {
+        /* Left open until this process has exited: its EOF is how the new
+         * process learns that (and only then says ready). */
+        uv_close((uv_handle_t *)u->poll, handle_free_cb);
+        u->poll = NULL;
+    } else {
+        close_channel(u);
     }
     if (u->frozen != NULL) {
         request_free(&u->frozen->base);
@@ -572,6 +611,8 @@ int upgrade_receive(int sock, struct upgrade_inbound *in)
             in->started_ns = sm.started_ns;
             in->upgrades_ok = sm.upgrades_ok;
             in->upgrades_failed = sm.upgrades_failed;
+            if (sm.next_session_id > 0) /* ids stay unique across the processes */
+                session_ids_above(sm.next_session_id - 1);
             break;
         }
         rc = m->kind == HANDOVER_ABORT ? -ECANCELED : take_message(in, m, &cap_l, &cap_s, &cap_f);

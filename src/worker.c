@@ -43,6 +43,10 @@
 #define SHORTAGE_OVER_MS 1000  /* accepting this long without a pause ends a shortage */
 #define DENY_DRAIN_BYTES 65536 /* read from a denied client before a FIN close */
 #define SETTLE_POLL_MS 5       /* a live upgrade looks this often for settled sessions */
+/* A peer that takes none of a held session's bytes for this long has
+ * stopped reading: the upgrade fails now rather than hold every session
+ * until its deadline. */
+#define SETTLE_STALL_MS 1000
 
 /* One route's listening socket on one worker (SO_REUSEPORT shares the
  * port). A reload that keeps the address keeps the socket, and with it the
@@ -123,7 +127,9 @@ struct worker {
     uv_timer_t settle;                    /* HANDOVER_SETTLING: looks at the sessions */
     struct freeze_request *freezing;      /* answered once settled or at the deadline */
     uint64_t settle_deadline_ms;
-    size_t freed_since_trim; /* sessions freed since memory was last trimmed */
+    uint64_t settle_unwritten;   /* bytes held sessions still had to write, last tick */
+    uint64_t settle_progress_ms; /* when that last went down */
+    size_t freed_since_trim;     /* sessions freed since memory was last trimmed */
     _Atomic uint64_t last_tick_ms;
 
     _Atomic int command; /* enum worker_command */
@@ -748,21 +754,37 @@ static int export_all(struct worker *w, struct worker_export *e)
 static void freeze_tick(uv_timer_t *t)
 {
     struct worker *w = t->data;
-    size_t unsettled = 0;
+    size_t busy = 0, writing = 0;
+    uint64_t unwritten = 0, now = uv_now(&w->loop);
     struct session_link *link;
     LIST_FOREACH (link, &w->sessions, list) {
         struct session *s = session_of_link(link);
+        uint64_t n;
         session_hold(s);
-        unsettled += !session_settled(s);
+        switch (session_settle(s, &n)) {
+        case SETTLE_READY:
+            break;
+        case SETTLE_WRITING:
+            writing++;
+            unwritten += n;
+            break;
+        case SETTLE_BUSY:
+            busy++;
+            break;
+        }
     }
-    if (unsettled > 0 && uv_now(&w->loop) < w->settle_deadline_ms)
+    if (unwritten < w->settle_unwritten)
+        w->settle_progress_ms = now;
+    w->settle_unwritten = unwritten;
+    int stalled = writing > 0 && now - w->settle_progress_ms >= SETTLE_STALL_MS;
+    if (busy + writing > 0 && now < w->settle_deadline_ms && !stalled)
         return;
     uv_timer_stop(t);
     struct freeze_request *f = w->freezing;
     w->freezing = NULL;
-    struct worker_export e = { .unsettled = unsettled };
-    int rc = unsettled == 0 ? export_all(w, &e) : 0;
-    if (unsettled == 0 && rc == 0)
+    struct worker_export e = { .busy = busy, .writing = writing };
+    int rc = busy + writing == 0 ? export_all(w, &e) : 0;
+    if (busy + writing == 0 && rc == 0)
         w->handover = HANDOVER_FROZEN;
     uv_mutex_lock(&f->base.lock);
     f->parts[w->id] = e;
@@ -786,6 +808,8 @@ static void freeze_begin(struct worker *w, struct freeze_request *f)
     poll_listeners(w, 0);
     w->freezing = f;
     w->settle_deadline_ms = uv_now(&w->loop) + f->settle_ms;
+    w->settle_unwritten = UINT64_MAX;
+    w->settle_progress_ms = uv_now(&w->loop);
     uv_timer_start(&w->settle, freeze_tick, 0, SETTLE_POLL_MS);
 }
 

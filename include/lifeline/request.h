@@ -67,7 +67,8 @@ struct worker_export {
     size_t n;
     int *listen_fds; /* its listening sockets */
     size_t n_listen;
-    size_t unsettled; /* sessions still connecting or closing at the deadline */
+    size_t busy;    /* sessions still connecting or closing at the deadline */
+    size_t writing; /* sessions whose peer took none of their bytes for SETTLE_STALL_MS */
 };
 
 struct freeze_request {

@@ -135,8 +135,14 @@ struct session_record {
  * out and the session moved; other states are left to settle first. */
 void session_hold(struct session *s);
 
-/* Held, relaying, and nothing read is waiting to be written: it can move. */
-int session_settled(const struct session *s);
+/* Whether a held session can move. */
+enum session_settle {
+    SETTLE_READY,   /* relaying, held, nothing read waiting to be written */
+    SETTLE_WRITING, /* relaying and held, bytes waiting for a peer to take them */
+    SETTLE_BUSY,    /* connecting, waiting for the registry, or closing */
+};
+/* *unwritten: the bytes read and not yet written (SETTLE_WRITING). */
+enum session_settle session_settle(const struct session *s, uint64_t *unwritten);
 
 /* Writes the record of a settled session and its two descriptors (client,
  * server) into fds; stops its silence timer. The session keeps its sockets
@@ -170,8 +176,10 @@ int session_adopt(struct session_host *h, const struct session_adopt_params *p,
                   struct session **out);
 
 /* Session ids handed out from now on are above `id` (an adopted session
- * keeps its own). */
+ * keeps its own; a new process starts above the old one's next id). */
 void session_ids_above(uint64_t id);
+/* The id the next session will get. */
+uint64_t session_next_id(void);
 
 /* The session as a JSON object (admin /sessions), or NULL on ENOMEM.
  * Printed unformatted, it always fits SESSION_JSON_MAX bytes. */

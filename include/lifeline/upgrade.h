@@ -80,15 +80,17 @@ struct upgrade {
     int sock;            /* our end of the channel, or -1 */
     uv_poll_t *poll;     /* readable sock; freed when its handle closes */
     uv_timer_t deadline; /* the current step's bound */
-    uv_process_t *child; /* NULL when none; freed when its handle closes */
+    uv_signal_t sigchld; /* reaps a new process that ends before it commits */
     int child_pid;
+    int child_running;             /* not reaped yet */
+    int handles;                   /* deadline and sigchld are initialised */
     uint64_t started_ns;           /* uv_hrtime() at SIGUSR2 */
     struct freeze_request *frozen; /* the workers' answers, while SENT */
     size_t n_sessions, n_listeners;
 };
 
-/* Initialises the handles on u->loop. */
-void upgrade_init(struct upgrade *u);
+/* Initialises the handles on u->loop. 0 or a negative UV error. */
+int upgrade_init(struct upgrade *u);
 /* SIGUSR2. Logs `upgrade refused` (and returns) when one is running or
  * this process is PID 1; else `upgrade starting`. */
 void upgrade_start(struct upgrade *u);
