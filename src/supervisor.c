@@ -628,8 +628,10 @@ static int take_over(struct supervisor *sup, int *fds, size_t n_fds, struct upgr
             /* More workers than before: the extra ones share the old
              * sockets (their port may need a privilege dropped already). */
             for (size_t w = c; w < n_workers && rc == 0; w++) {
-                int fd = fcntl(fds[(w % c) * n_routes + r], F_DUPFD_CLOEXEC, 0);
+                int fd = dup(fds[(w % c) * n_routes + r]);
                 rc = fd < 0 ? -errno : 0;
+                if (fd >= 0)
+                    fcntl(fd, F_SETFD, FD_CLOEXEC);
                 fds[w * n_routes + r] = fd;
             }
         }

@@ -424,10 +424,17 @@ void upgrade_start(struct upgrade *u)
     struct timeval tv = { .tv_sec = UPGRADE_ADOPT_MS / 1000 };
     setsockopt(pair[0], SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 
-    /* The child's end goes to fd 3; from above 3, so that dup2() clears
-     * its close-on-exec flag. */
-    int child_end = fcntl(pair[1], F_DUPFD_CLOEXEC, UPGRADE_CHILD_FD + 1);
-    close(pair[1]);
+    /* The child's end goes to fd 3 with dup2(), which clears its
+     * close-on-exec flag, unless it is fd 3 already: then a copy is moved.
+     * (dup(), not fcntl(F_DUPFD): ThreadSanitizer tracks descriptors made
+     * by the calls it intercepts.) */
+    int child_end = pair[1];
+    if (child_end == UPGRADE_CHILD_FD) {
+        child_end = dup(pair[1]);
+        if (child_end >= 0)
+            fcntl(child_end, F_SETFD, FD_CLOEXEC);
+        close(pair[1]);
+    }
     char **env = child_env();
     uv_poll_t *poll = calloc(1, sizeof(*poll));
     /* posix_spawn rather than uv_spawn: no helper pipe whose close
