@@ -347,6 +347,24 @@ class Rig:
     def sock(self, name, port=CLIENT_PORT):
         return NsClient(self, name, port)
 
+    def crash_client(self, procs, down_s=0.3):
+        """A client host crash (nft drops everything, its processes
+        SIGKILLed, ss -K), then `down_s` in which the server must notice
+        nothing. Returns (t0, quiet): when the crash began, and whether the
+        server saw no EOF, error or accept while the host was down."""
+        t0 = self.note("crash the client host: nft drops everything, client SIGKILLed, ss -K")
+        crash = self.topo.crash_host("client", procs)
+        self.note("crash done: %d packet(s) leaving the client host dropped, %d arriving dropped"
+                  % (crash["dropped_out"], crash["dropped_in"]))
+        n = len(self.srv.records)
+        try:
+            wait_for(lambda: self.srv.poll() is not None and
+                     any(r["event"] in ("eof", "error", "accept") for r in self.srv.records[n:]),
+                     down_s, "the server noticing the crash")
+            return t0, False
+        except TimeoutError:
+            return t0, True
+
     # -- observation
 
     def event(self, mono, who, text):

@@ -51,19 +51,8 @@ def _crash_and_return(c, case, hb, drop_rst, eof_bound_s, served_bound_s, upstre
             return sum(1 for r in rig.srv.records if r["event"] == "recv" and r["conn"] == old) >= 3
         wait_for(warm, margin(10), "heartbeats at the server")
 
-        t0 = rig.note("crash the client host: nft drops everything, client SIGKILLed, ss -K")
-        crash = rig.topo.crash_host("client", [old_proc])
-        rig.note("crash done: %d packet(s) leaving the client host dropped, %d arriving dropped"
-                 % (crash["dropped_out"], crash["dropped_in"]))
         # host down 300 ms: an observation window in which the server must notice nothing
-        n = len(rig.srv.records)
-        try:
-            wait_for(lambda: rig.srv.poll() is not None and
-                     any(r["event"] in ("eof", "error", "accept") for r in rig.srv.records[n:]),
-                     0.3, "the server noticing the crash")
-            quiet_while_down = False
-        except TimeoutError:
-            quiet_while_down = True
+        t0, quiet_while_down = rig.crash_client([old_proc])
         if drop_rst:
             rig.topo.drop_outgoing_rst("client")
         rig.topo.restore_host("client")
