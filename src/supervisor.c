@@ -400,16 +400,16 @@ static void start_workers(struct supervisor *sup, int *fds, struct upgrade_inbou
             break;
         }
     }
-    int64_t adopted_fds = 0;
-    if (in != NULL && sup->exit_code == EXIT_CLEAN) {
-        adopt_all(sup, in);
-        adopted_fds = (int64_t)in->n_sessions * BUDGET_FDS_PER_SESSION;
-    }
+    /* The sessions handed over hold descriptors already: the budget is
+     * planned without them, then they claim their share (a plan made
+     * after would start the count at 0 and let new sessions overspend). */
+    int64_t adopted_fds = in != NULL ? (int64_t)in->n_sessions * BUDGET_FDS_PER_SESSION : 0;
     if (sup->exit_code == EXIT_CLEAN && plan_descriptors(sup, adopted_fds) < 0)
         sup->exit_code = EXIT_RUNTIME;
     if (in != NULL) {
         if (sup->exit_code != EXIT_CLEAN)
             give_up(sup->channel, "cannot start the workers");
+        adopt_all(sup, in);
         if (upgrade_adopted(sup->channel, in->n_sessions, in->n_listen) < 0)
             _exit(EXIT_RUNTIME); /* logged; the old process serves on */
         /* COMMIT: the old process relays no more. */

@@ -44,13 +44,47 @@ struct adopted_msg {
     uint64_t listeners;
 };
 
+/* dir/name into out, absolute (the working directory may change later),
+ * symbolic links left as they are. 0, or -ENAMETOOLONG. */
+static int join_path(char *out, size_t len, const char *dir, const char *name)
+{
+    char cwd[PATH_MAX] = "";
+    if (dir[0] != '/' && getcwd(cwd, sizeof(cwd)) == NULL)
+        return -errno;
+    int n = snprintf(out, len, "%s%s%s%s%s", cwd, cwd[0] != '\0' ? "/" : "", dir,
+                     dir[0] != '\0' ? "/" : "", name);
+    return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
+}
+
 int upgrade_exec_init(struct upgrade_exec *e, char **argv)
 {
+    e->argv = argv;
+    const char *name = argv[0] != NULL ? argv[0] : "";
+    /* The path it was started by, not the file it resolved to: a symbolic
+     * link switched to a new version (/opt/lifeline/current) takes effect. */
+    if (name[0] == '/')
+        return (size_t)snprintf(e->exe, sizeof(e->exe), "%s", name) < sizeof(e->exe)
+                   ? 0
+                   : -ENAMETOOLONG;
+    if (strchr(name, '/') != NULL)
+        return join_path(e->exe, sizeof(e->exe), "", name);
+    const char *path = getenv("PATH");
+    while (name[0] != '\0' && path != NULL && *path != '\0') {
+        size_t dir_len = strcspn(path, ":");
+        char dir[PATH_MAX];
+        if (dir_len < sizeof(dir)) {
+            memcpy(dir, path, dir_len);
+            dir[dir_len] = '\0';
+            if (join_path(e->exe, sizeof(e->exe), dir_len > 0 ? dir : ".", name) == 0 &&
+                access(e->exe, X_OK) == 0)
+                return 0;
+        }
+        path += dir_len + (path[dir_len] == ':');
+    }
     ssize_t n = readlink("/proc/self/exe", e->exe, sizeof(e->exe) - 1);
     if (n < 0)
         return -errno;
     e->exe[n] = '\0';
-    e->argv = argv;
     return 0;
 }
 

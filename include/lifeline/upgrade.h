@@ -49,7 +49,9 @@ struct upgrade_exec {
     char **argv;
 };
 
-/* Reads /proc/self/exe into e->exe. 0 or -errno. */
+/* The path the process was started by, made absolute at start without
+ * resolving symbolic links: argv[0] when it names a path, else the first
+ * match in $PATH, else /proc/self/exe. 0 or -errno. */
 int upgrade_exec_init(struct upgrade_exec *e, char **argv);
 
 enum upgrade_phase {

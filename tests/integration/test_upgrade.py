@@ -31,6 +31,8 @@ from test_admin import AdminCase, with_admin
 _libc = ctypes.CDLL(None, use_errno=True)
 PR_SET_CHILD_SUBREAPER = 36
 REAL_BIN = os.path.realpath(BIN)
+# Copies of the binary a test runs as well (the symbolic link's versions).
+OTHER_BINS = set()
 
 
 # --------------------------------------------------------------------------
@@ -64,7 +66,7 @@ def is_lifeline(pid):
         exe = os.readlink(f"/proc/{pid}/exe")
     except OSError:
         return False
-    return exe.removesuffix(" (deleted)") == REAL_BIN
+    return exe.removesuffix(" (deleted)") in {REAL_BIN} | OTHER_BINS
 
 
 def live_lifelines():
@@ -79,9 +81,9 @@ def live_lifelines():
             children.setdefault(st[1], []).append((int(name), st))
     out, todo = set(), [os.getpid()]
     while todo:
-        for pid, (state, _, comm) in children.get(todo.pop(), []):
+        for pid, (state, _, _) in children.get(todo.pop(), []):
             todo.append(pid)
-            if comm == "lifeline" and state not in ("Z", "X"):
+            if state not in ("Z", "X") and is_lifeline(pid):
                 out.add(pid)
     return out
 
@@ -186,7 +188,7 @@ class UpgradeCase(AdminCase):
 
     # -- one upgrade
 
-    def upgrade(self, d, pid, expect_sessions=None, ready_after_exit=False):
+    def upgrade(self, d, pid, expect_sessions=None, ready_after_exit=False, executable=None):
         """SIGUSR2 to the serving process `pid`; waits for the whole
         sequence: the old process's lines, the new one's, `ready` from the
         new pid; the old one exits 0, and the new one is then the only
@@ -200,7 +202,10 @@ class UpgradeCase(AdminCase):
         start = d.wait_count(counts["upgrade starting"] + 1, "upgrade starting")[-1]
         new = start["new_pid"]
         self.track_pid(new)
-        self.assertEqual(os.path.realpath(start["executable"]), REAL_BIN, start)
+        if executable is None:
+            self.assertEqual(os.path.realpath(start["executable"]), REAL_BIN, start)
+        else:
+            self.assertEqual(start["executable"], executable, start)
         d.wait_log("upgrade: the new process is ready to take over", new_pid=new)
         taking = d.wait_count(counts["upgrade: taking over"] + 1, "upgrade: taking over")[-1]
         self.assertEqual(taking["old_pid"], pid, taking)
@@ -457,6 +462,9 @@ class Upgrade(UpgradeCase):
         m = self.metrics(d)
         self.assertEqual(m.get("lifeline_sessions_active", route="idle"), 1000)
         self.assertEqual(m.get("lifeline_sessions_active", route="quiet"), 0)
+        # The adopted sessions' descriptors count against the new process's
+        # budget, two each, as if it had accepted them.
+        self.assertEqual(m.get("lifeline_session_descriptors"), 2 * 1000)
         self.assertEqual(m.get("lifeline_liveness_expiries_total", route="quiet",
                                kind="silence"), 20)
 
@@ -747,6 +755,33 @@ class Upgrade(UpgradeCase):
         self.assertEqual(m.get("lifeline_upgrades_total", result="ok"), 1)
         workers = {s["worker"] for s in self.sessions(d)}
         self.assertLessEqual(workers, {0, 1, 2})
+
+    def test_symbolic_link_switched_to_a_new_version(self):
+        """Started through a symbolic link (/opt/lifeline/current style),
+        SIGUSR2 runs the file the link names now: the link switched to
+        another copy of the binary makes the new process that copy, and the
+        session moves to it."""
+        v1, v2 = (os.path.join(self.tmpdir, v) for v in ("v1", "v2"))
+        for v in (v1, v2):
+            OTHER_BINS.add(os.path.join(v, "lifeline"))
+            os.mkdir(v)
+            with open(BIN, "rb") as src, open(os.path.join(v, "lifeline"), "wb") as dst:
+                dst.write(src.read())
+            os.chmod(os.path.join(v, "lifeline"), 0o755)
+        link = os.path.join(self.tmpdir, "current")
+        os.symlink(os.path.join(v1, "lifeline"), link)
+        srv = self.server(AcceptServer)
+        port = free_port()
+        # argv[0] is the link's path, as when a unit's ExecStart= names it.
+        d = self.start_lifeline(config([route(port, [srv.port])]),
+                                wrapper=["sh", "-c", 'l=$0; shift; exec "$l" "$@"', link])
+        self.assertEqual(os.readlink(f"/proc/{d.pid}/exe"), os.path.join(v1, "lifeline"))
+        pairs = self.open_pairs(port, srv, 1)
+        os.remove(link)
+        os.symlink(os.path.join(v2, "lifeline"), link)
+        new, up = self.upgrade(d, d.pid, expect_sessions=1, executable=link)
+        self.assertEqual(os.readlink(f"/proc/{new}/exe"), os.path.join(v2, "lifeline"))
+        self.assert_pairs_relay(pairs, b"v2")
 
 
 if __name__ == "__main__":
