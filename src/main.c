@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "lifeline/config.h"
 #include "lifeline/log.h"
@@ -36,6 +37,9 @@ static const char usage[] =
     "\n"
     "lifeline probe GETs an http:// URL and exits 0 on a 2xx answer: a health\n"
     "check for containers ('lifeline probe --help').\n"
+    "\n"
+    "Signals: SIGTERM/SIGINT drain and stop, SIGHUP reloads the configuration,\n"
+    "SIGUSR2 upgrades live (a new process takes every session over).\n"
     "\n"
     "Exit codes: 0 clean shutdown, 1 runtime failure, 2 usage or config error.\n";
 
@@ -146,7 +150,8 @@ int main(int argc, char **argv)
     }
     if (rc < 0) {
         for (size_t i = 0; i < errs.n; i++)
-            log_error("invalid config", LF_STR("file", path), LF_STR("error", errs.msgs[i]));
+            log_error("invalid config", LF_STR("file", path), LF_STR("error", errs.msgs[i]),
+                      LF_INT("pid", getpid()));
         config_errors_free(&errs);
         return EXIT_USAGE;
     }
@@ -156,7 +161,8 @@ int main(int argc, char **argv)
     if (!have_format)
         log_set_format(cfg->log_format);
 
-    log_info("starting", LF_STR("version", LIFELINE_VERSION), LF_STR("config", path));
+    log_info("starting", LF_STR("version", LIFELINE_VERSION), LF_STR("config", path),
+             LF_INT("pid", getpid()));
     for (size_t i = 0; i < cfg->notes.n; i++)
         log_warn("config note", LF_STR("note", cfg->notes.msgs[i]));
     /* Read now: a package upgrade replaces the file, and SIGUSR2 starts

@@ -1682,6 +1682,9 @@ int session_adopt(struct session_host *h, const struct session_adopt_params *p,
         return rc;
     }
     s->upstream_open = 1;
+    /* Keepalive and the user timeout as the new route says: an accepted
+     * socket took them from its listener, an adopted one from the old. */
+    (void)liveness_apply(p->client_fd, &p->route->client.heartbeat);
     s->refs += 2; /* timer, silence */
     uv_timer_init(h->loop, &s->timer);
     uv_timer_init(h->loop, &s->silence);

@@ -14,6 +14,7 @@
 #include "lifeline/admin.h"
 #include "lifeline/admin_backend.h"
 #include "lifeline/budget.h"
+#include "lifeline/handover.h"
 #include "lifeline/listen.h"
 #include "lifeline/log.h"
 #include "lifeline/metrics.h"
@@ -62,10 +63,17 @@ struct supervisor {
     uv_poll_t old_poll;
     uv_timer_t old_timer;
     int await_old;
+    enum adopt_step {
+        ADOPT_NONE,      /* not started by an upgrade, or done */
+        ADOPT_STARTING,  /* the workers start, held: nothing relays or accepts */
+        ADOPT_RELEASING, /* committed: waiting for the old process to close its copies */
+        ADOPT_THAWING,   /* the workers relay and accept again */
+    } adopt;
     struct took_over {
-        uint64_t started_ns; /* the old process's SIGUSR2; 0 once logged */
+        uint64_t started_ns; /* the old process's SIGUSR2 */
         size_t sessions, listeners;
-    } took_over; /* logged once the workers relay them */
+        uint64_t upgrades_ok, upgrades_failed; /* carried over */
+    } took_over;
 };
 
 static void stop_workers(struct supervisor *sup, enum worker_command cmd)
@@ -159,8 +167,12 @@ static void sighup_cb(uv_signal_t *h, int signum)
     (void)signum;
     if (sup->phase == SUP_STOPPING) {
         log_info("SIGHUP ignored: shutting down");
-    } else if (sup->phase == SUP_STARTING || sup->rl.busy || upgrade_busy(&sup->up)) {
-        sup->reload_again = 1; /* once the workers run, or this reload (upgrade) is done */
+    } else if (upgrade_busy(&sup->up)) {
+        log_info("SIGHUP during a live upgrade: applied if it fails (the new process reads the "
+                 "file itself)");
+        sup->reload_again = 1;
+    } else if (sup->phase == SUP_STARTING || sup->rl.busy) {
+        sup->reload_again = 1; /* once the workers run, or this reload is done */
     } else {
         sup->reload_again = 0;
         reload_start(&sup->rl);
@@ -168,6 +180,17 @@ static void sighup_cb(uv_signal_t *h, int signum)
 }
 
 /* --- live upgrade -------------------------------------------------------- */
+
+/* A process started by a live upgrade that cannot take over: the old one
+ * is told and keeps everything. Nothing here may touch a socket it got (a
+ * worker's cleanup would close sessions with FIN): the kernel drops this
+ * process's copies at _exit, and the old process still holds them. */
+static void give_up(int channel, const char *why)
+{
+    log_error("upgrade: giving up, the old process serves on", LF_STR("reason", why));
+    upgrade_abort(channel, why);
+    _exit(EXIT_RUNTIME);
+}
 
 /* The new process has every socket: the workers are releasing theirs, and
  * the loop ends once they have. */
@@ -226,16 +249,82 @@ static void old_gone(struct supervisor *sup, int timed_out)
     uv_async_send(&sup->notify);
 }
 
+static void old_timer_cb(uv_timer_t *t);
+
+/* Every worker relays and accepts again: the upgrade is done, but for
+ * the old process's exit (`ready` waits for that). */
+static void thawed_cb(struct request *r)
+{
+    struct supervisor *sup = r->owner;
+    request_free(r);
+    sup->adopt = ADOPT_NONE;
+    sup->ps.upgrade_seconds = (double)(uv_hrtime() - sup->took_over.started_ns) / 1e9;
+    log_info("upgrade: took over", LF_INT("sessions", sup->took_over.sessions),
+             LF_INT("listeners", sup->took_over.listeners),
+             LF_INT("duration_ms", (uint64_t)(sup->ps.upgrade_seconds * 1000)));
+    if (sup->await_old)
+        uv_timer_start(&sup->old_timer, old_timer_cb, UPGRADE_OLD_EXIT_MS, 0);
+    uv_async_send(&sup->notify);
+}
+
+/* The old process has closed its copies of the sockets (RELEASED, or its
+ * exit): from now on a reset this process sends is a reset, and a close
+ * is the last one. The held workers relay and accept. */
+static void released(struct supervisor *sup, int timed_out)
+{
+    if (sup->adopt != ADOPT_RELEASING)
+        return;
+    uv_timer_stop(&sup->old_timer);
+    if (timed_out)
+        log_warn("upgrade: the old process has not released its sockets; relaying all the same",
+                 LF_INT("waited_ms", UPGRADE_RELEASE_MS));
+    sup->adopt = ADOPT_THAWING;
+    struct request *r = request_new(REQUEST_THAW, sup->workers.n, thawed_cb, sup);
+    if (r == NULL || worker_set_ask(&sup->workers, &sup->loop, r) < 0) {
+        log_error("upgrade: cannot start the workers relaying; exiting",
+                  LF_STR("error", "out of memory"));
+        _exit(EXIT_RUNTIME);
+    }
+}
+
 static void old_poll_cb(uv_poll_t *p, int status, int events)
 {
     struct supervisor *sup = p->data;
-    char c;
     (void)events;
-    if (status < 0 || recv(sup->channel, &c, 1, MSG_DONTWAIT) <= 0)
+    struct handover_msg *m = malloc(sizeof(*m));
+    int rc = status < 0 ? status : m == NULL ? -ENOMEM : handover_recv(sup->channel, m);
+    if (rc == 0) {
+        handover_msg_close_fds(m);
+        if (m->kind == HANDOVER_RELEASED)
+            released(sup, 0);
+    } else if (rc != -EAGAIN) {
+        released(sup, 0); /* it exited: the kernel closed its copies */
         old_gone(sup, 0);
+    }
+    free(m);
 }
 
-static void old_timer_cb(uv_timer_t *t) { old_gone(t->data, 1); }
+static void old_timer_cb(uv_timer_t *t)
+{
+    struct supervisor *sup = t->data;
+    if (sup->adopt == ADOPT_RELEASING)
+        released(sup, 1);
+    else
+        old_gone(sup, 1);
+}
+
+/* Every worker of a process started by an upgrade runs, holding its
+ * sessions: only now is ADOPTED said (nothing can fail after COMMIT but
+ * the process itself), and COMMIT awaited. */
+static void adopt_commit(struct supervisor *sup)
+{
+    if (upgrade_adopted(sup->channel, sup->took_over.sessions, sup->took_over.listeners) < 0)
+        _exit(EXIT_RUNTIME); /* logged; the old process serves on */
+    sup->ps.upgrades_ok = sup->took_over.upgrades_ok + 1;
+    sup->ps.upgrades_failed = sup->took_over.upgrades_failed;
+    sup->adopt = ADOPT_RELEASING;
+    uv_timer_start(&sup->old_timer, old_timer_cb, UPGRADE_RELEASE_MS, 0);
+}
 
 static void notify_cb(uv_async_t *a)
 {
@@ -249,6 +338,8 @@ static void notify_cb(uv_async_t *a)
             running++;
         } else if (phase == WORKER_PHASE_FAILED) {
             done++;
+            if (sup->adopt == ADOPT_STARTING) /* before ADOPTED: the old process serves on */
+                give_up(sup->channel, "a worker could not start");
             if (sup->exit_code == EXIT_CLEAN) {
                 log_error("worker could not start", LF_INT("worker", worker_id(w)),
                           LF_STR("error", uv_strerror(worker_start_error(w))));
@@ -259,16 +350,10 @@ static void notify_cb(uv_async_t *a)
             done++;
         }
     }
-    if (sup->phase == SUP_STARTING && running == sup->workers.n && sup->took_over.started_ns) {
-        /* The upgrade's duration ends here: every adopted session relays
-         * and every listener accepts. */
-        sup->ps.upgrade_seconds = (double)(uv_hrtime() - sup->took_over.started_ns) / 1e9;
-        sup->took_over.started_ns = 0;
-        log_info("upgrade: took over", LF_INT("sessions", sup->took_over.sessions),
-                 LF_INT("listeners", sup->took_over.listeners),
-                 LF_INT("duration_ms", (uint64_t)(sup->ps.upgrade_seconds * 1000)));
-    }
-    if (sup->phase == SUP_STARTING && running == sup->workers.n && !sup->await_old) {
+    if (sup->adopt == ADOPT_STARTING && running == sup->workers.n)
+        adopt_commit(sup);
+    if (sup->phase == SUP_STARTING && running == sup->workers.n && sup->adopt == ADOPT_NONE &&
+        !sup->await_old) {
         sup->phase = SUP_RUNNING;
         sup->admin_state.ready = 1;
         log_info("ready", LF_INT("workers", sup->workers.n),
@@ -287,6 +372,12 @@ static void signal_cb(uv_signal_t *h, int signum)
 {
     struct supervisor *sup = h->data;
     const char *name = signum == SIGTERM ? "SIGTERM" : "SIGINT";
+    if (sup->upgraded) { /* the new process serves: this one is releasing its copies */
+        log_info("signal ignored: upgraded, exiting", LF_STR("signal", name));
+        return;
+    }
+    if (sup->adopt == ADOPT_STARTING) /* the sessions are still the old process's */
+        give_up(sup->channel, "a shutdown signal came before the new process took over");
     upgrade_cancel(&sup->up, "shutdown requested"); /* the workers thaw, then drain */
 
     if (++sup->signals == 1) {
@@ -332,17 +423,6 @@ static int plan_descriptors(struct supervisor *sup, int64_t session_fds)
     log_info("descriptor budget", LF_INT("limit", limit), LF_INT("reserved", reserved),
              LF_INT("sessions", for_sessions / BUDGET_FDS_PER_SESSION));
     return 0;
-}
-
-/* A process started by a live upgrade that cannot take over: the old one
- * is told and keeps everything. Nothing here may touch a socket it got (a
- * worker's cleanup would close sessions with FIN): the kernel drops this
- * process's copies at _exit, and the old process still holds them. */
-static void give_up(int channel, const char *why)
-{
-    log_error("upgrade: giving up, the old process serves on", LF_STR("reason", why));
-    upgrade_abort(channel, why);
-    _exit(EXIT_RUNTIME);
 }
 
 /* Gives the workers (made, not started) what the old process handed over:
@@ -410,14 +490,16 @@ static void start_workers(struct supervisor *sup, int *fds, struct upgrade_inbou
         if (sup->exit_code != EXIT_CLEAN)
             give_up(sup->channel, "cannot start the workers");
         adopt_all(sup, in);
-        if (upgrade_adopted(sup->channel, in->n_sessions, in->n_listen) < 0)
-            _exit(EXIT_RUNTIME); /* logged; the old process serves on */
-        /* COMMIT: the old process relays no more. */
-        sup->ps.upgrades_ok = in->upgrades_ok + 1;
-        sup->ps.upgrades_failed = in->upgrades_failed;
+        /* They start held, relaying and accepting nothing until THAW:
+         * notify_cb says ADOPTED once every one runs (adopt_commit). */
+        for (size_t i = 0; i < sup->workers.n; i++)
+            worker_hold(sup->workers.w[i]);
+        sup->adopt = ADOPT_STARTING;
         sup->took_over = (struct took_over){ .started_ns = in->started_ns,
                                              .sessions = in->n_sessions,
-                                             .listeners = in->n_listen };
+                                             .listeners = in->n_listen,
+                                             .upgrades_ok = in->upgrades_ok,
+                                             .upgrades_failed = in->upgrades_failed };
     }
 
     sigset_t set, old_mask;
@@ -426,6 +508,8 @@ static void start_workers(struct supervisor *sup, int *fds, struct upgrade_inbou
     for (size_t i = 0; i < n_init; i++) {
         struct worker *w = sup->workers.w[i];
         int rc = sup->exit_code == EXIT_CLEAN ? worker_start(w) : UV_ECANCELED;
+        if (rc < 0 && in != NULL) /* its sessions must not be closed: _exit */
+            give_up(sup->channel, "cannot start a worker thread");
         if (rc < 0) {
             if (rc != UV_ECANCELED)
                 log_error("cannot start worker", LF_INT("worker", i),
@@ -487,7 +571,6 @@ static int init_loop(struct supervisor *sup)
         } else {
             sup->await_old = 1;
             uv_poll_start(&sup->old_poll, UV_READABLE, old_poll_cb);
-            uv_timer_start(&sup->old_timer, old_timer_cb, UPGRADE_OLD_EXIT_MS, 0);
         }
     }
     sup->watchdog.data = sup->sd_watchdog.data = sup;

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "lifeline/addr.h"
+#include "lifeline/exit.h"
 #include "lifeline/handover.h"
 #include "lifeline/log.h"
 #include "lifeline/notify.h"
@@ -38,6 +39,7 @@ struct sent_msg {
 };
 struct hello_msg {
     int32_t pid;
+    char version[32];
 };
 struct adopted_msg {
     uint64_t sessions;
@@ -137,7 +139,7 @@ static void thaw_all(struct upgrade *u)
 
 /* Gives up: logged and counted once, the new process stopped, and the
  * workers thawed (at once, or once the freeze has its answers). */
-static void fail(struct upgrade *u, const char *why, int err)
+static void fail_as(struct upgrade *u, const char *msg, const char *why, int err)
 {
     if (u->phase == UPGRADE_IDLE || u->phase == UPGRADE_THAWING || u->phase == UPGRADE_COMMITTED ||
         u->failed)
@@ -146,28 +148,31 @@ static void fail(struct upgrade *u, const char *why, int err)
     u->ps->upgrades_failed++;
     u->ps->upgrade_seconds = seconds_since(u->started_ns);
     if (err != 0)
-        log_error("upgrade failed: serving on", LF_STR("reason", why),
-                  LF_STR("error", uv_strerror(err)), LF_INT("new_pid", u->child_pid));
-    else
-        log_error("upgrade failed: serving on", LF_STR("reason", why),
+        log_error(msg, LF_STR("reason", why), LF_STR("error", uv_strerror(err)),
                   LF_INT("new_pid", u->child_pid));
+    else
+        log_error(msg, LF_STR("reason", why), LF_INT("new_pid", u->child_pid));
     /* Whatever it got, it must never serve: it starts only on COMMIT, and
      * SIGKILL makes sure it will not wait for one. */
     if (u->child_running)
         kill(u->child_pid, SIGKILL); /* reaped by sigchld_cb */
     uv_timer_stop(&u->deadline);
     close_channel(u);
-    switch (u->phase) {
-    case UPGRADE_SPAWNED: /* nothing frozen */
+    if (u->phase == UPGRADE_SPAWNED) { /* nothing frozen */
         u->phase = UPGRADE_IDLE;
         u->ended(u);
-        break;
-    case UPGRADE_FREEZING:
-        break; /* freeze_done thaws */
-    default:
-        thaw_all(u);
-        break;
+        return;
     }
+    /* While freezing, too: a worker that has not answered yet thaws after
+     * it freezes (its inbox keeps the order), and freeze_done then only
+     * frees the answers. */
+    u->freezing = NULL;
+    thaw_all(u);
+}
+
+static void fail(struct upgrade *u, const char *why, int err)
+{
+    fail_as(u, "upgrade failed: serving on", why, err);
 }
 
 static void thaw_done(struct request *r)
@@ -192,6 +197,7 @@ static void sigchld_cb(uv_signal_t *h, int signum)
     if (u->phase == UPGRADE_COMMITTED || u->phase == UPGRADE_IDLE || u->phase == UPGRADE_THAWING ||
         u->failed)
         return;
+    uv_timer_stop(&u->deadline);
     char why[64];
     if (WIFSIGNALED(status))
         snprintf(why, sizeof(why), "the new process was killed by signal %d", WTERMSIG(status));
@@ -203,24 +209,33 @@ static void sigchld_cb(uv_signal_t *h, int signum)
 static void deadline_cb(uv_timer_t *t)
 {
     struct upgrade *u = t->data;
-    fail(u,
-         u->phase == UPGRADE_SPAWNED ? "the new process did not say hello in time"
-                                     : "the new process did not adopt everything in time",
-         UV_ETIMEDOUT);
+    if (u->channel_closed) /* no exit status came: it closed the channel and lives on */
+        fail(u, "the new process closed the channel", 0);
+    else if (u->phase == UPGRADE_SPAWNED)
+        fail(u, "the new process was not ready to take over within 10 s", UV_ETIMEDOUT);
+    else if (u->phase == UPGRADE_FREEZING)
+        fail(u, "the workers did not all answer the freeze in time", UV_ETIMEDOUT);
+    else
+        fail(u, "the new process did not adopt everything in time", UV_ETIMEDOUT);
 }
 
+/* Blocking sends (SO_SNDTIMEO bounds each), with a bound on them all. */
 static int send_all(struct upgrade *u, struct freeze_request *f)
 {
     struct listener_msg lm = { .kind = LISTENER_ROUTE };
+    uint64_t until = uv_hrtime() + (uint64_t)UPGRADE_ADOPT_MS * 1000000;
     int rc = 0;
     u->n_sessions = u->n_listeners = 0;
     for (size_t w = 0; w < f->n_parts && rc == 0; w++) {
         const struct worker_export *e = &f->parts[w];
         for (size_t i = 0; i < e->n_listen && rc == 0; i++, u->n_listeners++)
             rc = handover_send(u->sock, HANDOVER_LISTENER, &lm, sizeof(lm), &e->listen_fds[i], 1);
-        for (size_t i = 0; i < e->n && rc == 0; i++, u->n_sessions++)
+        for (size_t i = 0; i < e->n && rc == 0; i++, u->n_sessions++) {
             rc = handover_send(u->sock, HANDOVER_SESSION, &e->recs[i], sizeof(e->recs[i]),
                                &e->fds[2 * i], 2);
+            if (rc == 0 && uv_hrtime() > until)
+                rc = -ETIMEDOUT;
+        }
     }
     if (rc == 0 && u->admin_fd >= 0) {
         lm.kind = LISTENER_ADMIN;
@@ -239,6 +254,12 @@ static void freeze_done(struct request *r)
 {
     struct upgrade *u = r->owner;
     struct freeze_request *f = (struct freeze_request *)(void *)r;
+    if (u->freezing != r) { /* the upgrade failed meanwhile and thawed */
+        request_free(r);
+        return;
+    }
+    u->freezing = NULL;
+    uv_timer_stop(&u->deadline);
     size_t busy = 0, writing = 0;
     for (size_t w = 0; w < f->n_parts; w++) {
         busy += f->parts[w].busy;
@@ -246,25 +267,22 @@ static void freeze_done(struct request *r)
     }
     u->phase = UPGRADE_SENT;
     u->frozen = f;
-    if (u->failed) { /* while the workers were settling */
-        thaw_all(u);
-        return;
-    }
     if (f->failed) {
         fail(u, "a worker could not hand its sessions over", UV_ENOMEM);
         return;
     }
     if (writing > 0) {
         char why[128];
-        snprintf(why, sizeof(why), "%zu sessions have a peer that stopped reading their bytes",
-                 writing);
+        snprintf(why, sizeof(why),
+                 "%zu session%s with a peer that stopped reading (named in the lines above)",
+                 writing, writing == 1 ? "" : "s");
         fail(u, why, 0);
         return;
     }
     if (busy > 0) {
         char why[128];
-        snprintf(why, sizeof(why), "%zu sessions still connecting or closing after %d ms", busy,
-                 UPGRADE_SETTLE_MS);
+        snprintf(why, sizeof(why), "%zu session%s still connecting or closing after %d ms", busy,
+                 busy == 1 ? "" : "s", UPGRADE_SETTLE_MS);
         fail(u, why, 0);
         return;
     }
@@ -279,8 +297,11 @@ static void freeze_done(struct request *r)
 static void freeze(struct upgrade *u)
 {
     u->phase = UPGRADE_FREEZING;
-    uv_timer_stop(&u->deadline); /* the workers bound the settling themselves */
+    /* The workers bound the settling themselves; this bounds a worker loop
+     * that does not answer at all. */
+    uv_timer_start(&u->deadline, deadline_cb, UPGRADE_FREEZE_MS, 0);
     struct request *r = request_new(REQUEST_FREEZE, u->workers->n, freeze_done, u);
+    u->freezing = r;
     if (r != NULL)
         ((struct freeze_request *)(void *)r)->settle_ms = UPGRADE_SETTLE_MS;
     if (r == NULL || worker_set_ask(u->workers, u->loop, r) < 0) {
@@ -291,7 +312,15 @@ static void freeze(struct upgrade *u)
     }
 }
 
-static void release_done(struct request *r) { request_free(r); }
+/* Our copies are closed: the new process may relay now without them (a
+ * reset it sends is a reset then, not the close of one copy of two). */
+static void release_done(struct request *r)
+{
+    struct upgrade *u = r->owner;
+    request_free(r);
+    if (u->sock >= 0)
+        (void)handover_send(u->sock, HANDOVER_RELEASED, NULL, 0, NULL, 0);
+}
 
 /* The new process has adopted everything: from COMMIT on it serves, and
  * this process only closes its copies. */
@@ -317,9 +346,11 @@ static void commit(struct upgrade *u)
     u->frozen = NULL;
     struct request *r = request_new(REQUEST_RELEASE, u->workers->n, release_done, u);
     if (r == NULL || worker_set_ask(u->workers, u->loop, r) < 0) {
-        /* The workers stay frozen; exiting closes the copies all the same. */
-        if (r != NULL)
-            request_free(r);
+        /* Out of memory: exiting closes the copies all the same, and
+         * nothing else (no shutdown, no reset). */
+        log_error("upgrade: cannot ask the workers to release; exiting",
+                  LF_STR("error", "out of memory"));
+        _exit(EXIT_CLEAN);
     }
     u->committed(u);
 }
@@ -344,7 +375,10 @@ static void poll_cb(uv_poll_t *p, int status, int events)
     }
     handover_msg_close_fds(m); /* nothing the new process sends carries one */
     if (rc == -ECONNRESET) {
-        fail(u, "the new process closed the channel", 0);
+        /* Most often it exited: wait a moment for SIGCHLD and its status. */
+        u->channel_closed = 1;
+        uv_poll_stop(u->poll);
+        uv_timer_start(&u->deadline, deadline_cb, UPGRADE_EXIT_GRACE_MS, 0);
     } else if (rc < 0) {
         fail(u, "the channel to the new process failed", rc);
     } else if (m->kind == HANDOVER_ABORT) {
@@ -353,8 +387,13 @@ static void poll_cb(uv_poll_t *p, int status, int events)
         memcpy(why, m->payload, n);
         why[n] = '\0';
         fail(u, why, 0);
-    } else if (m->kind == HANDOVER_HELLO && u->phase == UPGRADE_SPAWNED) {
-        log_info("upgrade: the new process is ready to take over", LF_INT("new_pid", u->child_pid));
+    } else if (m->kind == HANDOVER_HELLO && u->phase == UPGRADE_SPAWNED &&
+               m->len == sizeof(struct hello_msg)) {
+        struct hello_msg h;
+        memcpy(&h, m->payload, sizeof(h));
+        h.version[sizeof(h.version) - 1] = '\0';
+        log_info("upgrade: the new process is ready to take over", LF_INT("new_pid", u->child_pid),
+                 LF_STR("new_version", h.version));
         freeze(u);
     } else if (m->kind == HANDOVER_ADOPTED && u->phase == UPGRADE_SENT) {
         commit(u);
@@ -512,6 +551,7 @@ void upgrade_start(struct upgrade *u)
     u->sock = pair[0];
     u->started_ns = started_ns;
     u->failed = 0;
+    u->channel_closed = 0;
     u->phase = UPGRADE_SPAWNED;
     u->poll = poll;
     uv_poll_init(u->loop, poll, u->sock);
@@ -523,7 +563,7 @@ void upgrade_start(struct upgrade *u)
              LF_INT("new_pid", u->child_pid));
 }
 
-void upgrade_cancel(struct upgrade *u, const char *why) { fail(u, why, 0); }
+void upgrade_cancel(struct upgrade *u, const char *why) { fail_as(u, "upgrade cancelled", why, 0); }
 
 void upgrade_close(struct upgrade *u)
 {
@@ -637,6 +677,7 @@ int upgrade_receive(int sock, struct upgrade_inbound *in)
     memset(in, 0, sizeof(*in));
     in->admin_fd = -1;
     struct hello_msg h = { .pid = getpid() };
+    snprintf(h.version, sizeof(h.version), "%s", LIFELINE_VERSION);
     int rc = handover_send(sock, HANDOVER_HELLO, &h, sizeof(h), NULL, 0);
     struct handover_msg *m = malloc(sizeof(*m));
     size_t cap_l = 0, cap_s = 0, cap_f = 0;

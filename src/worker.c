@@ -47,6 +47,7 @@
  * stopped reading: the upgrade fails now rather than hold every session
  * until its deadline. */
 #define SETTLE_STALL_MS 1000
+#define SETTLE_STALL_LOG_MAX 5 /* such sessions named per worker */
 
 /* One route's listening socket on one worker (SO_REUSEPORT shares the
  * port). A reload that keeps the address keeps the socket, and with it the
@@ -129,13 +130,28 @@ struct worker {
     uint64_t settle_deadline_ms;
     uint64_t settle_unwritten;   /* bytes held sessions still had to write, last tick */
     uint64_t settle_progress_ms; /* when that last went down */
-    size_t freed_since_trim;     /* sessions freed since memory was last trimmed */
+    /* Registry messages for sessions while HANDOVER_FROZEN: their records
+     * are in the new process's hands, so nothing may close them here;
+     * delivered on THAW, dropped once they are released. */
+    struct worker_msg_list deferred;
+    size_t freed_since_trim; /* sessions freed since memory was last trimmed */
     _Atomic uint64_t last_tick_ms;
 
     _Atomic int command; /* enum worker_command */
     _Atomic int phase;   /* enum worker_phase */
     int start_error;     /* valid once phase is FAILED */
 };
+
+static void free_msgs(struct worker_msg_list *list)
+{
+    struct worker_msg *m;
+    while ((m = STAILQ_FIRST(list)) != NULL) {
+        STAILQ_REMOVE_HEAD(list, link);
+        free(m);
+    }
+}
+
+static int deliver(struct worker *w, struct worker_msg *m);
 
 static struct worker *worker_of(struct session_host *h)
 {
@@ -612,10 +628,14 @@ static void drain_inbox(struct worker *w);
 
 /* Once draining and the last session is gone, closing the worker's own
  * handles lets uv_run() return. */
+static void freeze_answer(struct worker *w, struct worker_export e, int failed);
+
 static void exit_if_idle(struct worker *w)
 {
     if (!w->draining || w->n_sessions > 0)
         return;
+    if (w->freezing != NULL) /* a drain overtook the freeze: it must still be answered */
+        freeze_answer(w, (struct worker_export){ 0 }, 1);
     if (!uv_is_closing((uv_handle_t *)&w->wakeup)) {
         uv_mutex_lock(&w->inbox_lock);
         w->inbox_closed = 1;
@@ -749,6 +769,24 @@ static int export_all(struct worker *w, struct worker_export *e)
     return 0;
 }
 
+/* Names the sessions whose peer stopped reading (a few: bounded lines),
+ * so that an operator can see who holds the upgrade back. */
+static void log_stalled(struct worker *w)
+{
+    int n = 0;
+    struct session_link *link;
+    LIST_FOREACH (link, &w->sessions, list) {
+        struct session *s = session_of_link(link);
+        uint64_t unwritten;
+        if (session_settle(s, &unwritten) != SETTLE_WRITING || n++ >= SETTLE_STALL_LOG_MAX)
+            continue;
+        char client[ADDR_STR_MAX];
+        log_warn("upgrade: a peer is not reading", LF_INT("session", session_id(s)),
+                 LF_STR("client", addr_format(session_peer(s), client, sizeof(client))),
+                 LF_INT("worker", w->id), LF_INT("unwritten_bytes", unwritten));
+    }
+}
+
 /* Holds every relaying session; answers once all are held with nothing
  * left to write, or at the deadline with how many were not. */
 static void freeze_tick(uv_timer_t *t)
@@ -779,16 +817,23 @@ static void freeze_tick(uv_timer_t *t)
     int stalled = writing > 0 && now - w->settle_progress_ms >= SETTLE_STALL_MS;
     if (busy + writing > 0 && now < w->settle_deadline_ms && !stalled)
         return;
-    uv_timer_stop(t);
+    if (stalled)
+        log_stalled(w);
+    struct worker_export e = { .busy = busy, .writing = writing };
+    int rc = busy + writing == 0 && !w->draining ? export_all(w, &e) : 0;
+    if (busy + writing == 0 && rc == 0 && !w->draining)
+        w->handover = HANDOVER_FROZEN;
+    freeze_answer(w, e, rc < 0 || w->draining);
+}
+
+static void freeze_answer(struct worker *w, struct worker_export e, int failed)
+{
+    uv_timer_stop(&w->settle);
     struct freeze_request *f = w->freezing;
     w->freezing = NULL;
-    struct worker_export e = { .busy = busy, .writing = writing };
-    int rc = busy + writing == 0 ? export_all(w, &e) : 0;
-    if (busy + writing == 0 && rc == 0)
-        w->handover = HANDOVER_FROZEN;
     uv_mutex_lock(&f->base.lock);
     f->parts[w->id] = e;
-    f->failed |= rc < 0;
+    f->failed |= failed;
     uv_mutex_unlock(&f->base.lock);
     request_answered(&f->base);
 }
@@ -821,6 +866,12 @@ static void thaw(struct worker *w)
     w->handover = HANDOVER_NONE;
     uv_timer_stop(&w->settle);
     thaw_sessions(w);
+    struct worker_msg *m;
+    while ((m = STAILQ_FIRST(&w->deferred)) != NULL) {
+        STAILQ_REMOVE_HEAD(&w->deferred, link);
+        deliver(w, m);
+        free(m);
+    }
     if (w->draining)
         return;
     if (w->accept == ACCEPT_PAUSED)
@@ -840,7 +891,8 @@ static void release(struct worker *w)
         next = LIST_NEXT(link, list);
         session_release(session_of_link(link));
     }
-    begin_drain(w); /* closes the listeners (plain close) and ends once idle */
+    free_msgs(&w->deferred); /* the new process's registry decides now */
+    begin_drain(w);          /* closes the listeners (plain close) and ends once idle */
 }
 
 static const struct route_config *route_named(const struct config *cfg, const char *name)
@@ -850,6 +902,8 @@ static const struct route_config *route_named(const struct config *cfg, const ch
             return &cfg->routes[r];
     return NULL;
 }
+
+void worker_hold(struct worker *w) { w->handover = HANDOVER_FROZEN; }
 
 int worker_add_listener(struct worker *w, int fd, const struct sockaddr_storage *addr, size_t route)
 {
@@ -946,15 +1000,21 @@ static void answer(struct worker *w, struct request *r)
 
 /* A message for a session that is gone already needs nothing: its own close
  * released its identity, and the registry handed it on. */
-static void deliver(struct worker *w, const struct worker_msg *m)
+/* Returns 1 when it kept m (deferred), 0 when the caller may free it. */
+static int deliver(struct worker *w, struct worker_msg *m)
 {
     if (m->request != NULL) {
         answer(w, m->request);
-        return;
+        return 0;
+    }
+    if (w->handover == HANDOVER_FROZEN) {
+        STAILQ_INSERT_TAIL(&w->deferred, m, link);
+        return 1;
     }
     struct session *s = find_session(w, m->session_id);
     if (s != NULL)
         session_deliver(s, m->msg);
+    return 0;
 }
 
 static void drain_inbox(struct worker *w)
@@ -967,8 +1027,8 @@ static void drain_inbox(struct worker *w)
     struct worker_msg *m;
     while ((m = STAILQ_FIRST(&taken)) != NULL) {
         STAILQ_REMOVE_HEAD(&taken, link);
-        deliver(w, m);
-        free(m);
+        if (!deliver(w, m))
+            free(m);
     }
 }
 
@@ -1048,6 +1108,7 @@ int worker_new(struct worker **out, int id, struct config *cfg,
     TAILQ_INIT(&w->budget_waiters);
     STAILQ_INIT(&w->listeners);
     STAILQ_INIT(&w->inbox);
+    STAILQ_INIT(&w->deferred);
     /* The sockets wait, unopened, for the loop's thread: serve_config(). */
     for (size_t i = 0; i < cfg->n_routes; i++) {
         struct listener *l = rc == 0 ? listener_new(w, fds[i], &addrs[i], i) : NULL;
@@ -1131,10 +1192,6 @@ static void worker_main(void *arg)
         return;
     }
     uv_timer_start(&w->tick, tick_cb, TICK_MS, TICK_MS);
-    /* Sessions a live upgrade handed over start here, on the loop's clock
-     * (the same monotonic clock the old process measured them with). */
-    uv_update_time(&w->loop);
-    thaw_sessions(w);
     set_phase(w, WORKER_PHASE_RUNNING);
     /* A command may have come before the loop ran. */
     wakeup_cb(&w->wakeup);
@@ -1159,11 +1216,8 @@ void worker_send(struct worker *w, enum worker_command cmd)
 static void free_worker(struct worker *w)
 {
     /* Messages posted after the loop stopped are for sessions long gone. */
-    struct worker_msg *m;
-    while ((m = STAILQ_FIRST(&w->inbox)) != NULL) {
-        STAILQ_REMOVE_HEAD(&w->inbox, link);
-        free(m);
-    }
+    free_msgs(&w->inbox);
+    free_msgs(&w->deferred);
     uv_mutex_destroy(&w->inbox_lock);
     worker_stats_destroy(&w->stats);
     config_free(w->cfg);

@@ -26,6 +26,7 @@ enum handover_kind {
     HANDOVER_SENT,      /* old -> new: nothing more to come */
     HANDOVER_ADOPTED,   /* new -> old: everything adopted, nothing started */
     HANDOVER_COMMIT,    /* old -> new: serve; the old one relays no more */
+    HANDOVER_RELEASED,  /* old -> new: its copies of the sockets are closed */
     HANDOVER_ABORT,     /* either way: give up, the old one keeps serving */
     HANDOVER_KIND_END,
 };

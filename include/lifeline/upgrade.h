@@ -33,13 +33,19 @@
 #define UPGRADE_ENV "LIFELINE_UPGRADE_FD"
 #define UPGRADE_CHILD_FD 3
 /* Bounds on each step, in the old process. */
-#define UPGRADE_HELLO_MS 10000 /* start, read the config, say hello */
-#define UPGRADE_SETTLE_MS 5000 /* sessions connecting or closing finish */
-#define UPGRADE_ADOPT_MS 10000 /* the new process adopts what was sent */
+#define UPGRADE_HELLO_MS 10000                       /* start, read the config, say hello */
+#define UPGRADE_SETTLE_MS 5000                       /* sessions connecting or closing finish */
+#define UPGRADE_FREEZE_MS (UPGRADE_SETTLE_MS + 2000) /* every worker has answered */
+#define UPGRADE_ADOPT_MS 10000                       /* the new process adopts what was sent */
 /* And in the new one: everything must have come by then. */
 #define UPGRADE_RECEIVE_MS (UPGRADE_SETTLE_MS + UPGRADE_ADOPT_MS)
-/* How long a new process waits for the old one to exit before it says ready. */
+/* How long a new process waits for the old one to close its copies of the
+ * sockets (RELEASED) before it relays, and to exit before it says ready. */
+#define UPGRADE_RELEASE_MS 5000
 #define UPGRADE_OLD_EXIT_MS 10000
+/* After the channel's EOF, how long the old process waits for the new
+ * one's exit status, to name it in the log. */
+#define UPGRADE_EXIT_GRACE_MS 200
 
 /* What an upgrade starts again: the executable's path as it was at start
  * (the file there now is what runs: an upgraded package takes effect) and
@@ -60,7 +66,7 @@ enum upgrade_phase {
     UPGRADE_FREEZING,  /* the workers are settling their sessions */
     UPGRADE_SENT,      /* waiting for ADOPTED */
     UPGRADE_THAWING,   /* failed: the workers are resuming */
-    UPGRADE_COMMITTED, /* the new process has it all: this one ends */
+    UPGRADE_COMMITTED, /* the new process has it all: this one releases its copies, ends */
 };
 
 /* The old process's side. The owner sets the fields above `phase`, then
@@ -87,7 +93,9 @@ struct upgrade {
     int child_running;             /* not reaped yet */
     int handles;                   /* deadline and sigchld are initialised */
     uint64_t started_ns;           /* uv_hrtime() at SIGUSR2 */
+    struct request *freezing;      /* the FREEZE asked, until it completes */
     struct freeze_request *frozen; /* the workers' answers, while SENT */
+    int channel_closed;            /* EOF seen: failing once the exit status is known */
     size_t n_sessions, n_listeners;
 };
 

@@ -64,6 +64,11 @@ int worker_add_listener(struct worker *w, int fd, const struct sockaddr_storage 
 struct session_record;
 int worker_adopt_session(struct worker *w, const struct session_record *rec, int client_fd,
                          int upstream_fd);
+/* Before worker_start(), for a live upgrade: the worker starts held,
+ * accepting nothing and relaying none of its sessions (registry messages
+ * wait too) until REQUEST_THAW, which the new process asks once the old
+ * one has committed and closed its copies. */
+void worker_hold(struct worker *w);
 /* Starts the thread. Returns 0 or a negative UV error. */
 int worker_start(struct worker *w);
 /* Thread-safe: asks the worker to drain or stop. */

@@ -689,8 +689,12 @@ class Upgrade(UpgradeCase):
         self.track_pid(new)
         failed = d.wait_log("upgrade failed: serving on", new_pid=new, timeout=scaled(10))
         took = time.monotonic() - start
-        self.assertEqual(failed["reason"], "1 sessions have a peer that stopped reading their bytes",
+        self.assertEqual(failed["reason"],
+                         "1 session with a peer that stopped reading (named in the lines above)",
                          failed)
+        named = d.wait_log("upgrade: a peer is not reading")
+        self.assertEqual(named["client"], addr_str(plug_cli.getsockname()), named)
+        self.assertGreater(named["unwritten_bytes"], 0, named)
         self.assertLess(took, scaled(2.5), "held every session for the settle bound")
         d.wait_log("upgrade rolled back: accepting again", new_pid=new, timeout=scaled(10))
         wait_until(lambda: gone(new), scaled(5), "the new process to be gone")
