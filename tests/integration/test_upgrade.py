@@ -760,6 +760,30 @@ class Upgrade(UpgradeCase):
         workers = {s["worker"] for s in self.sessions(d)}
         self.assertLessEqual(workers, {0, 1, 2})
 
+    def test_sigterm_during_the_freeze_cancels_and_drains(self):
+        """SIGTERM while the workers are settling (a session whose client
+        does not read holds the freeze): the upgrade is cancelled, the new
+        process killed, and the old one drains and exits 0 at its drain
+        deadline, the held session closed as shutdown."""
+        srv = self.server(AcceptServer)
+        port = free_port()
+        d = self.start_lifeline(config([route(port, [srv.port])], workers=2,
+                                       drain_timeout_ms=1000), expect_errors=True)
+        plug_cli, flooder = self.plug(port, srv)
+        os.kill(d.pid, signal.SIGUSR2)
+        new = d.wait_log("upgrade starting")["new_pid"]
+        self.track_pid(new)
+        d.wait_log("upgrade: the new process is ready to take over", new_pid=new)
+        start = time.monotonic()
+        os.kill(d.pid, signal.SIGTERM)
+        cancelled = d.wait_log("upgrade cancelled", new_pid=new)
+        self.assertEqual(cancelled["reason"], "shutdown requested", cancelled)
+        self.assertEqual(d.proc.wait(timeout=scaled(10)), 0, d.log_tail())
+        self.assertLess(time.monotonic() - start, scaled(5))
+        self.assertEqual(d.find("upgraded"), [])
+        wait_until(lambda: gone(new), scaled(5), "the new process to be gone")
+        d.wait_log("session closed", reason="shutdown")
+
     def test_symbolic_link_switched_to_a_new_version(self):
         """Started through a symbolic link (/opt/lifeline/current style),
         SIGUSR2 runs the file the link names now: the link switched to
