@@ -208,6 +208,7 @@ struct session {
     int saw_eof;
     enum close_mode client_close; /* how finish_close() ends the client side */
     int registered;               /* owns (or waits for) its client identity */
+    int adopted;                  /* from a live upgrade, not thawed yet */
 
     uv_tcp_t client;
     uv_tcp_t upstream;
@@ -1590,6 +1591,14 @@ void session_thaw(struct session *s)
 {
     if (s->state != SESSION_RELAYING)
         return;
+    if (s->adopted) {
+        /* Keepalive and the user timeout as the new route says: an accepted
+         * socket took them from its listener, an adopted one from the old
+         * process. Only now, after COMMIT: the socket is shared until then,
+         * and a failed upgrade must leave the old process's settings. */
+        s->adopted = 0;
+        (void)liveness_apply(client_fd(s), &s->route->client.heartbeat);
+    }
     half_thaw(&s->up);
     if (s->state == SESSION_RELAYING)
         half_thaw(&s->down);
@@ -1682,9 +1691,7 @@ int session_adopt(struct session_host *h, const struct session_adopt_params *p,
         return rc;
     }
     s->upstream_open = 1;
-    /* Keepalive and the user timeout as the new route says: an accepted
-     * socket took them from its listener, an adopted one from the old. */
-    (void)liveness_apply(p->client_fd, &p->route->client.heartbeat);
+    s->adopted = 1;
     s->refs += 2; /* timer, silence */
     uv_timer_init(h->loop, &s->timer);
     uv_timer_init(h->loop, &s->silence);

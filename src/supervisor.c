@@ -250,6 +250,7 @@ static void old_gone(struct supervisor *sup, int timed_out)
 }
 
 static void old_timer_cb(uv_timer_t *t);
+static int start_admin(struct supervisor *sup);
 
 /* Every worker relays and accepts again: the upgrade is done, but for
  * the old process's exit (`ready` waits for that). */
@@ -262,6 +263,12 @@ static void thawed_cb(struct request *r)
     log_info("upgrade: took over", LF_INT("sessions", sup->took_over.sessions),
              LF_INT("listeners", sup->took_over.listeners),
              LF_INT("duration_ms", (uint64_t)(sup->ps.upgrade_seconds * 1000)));
+    if (sup->channel < 0) /* the loop's handles are closing: shutting down */
+        return;
+    /* The admin endpoint answers from the new process from now on (before,
+     * the old one did; the socket is the same). */
+    if (start_admin(sup) < 0)
+        log_error("upgrade: serving without the admin endpoint");
     if (sup->await_old)
         uv_timer_start(&sup->old_timer, old_timer_cb, UPGRADE_OLD_EXIT_MS, 0);
     uv_async_send(&sup->notify);
@@ -411,7 +418,7 @@ static int plan_descriptors(struct supervisor *sup, int64_t session_fds)
         open_now -= session_fds;
     if (open_now < 0) /* no /proc: a generous guess */
         open_now = 64 + (int64_t)(sup->workers.n * (sup->rl.cfg->n_routes + 4));
-    int64_t admin = sup->admin != NULL ? ADMIN_MAX_CONNS + 1 : 0;
+    int64_t admin = sup->admin != NULL || sup->admin_fd >= 0 ? ADMIN_MAX_CONNS + 1 : 0;
     int64_t reserved = open_now + admin + budget_resolver_fds() + FD_MARGIN;
     int64_t for_sessions = limit < 0 ? 0 : limit - reserved;
     if (for_sessions < BUDGET_FDS_PER_SESSION) {
@@ -796,6 +803,7 @@ int supervisor_run(struct config *cfg, const struct supervisor_options *opts)
         listen_close_fds(fds, n_fds);
         if (sup.admin_fd >= 0)
             close(sup.admin_fd);
+        sup.admin_fd = -1;
         goto out;
     }
 
@@ -803,10 +811,13 @@ int supervisor_run(struct config *cfg, const struct supervisor_options *opts)
         listen_close_fds(fds, n_fds);
         if (sup.admin_fd >= 0)
             close(sup.admin_fd);
+        sup.admin_fd = -1;
         code = EXIT_RUNTIME;
         goto out;
     }
-    if (start_admin(&sup) < 0) {
+    /* A process started by an upgrade starts its admin endpoint once it
+     * relays (thawed_cb): until then the old process answers on it. */
+    if (sup.channel < 0 && start_admin(&sup) < 0) {
         listen_close_fds(fds, n_fds);
         sup.exit_code = EXIT_RUNTIME;
     } else {
@@ -843,6 +854,8 @@ int supervisor_run(struct config *cfg, const struct supervisor_options *opts)
     if (code == EXIT_CLEAN && !sup.upgraded)
         log_info("stopped");
 out:
+    if (sup.admin_fd >= 0) /* a new process that stopped before it relayed */
+        close(sup.admin_fd);
     upgrade_inbound_free(&in);
     if (sup.channel >= 0)
         close(sup.channel);

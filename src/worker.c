@@ -863,6 +863,8 @@ static void thaw(struct worker *w)
 {
     if (w->handover == HANDOVER_NONE)
         return;
+    if (w->freezing != NULL) /* still settling: the freeze gets its (failed) answer */
+        freeze_answer(w, (struct worker_export){ 0 }, 1);
     w->handover = HANDOVER_NONE;
     uv_timer_stop(&w->settle);
     thaw_sessions(w);
@@ -1184,6 +1186,14 @@ static void worker_main(void *arg)
     snprintf(name, sizeof(name), "worker-%d", w->id);
     pthread_setname_np(pthread_self(), name);
     int rc = open_listeners(w);
+    if (rc < 0 && w->handover == HANDOVER_FROZEN) {
+        /* Held for a live upgrade: its sessions are still the old
+         * process's, and a drain would close them. The supervisor gives
+         * up (and exits) on this. */
+        w->start_error = rc;
+        set_phase(w, WORKER_PHASE_FAILED);
+        return;
+    }
     if (rc < 0) {
         w->start_error = rc;
         begin_drain(w);
