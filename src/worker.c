@@ -433,17 +433,26 @@ static int listener_open(struct listener *l)
 }
 
 /* Points a listener at its route in the worker's (new) config. */
+static int listener_options(int fd, const struct route_config *route)
+{
+    net_set_nodelay(fd);
+    return liveness_apply(fd, &route->client.heartbeat);
+}
+
 static int listener_serve(struct listener *l, const struct route_config *route)
 {
     struct route_stats *stats = metrics_route(&l->w->stats, route);
     struct limit_route *limit = limits_route(l->w->shared.limits, route->name);
     if (stats == NULL || limit == NULL)
         return UV_ENOMEM;
-    /* Accepted sockets inherit these from the listener. */
-    net_set_nodelay(l->fd);
-    int rc = liveness_apply(l->fd, &route->client.heartbeat);
-    if (rc < 0)
-        return rc;
+    /* Accepted sockets inherit these from the listener. Held for a live
+     * upgrade, the socket is still the old process's too: set at THAW
+     * (listener_options), so that a failed upgrade leaves its settings. */
+    if (l->w->handover != HANDOVER_FROZEN) {
+        int rc = listener_options(l->fd, route);
+        if (rc < 0)
+            return rc;
+    }
     l->route = route;
     l->stats = stats;
     l->limit = limit;
@@ -876,6 +885,14 @@ static void thaw(struct worker *w)
     }
     if (w->draining)
         return;
+    /* A held start skipped the listeners' options (listener_serve); after
+     * a rolled-back freeze this sets the same values again. */
+    struct listener *l;
+    STAILQ_FOREACH (l, &w->listeners, link) {
+        int rc = l->route != NULL ? listener_options(l->fd, l->route) : 0;
+        if (rc < 0)
+            log_listener_error(w, l->route, rc);
+    }
     if (w->accept == ACCEPT_PAUSED)
         uv_timer_start(&w->accept_retry, accept_retry_cb, 0, 0);
     else
