@@ -8,15 +8,19 @@
  *   workers: stop accepting, hold each session once
  *   it relays with nothing left to write (FREEZE)
  *   LISTENER, SESSION ..., SENT                ───▶   checks, binds what is new,
- *                                                     adopts every session (held)
- *                                              ◀───   ADOPTED
- *   MAINPID=new to systemd, COMMIT             ───▶   starts its workers
- *   closes its copies (nothing sent), exits 0         ready, once the old is gone
+ *                                                     adopts every session, starts
+ *                                                     its workers held
+ *                                              ◀───   ADOPTED (every worker runs)
+ *   MAINPID=new to systemd, COMMIT             ───▶
+ *   closes its copies (nothing sent), RELEASED ───▶   thaws: relays and accepts
+ *   exits 0                                           ready, once the old is gone
  *
  * Until COMMIT the old process owns everything: any failure (the new one
- * exits, says ABORT, or misses a deadline) thaws it, and it serves on. The
- * new process starts relaying only on COMMIT, and the old one sends COMMIT
- * only when it will relay no more: never both at once. */
+ * exits, says ABORT, or misses a deadline) thaws it, and it serves on.
+ * Nothing that can fail in the new process comes after ADOPTED. The old
+ * process sends COMMIT only when it will relay no more, and the new one
+ * relays only once the old has closed its copies (RELEASED, or its exit):
+ * never both at once, and a reset the new one sends is a reset. */
 #ifndef LIFELINE_UPGRADE_H
 #define LIFELINE_UPGRADE_H
 
