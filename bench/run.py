@@ -95,6 +95,34 @@ INDEX_HTML = ("<!DOCTYPE html>\n<html><head><title>lifeline bench</title></head>
               + "<p>A small static page for wrk.</p>\n" * 12 + "</body></html>\n")
 
 
+
+def machine_lines():
+    """The machine, as RESULTS.md describes it (bench/upgrade.py too)."""
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        with open("/proc/meminfo") as f:
+            kib = int(f.readline().split()[1])
+            mem = f"{kib / 1024 / 1024:.0f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return [
+        f"- cores (nproc): {os.cpu_count()}",
+        f"- CPU: {model}",
+        f"- memory: {mem}",
+        f"- kernel (uname -r): {platform.release()}",
+        f"- RLIMIT_NOFILE of every process in the run: soft {soft}, hard {hard}",
+    ]
+
 class BenchError(Exception):
     """A workload that could not produce its figure; the message goes into the report."""
 
@@ -822,30 +850,7 @@ class Report:
         return "\n".join(out)
 
     def machine(self):
-        model = "unknown"
-        try:
-            with open("/proc/cpuinfo") as f:
-                for line in f:
-                    if line.startswith("model name"):
-                        model = line.split(":", 1)[1].strip()
-                        break
-        except OSError:
-            pass
-        mem = ""
-        try:
-            with open("/proc/meminfo") as f:
-                kib = int(f.readline().split()[1])
-                mem = f"{kib / 1024 / 1024:.0f} GiB"
-        except (OSError, ValueError, IndexError):
-            pass
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        return "\n".join([
-            f"- cores (nproc): {os.cpu_count()}",
-            f"- CPU: {model}",
-            f"- memory: {mem}",
-            f"- kernel (uname -r): {platform.release()}",
-            f"- RLIMIT_NOFILE of every process in the run: soft {soft}, hard {hard}",
-        ])
+        return "\n".join(machine_lines())
 
     def versions(self):
         b = self.b

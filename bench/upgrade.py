@@ -45,9 +45,7 @@ import datetime
 import errno
 import json
 import os
-import platform
 import re
-import resource
 import select
 import shlex
 import shutil
@@ -810,26 +808,9 @@ def render(b, started, elapsed):
 
 def machine(binary):
     """The lines of RESULTS.md's Machine and Versions sections that matter here."""
-    model, mem = "unknown", ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-        with open("/proc/meminfo") as f:
-            mem = f"{int(f.readline().split()[1]) / 1024 / 1024:.0f} GiB"
-    except (OSError, ValueError, IndexError):
-        pass
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     rev = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
                          capture_output=True, text=True).stdout.strip()
-    return [
-        f"- cores (nproc): {os.cpu_count()}",
-        f"- CPU: {model}",
-        f"- memory: {mem}",
-        f"- kernel (uname -r): {platform.release()}",
-        f"- RLIMIT_NOFILE of every process in the run: soft {soft}, hard {hard}",
+    return bench.machine_lines() + [
         f"- lifeline: {bench.first_line([binary, '--version']) or 'unknown'}, "
         f"source HEAD {rev} (uncommitted changes, if any, are not shown), build type "
         f"{build_type(binary)}",

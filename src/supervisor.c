@@ -56,7 +56,6 @@ struct supervisor {
     unsigned char *stalled;         /* per worker: stuck, and logged as such */
     struct process_stats ps;
     struct upgrade up; /* a live upgrade this process starts (SIGUSR2) */
-    int upgraded;      /* ... that committed: the new process serves */
     /* A process started by a live upgrade: the channel to the old one,
      * whose EOF says it has exited; ready is said only then (bounded). */
     int channel;
@@ -197,7 +196,6 @@ static void give_up(int channel, const char *why)
 static void upgrade_committed_cb(struct upgrade *u)
 {
     struct supervisor *sup = u->owner;
-    sup->upgraded = 1;
     sup->phase = SUP_STOPPING;
     sup->admin_state.ready = 0;
 }
@@ -379,7 +377,8 @@ static void signal_cb(uv_signal_t *h, int signum)
 {
     struct supervisor *sup = h->data;
     const char *name = signum == SIGTERM ? "SIGTERM" : "SIGINT";
-    if (sup->upgraded) { /* the new process serves: this one is releasing its copies */
+    if (sup->up.phase ==
+        UPGRADE_COMMITTED) { /* the new process serves: this one is releasing its copies */
         log_info("signal ignored: upgraded, exiting", LF_STR("signal", name));
         return;
     }
@@ -851,7 +850,7 @@ int supervisor_run(struct config *cfg, const struct supervisor_options *opts)
     signal(SIGUSR1, SIG_IGN);
     signal(SIGUSR2, SIG_IGN);
     code = sup.exit_code;
-    if (code == EXIT_CLEAN && !sup.upgraded)
+    if (code == EXIT_CLEAN && sup.up.phase != UPGRADE_COMMITTED)
         log_info("stopped");
 out:
     if (sup.admin_fd >= 0) /* a new process that stopped before it relayed */

@@ -347,6 +347,20 @@ class Rig:
     def sock(self, name, port=CLIENT_PORT):
         return NsClient(self, name, port)
 
+    def start_client_and_warm(self):
+        """The legacy client ("old") from its fixed port, accepted and three
+        heartbeats in at the server. Returns (proc, accept record)."""
+        proc, _ = self.client_proc("old")
+        _, acc = self.srv_wait(lambda r: r["event"] == "accept", margin(10),
+                               "the server accepting the client")
+
+        def warm():
+            self.srv.poll()
+            return sum(1 for r in self.srv.records
+                       if r["event"] == "recv" and r["conn"] == acc["conn"]) >= 3
+        wait_for(warm, margin(10), "heartbeats at the server")
+        return proc, acc
+
     def crash_client(self, procs, down_s=0.3):
         """A client host crash (nft drops everything, its processes
         SIGKILLed, ss -K), then `down_s` in which the server must notice

@@ -42,14 +42,8 @@ def _crash_and_return(c, case, hb, drop_rst, eof_bound_s, served_bound_s, upstre
     with Rig(c, case, client={"heartbeat": hb}, upstream=upstream, sniff=True) as rig:
         if setup is not None:
             setup(rig)
-        old_proc, _ = rig.client_proc("old")
-        _, acc = rig.srv_wait(lambda r: r["event"] == "accept", margin(10), "the server accepting the client")
+        old_proc, acc = rig.start_client_and_warm()
         old = acc["conn"]
-
-        def warm():
-            rig.srv.poll()
-            return sum(1 for r in rig.srv.records if r["event"] == "recv" and r["conn"] == old) >= 3
-        wait_for(warm, margin(10), "heartbeats at the server")
 
         # host down 300 ms: an observation window in which the server must notice nothing
         t0, quiet_while_down = rig.crash_client([old_proc])

@@ -210,20 +210,24 @@ def _wire_texts(rig, since):
     return [t for _, _, t in scenarios._wire_events(rig.wire.records, since, rig.topo, True)]
 
 
+def _returned(rig, old, old_port, served_bound):
+    """The returning client accepted and its data in, the old connection's
+    end, and lifeline's close line for the old session."""
+    i_acc, acc2 = rig.srv_wait(lambda r: r["event"] == "accept" and r["conn"] != old, served_bound + 5,
+                               "the server accepting the returning client")
+    _, data2 = rig.srv_wait(lambda r: r["event"] == "recv" and r["conn"] == acc2["conn"], margin(2),
+                            "the returning client's data at the server")
+    end = rig.srv_end(old)
+    m_close, close = rig.wait_close(lambda r: r["client"] == rig.client_addr() and
+                                    r["upstream_local_port"] == old_port,
+                                    margin(2), "lifeline's close line for the old session")
+    return i_acc, acc2, data2, end, m_close, close
+
+
 def _port(addr):
     return int(addr.rsplit(":", 1)[1])
 
 
-def _start_and_warm(rig):
-    old_proc, _ = rig.client_proc("old")
-    _, acc = rig.srv_wait(lambda r: r["event"] == "accept", margin(10), "the server accepting the client")
-    old = acc["conn"]
-
-    def warm():
-        rig.srv.poll()
-        return sum(1 for r in rig.srv.records if r["event"] == "recv" and r["conn"] == old) >= 3
-    wait_for(warm, margin(10), "heartbeats at the server")
-    return old_proc, acc
 
 
 def _signal_upgrade(rig):
@@ -272,7 +276,7 @@ def case_u1_upgrade_then_crash_return(c):
     """case U1: live upgrade, then client host crash and return from the same fixed port"""
     case = "case U1"
     with UpgradeRig(c, case, client={"heartbeat": HB}, sniff=True) as rig:
-        old_proc, acc = _start_and_warm(rig)
+        old_proc, acc = rig.start_client_and_warm()
         old = acc["conn"]
         old_port = _port(acc["peer"])
         rig.srv.poll()
@@ -316,14 +320,7 @@ def case_u1_upgrade_then_crash_return(c):
         new_proc, new_tail = rig.client_proc("new")
 
         served_bound = 1.0 + margin(0.5)
-        i_acc, acc2 = rig.srv_wait(lambda r: r["event"] == "accept" and r["conn"] != old, served_bound + 5,
-                                   "the server accepting the returning client")
-        _, data2 = rig.srv_wait(lambda r: r["event"] == "recv" and r["conn"] == acc2["conn"], margin(2),
-                                "the returning client's data at the server")
-        end = rig.srv_end(old)
-        m_close, close = rig.wait_close(lambda r: r["client"] == rig.client_addr() and
-                                        r["upstream_local_port"] == old_port,
-                                        margin(2), "lifeline's close line for the old session")
+        i_acc, acc2, data2, end, m_close, close = _returned(rig, old, old_port, served_bound)
         first_syn = new_tail.find(lambda r: r["event"] == "connect_attempt" and r.get("first"))
         rig.print_timeline(t0, since=t_sig - 0.2, label="the crash")
         rig.topo.stop(new_proc)
@@ -381,7 +378,7 @@ def _u2_round(c, delay_ms, verbose):
     case = "case U2 (+%d ms)" % delay_ms
     problems = []
     with UpgradeRig(c, case, client={"heartbeat": HB}, sniff=True) as rig:
-        old_proc, acc = _start_and_warm(rig)
+        old_proc, acc = rig.start_client_and_warm()
         old = acc["conn"]
         old_port = _port(acc["peer"])
 
@@ -410,14 +407,7 @@ def _u2_round(c, delay_ms, verbose):
         cl.send("HB new 1\n")
 
         served_bound = 1.0 + margin(1.0)
-        i_acc, acc2 = rig.srv_wait(lambda r: r["event"] == "accept" and r["conn"] != old, served_bound + 5,
-                                   "the server accepting the returning client")
-        _, data2 = rig.srv_wait(lambda r: r["event"] == "recv" and r["conn"] == acc2["conn"], margin(2),
-                                "the returning client's data at the server")
-        end = rig.srv_end(old)
-        m_close, close = rig.wait_close(lambda r: r["client"] == rig.client_addr() and
-                                        r["upstream_local_port"] == old_port,
-                                        margin(2), "lifeline's close line for the old session")
+        i_acc, acc2, data2, end, m_close, close = _returned(rig, old, old_port, served_bound)
         u = _await_upgraded(rig, t_sig, new_pid, margin(10))
         # served by the new process: data sent once it is ready arrives on the same connection
         cl.send("HB new 2\n")
