@@ -167,7 +167,12 @@ class Transparent(LifelineTestCase):
         cfg = config([route(port, [echo.port], source_address="client")])
         cfg["user"] = pw.pw_name
         os.chmod(self.tmpdir, 0o755)  # the new process reads the file as the user
-        d = self.start_lifeline(cfg)
+        # ... and executes the binary as the user: a copy where it can (a
+        # checkout under a private directory, mktemp -d, would refuse it).
+        exe = os.path.join(self.tmpdir, "lifeline")
+        shutil.copy(BIN, exe)
+        os.chmod(exe, 0o755)
+        d = self.start_lifeline(cfg, wrapper=["sh", "-c", 'l=$0; shift; exec "$l" "$@"', exe])
         os.chmod(d.path, 0o644)
         before = connect(port, timeout=scaled(10))
         self.addCleanup(before.close)
