@@ -8,8 +8,8 @@ JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_ARGS ?=
 
 # Debian packages the build and the test suite need.
-DEPS = gcc make cmake pkg-config libuv1-dev libcjson-dev libcmocka-dev libhttp-parser-dev python3 \
-       iproute2 nftables
+DEPS = gcc make cmake pkg-config libuv1-dev libcjson-dev libcmocka-dev libhttp-parser-dev \
+       libcurl4-openssl-dev python3 iproute2 nftables etcd-server etcd-client
 
 all: build
 

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lifeline/cluster.h"
 #include "lifeline/request.h"
 
 int admin_state_healthy(const struct admin_state *st)
@@ -18,7 +19,14 @@ int admin_state_healthy(const struct admin_state *st)
 
 static int healthy(void *ctx) { return admin_state_healthy(ctx); }
 
-static int ready(void *ctx) { return ((struct admin_state *)ctx)->ready; }
+/* Ready: listening and not draining; with a cluster that refuses without
+ * etcd, also holding a lease (else every identity client is refused). */
+static int ready(void *ctx)
+{
+    const struct admin_state *st = ctx;
+    const struct cluster_stats *cs = st->ps->cluster;
+    return st->ready && (cs == NULL || !st->ps->cluster_refuses || atomic_load(&cs->up));
+}
 
 static char *metrics(void *ctx)
 {

@@ -78,6 +78,8 @@ struct key {
     /* KEY_ENUM: the allowed names, ended by a NULL name. */
     const struct choice *choices;
 
+    /* KEY_STRING: the value used when the key is left out (NULL: none). */
+    const char *sdef;
     /* KEY_STRING: stores the parsed string at the field, 0 or -EINVAL; on
      * failure the message is "expected <expect>, got <the string>". */
     int (*parse)(const char *s, void *field);
@@ -170,6 +172,7 @@ _Static_assert(sizeof(enum upstream_on_close) == sizeof(int),
                "enum upstream_on_close is int-sized");
 _Static_assert(sizeof(enum client_identity) == sizeof(int), "enum client_identity is int-sized");
 _Static_assert(sizeof(enum on_duplicate) == sizeof(int), "enum on_duplicate is int-sized");
+_Static_assert(sizeof(enum on_unavailable) == sizeof(int), "enum on_unavailable is int-sized");
 _Static_assert(CONFIG_NAME_MAX == 64, "route name message says 1-63 characters");
 _Static_assert(CONFIG_ACCOUNT_MAX == 34, "account names are 1-32 characters and a '$'");
 
@@ -178,6 +181,8 @@ static int parse_endpoint(const char *s, void *field);
 static int parse_source_address(const char *s, void *field);
 static int parse_account(const char *s, void *field);
 static int parse_cidr(const char *s, void *field);
+static int parse_etcd_url(const char *s, void *field);
+static int parse_prefix(const char *s, void *field);
 static int same_name(const void *a, const void *b);
 static int same_endpoint(const void *a, const void *b);
 
@@ -310,6 +315,38 @@ static const struct key shutdown_keys[] = {
     U32_KEY("drain_timeout_ms", struct config, drain_timeout_ms, 0, 3600000, 10000, RELOADABLE),
 };
 
+static const struct key etcd_elem = {
+    .name = "etcd",
+    .kind = KEY_STRING,
+    .parse = parse_etcd_url,
+    .expect = "an etcd client URL \"http://host:port\" or \"https://host:port\"",
+};
+
+static const struct choice on_unavailable_choices[] = {
+    { "refuse", UNAVAILABLE_REFUSE },
+    { "local", UNAVAILABLE_LOCAL },
+    { NULL, 0 },
+};
+
+/* "cluster" is off unless the object is given. */
+static const struct key cluster_keys[] = {
+    ARRAY_KEY("etcd", struct cluster_config, etcd, n_etcd, REQUIRED, &etcd_elem, 1, 16, "endpoint",
+              RESTART_ONLY),
+    STRING_KEY("instance", struct cluster_config, instance, REQUIRED, parse_route_name,
+               "1-63 letters, digits, '_', '.' or '-'", RESTART_ONLY),
+    { .name = "prefix",
+      .kind = KEY_STRING,
+      .offset = offsetof(struct cluster_config, prefix),
+      .parse = parse_prefix,
+      .expect = "a key prefix: '/' then up to 126 characters, not ending in '/'",
+      .sdef = "/lifeline",
+      .reload = RESTART_ONLY,
+      .size = FIELD_SIZE(struct cluster_config, prefix) },
+    U32_KEY("lease_ttl_ms", struct cluster_config, lease_ttl_ms, 2000, 600000, 5000, RESTART_ONLY),
+    ENUM_KEY("on_unavailable", struct cluster_config, on_unavailable, on_unavailable_choices,
+             UNAVAILABLE_REFUSE, RESTART_ONLY),
+};
+
 /* "admin" is off unless the object is given; then it needs an address. */
 static const struct key admin_keys[] = {
     STRING_KEY("listen", struct admin_config, listen, REQUIRED, parse_endpoint, "\"host:port\"",
@@ -325,6 +362,8 @@ static const struct key root_keys[] = {
     OBJECT_KEY("shutdown", OPTIONAL, 0, shutdown_keys, RELOADABLE),
     SWITCH_OBJECT_KEY("admin", offsetof(struct config, admin), admin_keys, struct config,
                       admin.enabled, RESTART_ONLY),
+    SWITCH_OBJECT_KEY("cluster", offsetof(struct config, cluster), cluster_keys, struct config,
+                      cluster.enabled, RESTART_ONLY),
     STRING_KEY("user", struct config, user, OPTIONAL, parse_account, "an account name",
                RESTART_ONLY),
     STRING_KEY("group", struct config, group, OPTIONAL, parse_account, "an account name",
@@ -347,6 +386,33 @@ static int parse_route_name(const char *s, void *field)
         if (!ok)
             return -EINVAL;
     }
+    memcpy(field, s, len + 1);
+    return 0;
+}
+
+/* An etcd member's client URL: the scheme, a host and a port, nothing else
+ * (the client adds the API's paths). */
+static int parse_etcd_url(const char *s, void *field)
+{
+    const char *rest = strncmp(s, "http://", 7) == 0    ? s + 7
+                       : strncmp(s, "https://", 8) == 0 ? s + 8
+                                                        : NULL;
+    struct hostport hp;
+    if (rest == NULL || strlen(s) >= CONFIG_URL_MAX || strchr(rest, '/') != NULL ||
+        addr_parse_hostport(rest, &hp, NULL) < 0)
+        return -EINVAL;
+    memcpy(field, s, strlen(s) + 1);
+    return 0;
+}
+
+static int parse_prefix(const char *s, void *field)
+{
+    size_t len = strlen(s);
+    if (len < 2 || len >= CONFIG_PREFIX_MAX || s[0] != '/' || s[len - 1] == '/')
+        return -EINVAL;
+    for (const char *p = s; *p; p++)
+        if ((unsigned char)*p < 0x21 || *p == 0x7f)
+            return -EINVAL;
     memcpy(field, s, len + 1);
     return 0;
 }
@@ -706,6 +772,8 @@ static void apply_defaults(const struct key *keys, size_t n_keys, char *base)
             memcpy(field, &v, sizeof(v));
         } else if (k->kind == KEY_OBJECT) {
             apply_defaults(k->keys, k->n_keys, field);
+        } else if (k->kind == KEY_STRING && k->sdef != NULL) {
+            k->parse(k->sdef, field);
         }
     }
 }
@@ -1230,6 +1298,8 @@ static void describe(const struct key *k, struct path *p, int restart_only,
     }
     case KEY_STRING:
         d.type = "string";
+        if (k->sdef != NULL)
+            snprintf(def, sizeof(def), "`\"%s\"`", k->sdef);
         break;
     case KEY_OBJECT:
         d.type = "object";

@@ -118,3 +118,13 @@ int identity_table_release(struct identity_table *r, const struct identity *id,
     pthread_mutex_unlock(&r->lock);
     return handed_over;
 }
+
+void identity_table_holders(struct identity_table *r, const struct identity *id,
+                            struct session_ref *owner, struct session_ref *successor)
+{
+    pthread_mutex_lock(&r->lock);
+    struct identity_entry *e = find(r, id, hash_identity(id));
+    *owner = e != NULL ? e->owner : NO_SESSION;
+    *successor = e != NULL ? e->successor : NO_SESSION;
+    pthread_mutex_unlock(&r->lock);
+}

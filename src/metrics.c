@@ -9,6 +9,7 @@
 
 #include "lifeline/admin.h"
 #include "lifeline/budget.h"
+#include "lifeline/cluster.h"
 #include "lifeline/config.h"
 
 /* Every metric family, once: name, type, help. */
@@ -54,7 +55,20 @@
     X(ADMIN_REQUESTS, "lifeline_admin_requests_total", "counter",                                  \
       "Admin endpoint requests, by endpoint.")                                                     \
     X(ADMIN_OVERLOAD, "lifeline_admin_overload_total", "counter",                                  \
-      "Admin clients cut short, by action (timeout, evicted, busy).")
+      "Admin clients cut short, by action (timeout, evicted, busy).")                              \
+    X(CLUSTER_UP, "lifeline_cluster_up", "gauge", "1 while this instance holds its etcd lease.")   \
+    X(CLUSTER_CLAIMS, "lifeline_cluster_claims_total", "counter",                                  \
+      "Identity claims decided through etcd, by result.")                                          \
+    X(CLUSTER_EVICTIONS, "lifeline_cluster_evictions_total", "counter",                            \
+      "Cross-instance evictions, by direction (requested: of another instance; received).")        \
+    X(CLUSTER_RENEW_FAILURES, "lifeline_cluster_lease_renew_failures_total", "counter",            \
+      "Lease renewals that failed.")                                                               \
+    X(CLUSTER_FENCES, "lifeline_cluster_fences_total", "counter",                                  \
+      "Times the lease was given up as lost.")                                                     \
+    X(CLUSTER_FENCED, "lifeline_cluster_fenced_sessions_total", "counter",                         \
+      "Sessions closed because the lease was lost.")                                               \
+    X(CLUSTER_RTT, "lifeline_cluster_etcd_request_seconds", "histogram",                           \
+      "Round trip of each etcd request.")
 
 enum family {
 #define FAMILY_ENUM_(id, name, type, help) FAMILY_##id,
@@ -240,6 +254,45 @@ static void sum_workers(struct worker_stats *const *stats, size_t n_workers,
     }
 }
 
+static void render_cluster(FILE *t, const struct cluster_stats *cs)
+{
+    header(t, FAMILY_CLUSTER_UP);
+    fprintf(t, "%s %d\n", families[FAMILY_CLUSTER_UP].name, atomic_load(&cs->up));
+    header(t, FAMILY_CLUSTER_CLAIMS);
+    for (int r = 0; r < CLUSTER_RESULT_COUNT; r++)
+        fprintf(t, "%s{result=\"%s\"} %" PRIu64 "\n", families[FAMILY_CLUSTER_CLAIMS].name,
+                cluster_result_name((enum cluster_result)r), atomic_load(&cs->claims[r]));
+    header(t, FAMILY_CLUSTER_EVICTIONS);
+    fprintf(t, "%s{direction=\"requested\"} %" PRIu64 "\n%s{direction=\"received\"} %" PRIu64 "\n",
+            families[FAMILY_CLUSTER_EVICTIONS].name, atomic_load(&cs->evictions_requested),
+            families[FAMILY_CLUSTER_EVICTIONS].name, atomic_load(&cs->evictions_received));
+    const struct {
+        enum family fam;
+        const _Atomic uint64_t *v;
+    } counters[] = {
+        { FAMILY_CLUSTER_RENEW_FAILURES, &cs->renew_failures },
+        { FAMILY_CLUSTER_FENCES, &cs->fences },
+        { FAMILY_CLUSTER_FENCED, &cs->fenced_sessions },
+    };
+    for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); i++) {
+        header(t, counters[i].fam);
+        fprintf(t, "%s %" PRIu64 "\n", families[counters[i].fam].name, atomic_load(counters[i].v));
+    }
+    const char *rtt = families[FAMILY_CLUSTER_RTT].name;
+    header(t, FAMILY_CLUSTER_RTT);
+    uint64_t cumulative = 0;
+    for (size_t b = 0; b <= CLUSTER_RTT_BUCKETS; b++) {
+        cumulative += atomic_load(&cs->rtt_buckets[b]);
+        if (b < CLUSTER_RTT_BUCKETS)
+            fprintf(t, "%s_bucket{le=\"%g\"} %" PRIu64 "\n", rtt, cluster_rtt_bounds_us[b] / 1e6,
+                    cumulative);
+        else
+            fprintf(t, "%s_bucket{le=\"+Inf\"} %" PRIu64 "\n", rtt, cumulative);
+    }
+    fprintf(t, "%s_sum %.6f\n%s_count %" PRIu64 "\n", rtt, atomic_load(&cs->rtt_sum_us) / 1e6, rtt,
+            cumulative);
+}
+
 char *metrics_render(struct worker_stats *const *stats, size_t n_workers,
                      const struct process_stats *ps)
 {
@@ -318,6 +371,9 @@ char *metrics_render(struct worker_stats *const *stats, size_t n_workers,
             fprintf(t, "%s{action=\"%s\"} %" PRIu64 "\n", families[FAMILY_ADMIN_OVERLOAD].name,
                     admin_overload_name((enum admin_overload)o), ps->admin->overload[o]);
     }
+
+    if (ps->cluster != NULL)
+        render_cluster(t, ps->cluster);
 
     if (fclose(t) != 0 || oom) {
         free(buf);

@@ -42,6 +42,11 @@ static void local_release(struct registry *r, const struct identity *id, struct 
         r->deliver(r->deliver_ctx, next, REGISTRY_MSG_GO);
 }
 
+static void local_adopt(struct registry *r, const struct identity *id, struct session_ref self)
+{
+    local_claim(r, id, self, 1);
+}
+
 static void local_destroy(struct registry *r)
 {
     identity_table_destroy(&local_of(r)->table);
@@ -51,6 +56,7 @@ static void local_destroy(struct registry *r)
 static const struct registry_ops local_ops = {
     .claim = local_claim,
     .release = local_release,
+    .adopt = local_adopt,
     .destroy = local_destroy,
 };
 

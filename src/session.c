@@ -1300,6 +1300,7 @@ static int gave_up_on_client(enum reason r)
     case REASON_CLIENT_USER_TIMEOUT:
     case REASON_REPLACED:
     case REASON_REJECTED:
+    case REASON_CLUSTER_UNAVAILABLE:
     case REASON_DENIED:
         return 1;
     default:
@@ -1313,7 +1314,7 @@ static int gave_up_on_client(enum reason r)
  * kill is one: a successor may already be waiting for this identity. */
 static int ends_client_first(enum reason r)
 {
-    return gave_up_on_client(r) || r == REASON_ADMIN_KILL;
+    return gave_up_on_client(r) || r == REASON_ADMIN_KILL || r == REASON_FENCED;
 }
 
 /* How the server side of such a close ends: `upstream.close` for a client
@@ -1509,10 +1510,15 @@ void session_deliver(struct session *s, enum registry_msg msg)
         session_go(s);
         break;
     case REGISTRY_MSG_REFUSED:
-        if (s->state == SESSION_WAITING) {
-            s->registered = 0; /* refused: nothing to release */
+        if (s->state == SESSION_WAITING)
             session_close(s, REASON_REJECTED);
-        }
+        break;
+    case REGISTRY_MSG_UNAVAILABLE:
+        if (s->state == SESSION_WAITING)
+            session_close(s, REASON_CLUSTER_UNAVAILABLE);
+        break;
+    case REGISTRY_MSG_FENCE:
+        session_close(s, REASON_FENCED);
         break;
     }
 }
@@ -1721,7 +1727,7 @@ int session_adopt(struct session_host *h, const struct session_adopt_params *p,
         s->peer.sa.sa_family != AF_UNSPEC) {
         struct identity id;
         registry_identity(&id, s->route->name, &s->peer.sa, cc->identity == IDENTITY_ADDRESS_PORT);
-        registry_claim(h->registry, &id, (struct session_ref){ h->id, s->id }, 1);
+        registry_adopt(h->registry, &id, (struct session_ref){ h->id, s->id });
         s->registered = 1;
     }
     metric_add(&s->stats->c[RC_SESSIONS_TOTAL], 1);

@@ -9,11 +9,13 @@
 #include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
+#include <curl/curl.h>
 #include <uv.h>
 
 #include "lifeline/admin.h"
 #include "lifeline/admin_backend.h"
 #include "lifeline/budget.h"
+#include "lifeline/cluster.h"
 #include "lifeline/handover.h"
 #include "lifeline/listen.h"
 #include "lifeline/log.h"
@@ -43,6 +45,7 @@ struct supervisor {
     struct worker_set workers;   /* by number; n_started of them running */
     struct worker_shared shared; /* what every worker is lent */
     struct registry *registry;   /* client identities, shared by the workers */
+    struct cluster *cluster;     /* the registry, when it is etcd's; else NULL */
     struct limits limits;        /* open sessions per route and address */
     struct budget budget;        /* descriptors and buffer memory, shared by the workers */
     enum sup_phase phase;
@@ -198,6 +201,8 @@ static void upgrade_committed_cb(struct upgrade *u)
     struct supervisor *sup = u->owner;
     sup->phase = SUP_STOPPING;
     sup->admin_state.ready = 0;
+    if (sup->cluster != NULL)
+        cluster_detach(sup->cluster);
 }
 
 /* A failed upgrade rolled back: serving as before. */
@@ -325,6 +330,8 @@ static void adopt_commit(struct supervisor *sup)
 {
     if (upgrade_adopted(sup->channel, sup->took_over.sessions, sup->took_over.listeners) < 0)
         _exit(EXIT_RUNTIME); /* logged; the old process serves on */
+    if (sup->cluster != NULL)
+        cluster_attach(sup->cluster);
     sup->ps.upgrades_ok = sup->took_over.upgrades_ok + 1;
     sup->ps.upgrades_failed = sup->took_over.upgrades_failed;
     sup->adopt = ADOPT_RELEASING;
@@ -557,6 +564,7 @@ static int init_loop(struct supervisor *sup)
                                 .admin_fd = -1,
                                 .committed = upgrade_committed_cb,
                                 .ended = upgrade_ended_cb,
+                                .cluster = sup->cluster,
                                 .owner = sup };
     if ((rc = upgrade_init(&sup->up)) < 0) {
         log_error("cannot start the event loop", LF_STR("error", uv_strerror(rc)));
@@ -701,6 +709,18 @@ static int take_over(struct supervisor *sup, int *fds, size_t n_fds, struct upgr
         upgrade_abort(sup->channel, "missing capability (see the new process's log)");
         return EXIT_RUNTIME;
     }
+    char scope[sizeof(in->cluster_scope)];
+    if (cfg->cluster.enabled && in->cluster_lease != 0) {
+        cluster_scope(&cfg->cluster, scope, sizeof(scope));
+        if (strcmp(scope, in->cluster_scope) != 0) {
+            snprintf(why, sizeof(why),
+                     "cluster.etcd, cluster.prefix or cluster.instance changed: "
+                     "a restart changes them");
+            log_error("upgrade: cannot take over", LF_STR("reason", why));
+            upgrade_abort(sup->channel, why);
+            return EXIT_USAGE;
+        }
+    }
     for (size_t r = 0; r < n_routes; r++) {
         /* The old sockets of this address, one per worker while they last. */
         size_t c = 0;
@@ -744,6 +764,38 @@ static int take_over(struct supervisor *sup, int *fds, size_t n_fds, struct upgr
         return EXIT_RUNTIME;
     }
     return EXIT_CLEAN;
+}
+
+/* The identity registry: the in-process table, or etcd's when the config
+ * has a cluster (a live upgrade may hand its lease over). 0 or -errno
+ * (logged). */
+static int make_registry(struct supervisor *sup, struct config *cfg, int64_t lease)
+{
+    if (!cfg->cluster.enabled) {
+        if (registry_local_new(&sup->registry, worker_deliver, &sup->workers) < 0) {
+            log_error("out of memory");
+            return -ENOMEM;
+        }
+        return 0;
+    }
+    /* Before any thread of ours: curl_global_init is not thread-safe. */
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        log_error("cluster: cannot initialise libcurl");
+        return -ENOMEM;
+    }
+    int rc = cluster_new(&sup->cluster, &sup->registry, cfg, worker_deliver, &sup->workers, lease);
+    if (rc < 0) {
+        curl_global_cleanup();
+        sup->cluster = NULL;
+        return rc;
+    }
+    sup->ps.cluster = cluster_stats(sup->cluster);
+    sup->ps.cluster_refuses = !cluster_on_unavailable_local(sup->cluster);
+    log_info("cluster: starting", LF_STR("instance", cfg->cluster.instance),
+             LF_STR("prefix", cfg->cluster.prefix),
+             LF_INT("lease_ttl_ms", cfg->cluster.lease_ttl_ms),
+             LF_STR("on_unavailable", sup->ps.cluster_refuses ? "refuse" : "local"));
+    return 0;
 }
 
 int supervisor_run(struct config *cfg, const struct supervisor_options *opts)
@@ -790,7 +842,6 @@ int supervisor_run(struct config *cfg, const struct supervisor_options *opts)
     int code = EXIT_RUNTIME;
     int have_registry = 0, have_limits = 0;
     if (fds == NULL || sup.workers.w == NULL || sup.stalled == NULL || sup.rl.addrs == NULL ||
-        !(have_registry = registry_local_new(&sup.registry, worker_deliver, &sup.workers) == 0) ||
         !(have_limits = limits_init(&sup.limits) == 0)) {
         log_error("out of memory");
         goto out;
@@ -798,6 +849,14 @@ int supervisor_run(struct config *cfg, const struct supervisor_options *opts)
     for (size_t i = 0; i < n_fds; i++)
         fds[i] = -1;
     code = sup.channel >= 0 ? take_over(&sup, fds, n_fds, &in) : bind_all(&sup, fds, n_fds);
+    if (code == EXIT_CLEAN) {
+        have_registry = make_registry(&sup, cfg, in.cluster_lease) == 0;
+        if (!have_registry) {
+            if (sup.channel >= 0)
+                upgrade_abort(sup.channel, "cannot start the registry (see the new process's log)");
+            code = EXIT_RUNTIME;
+        }
+    }
     if (code != EXIT_CLEAN) {
         listen_close_fds(fds, n_fds);
         if (sup.admin_fd >= 0)
@@ -860,6 +919,8 @@ out:
         close(sup.channel);
     if (have_registry)
         registry_destroy(sup.registry);
+    if (sup.cluster != NULL)
+        curl_global_cleanup();
     if (have_limits)
         limits_destroy(&sup.limits);
     free(fds);

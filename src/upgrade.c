@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "lifeline/addr.h"
+#include "lifeline/cluster.h"
 #include "lifeline/exit.h"
 #include "lifeline/handover.h"
 #include "lifeline/log.h"
@@ -36,6 +37,8 @@ struct sent_msg {
     uint64_t upgrades_ok;
     uint64_t upgrades_failed;
     uint64_t next_session_id;
+    int64_t cluster_lease;
+    char cluster_scope[640];
 };
 struct hello_msg {
     int32_t pid;
@@ -245,6 +248,8 @@ static int send_all(struct upgrade *u, struct freeze_request *f)
                            .upgrades_ok = u->ps->upgrades_ok,
                            .upgrades_failed = u->ps->upgrades_failed,
                            .next_session_id = session_next_id() };
+    if (u->cluster != NULL)
+        sm.cluster_lease = cluster_lease(u->cluster, sm.cluster_scope, sizeof(sm.cluster_scope));
     if (rc == 0)
         rc = handover_send(u->sock, HANDOVER_SENT, &sm, sizeof(sm), NULL, 0);
     return rc;
@@ -693,6 +698,9 @@ int upgrade_receive(int sock, struct upgrade_inbound *in)
             in->started_ns = sm.started_ns;
             in->upgrades_ok = sm.upgrades_ok;
             in->upgrades_failed = sm.upgrades_failed;
+            in->cluster_lease = sm.cluster_lease;
+            memcpy(in->cluster_scope, sm.cluster_scope, sizeof(in->cluster_scope));
+            in->cluster_scope[sizeof(in->cluster_scope) - 1] = '\0';
             if (sm.next_session_id > 0) /* ids stay unique across the processes */
                 session_ids_above(sm.next_session_id - 1);
             break;

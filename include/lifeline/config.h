@@ -102,6 +102,30 @@ struct admin_config {
     int allow_remote;
 };
 
+/* What a claim does when etcd does not answer. */
+enum on_unavailable {
+    UNAVAILABLE_REFUSE, /* close the newcomer: the order between instances is kept */
+    UNAVAILABLE_LOCAL,  /* the in-process registry decides: served, order not guaranteed */
+};
+
+#define CONFIG_URL_MAX 256
+#define CONFIG_PREFIX_MAX 128
+
+struct etcd_endpoint {
+    char url[CONFIG_URL_MAX]; /* "http://host:port" or "https://host:port", no path */
+};
+
+/* Several instances sharing client identities through etcd (cluster.h). */
+struct cluster_config {
+    int enabled; /* the "cluster" object is present */
+    struct etcd_endpoint *etcd;
+    size_t n_etcd;
+    char instance[CONFIG_NAME_MAX];
+    char prefix[CONFIG_PREFIX_MAX]; /* "/lifeline": no trailing '/' */
+    uint32_t lease_ttl_ms;
+    enum on_unavailable on_unavailable;
+};
+
 /* Every problem found in one pass, each "json.path: message". */
 struct config_errors {
     char **msgs;
@@ -118,6 +142,7 @@ struct config {
      * stops reading instead of buffering more. */
     uint32_t buffer_total_bytes;
     struct admin_config admin;
+    struct cluster_config cluster;
     /* Accounts to drop privileges to after binding; "" keeps the one
      * lifeline was started as. Checked for form only: the daemon resolves
      * them when it starts. */

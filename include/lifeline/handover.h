@@ -14,7 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define HANDOVER_VERSION 2
+#define HANDOVER_VERSION 3
 #define HANDOVER_PAYLOAD_MAX 65536
 #define HANDOVER_FDS_MAX 8
 

@@ -35,4 +35,8 @@ enum identity_claim identity_table_claim(struct identity_table *t, const struct 
 int identity_table_release(struct identity_table *t, const struct identity *id,
                            struct session_ref self, struct session_ref *next);
 
+/* Who holds `id` now: its owner and successor (worker -1: none). */
+void identity_table_holders(struct identity_table *t, const struct identity *id,
+                            struct session_ref *owner, struct session_ref *successor);
+
 #endif

@@ -103,6 +103,7 @@ struct server_stats *metrics_server(struct route_stats *r, const struct hostport
 
 struct admin_stats;
 struct budget;
+struct cluster_stats;
 
 /* Process-wide facts the supervisor owns. */
 struct process_stats {
@@ -113,10 +114,12 @@ struct process_stats {
      * counted by the process that stays). */
     uint64_t upgrades_ok;
     uint64_t upgrades_failed;
-    double upgrade_seconds;          /* the last one's duration, ok or failed; 0 before any */
-    char config_hash[17];            /* the loaded config's hash (config.h) */
-    const struct admin_stats *admin; /* the admin endpoint's own counters */
-    const struct budget *budget;     /* descriptors and buffer memory */
+    double upgrade_seconds;              /* the last one's duration, ok or failed; 0 before any */
+    char config_hash[17];                /* the loaded config's hash (config.h) */
+    const struct admin_stats *admin;     /* the admin endpoint's own counters */
+    const struct budget *budget;         /* descriptors and buffer memory */
+    const struct cluster_stats *cluster; /* NULL without a cluster */
+    int cluster_refuses;                 /* on_unavailable is "refuse": /readyz needs etcd */
 };
 
 /* Renders the Prometheus text exposition of every worker's counters, summed

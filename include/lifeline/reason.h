@@ -16,7 +16,9 @@
     X(UPSTREAM_CONNECT_FAILED, "upstream_connect_failed")                                          \
     X(ADMIN_KILL, "admin_kill")                                                                    \
     X(SHUTDOWN, "shutdown")                                                                        \
-    X(DENIED, "denied")
+    X(DENIED, "denied")                                                                            \
+    X(FENCED, "fenced")                                                                            \
+    X(CLUSTER_UNAVAILABLE, "cluster_unavailable")
 
 enum reason {
 #define REASON_ENUM_(id, name) REASON_##id,

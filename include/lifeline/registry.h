@@ -30,9 +30,9 @@
  * withdraws its claim. Messages go through `deliver`, from any thread, to
  * sessions on any worker; one for a session that is gone is dropped.
  *
- * Today's backend is the in-process table (registry_local_new); a registry
- * shared between machines or handed over to a new process implements the
- * same three operations.
+ * A REFUSED, UNAVAILABLE or FENCE message ends the session, which then
+ * releases as any other. The backends: the in-process table
+ * (registry_local_new) and etcd, shared by several instances (cluster.h).
  */
 
 /* A session anywhere in the process: its worker and its process-wide id. */
@@ -59,6 +59,8 @@ enum registry_msg {
     REGISTRY_MSG_GO,      /* your claim is granted: connect upstream */
     REGISTRY_MSG_REFUSED, /* your claim is refused: close as rejected */
     REGISTRY_MSG_EVICT,   /* a newer connection of your client replaces you: close as replaced */
+    REGISTRY_MSG_UNAVAILABLE, /* nobody can decide your claim: close as cluster_unavailable */
+    REGISTRY_MSG_FENCE,       /* the identity may be another's by now: close as fenced */
 };
 
 /* How the registry reaches a session. Thread-safe. */
@@ -70,6 +72,7 @@ struct registry_ops {
     enum registry_answer (*claim)(struct registry *r, const struct identity *id,
                                   struct session_ref self, int replace);
     void (*release)(struct registry *r, const struct identity *id, struct session_ref self);
+    void (*adopt)(struct registry *r, const struct identity *id, struct session_ref self);
     void (*destroy)(struct registry *r);
 };
 
@@ -94,6 +97,15 @@ static inline void registry_release(struct registry *r, const struct identity *i
                                     struct session_ref self)
 {
     r->ops->release(r, id, self);
+}
+
+/* A session a live upgrade handed over: the identity was its session's in
+ * the old process and is this one's now (a second adopted session of one
+ * client makes the first one's successor). Thread-safe. */
+static inline void registry_adopt(struct registry *r, const struct identity *id,
+                                  struct session_ref self)
+{
+    r->ops->adopt(r, id, self);
 }
 
 static inline void registry_destroy(struct registry *r) { r->ops->destroy(r); }

@@ -85,6 +85,7 @@ struct upgrade {
     void (*committed)(struct upgrade *u);
     /* Called once a failed upgrade has thawed the workers: serving again. */
     void (*ended)(struct upgrade *u);
+    struct cluster *cluster; /* its lease goes to the new process; NULL: none */
     void *owner;
 
     enum upgrade_phase phase;
@@ -129,6 +130,8 @@ struct upgrade_inbound {
     size_t n_sessions;
     uint64_t started_ns; /* the old process's uv_hrtime() at SIGUSR2 */
     uint64_t upgrades_ok, upgrades_failed;
+    int64_t cluster_lease;   /* the old process's etcd lease; 0: none */
+    char cluster_scope[640]; /* what it belongs to (cluster_scope()) */
 };
 
 /* The channel's descriptor from the environment (removed from it), or -1
