@@ -26,9 +26,11 @@
 #define RENEW_RETRY_MS 250
 /* At most one `cluster unavailable` line per this long. */
 #define LOG_EVERY_MS 1000
+/* While etcd stays away, one `cannot grant a lease` line per this long. */
+#define GRANT_LOG_EVERY_MS 30000
 
-const uint32_t cluster_rtt_bounds_us[CLUSTER_RTT_BUCKETS] = { 500,    1000,   2500,   5000,
-                                                              10000,  25000,  100000, 1000000 };
+const uint32_t cluster_rtt_bounds_us[CLUSTER_RTT_BUCKETS] = { 500,   1000,  2500,   5000,
+                                                              10000, 25000, 100000, 1000000 };
 
 static const char *const result_names[CLUSTER_RESULT_COUNT] = {
 #define CLUSTER_RESULT_NAME_(id, name) [CLUSTER_##id] = name,
@@ -89,6 +91,11 @@ struct cid {
     struct cid *next_todo;
 };
 
+struct ratelog {
+    uint64_t last; /* uv_now() of the last line; 0: none yet */
+    uint64_t suppressed;
+};
+
 enum lease_state {
     LEASE_GRANTING, /* a grant is out; claims wait for it */
     LEASE_DOWN,     /* none; a grant is tried again soon */
@@ -109,12 +116,11 @@ struct cluster {
     int attach;   /* the commit came: the handed-over lease is ours now */
     enum lease_state lease_state;
     int64_t lease;
-    uint64_t lease_epoch; /* bumped when a lease is lost */
+    uint64_t lease_epoch;     /* bumped when a lease is lost */
     uint64_t last_renew_sent; /* uv_now() when the last successful renewal was sent */
     int64_t watch_rev;        /* every event up to this revision has been seen */
     int watch_live;
-    uint64_t last_log_ms;
-    uint64_t log_suppressed;
+    struct ratelog unavailable_log, renew_log, grant_log;
 
     struct cluster_stats stats;
     uint64_t ttl_ms, fence_ms; /* fence when no renewal succeeded for fence_ms */
@@ -131,6 +137,25 @@ struct cluster {
 
 static struct cluster *cluster_of(struct registry *r) { return (struct cluster *)(void *)r; }
 
+/* Is a line of this kind due? At most one per `every` ms; the rest are
+ * counted, and the next line says how many were left out. */
+static int ratelog_due(struct ratelog *l, uint64_t now, uint64_t every)
+{
+    if (l->last != 0 && now - l->last < every) {
+        l->suppressed++;
+        return 0;
+    }
+    l->last = now;
+    return 1;
+}
+
+static int64_t ratelog_take(struct ratelog *l)
+{
+    int64_t n = (int64_t)l->suppressed;
+    l->suppressed = 0;
+    return n;
+}
+
 /* --- entries ------------------------------------------------------------ */
 
 static int cid_is(const struct table_node *n, const void *key)
@@ -140,8 +165,8 @@ static int cid_is(const struct table_node *n, const void *key)
 
 static uint64_t key_hash(const char *key) { return hash_bytes(HASH_SEED, key, strlen(key)); }
 
-static void identity_key(const struct cluster *c, const struct identity *id, char *key,
-                         size_t len, char *client, size_t client_len)
+static void identity_key(const struct cluster *c, const struct identity *id, char *key, size_t len,
+                         char *client, size_t client_len)
 {
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof(ss));
@@ -208,16 +233,11 @@ static void count(struct cluster *c, enum cluster_result r)
 
 static void log_unavailable(struct cluster *c, const struct cid *e, const char *error)
 {
-    uint64_t now = uv_now(&c->loop);
-    if (c->last_log_ms != 0 && now - c->last_log_ms < LOG_EVERY_MS) {
-        c->log_suppressed++;
+    if (!ratelog_due(&c->unavailable_log, uv_now(&c->loop), LOG_EVERY_MS))
         return;
-    }
-    c->last_log_ms = now;
     log_warn("cluster unavailable", LF_STR("route", e->id.route), LF_STR("client", e->client),
              LF_STR("action", c->cfg->on_unavailable == UNAVAILABLE_LOCAL ? "local" : "refuse"),
-             LF_STR("error", error), LF_INT("suppressed", c->log_suppressed));
-    c->log_suppressed = 0;
+             LF_STR("error", error), LF_INT("suppressed", ratelog_take(&c->unavailable_log)));
 }
 
 /* etcd could not decide for the pending session. */
@@ -315,8 +335,7 @@ static enum registry_answer cluster_claim(struct registry *r, const struct ident
     return answer;
 }
 
-static void cluster_release(struct registry *r, const struct identity *id,
-                            struct session_ref self)
+static void cluster_release(struct registry *r, const struct identity *id, struct session_ref self)
 {
     struct cluster *c = cluster_of(r);
     char key[256], client[64];
@@ -638,7 +657,6 @@ static void watch_event(void *arg, enum etcd_event_type type, const struct etcd_
 
 static void watch_retry_cb(uv_timer_t *t) { start_watch(t->data); }
 
-
 static void watch_state(void *arg, int status, int64_t revision)
 {
     struct cluster *c = arg;
@@ -780,9 +798,11 @@ static void renewed_cb(void *arg, const struct etcd_result *res)
     } else {
         atomic_fetch_add(&c->stats.renew_failures, 1);
         uv_timer_start(&c->renew, renew_cb, RENEW_RETRY_MS, c->renew_ms);
-        log_warn("cluster lease renewal failed", LF_STR("error", res->error),
-                 LF_INT("fence_in_ms",
-                        (int64_t)(c->last_renew_sent + c->fence_ms) - (int64_t)uv_now(&c->loop)));
+        if (ratelog_due(&c->renew_log, uv_now(&c->loop), LOG_EVERY_MS))
+            log_warn("cluster lease renewal failed", LF_STR("error", res->error),
+                     LF_INT("fence_in_ms", (int64_t)(c->last_renew_sent + c->fence_ms) -
+                                               (int64_t)uv_now(&c->loop)),
+                     LF_INT("suppressed", ratelog_take(&c->renew_log)));
     }
     pthread_mutex_unlock(&c->lock);
     free(rn);
@@ -799,7 +819,9 @@ static void granted_cb(void *arg, const struct etcd_result *res)
     }
     if (res->status < 0) {
         c->lease_state = LEASE_DOWN;
-        log_warn("cluster: cannot grant a lease", LF_STR("error", res->error));
+        if (ratelog_due(&c->grant_log, uv_now(&c->loop), GRANT_LOG_EVERY_MS))
+            log_warn("cluster: cannot grant a lease", LF_STR("error", res->error),
+                     LF_INT("suppressed", ratelog_take(&c->grant_log)));
         uv_timer_start(&c->grant_retry, grant_retry_cb, RETRY_MS, 0);
     } else {
         c->lease = res->lease;

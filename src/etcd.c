@@ -275,7 +275,7 @@ static size_t write_cb(char *data, size_t size, size_t nmemb, void *userp)
     size_t n = size * nmemb;
     if (append(c, data, n) < 0)
         return 0; /* too big: the transfer fails */
-    return n; /* a watch's messages are handed out after libcurl returns (flush) */
+    return n;     /* a watch's messages are handed out after libcurl returns (flush) */
 }
 
 /* Hands out the watch messages that came in. Not from inside libcurl's
@@ -362,8 +362,8 @@ static int parse_reply(struct call *c, const cJSON *root, struct etcd_result *re
         if (res->succeeded)
             break;
         const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "responses");
-        const cJSON *range = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(rs, 0),
-                                                              "response_range");
+        const cJSON *range =
+            cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(rs, 0), "response_range");
         const cJSON *kv = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(range, "kvs"), 0);
         const cJSON *k = cJSON_GetObjectItemCaseSensitive(kv, "key");
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(kv, "value");
@@ -393,10 +393,7 @@ static int parse_reply(struct call *c, const cJSON *root, struct etcd_result *re
 }
 
 /* A failure worth trying on another member: it says nothing about etcd's data. */
-static int retryable(CURLcode cc, long http)
-{
-    return cc != CURLE_OK || http >= 500;
-}
+static int retryable(CURLcode cc, long http) { return cc != CURLE_OK || http >= 500; }
 
 static void unary_done(struct call *c, CURLcode cc)
 {
@@ -590,9 +587,9 @@ int etcd_put(struct etcd *e, const char *key, const char *value, int64_t lease, 
              void *arg)
 {
     char *k = b64_encode(key, strlen(key)), *v = b64_encode(value, strlen(value));
-    char *body = k && v ? fmt("{\"key\":\"%s\",\"value\":\"%s\",\"lease\":\"%" PRId64 "\"}", k,
-                              v, lease)
-                        : NULL;
+    char *body =
+        k && v ? fmt("{\"key\":\"%s\",\"value\":\"%s\",\"lease\":\"%" PRId64 "\"}", k, v, lease)
+               : NULL;
     free(k);
     free(v);
     return unary(e, OP_PUT, "/v3/kv/put", body, done, arg);
@@ -654,6 +651,8 @@ int etcd_new(struct etcd **out, uv_loop_t *loop, char *const *endpoints, size_t 
     curl_multi_setopt(e->multi, CURLMOPT_SOCKETDATA, e);
     curl_multi_setopt(e->multi, CURLMOPT_TIMERFUNCTION, timer_fn);
     curl_multi_setopt(e->multi, CURLMOPT_TIMERDATA, e);
+    curl_multi_setopt(e->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long)ETCD_MAX_CONNECTIONS);
+    curl_multi_setopt(e->multi, CURLMOPT_MAXCONNECTS, (long)ETCD_MAX_CONNECTIONS);
     *out = e;
     return 0;
 fail:

@@ -16,6 +16,7 @@
 #include "lifeline/admin_backend.h"
 #include "lifeline/budget.h"
 #include "lifeline/cluster.h"
+#include "lifeline/etcd.h"
 #include "lifeline/handover.h"
 #include "lifeline/listen.h"
 #include "lifeline/log.h"
@@ -425,7 +426,8 @@ static int plan_descriptors(struct supervisor *sup, int64_t session_fds)
     if (open_now < 0) /* no /proc: a generous guess */
         open_now = 64 + (int64_t)(sup->workers.n * (sup->rl.cfg->n_routes + 4));
     int64_t admin = sup->admin != NULL || sup->admin_fd >= 0 ? ADMIN_MAX_CONNS + 1 : 0;
-    int64_t reserved = open_now + admin + budget_resolver_fds() + FD_MARGIN;
+    int64_t cluster = sup->rl.cfg->cluster.enabled ? ETCD_MAX_FDS : 0;
+    int64_t reserved = open_now + admin + cluster + budget_resolver_fds() + FD_MARGIN;
     int64_t for_sessions = limit < 0 ? 0 : limit - reserved;
     if (for_sessions < BUDGET_FDS_PER_SESSION) {
         log_error("descriptor limit too low", LF_INT("limit", limit),

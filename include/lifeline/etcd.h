@@ -21,6 +21,12 @@
 struct etcd;
 struct etcd_watch;
 
+/* Connections to etcd at most, the watch's included: calls past them queue
+ * inside the client (each still bounded by the call timeout). */
+#define ETCD_MAX_CONNECTIONS 8
+/* Descriptors the client may hold: its connections, its loop's. */
+#define ETCD_MAX_FDS (ETCD_MAX_CONNECTIONS + 4)
+
 /* The current record of a key (value and key are NUL-terminated copies,
  * valid during the callback). */
 struct etcd_kv {
@@ -31,14 +37,14 @@ struct etcd_kv {
 };
 
 struct etcd_result {
-    int status;         /* 0, or a negative errno: -ETIMEDOUT, -ECONNREFUSED, -EPROTO... */
-    const char *error;  /* with status < 0: what went wrong, in words */
-    int64_t revision;   /* the store's revision when the call was answered */
-    int succeeded;      /* a transaction: its compare held */
-    int64_t lease;      /* lease grant: the ID */
-    int64_t ttl_s;      /* lease grant and keep-alive: the TTL; 0: the lease is gone */
-    struct etcd_kv kv;  /* create that failed: who holds the key (key NULL: nobody) */
-    uint64_t rtt_us;    /* the round trip of the attempt that answered */
+    int status;        /* 0, or a negative errno: -ETIMEDOUT, -ECONNREFUSED, -EPROTO... */
+    const char *error; /* with status < 0: what went wrong, in words */
+    int64_t revision;  /* the store's revision when the call was answered */
+    int succeeded;     /* a transaction: its compare held */
+    int64_t lease;     /* lease grant: the ID */
+    int64_t ttl_s;     /* lease grant and keep-alive: the TTL; 0: the lease is gone */
+    struct etcd_kv kv; /* create that failed: who holds the key (key NULL: nobody) */
+    uint64_t rtt_us;   /* the round trip of the attempt that answered */
 };
 
 typedef void (*etcd_done_fn)(void *arg, const struct etcd_result *res);

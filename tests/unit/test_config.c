@@ -1054,6 +1054,63 @@ static void test_notes(void **state)
 
 /* The admin endpoint: off unless given; loopback or "localhost" unless
  * allow_remote says otherwise. */
+/* "cluster": off unless given; its defaults; every kind of bad value named. */
+static void test_cluster(void **state)
+{
+    (void)state;
+    struct config *cfg = expect_ok("{" ROUTES "}");
+    assert_int_equal(cfg->cluster.enabled, 0);
+    config_free(cfg);
+
+    cfg = expect_ok(TOP("'cluster':{'etcd':['http://127.0.0.1:2379','https://etcd.example:2379'],"
+                        "'instance':'lb-1.a_b'},"));
+    assert_int_equal(cfg->cluster.enabled, 1);
+    assert_int_equal(cfg->cluster.n_etcd, 2);
+    assert_string_equal(cfg->cluster.etcd[0].url, "http://127.0.0.1:2379");
+    assert_string_equal(cfg->cluster.etcd[1].url, "https://etcd.example:2379");
+    assert_string_equal(cfg->cluster.instance, "lb-1.a_b");
+    assert_string_equal(cfg->cluster.prefix, "/lifeline");
+    assert_int_equal(cfg->cluster.lease_ttl_ms, 5000);
+    assert_int_equal(cfg->cluster.on_unavailable, UNAVAILABLE_REFUSE);
+    config_free(cfg);
+
+    cfg = expect_ok(TOP("'cluster':{'etcd':['http://[::1]:2379'],'instance':'b','prefix':'/x/y',"
+                        "'lease_ttl_ms':2000,'on_unavailable':'local'},"));
+    assert_string_equal(cfg->cluster.prefix, "/x/y");
+    assert_int_equal(cfg->cluster.lease_ttl_ms, 2000);
+    assert_int_equal(cfg->cluster.on_unavailable, UNAVAILABLE_LOCAL);
+    config_free(cfg);
+
+    const char *bad[] = {
+        "cluster.etcd[0]: expected an etcd client URL \"http://host:port\" or "
+        "\"https://host:port\", got \"127.0.0.1:2379\"",
+        "cluster.etcd[1]: expected an etcd client URL \"http://host:port\" or "
+        "\"https://host:port\", got \"http://127.0.0.1:2379/v3\"",
+        "cluster.instance: expected 1-63 letters, digits, '_', '.' or '-', got \"a b\"",
+        "cluster.prefix: expected a key prefix: '/' then up to 126 characters, not ending in '/', "
+        "got \"/lifeline/\"",
+        "cluster.lease_ttl_ms: must be between 2000 and 600000, got 1000",
+        "cluster.on_unavailable: expected one of \"refuse\", \"local\", got \"maybe\"",
+        NULL,
+    };
+    expect_errors("bad cluster values",
+                  TOP("'cluster':{'etcd':['127.0.0.1:2379','http://127.0.0.1:2379/v3'],"
+                      "'instance':'a b','prefix':'/lifeline/','lease_ttl_ms':1000,"
+                      "'on_unavailable':'maybe'},"),
+                  bad);
+    const char *missing[] = {
+        "cluster.etcd: required key is missing",
+        "cluster.instance: required key is missing",
+        NULL,
+    };
+    expect_errors("an empty cluster", TOP("'cluster':{},"), missing);
+    const char *empty[] = {
+        "cluster.etcd: must hold at least one endpoint",
+        NULL,
+    };
+    expect_errors("no endpoint", TOP("'cluster':{'etcd':[],'instance':'a'},"), empty);
+}
+
 static void test_admin(void **state)
 {
     (void)state;
@@ -1895,9 +1952,12 @@ static void test_documented_keys(void **state)
             bad++;
         }
 
-        /* The admin object is there so that its keys can be set one at a
-         * time; a boolean key is given a string, any other key `true`. */
-        char *base_json = dq("{'admin':{'listen':'127.0.0.1:9900'}," ROUTES "}");
+        /* The admin and cluster objects are there so that their keys can be
+         * set one at a time; a boolean key is given a string, any other key
+         * `true`. */
+        char *base_json =
+            dq("{'admin':{'listen':'127.0.0.1:9900'},"
+               "'cluster':{'etcd':['http://127.0.0.1:2379'],'instance':'a'}," ROUTES "}");
         cJSON *doc = cJSON_Parse(base_json);
         free(base_json);
         assert_non_null(doc);
@@ -1957,6 +2017,7 @@ int main(void)
         cmocka_unit_test(test_full_config),
         cmocka_unit_test(test_notes),
         cmocka_unit_test(test_admin),
+        cmocka_unit_test(test_cluster),
         cmocka_unit_test(test_user_and_group),
         cmocka_unit_test(test_allow),
         cmocka_unit_test(test_env_substitution),

@@ -21,7 +21,7 @@
 static const char *const reasons[] = {
     "client_eof", "client_reset", "client_silence", "client_keepalive", "client_user_timeout",
     "replaced",   "rejected",     "upstream_eof",   "upstream_reset",   "upstream_connect_failed",
-    "admin_kill", "shutdown",     "denied",
+    "admin_kill", "shutdown",     "denied",         "fenced",           "cluster_unavailable",
 };
 static const char *const causes[] = { "allow", "max_connections", "max_per_address" };
 static const char *const endpoints[] = { "healthz",  "readyz", "metrics",
