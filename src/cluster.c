@@ -114,6 +114,7 @@ struct cluster {
     int stopping;
     int detached; /* the lease is another process's (before or after a live upgrade) */
     int attach;   /* the commit came: the handed-over lease is ours now */
+    int stopped;  /* the loop was told to stop once */
     enum lease_state lease_state;
     int64_t lease;
     uint64_t lease_epoch;     /* bumped when a lease is lost */
@@ -278,9 +279,15 @@ static int grant(struct cid *e, struct session_ref who)
         e->pending = who;
         todo(e);
         return 0;
+    case CID_YIELDING:
+        /* The evicted owner is done with the server: let the key go now;
+         * the newcomer claims it again once it is deleted. */
+        e->state = CID_RELEASING;
+        e->pending = who;
+        todo(e);
+        return 0;
     case CID_CLAIMING:
     case CID_WAITING:
-    case CID_YIELDING:
     case CID_RELEASING:
         e->pending = who;
         return 0;
@@ -474,6 +481,7 @@ static void created_cb(void *arg, const struct etcd_result *res)
     } else if (res->succeeded || (res->kv.key != NULL && res->kv.lease == c->lease)) {
         e->state = e->yield ? CID_YIELDING : CID_HELD;
         e->yield = 0;
+        e->deadline = 0;
         count(c, e->waited ? CLUSTER_REPLACED : CLUSTER_GRANTED);
         e->waited = 0;
         if (e->refs == 0) {
@@ -557,7 +565,8 @@ static void wakeup_cb(uv_async_t *a)
         issue(e);
         cid_maybe_free(e);
     }
-    int stopping = c->stopping, attach = c->attach && c->detached;
+    int stopping = c->stopping && !c->stopped, attach = c->attach && c->detached;
+    c->stopped = c->stopping;
     if (attach) {
         c->detached = 0;
         c->last_renew_sent = uv_now(&c->loop);
@@ -605,9 +614,12 @@ static void evict_request(struct cluster *c, const char *rest, const char *from)
     snprintf(key, sizeof(key), "%s/id/%s", c->cfg->prefix, rest);
     struct cid *e = cid_find(c, key);
     atomic_fetch_add(&c->stats.evictions_received, 1);
-    if (e == NULL) {
-        /* Nothing here holds it: a key left behind (a delete that failed).
-         * Delete it, so the claimant need not wait for the lease. */
+    if (e == NULL || e->state == CID_WAITING || e->state == CID_REFUSED ||
+        e->state == CID_UNAVAILABLE || e->state == CID_LOCAL || e->state == CID_FENCED) {
+        /* Nothing here holds it, as far as this instance knows: a key left
+         * behind (a delete that failed, a create whose answer was lost).
+         * Delete it if it is ours, so the claimant need not wait for the
+         * lease to end. */
         char evict[400];
         snprintf(evict, sizeof(evict), "%s/evict/%" PRIx64 "/%s", c->cfg->prefix,
                  (uint64_t)c->lease, rest);
@@ -620,8 +632,9 @@ static void evict_request(struct cluster *c, const char *rest, const char *from)
     if (e->state == CID_HELD) {
         e->state = CID_YIELDING;
         struct session_ref owner, displaced;
-        /* A claim with replace returns the holders without changing them
-         * when asked for a session that is not there: */
+        /* Every local session of the client goes: its owner, and a
+         * successor waiting behind it (the newest claim is the other
+         * instance's). */
         identity_table_holders(&c->table, &e->id, &owner, &displaced);
         send_msg(c, owner, REGISTRY_MSG_EVICT);
         send_msg(c, displaced, REGISTRY_MSG_EVICT);
