@@ -64,6 +64,9 @@ struct supervisor {
      * whose EOF says it has exited; ready is said only then (bounded). */
     int channel;
     uv_poll_t old_poll;
+    uv_timer_t old_exit;     /* polls for that, after the channel's EOF */
+    pid_t old_pid;           /* the old process: this one's parent until it has exited */
+    unsigned old_exit_polls; /* after its EOF, until it is no longer the parent */
     uv_timer_t old_timer;
     int await_old;
     enum adopt_step {
@@ -119,6 +122,7 @@ static void close_own_handles(struct supervisor *sup)
     if (sup->channel >= 0) {
         uv_close((uv_handle_t *)&sup->old_poll, NULL);
         uv_close((uv_handle_t *)&sup->old_timer, NULL);
+        uv_close((uv_handle_t *)&sup->old_exit, NULL);
         close(sup->channel);
         sup->channel = -1;
     }
@@ -298,6 +302,30 @@ static void released(struct supervisor *sup, int timed_out)
     }
 }
 
+/* Polls, every millisecond for at most a second, until this process has
+ * been handed to another parent: the old process has then really exited. */
+static void old_exit_cb(uv_timer_t *t)
+{
+    struct supervisor *sup = t->data;
+    if (getppid() != sup->old_pid || ++sup->old_exit_polls >= 1000) {
+        uv_timer_stop(t);
+        old_gone(sup, 0);
+    }
+}
+
+/* EOF on the channel: the kernel has closed the old process's descriptors,
+ * which it does before the process has finished exiting. */
+static void old_exiting(struct supervisor *sup)
+{
+    uv_poll_stop(&sup->old_poll);
+    if (getppid() != sup->old_pid) {
+        old_gone(sup, 0);
+        return;
+    }
+    sup->old_exit_polls = 0;
+    uv_timer_start(&sup->old_exit, old_exit_cb, 1, 1);
+}
+
 static void old_poll_cb(uv_poll_t *p, int status, int events)
 {
     struct supervisor *sup = p->data;
@@ -310,7 +338,7 @@ static void old_poll_cb(uv_poll_t *p, int status, int events)
             released(sup, 0);
     } else if (rc != -EAGAIN) {
         released(sup, 0); /* it exited: the kernel closed its copies */
-        old_gone(sup, 0);
+        old_exiting(sup);
     }
     free(m);
 }
@@ -578,10 +606,12 @@ static int init_loop(struct supervisor *sup)
     }
     if (sup->channel >= 0) {
         uv_timer_init(&sup->loop, &sup->old_timer);
-        sup->old_timer.data = sup->old_poll.data = sup;
+        uv_timer_init(&sup->loop, &sup->old_exit);
+        sup->old_timer.data = sup->old_poll.data = sup->old_exit.data = sup;
         if (uv_poll_init(&sup->loop, &sup->old_poll, sup->channel) < 0) {
             /* Cannot watch for its exit: say ready once the workers run. */
             uv_close((uv_handle_t *)&sup->old_timer, NULL);
+            uv_close((uv_handle_t *)&sup->old_exit, NULL);
             close(sup->channel);
             sup->channel = -1;
         } else {
@@ -679,6 +709,7 @@ static int take_over(struct supervisor *sup, int *fds, size_t n_fds, struct upgr
         snprintf(pid, sizeof(pid), "%d", (int)getpid());
         setenv("WATCHDOG_PID", pid, 1);
     }
+    sup->old_pid = getppid();
     if (upgrade_receive(sup->channel, in) < 0)
         return EXIT_RUNTIME;
     log_info("upgrade: taking over", LF_INT("sessions", in->n_sessions),
