@@ -199,8 +199,20 @@ class NsClient:
             raise
         s.settimeout(None)
         self.t_connected = time.monotonic()
+        try:
+            peer = s.getpeername()
+        except OSError as e:
+            # Connected, and reset (replaced) before this line: the same end
+            # as a reset during connect().
+            self.rig.event(self.t_connected, "client", "%s: connected, then %s"
+                           % (self.name, _ename(e)))
+            s.close()
+            if reset_ok and e.errno == errno.ENOTCONN:
+                self.ended = "ECONNRESET"
+                return self
+            raise
         self.rig.event(self.t_connected, "client", "%s: connected %s:%d -> %s:%d" % (
-            (self.name,) + s.getsockname() + s.getpeername()))
+            (self.name,) + s.getsockname() + peer))
         self.s = s
         return self
 
