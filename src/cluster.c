@@ -85,6 +85,7 @@ struct cid {
     int yield;                  /* an evict request came while claiming */
     struct session_ref pending; /* the local owner waiting for etcd */
     int64_t wait_rev;           /* WAITING: the revision the holder was seen at */
+    int64_t deleted_rev;        /* the last DELETE of the key the watch saw */
     int64_t holder_lease;       /* WAITING: whose inbox was written */
     uint64_t deadline;          /* WAITING: give up (unavailable) at this uv_now() */
     uint64_t lease_epoch;       /* the lease its call went out under */
@@ -121,6 +122,7 @@ struct cluster {
     uint64_t last_renew_sent; /* uv_now() when the last successful renewal was sent */
     int64_t watch_rev;        /* every event up to this revision has been seen */
     int watch_live;
+    unsigned watch_failures; /* in a row */
     struct ratelog unavailable_log, renew_log, grant_log;
 
     struct cluster_stats stats;
@@ -456,7 +458,7 @@ static void evict_put_cb(void *arg, const struct etcd_result *res)
     if (e->state == CID_WAITING) {
         if (res->status < 0) {
             unavailable(e, res->error);
-        } else if (!c->watch_live || c->watch_rev > e->wait_rev) {
+        } else if (!c->watch_live || c->watch_rev > e->wait_rev || e->deleted_rev > e->wait_rev) {
             e->state = CID_CLAIMING; /* the DELETE may have gone by already: ask again now */
             issue(e);
         }
@@ -509,7 +511,12 @@ static void created_cb(void *arg, const struct etcd_result *res)
         e->holder_lease = res->kv.lease;
         if (e->deadline == 0)
             e->deadline = uv_now(&c->loop) + c->ttl_ms + 2 * CALL_TIMEOUT_MS + WAIT_RETRY_MS;
-        if (first) {
+        if (e->deleted_rev > e->wait_rev) {
+            /* The watch saw it deleted after that answer was read, while the
+             * answer was on its way: ask again now. */
+            e->state = CID_CLAIMING;
+            issue(e);
+        } else if (first) {
             char evict[400];
             snprintf(evict, sizeof(evict), "%s/evict/%" PRIx64 "/%s/%s", c->cfg->prefix,
                      (uint64_t)res->kv.lease, e->id.route, e->client);
@@ -658,6 +665,8 @@ static void watch_event(void *arg, enum etcd_event_type type, const struct etcd_
         /* not ours */
     } else if (type == ETCD_DELETE && strncmp(rest, "/id/", 4) == 0) {
         struct cid *e = cid_find(c, kv->key);
+        if (e != NULL && kv->mod_revision > e->deleted_rev)
+            e->deleted_rev = kv->mod_revision; /* a call out for it looks at this */
         if (e != NULL && e->state == CID_WAITING && !e->busy) {
             e->state = CID_CLAIMING;
             issue(e);
@@ -674,18 +683,23 @@ static void watch_state(void *arg, int status, int64_t revision)
 {
     struct cluster *c = arg;
     pthread_mutex_lock(&c->lock);
+    /* Established: `watch_rev` moves with the events only (a re-opened
+     * watch replays those after it first). */
     if (status == 0) {
         c->watch_live = 1;
-        if (revision > c->watch_rev)
-            c->watch_rev = revision;
+        c->watch_failures = 0;
     } else {
         c->watch = NULL;
         c->watch_live = 0;
+        c->watch_failures++;
     }
     int again = status < 0 && !c->stopping && !c->detached;
+    /* At once on the next member the first time (its member died), then
+     * every RETRY_MS. */
+    uint64_t delay = c->watch_failures > 1 ? RETRY_MS : 0;
     pthread_mutex_unlock(&c->lock);
     if (again)
-        uv_timer_start(&c->watch_retry, watch_retry_cb, RETRY_MS, 0);
+        uv_timer_start(&c->watch_retry, watch_retry_cb, delay, 0);
 }
 
 static void start_watch(struct cluster *c)
@@ -799,6 +813,18 @@ static void renewed_cb(void *arg, const struct etcd_result *res)
     c->renewing = 0;
     pthread_mutex_lock(&c->lock);
     record_rtt(c, res->rtt_us);
+    if (res->status < 0) {
+        /* Counted and said even when the lease was given up meanwhile: a
+         * renewal that tried every member can outlast the fence. */
+        atomic_fetch_add(&c->stats.renew_failures, 1);
+        if (ratelog_due(&c->renew_log, uv_now(&c->loop), LOG_EVERY_MS))
+            log_warn("cluster lease renewal failed", LF_STR("error", res->error),
+                     LF_INT("fence_in_ms", c->lease_state != LEASE_HELD
+                                               ? 0
+                                               : (int64_t)(c->last_renew_sent + c->fence_ms) -
+                                                     (int64_t)uv_now(&c->loop)),
+                     LF_INT("suppressed", ratelog_take(&c->renew_log)));
+    }
     if (rn->epoch != c->lease_epoch || c->lease_state != LEASE_HELD || c->detached) {
         /* for a lease already given up */
     } else if (res->status == 0 && res->ttl_s > 0) {
@@ -809,13 +835,7 @@ static void renewed_cb(void *arg, const struct etcd_result *res)
         fence(c, "the lease has expired in etcd");
         uv_timer_start(&c->grant_retry, grant_retry_cb, 0, 0);
     } else {
-        atomic_fetch_add(&c->stats.renew_failures, 1);
         uv_timer_start(&c->renew, renew_cb, RENEW_RETRY_MS, c->renew_ms);
-        if (ratelog_due(&c->renew_log, uv_now(&c->loop), LOG_EVERY_MS))
-            log_warn("cluster lease renewal failed", LF_STR("error", res->error),
-                     LF_INT("fence_in_ms", (int64_t)(c->last_renew_sent + c->fence_ms) -
-                                               (int64_t)uv_now(&c->loop)),
-                     LF_INT("suppressed", ratelog_take(&c->renew_log)));
     }
     pthread_mutex_unlock(&c->lock);
     free(rn);

@@ -1340,7 +1340,9 @@ void session_close(struct session *s, enum reason reason)
     }
     s->reason = reason;
     uv_timer_stop(&s->silence);
-    if (gave_up_on_client(reason))
+    /* A fenced client is alive, but it will come back (through another
+     * instance, or this one): no TIME_WAIT on its fixed 5-tuple either. */
+    if (gave_up_on_client(reason) || reason == REASON_FENCED)
         s->client_close = s->route->client.close;
     if (s->state == SESSION_CONNECTING && ends_client_first(reason) &&
         upstream_close_mode(s, reason) == CLOSE_FIN) {
