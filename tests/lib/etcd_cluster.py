@@ -10,6 +10,7 @@ Debian's /usr/bin/etcd 3.4, package etcd-server).
                      netns="ll123-1-proxy") as etcd:      # or None: this namespace
         etcd.client_urls()               # ["http://127.0.0.1:23791", ...]
         etcd.client_urls("127.0.0.2")    # the same members by their second address
+        etcd.move_leader(0)              # member 0 leads (transfer-leadership)
         etcd.kill(0)                     # SIGKILL member 0 (the others keep a quorum)
         etcd.wait_healthy(members=[1, 2])
         etcd.range("/lifeline/id/", prefix=True)   # [{"key", "value", "lease"}, ...]
@@ -448,6 +449,53 @@ class EtcdCluster:
     def alive(self):
         return [m.index for m in self.members if m.running()]
 
+    # -- leadership
+
+    def status(self, i, timeout=1.0):
+        """Member i's /v3/maintenance/status answer (a dict), or None."""
+        try:
+            st, r = self.request(i, "POST", "/v3/maintenance/status", {}, timeout=timeout)
+        except OSError:
+            return None
+        return r if st == 200 and isinstance(r, dict) else None
+
+    def member_id(self, i):
+        s = self.status(i)
+        return int(s["header"]["member_id"]) if s else None
+
+    def leader(self):
+        """Index of the member that the running members agree leads, or None."""
+        ids, leaders = {}, set()
+        for i in self.alive():
+            s = self.status(i)
+            if s is None:
+                continue
+            ids[int(s["header"]["member_id"])] = i
+            leaders.add(int(s.get("leader", 0)))
+        if len(leaders) != 1:
+            return None
+        return ids.get(leaders.pop())
+
+    def move_leader(self, to, timeout=10.0):
+        """Make member `to` the leader (transfer-leadership, asked of the
+        current leader); waits until every running member agrees."""
+        target = self.member_id(to)
+        if target is None:
+            raise OSError("etcd member %d does not answer" % to)
+
+        def moved():
+            cur = self.leader()
+            if cur == to:
+                return True
+            if cur is not None:
+                try:
+                    self.request(cur, "POST", "/v3/maintenance/transfer-leadership",
+                                 {"targetID": str(target)}, timeout=3.0)
+                except OSError:
+                    pass
+            return False
+        wait_until(moved, timeout, "etcd member %d to lead" % to, interval=0.1, error=TimeoutError)
+
     # -- reading the store
 
     def _any(self, method, path, body, members=None, timeout=1.0):
@@ -538,7 +586,13 @@ if __name__ == "__main__":
         print("healthy after %.2f s: %s" % (time.monotonic() - t, c.client_urls()))
         c.put("/lifeline/test/a", "one")
         print("range:", c.range("/lifeline/test/", prefix=True))
+        c.move_leader(0)
+        print("leader:", c.leader())
         c.kill(0)
+        t1 = time.monotonic()
+        c.wait_healthy(members=[1, 2])
+        print("leader 0 killed; 1 and 2 healthy again after %.2f s, leader %s"
+              % (time.monotonic() - t1, c.leader()))
         print("member 0 killed; health of 1, 2:", c.healthy(1), c.healthy(2))
         print("get via 127.0.0.2:", c.request(1, "POST", "/v3/kv/range",
                                                 {"key": b64("/lifeline/test/a")}, host="127.0.0.2")[0])
