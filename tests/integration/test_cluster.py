@@ -1,0 +1,245 @@
+"""The cluster registry on loopback: the "cluster" configuration as --check
+reports it, and two lifelines (different listen ports, the same route name)
+sharing client identities through one etcd member.
+
+Needs /usr/bin/etcd (Debian's etcd-server): as root it is installed when
+missing; otherwise, without it, the whole file skips (exit 77, as ctest
+expects), saying why.  The multi-member and failure cases are in
+tests/fault/test_cluster.py.
+"""
+
+import os
+import socket
+import sys
+import time
+import unittest
+
+from harness import (BIN, LOOPBACK, Lifeline, LifelineTestCase, SinkServer, addr_str, bound_client_socket,
+                     config, connect, free_port, route, run_cli, scaled, wait_closed, wait_until, write_config)
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+import etcd_cluster  # noqa: E402
+from etcd_cluster import EtcdCluster, http_request  # noqa: E402
+
+# Decided at import, so that `python3 -m unittest test_cluster` (as ctest runs it) exits 77.
+_REASON = etcd_cluster.etcd_missing_reason() if os.access(BIN, os.X_OK) else None
+if _REASON:
+    print(f"SKIP: cluster tests need etcd: {_REASON}", flush=True)
+    sys.exit(77)
+
+GOOD_ETCD = ["http://127.0.0.1:23791", "http://127.0.0.1:23792"]
+
+
+def cluster_cfg(port, server, etcd, instance, admin_port=None, client=None, **cluster):
+    cfg = config([route(port, [server], name="legacy", retries=0)])
+    if client is not None:
+        cfg["routes"][0]["client"] = client
+    c = {"etcd": etcd, "instance": instance}
+    c.update(cluster)
+    cfg["cluster"] = c
+    if admin_port is not None:
+        cfg["admin"] = {"listen": f"{LOOPBACK}:{admin_port}"}
+    return cfg
+
+
+class ClusterCheckTest(LifelineTestCase):
+    """`lifeline --check` on the cluster object: each error names its key."""
+
+    def check(self, cluster):
+        cfg = config([route(free_port(), [free_port()], name="legacy")])
+        cfg["cluster"] = cluster
+        path = write_config(self.tmpdir, cfg, "c.json")
+        return run_cli(["--check", "-c", path])
+
+    def assertError(self, r, key, *contains):
+        """Exit 2, nothing on stdout, one stderr line: `key: ...` (containing `contains`)."""
+        self.assertEqual(r.returncode, 2, r)
+        self.assertEqual(r.stdout, "", r)
+        lines = r.stderr.splitlines()
+        self.assertEqual(len(lines), 1, r.stderr)
+        self.assertTrue(lines[0].startswith(key + ": "), r.stderr)
+        for s in contains:
+            self.assertIn(s, lines[0])
+
+    def test_good(self):
+        r = self.check({"etcd": GOOD_ETCD, "instance": "a-1.x_y", "prefix": "/ll/test",
+                        "lease_ttl_ms": 2000, "on_unavailable": "local"})
+        self.assertEqual((r.returncode, r.stdout, r.stderr), (0, "ok\n", ""))
+
+    def test_defaults_only_required(self):
+        r = self.check({"etcd": GOOD_ETCD[:1], "instance": "a"})
+        self.assertEqual((r.returncode, r.stdout, r.stderr), (0, "ok\n", ""))
+
+    def test_bad_url(self):
+        for bad in ("127.0.0.1:2379", "ftp://127.0.0.1:2379", "http://", "http://127.0.0.1"):
+            with self.subTest(url=bad):
+                r = self.check({"etcd": [bad, GOOD_ETCD[0]], "instance": "a"})
+                self.assertError(r, "cluster.etcd[0]")
+
+    def test_bad_url_second(self):
+        r = self.check({"etcd": [GOOD_ETCD[0], "nope"], "instance": "a"})
+        self.assertError(r, "cluster.etcd[1]", '"nope"')
+
+    def test_no_endpoints(self):
+        r = self.check({"etcd": [], "instance": "a"})
+        self.assertError(r, "cluster.etcd")
+
+    def test_instance_missing(self):
+        r = self.check({"etcd": GOOD_ETCD})
+        self.assertError(r, "cluster.instance", "required key is missing")
+
+    def test_etcd_missing(self):
+        r = self.check({"instance": "a"})
+        self.assertError(r, "cluster.etcd", "required key is missing")
+
+    def test_instance_bad(self):
+        for bad in ("", "a/b", "x" * 64, "a b"):
+            with self.subTest(instance=bad):
+                r = self.check({"etcd": GOOD_ETCD, "instance": bad})
+                self.assertError(r, "cluster.instance")
+
+    def test_on_unavailable_bad(self):
+        r = self.check({"etcd": GOOD_ETCD, "instance": "a", "on_unavailable": "maybe"})
+        self.assertError(r, "cluster.on_unavailable", '"maybe"')
+
+    def test_lease_ttl_range(self):
+        r = self.check({"etcd": GOOD_ETCD, "instance": "a", "lease_ttl_ms": 1999})
+        self.assertError(r, "cluster.lease_ttl_ms", "must be between 2000 and 600000, got 1999")
+        r = self.check({"etcd": GOOD_ETCD, "instance": "a", "lease_ttl_ms": 600001})
+        self.assertError(r, "cluster.lease_ttl_ms", "must be between 2000 and 600000, got 600001")
+
+    def test_unknown_key(self):
+        r = self.check({"etcd": GOOD_ETCD, "instance": "a", "ttl": 5})
+        self.assertError(r, "cluster.ttl", "unknown key")
+
+
+class ClusterTakeoverTest(LifelineTestCase):
+    """Two instances, one etcd member, a fixed-port client moving from A to B."""
+
+    def setUp(self):
+        super().setUp()
+        self.etcd = EtcdCluster(1, timeout=scaled(20))
+        self.addCleanup(self.etcd.close)
+
+    def start_pair(self, server, client=None, **cluster):
+        urls = self.etcd.client_urls()
+        self.ports = {"A": free_port(), "B": free_port()}
+        self.admin = {"A": free_port(), "B": free_port()}
+        self.ll = {}
+        self.lease = {}
+        for inst in ("A", "B"):
+            cfg = cluster_cfg(self.ports[inst], server.port, urls, inst.lower(), self.admin[inst],
+                              client=client, **cluster)
+            d = os.path.join(self.tmpdir, inst)    # one config file each
+            os.mkdir(d)
+            ll = Lifeline(cfg, d)
+            self._daemons.append(ll)
+            self.addCleanup(self._finish, ll, False)
+            ll.start()
+            ll.wait_ready()
+            joined = ll.wait_log("cluster joined", scaled(10))
+            self.assertEqual(joined.get("instance"), inst.lower(), joined)
+            self.lease[inst] = int(joined["lease"], 16)
+            self.ll[inst] = ll
+        return self.ll["A"], self.ll["B"]
+
+    def get(self, inst, path):
+        return http_request("GET", LOOPBACK, self.admin[inst], path, timeout=scaled(2))
+
+    def metric(self, inst, line_start):
+        st, text = self.get(inst, "/metrics")
+        self.assertEqual(st, 200)
+        for line in text.splitlines():
+            if line.startswith(line_start + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+    def owner(self, client):
+        key = f"/lifeline/id/legacy/{client}"
+        kvs = self.etcd.range(key)
+        if not kvs:
+            return None
+        return {v: k for k, v in self.lease.items()}.get(kvs[0]["lease"], "lease %x" % kvs[0]["lease"])
+
+    def test_joined_ready_metrics(self):
+        sink = self.server(SinkServer)
+        a, b = self.start_pair(sink)
+        for inst in ("A", "B"):
+            self.assertEqual(self.get(inst, "/readyz")[0], 200)
+            self.assertEqual(self.metric(inst, "lifeline_cluster_up"), 1.0)
+            self.assertEqual(self.etcd.lease_ttl(self.lease[inst]) > 0, True)
+        self.assertEqual(a.find("cluster joined")[0].get("ttl_ms"), 5000)
+
+    def test_replace_across_instances(self):
+        """A fixed-port client through A reconnects through B from the same
+        port: A closes its session (replaced), the server reads the old
+        connection's EOF before it accepts B's, B relays, the identity key
+        moves to B's lease."""
+        sink = self.server(SinkServer)
+        a, b = self.start_pair(sink)
+
+        s1 = bound_client_socket()
+        s1.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        src = s1.getsockname()
+        c1 = self.track(connect(self.ports["A"], sock=s1))
+        c1.sendall(b"via A\n")
+        r1 = sink.wait_connection(1)
+        wait_until(lambda: bytes(r1.data) == b"via A\n", scaled(5), "A's bytes at the server")
+        client = addr_str(src)
+        self.assertEqual(self.owner(client), "A")
+
+        s2 = socket.socket()
+        s2.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s2.bind(src)
+        t0 = time.monotonic()
+        c2 = self.track(connect(self.ports["B"], sock=s2))
+        c2.sendall(b"via B\n")
+        r2 = sink.wait_connection(2, scaled(5))
+        wait_until(lambda: bytes(r2.data) == b"via B\n", scaled(5), "B's bytes at the server")
+        took = r2.accepted_at - t0
+
+        self.assertTrue(r1.ended.is_set(), "the old connection had not ended when B's was accepted")
+        self.assertEqual(r1.end, "eof")
+        self.assertLess(r1.ended_at, r2.accepted_at)
+        self.assertEqual(wait_closed(c1, scaled(2)), "reset")
+        self.assertSessionClosed(a, client, "replaced")
+        ev = a.wait_log("cluster eviction", scaled(2))
+        self.assertEqual((ev.get("client"), ev.get("from")), (client, "b"), ev)
+        self.assertEqual(self.owner(client), "B")
+        self.assertEqual(self.metric("A", 'lifeline_cluster_evictions_total{direction="received"}'), 1.0)
+        self.assertEqual(self.metric("B", 'lifeline_cluster_evictions_total{direction="requested"}'), 1.0)
+        self.assertLess(took, scaled(1.0), f"takeover through etcd took {took * 1000:.0f} ms")
+
+        # the client leaves: B deletes the key
+        c2.close()
+        self.assertSessionClosed(b, client, "client_eof")
+        wait_until(lambda: self.owner(client) is None, scaled(3), "the identity key to be deleted")
+
+    def test_reject_across_instances(self):
+        """on_duplicate reject: a second connection of the client through B is
+        closed (rejected) and never reaches the server; A's session goes on."""
+        sink = self.server(SinkServer)
+        a, b = self.start_pair(sink, client={"identity": "address", "on_duplicate": "reject"})
+        c1 = self.client(self.ports["A"])
+        c1.sendall(b"first\n")
+        r1 = sink.wait_connection(1)
+        wait_until(lambda: bytes(r1.data) == b"first\n", scaled(5), "the first client's bytes")
+        self.assertEqual(self.owner(LOOPBACK), "A")
+
+        c2 = self.client(self.ports["B"])
+        second = addr_str(c2.getsockname())
+        try:
+            c2.sendall(b"second\n")
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        self.assertIn(wait_closed(c2, scaled(3)), ("reset", "eof"))
+        rec = self.assertSessionClosed(b, second, "rejected")
+        self.assertEqual(rec.get("upstream_local_port"), 0, rec)
+        c1.sendall(b"later\n")
+        wait_until(lambda: bytes(r1.data) == b"first\nlater\n", scaled(5), "the first client's later bytes")
+        self.assertEqual(len(sink.connections()), 1)
+        self.assertEqual(a.find("session closed"), [])
+        self.assertEqual(self.owner(LOOPBACK), "A")
+
+if __name__ == "__main__":
+    unittest.main()
