@@ -19,7 +19,8 @@ C4  on_duplicate reject: a second connection of the identity through B is closed
     (rejected, no upstream connection) while A's session stays and relays.
 C5  A cut off from etcd (nft drops 127.0.0.2, the address A's etcd URLs use): A
     fences within lease_ttl_ms ("cluster fenced", reason fenced, the server sees
-    EOF); the client returning through B is then served, EOF before accept.
+    EOF); the client returning through B is then served, EOF before accept.  The
+    partition heals: A joins again with a new lease and serves a new client.
 C6  etcd member m0 killed (the first URL of both instances, not the leader): A and
     B fail over to the others and keep their leases (no fence for a whole TTL),
     new claims through A and B succeed, a takeover from A to B is still ordered.
@@ -342,6 +343,33 @@ def c5_partition(c):
                   "through B at +%s, accepted +%s (%s after its connect()); client saw %s"
                   % (ms(fence_rel), ms(warn[0] - t_cut if warn else None), ms(end_rec["mono"] - t_cut), ms(new.t_connect - t_cut),
                      ms(acc2["mono"] - t_cut), ms(acc2["mono"] - new.t_connect), st))
+        # the partition heals: A joins again with a new lease and serves new clients
+        n_joined = len(rig.logs("A", "cluster joined"))
+        t_heal = rig.heal_etcd()
+        try:
+            wait_for(lambda: len(rig.logs("A", "cluster joined")) > n_joined, margin(5.0),
+                     "A to log cluster joined again")
+            rejoined = rig.logs("A", "cluster joined")[-1]
+        except TimeoutError:
+            rejoined = None
+        z = rig.sock("z", CLIENT_PORT + 3, via="A")
+        try:
+            z.connect(margin(5))
+            z.try_send("z hello\n")
+            _, accz = rig.srv_wait(lambda r: r["event"] == "accept" and r["conn"] not in (oc, acc2["conn"]),
+                                   margin(3), "the server accepting z through A")
+        except (OSError, TimeoutError) as e:
+            accz = None
+            rig.print_timeline(t_heal, since=t_heal - 0.1, label="the heal")
+            print("  z through A: %s" % e)
+        c.check(rejoined is not None and int(str(rejoined[1].get("lease")), 16) != rig.lease["A"],
+                "C5: healed, A joined again with a new lease", str(rejoined and rejoined[1]))
+        c.check(accz is not None, "C5: ... and serves a new client")
+        c.check(rig.admin("A", "/readyz")[0] == 200 and rig.metric("A", "lifeline_cluster_up") == 1,
+                "C5: ... /readyz 200, lifeline_cluster_up 1")
+        if rejoined:
+            c.summary("C5: healed -> A joined again +%s" % ms(rejoined[0] - t_heal))
+        z.close()
         new.close()
 
 
