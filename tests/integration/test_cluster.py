@@ -241,5 +241,36 @@ class ClusterTakeoverTest(LifelineTestCase):
         self.assertEqual(a.find("session closed"), [])
         self.assertEqual(self.owner(LOOPBACK), "A")
 
+
+class ClusterStartTest(LifelineTestCase):
+    """lifeline started before etcd: ready (listening), but not /readyz until
+    it holds its lease (on_unavailable refuse); a client meanwhile is closed
+    as cluster_unavailable; once etcd is up it joins and serves."""
+
+    def test_starts_before_etcd(self):
+        sink = self.server(SinkServer)
+        client_port, peer_port = etcd_cluster.free_ports(2)
+        etcd = EtcdCluster(1, client_ports=[client_port], peer_ports=[peer_port], start=False)
+        self.addCleanup(etcd.close)
+        port, admin = free_port(), free_port()
+        d = self.start_lifeline(cluster_cfg(port, sink.port, etcd.client_urls(), "a", admin))
+        get = lambda path: http_request("GET", LOOPBACK, admin, path, timeout=scaled(2))  # noqa: E731
+        self.assertEqual(get("/readyz")[0], 503)
+        c = self.client(port)
+        me = addr_str(c.getsockname())
+        self.assertIn(wait_closed(c, scaled(5)), ("reset", "eof"))
+        self.assertSessionClosed(d, me, "cluster_unavailable")
+        self.assertEqual(sink.connections(), [])
+
+        etcd.start(scaled(20))
+        joined = d.wait_log("cluster joined", scaled(10))
+        self.assertEqual(joined.get("instance"), "a")
+        wait_until(lambda: get("/readyz")[0] == 200, scaled(3), "/readyz 200 once joined")
+        c2 = self.client(port)
+        c2.sendall(b"hello\n")
+        r = sink.wait_connection(1, scaled(5))
+        wait_until(lambda: bytes(r.data) == b"hello\n", scaled(5), "the client's bytes at the server")
+
+
 if __name__ == "__main__":
     unittest.main()
