@@ -27,6 +27,7 @@ Everything else (the recording server, crash_client, srv_wait, srv_end, ...) is
 faultlib.Rig's.
 """
 
+import errno
 import json
 import os
 import re
@@ -57,7 +58,8 @@ PREFIX = "/lifeline"
 
 
 class ClusterClient(NsClient):
-    """faultlib.NsClient aimed at one instance's listen port."""
+    """faultlib.NsClient aimed at one instance's listen port (its connect() with
+    the destination port as the only change)."""
 
     def __init__(self, rig, name, port, via):
         NsClient.__init__(self, rig, name, port)
@@ -84,8 +86,18 @@ class ClusterClient(NsClient):
             raise
         s.settimeout(None)
         self.t_connected = time.monotonic()
+        try:
+            peer = s.getpeername()
+        except OSError as e:
+            # connected, and reset (replaced) before this line: as a reset during connect()
+            self.rig.event(self.t_connected, "client", "%s: connected, then %s" % (self.name, _ename(e)))
+            s.close()
+            if reset_ok and e.errno == errno.ENOTCONN:
+                self.ended = "ECONNRESET"
+                return self
+            raise
         self.rig.event(self.t_connected, "client", "%s: connected %s:%d -> %s:%d" % (
-            (self.name,) + s.getsockname() + s.getpeername()))
+            (self.name,) + s.getsockname() + peer))
         self.s = s
         return self
 
