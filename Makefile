@@ -131,7 +131,7 @@ format-check:
 # root and missing; skips with a message where no container engine can be
 # set up. CONTAINER_TESTS="image deb" runs only those.
 CONTAINER_DEPS  = podman runc mmdebstrap podman-compose debhelper
-CONTAINER_TESTS ?= image kube compose systemd deb
+CONTAINER_TESTS ?= image kube compose compose_cluster systemd deb
 
 .PHONY: test-container
 test-container:
