@@ -55,6 +55,7 @@ PROJECT = "lifeline-test-cluster"
 NETWORK = f"{PROJECT}_default"
 CLIENT_PORT = 40001
 STOP_TIMEOUT = 15  # the file's stop_grace_period
+DNS_SLACK = 60  # a first name resolution by a lifeline, at most (see run_stack)
 LIFELINES = ("lifeline-a", "lifeline-b")
 SERVICES = ("etcd", "server", *LIFELINES, "client")
 
@@ -196,7 +197,8 @@ def move_client(ns, ip, old, frm, to, silence_s, before):
     moved = time.monotonic()
     new = wait_until(lambda: [a for a in accepted()[len(before):]
                               if a.startswith(f"{ip[to]}:")],
-                     20, f"the server to accept a connection from {to}", interval=0.1)[0]
+                     DNS_SLACK, f"the server to accept a connection from {to}",
+                     interval=0.1)[0]
     took = time.monotonic() - moved
     check(container_logs(cname("client")).count(f"left {frm} without closing, to {to}")
           == moves + 1,
@@ -254,7 +256,11 @@ def run_stack(ns, compose, silence_s, tmp):
         check(status == "healthy", f"podman healthcheck run (/readyz): {s} {status}")
 
     # Heartbeats through lifeline-a.
-    first = wait_until(lambda: accepted(), 30, "the server to accept a connection",
+    # 60 s: a lifeline's first resolution of "server" can take about 30 s here
+    # (aardvark-dns, in the test's network namespace, sometimes leaves a query
+    # unanswered for a while right after `up`: `getent hosts server` in the
+    # lifeline container took 15 s then); the session waits in "resolving".
+    first = wait_until(lambda: accepted(), DNS_SLACK, "the server to accept a connection",
                        interval=0.2)[0]
     wait_until(lambda: len(heartbeats(first)) >= 3, 30, "three heartbeats at the server",
                interval=0.2)
