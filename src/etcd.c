@@ -325,6 +325,9 @@ static struct call *call_new(struct etcd *e, enum op op, const char *path, char 
         curl_easy_setopt(c->easy, CURLOPT_TIMEOUT_MS, (long)e->timeout_ms);
     curl_easy_setopt(c->easy, CURLOPT_SOCKOPTFUNCTION, sockopt_cb);
     curl_easy_setopt(c->easy, CURLOPT_PROTOCOLS_STR, "http,https");
+    /* An etcd member that comes back at a new address (a rescheduled Pod)
+     * is found within a second, not after libcurl's default 60 s. */
+    curl_easy_setopt(c->easy, CURLOPT_DNS_CACHE_TIMEOUT, 1L);
     return c;
 }
 
