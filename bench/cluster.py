@@ -234,9 +234,11 @@ def render(b, started, elapsed):
                 f"server connection opens: one at a time, {on:,.0f} conn/s against "
                 f"{off:,.0f} ({on / off:.2f}x), about {1e3 / on - 1e3 / off:.2f} ms more per "
                 f"connection; with {b.args.parallel} clients at once {pon:,.0f} against "
-                f"{poff:,.0f} ({pon / poff:.2f}x), as etcd batches the writes. Only admission "
-                "waits: relaying never calls etcd. Routes with identity `none` never touch "
-                "etcd.", ""]
+                f"{poff:,.0f} ({pon / poff:.2f}x): etcd's CPU is the bound here "
+                f"({med('cluster on', 'etcd_cpu_us') or 0:,.0f} us per connection over its "
+                f"three members, two transactions each, on {os.cpu_count()} cores shared with "
+                "lifeline and the load). Only admission waits: relaying never calls etcd, and "
+                "routes with identity `none` never touch it.", ""]
     if b.problems:
         out += ["Problems:", ""] + [f"- {p}" for p in sorted(set(b.problems))] + [""]
     out += ["Machine:", ""] + bench.machine_lines() + ["", "Commands:", "", "```"]
