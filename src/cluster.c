@@ -485,6 +485,14 @@ static void created_cb(void *arg, const struct etcd_result *res)
         e->yield = 0;
         e->deadline = 0;
         count(c, e->waited ? CLUSTER_REPLACED : CLUSTER_GRANTED);
+        if (e->waited && e->holder_lease != 0) {
+            /* Our request in the last holder's inbox: gone with it, unless
+             * the holder ended without deleting it (a revoked lease). */
+            char evict[400];
+            snprintf(evict, sizeof(evict), "%s/evict/%" PRIx64 "/%s/%s", c->cfg->prefix,
+                     (uint64_t)e->holder_lease, e->id.route, e->client);
+            etcd_delete_if_lease(c->etcd, evict, NULL, c->lease, ignore_cb, NULL);
+        }
         e->waited = 0;
         if (e->refs == 0) {
             e->state = CID_RELEASING; /* everyone gave up meanwhile */

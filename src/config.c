@@ -1218,6 +1218,14 @@ static int add_notes(struct config *cfg)
         note_dual_stack_client(&c, i, &cfg->routes[i]);
         note_loopback_client(&c, i, &cfg->routes[i]);
     }
+    if (cfg->cluster.enabled && cfg->cluster.lease_ttl_ms % 1000 != 0) {
+        struct path p = { .len = 0 };
+        path_push(&p, "cluster.lease_ttl_ms");
+        add_error(&c, &p,
+                  "etcd counts a lease in whole seconds: it lasts %u s; lifeline fences as for "
+                  "%u ms",
+                  (cfg->cluster.lease_ttl_ms + 999) / 1000, cfg->cluster.lease_ttl_ms);
+    }
     errors_give(&c, &cfg->notes);
     return c.oom ? -ENOMEM : 0;
 }
@@ -1236,8 +1244,19 @@ static int key_differs(const struct key *k, const char *a, const char *b)
                 return 1;
         return 0;
     }
-    /* Arrays are never restart-only (test_config checks the tables). */
-    return k->kind != KEY_ARRAY && memcmp(a + k->offset, b + k->offset, k->size) != 0;
+    if (k->kind == KEY_ARRAY) {
+        /* An array of plain values (cluster.etcd): its count and items. */
+        size_t na, nb;
+        char *ia, *ib;
+        memcpy(&na, a + k->count_offset, sizeof(na));
+        memcpy(&nb, b + k->count_offset, sizeof(nb));
+        memcpy(&ia, a + k->offset, sizeof(ia));
+        memcpy(&ib, b + k->offset, sizeof(ib));
+        if (na != nb)
+            return 1;
+        return k->elem->kind != KEY_OBJECT && na > 0 && memcmp(ia, ib, na * k->elem_size) != 0;
+    }
+    return memcmp(a + k->offset, b + k->offset, k->size) != 0;
 }
 
 static void walk_restart_only(const struct key *keys, size_t n_keys, const char *a, const char *b,

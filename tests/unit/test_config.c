@@ -1054,6 +1054,12 @@ static void test_notes(void **state)
 
 /* The admin endpoint: off unless given; loopback or "localhost" unless
  * allow_remote says otherwise. */
+static void count_change(const char *path, void *arg)
+{
+    assert_string_equal(path, "cluster");
+    (*(int *)arg)++;
+}
+
 /* "cluster": off unless given; its defaults; every kind of bad value named. */
 static void test_cluster(void **state)
 {
@@ -1109,6 +1115,40 @@ static void test_cluster(void **state)
         NULL,
     };
     expect_errors("no endpoint", TOP("'cluster':{'etcd':[],'instance':'a'},"), empty);
+
+    const char *ttl[] = { "cluster.lease_ttl_ms: etcd counts a lease in whole seconds: it lasts "
+                          "3 s; lifeline fences as for 2500 ms",
+                          NULL };
+    expect_notes(TOP("'cluster':{'etcd':['http://127.0.0.1:2379'],'instance':'a',"
+                     "'lease_ttl_ms':2500},"),
+                 ttl);
+    const char *none[] = { NULL };
+    expect_notes(TOP("'cluster':{'etcd':['http://127.0.0.1:2379'],'instance':'a'},"), none);
+
+    /* A reload that changes only an endpoint is reported: "cluster" needs a
+     * restart as a whole. */
+    struct config *a =
+        expect_ok(TOP("'cluster':{'etcd':['http://127.0.0.1:2379'],'instance':'a'},"));
+    struct config *b =
+        expect_ok(TOP("'cluster':{'etcd':['http://127.0.0.1:2479'],'instance':'a'},"));
+    struct config *c =
+        expect_ok(TOP("'cluster':{'etcd':['http://127.0.0.1:2379','http://127.0.0.1:2479'],"
+                      "'instance':'a'},"));
+    struct config *same =
+        expect_ok(TOP("'cluster':{'etcd':['http://127.0.0.1:2379'],'instance':'a'},"));
+    int n = 0;
+    config_restart_changes(a, b, count_change, &n);
+    assert_int_equal(n, 1);
+    n = 0;
+    config_restart_changes(a, c, count_change, &n);
+    assert_int_equal(n, 1);
+    n = 0;
+    config_restart_changes(a, same, count_change, &n);
+    assert_int_equal(n, 0);
+    config_free(a);
+    config_free(b);
+    config_free(c);
+    config_free(same);
 }
 
 static void test_admin(void **state)
