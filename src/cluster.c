@@ -20,6 +20,11 @@
 /* A claimant waiting for another instance re-tries this often, whatever
  * the watch says. */
 #define WAIT_RETRY_MS 500
+/* How long a live holder may take to let a client go, past its lease's TTL
+ * (a dead one is gone by then): its session's close (up to 5 s flushing to
+ * a server that does not read) and the wait for the server (about 1 s),
+ * and the calls. Past it the claim is decided as etcd unavailable. */
+#define HOLDER_FINISH_MS 10000
 /* Pauses before granting a lease again or re-opening the watch. */
 #define RETRY_MS 500
 /* A failed renewal is tried again after this long. */
@@ -120,10 +125,11 @@ struct cluster {
     int64_t lease;
     uint64_t lease_epoch;     /* bumped when a lease is lost */
     uint64_t last_renew_sent; /* uv_now() when the last successful renewal was sent */
+    uint64_t last_renew_ns;   /* the same, by uv_hrtime(): read by other threads */
     int64_t watch_rev;        /* every event up to this revision has been seen */
     int watch_live;
     unsigned watch_failures; /* in a row */
-    struct ratelog unavailable_log, renew_log, grant_log;
+    struct ratelog unavailable_log, renew_log, grant_log, delete_log;
 
     struct cluster_stats stats;
     uint64_t ttl_ms, fence_ms; /* fence when no renewal succeeded for fence_ms */
@@ -133,9 +139,12 @@ struct cluster {
     uv_loop_t loop;
     uv_async_t wakeup;
     uv_timer_t renew, fence, grant_retry, watch_retry, wait_sweep;
-    struct etcd *etcd;
+    struct etcd *etcd;       /* claims, releases, evict requests, the watch */
+    struct etcd *lease_etcd; /* grant, renewals, revoke: never queued behind claims */
     struct etcd_watch *watch;
-    int renewing; /* a keep-alive is out */
+    struct renew *renew_out; /* the renewal out, if any */
+    uint64_t inherited_ns;   /* a handed-over lease: uv_hrtime() of its last renewal */
+    int renewing;            /* a keep-alive is out */
 };
 
 static struct cluster *cluster_of(struct registry *r) { return (struct cluster *)(void *)r; }
@@ -243,6 +252,23 @@ static void log_unavailable(struct cluster *c, const struct cid *e, const char *
              LF_STR("error", error), LF_INT("suppressed", ratelog_take(&c->unavailable_log)));
 }
 
+static void ignore_cb(void *arg, const struct etcd_result *res) {}
+
+/* Our request in the last holder's inbox, if any: deleted (the holder
+ * deletes it when it lets go, but not when its lease was revoked or
+ * expired first, or when the claim is given up). */
+static void drop_evict_request(struct cid *e)
+{
+    struct cluster *c = e->c;
+    if (!e->waited || e->holder_lease == 0 || c->lease == 0 || c->detached || c->stopping)
+        return;
+    char evict[400];
+    snprintf(evict, sizeof(evict), "%s/evict/%" PRIx64 "/%s/%s", c->cfg->prefix,
+             (uint64_t)e->holder_lease, e->id.route, e->client);
+    etcd_delete_if_lease(c->etcd, evict, NULL, c->lease, ignore_cb, NULL);
+    e->holder_lease = 0;
+}
+
 /* etcd could not decide for the pending session. */
 static void unavailable(struct cid *e, const char *error)
 {
@@ -250,6 +276,8 @@ static void unavailable(struct cid *e, const char *error)
     int waiting = e->pending.worker >= 0;
     if (waiting)
         log_unavailable(c, e, error);
+    drop_evict_request(e);
+    e->yield = 0;
     e->waited = 0;
     e->deadline = 0;
     if (c->cfg->on_unavailable == UNAVAILABLE_LOCAL) {
@@ -392,12 +420,13 @@ static void cluster_adopt(struct registry *r, const struct identity *id, struct 
         e->pending = NO_SESSION;
         e->replace = 1;
         table_insert(&c->cids, &e->node, key_hash(key));
-        if (c->lease != 0) {
-            e->state = CID_HELD;
-        } else {
-            e->state = CID_CLAIMING;
-            todo(e);
-        }
+        /* Claimed like any other, with nobody waiting: with the lease
+         * handed over the key is ours already (the create answers so), and
+         * an identity the old process decided locally, or without a
+         * cluster, is registered now. Issued once the lease is this
+         * process's (cluster_attach), or granted. */
+        e->state = CID_CLAIMING;
+        todo(e);
     }
     if (e != NULL)
         e->refs++;
@@ -414,7 +443,6 @@ static void issue(struct cid *e);
 static void start_watch(struct cluster *c);
 static void fence_cb(uv_timer_t *t);
 static void renew_cb(uv_timer_t *t);
-static void ignore_cb(void *arg, const struct etcd_result *res) {}
 
 static void record_rtt(struct cluster *c, uint64_t us)
 {
@@ -432,18 +460,14 @@ static void deleted_cb(void *arg, const struct etcd_result *res)
     pthread_mutex_lock(&c->lock);
     record_rtt(c, res->rtt_us);
     e->busy = 0;
-    if (res->status < 0 && e->state == CID_RELEASING && !c->stopping)
+    if (res->status < 0 && e->state == CID_RELEASING && !c->stopping &&
+        ratelog_due(&c->delete_log, uv_now(&c->loop), LOG_EVERY_MS))
         log_warn("cluster: cannot delete an identity (its lease ends it)", LF_STR("key", e->key),
-                 LF_STR("error", res->error));
-    if (e->state == CID_RELEASING) {
-        if (e->refs > 0 && e->pending.worker >= 0) {
-            e->state = CID_CLAIMING; /* a new local owner came meanwhile */
-            issue(e);
-        } else if (e->refs > 0) {
-            e->state = CID_CLAIMING; /* its owner will be pending: claim for it */
-            issue(e);
-        }
-    }
+                 LF_STR("error", res->error), LF_INT("suppressed", ratelog_take(&c->delete_log)));
+    if (e->state == CID_RELEASING && e->refs > 0)
+        e->state = CID_CLAIMING; /* a new local owner came meanwhile: claim for it */
+    if (e->state == CID_CLAIMING)
+        issue(e); /* also one that waited for this call to end (fenced meanwhile) */
     cid_maybe_free(e);
     pthread_mutex_unlock(&c->lock);
 }
@@ -485,14 +509,7 @@ static void created_cb(void *arg, const struct etcd_result *res)
         e->yield = 0;
         e->deadline = 0;
         count(c, e->waited ? CLUSTER_REPLACED : CLUSTER_GRANTED);
-        if (e->waited && e->holder_lease != 0) {
-            /* Our request in the last holder's inbox: gone with it, unless
-             * the holder ended without deleting it (a revoked lease). */
-            char evict[400];
-            snprintf(evict, sizeof(evict), "%s/evict/%" PRIx64 "/%s/%s", c->cfg->prefix,
-                     (uint64_t)e->holder_lease, e->id.route, e->client);
-            etcd_delete_if_lease(c->etcd, evict, NULL, c->lease, ignore_cb, NULL);
-        }
+        drop_evict_request(e);
         e->waited = 0;
         if (e->refs == 0) {
             e->state = CID_RELEASING; /* everyone gave up meanwhile */
@@ -506,29 +523,34 @@ static void created_cb(void *arg, const struct etcd_result *res)
     } else if (res->kv.key == NULL) {
         issue(e); /* gone between compare and read: cannot be, but ask again */
     } else if (!e->replace) {
+        e->yield = 0;
         e->state = CID_REFUSED;
         count(c, CLUSTER_REFUSED);
         send_msg(c, e->pending, REGISTRY_MSG_REFUSED);
         e->pending = NO_SESSION;
     } else {
-        /* Held by another instance: ask it to let go, then wait for the DELETE. */
+        /* Held by another instance: ask it to let go, then wait for the
+         * DELETE. Asked again at each try (every WAIT_RETRY_MS): a request
+         * the holder missed (its watch re-opened, a live upgrade) or
+         * deleted (it let go, then claimed again) is not waited on. */
         int first = !e->waited || e->holder_lease != res->kv.lease;
         e->state = CID_WAITING;
         e->waited = 1;
         e->wait_rev = res->revision;
         e->holder_lease = res->kv.lease;
         if (e->deadline == 0)
-            e->deadline = uv_now(&c->loop) + c->ttl_ms + 2 * CALL_TIMEOUT_MS + WAIT_RETRY_MS;
+            e->deadline = uv_now(&c->loop) + c->ttl_ms + HOLDER_FINISH_MS;
         if (e->deleted_rev > e->wait_rev) {
             /* The watch saw it deleted after that answer was read, while the
              * answer was on its way: ask again now. */
             e->state = CID_CLAIMING;
             issue(e);
-        } else if (first) {
+        } else {
             char evict[400];
             snprintf(evict, sizeof(evict), "%s/evict/%" PRIx64 "/%s/%s", c->cfg->prefix,
                      (uint64_t)res->kv.lease, e->id.route, e->client);
-            atomic_fetch_add(&c->stats.evictions_requested, 1);
+            if (first)
+                atomic_fetch_add(&c->stats.evictions_requested, 1);
             e->busy = 1;
             if (etcd_put(c->etcd, evict, c->cfg->instance, c->lease, evict_put_cb, e) < 0) {
                 e->busy = 0;
@@ -573,6 +595,19 @@ static void wakeup_cb(uv_async_t *a)
 {
     struct cluster *c = a->data;
     pthread_mutex_lock(&c->lock);
+    int attach = c->attach && c->detached && !c->stopping;
+    if (attach) {
+        /* The fence counts from the old process's last renewal. */
+        uint64_t age = (uv_hrtime() - c->inherited_ns) / 1000000, now = uv_now(&c->loop);
+        c->detached = 0;
+        c->last_renew_sent = now > age ? now - age : 0;
+        c->last_renew_ns = c->inherited_ns;
+        uv_timer_start(&c->fence, fence_cb, c->fence_ms > age ? c->fence_ms - age : 0, 0);
+        for (size_t b = 0; b < c->cids.n_buckets; b++)
+            for (struct table_node *n = c->cids.buckets[b]; n != NULL; n = n->next)
+                if (((struct cid *)n)->state == CID_CLAIMING)
+                    issue((struct cid *)n); /* the adopted identities */
+    }
     while (c->todo != NULL) {
         struct cid *e = c->todo;
         c->todo = e->next_todo;
@@ -580,13 +615,8 @@ static void wakeup_cb(uv_async_t *a)
         issue(e);
         cid_maybe_free(e);
     }
-    int stopping = c->stopping && !c->stopped, attach = c->attach && c->detached;
+    int stopping = c->stopping && !c->stopped;
     c->stopped = c->stopping;
-    if (attach) {
-        c->detached = 0;
-        c->last_renew_sent = uv_now(&c->loop);
-        uv_timer_start(&c->fence, fence_cb, c->fence_ms, 0);
-    }
     pthread_mutex_unlock(&c->lock);
     if (stopping)
         uv_stop(&c->loop);
@@ -696,6 +726,14 @@ static void watch_state(void *arg, int status, int64_t revision)
     if (status == 0) {
         c->watch_live = 1;
         c->watch_failures = 0;
+    } else if (status == -ESTALE && revision > 0) {
+        /* History before `revision` is gone: go on from there (what was
+         * missed: claimants ask again every WAIT_RETRY_MS, and the sweep
+         * asks again for ours). */
+        c->watch = NULL;
+        c->watch_live = 0;
+        c->watch_rev = revision - 1;
+        c->watch_failures++;
     } else {
         c->watch = NULL;
         c->watch_live = 0;
@@ -784,7 +822,8 @@ static void fence_cb(uv_timer_t *t)
 /* One keep-alive out: when it was sent, under which lease. */
 struct renew {
     struct cluster *c;
-    uint64_t sent;
+    uint64_t sent;    /* uv_now() */
+    uint64_t sent_ns; /* uv_hrtime(), for the handover */
     uint64_t epoch;
 };
 
@@ -806,9 +845,12 @@ static void renew_cb(uv_timer_t *t)
         return;
     rn->c = c;
     rn->sent = uv_now(&c->loop);
+    rn->sent_ns = uv_hrtime();
     rn->epoch = c->lease_epoch;
     c->renewing = 1;
-    if (etcd_lease_keepalive(c->etcd, lease, renewed_cb, rn) < 0) {
+    c->renew_out = rn;
+    if (etcd_lease_keepalive(c->lease_etcd, lease, renewed_cb, rn) < 0) {
+        c->renew_out = NULL;
         c->renewing = 0;
         free(rn);
     }
@@ -818,6 +860,7 @@ static void renewed_cb(void *arg, const struct etcd_result *res)
 {
     struct renew *rn = arg;
     struct cluster *c = rn->c;
+    c->renew_out = NULL;
     c->renewing = 0;
     pthread_mutex_lock(&c->lock);
     record_rtt(c, res->rtt_us);
@@ -837,6 +880,7 @@ static void renewed_cb(void *arg, const struct etcd_result *res)
         /* for a lease already given up */
     } else if (res->status == 0 && res->ttl_s > 0) {
         c->last_renew_sent = rn->sent;
+        c->last_renew_ns = rn->sent_ns;
         uint64_t due = rn->sent + c->fence_ms, now = uv_now(&c->loop);
         uv_timer_start(&c->fence, fence_cb, due > now ? due - now : 0, 0);
     } else if (res->status == 0) {
@@ -868,12 +912,15 @@ static void granted_cb(void *arg, const struct etcd_result *res)
         c->lease = res->lease;
         c->lease_state = LEASE_HELD;
         c->last_renew_sent = uv_now(&c->loop) - res->rtt_us / 1000;
+        c->last_renew_ns = uv_hrtime() - res->rtt_us * 1000;
         atomic_store(&c->stats.up, 1);
         char hex[24];
         snprintf(hex, sizeof(hex), "%" PRIx64, (uint64_t)c->lease);
         log_info("cluster joined", LF_STR("instance", c->cfg->instance), LF_STR("lease", hex),
                  LF_INT("ttl_ms", c->ttl_ms), LF_STR("etcd", etcd_endpoint(c->etcd)));
-        uv_timer_start(&c->fence, fence_cb, c->fence_ms, 0);
+        /* From when the grant was sent, as for a renewal. */
+        uint64_t rtt_ms = res->rtt_us / 1000;
+        uv_timer_start(&c->fence, fence_cb, c->fence_ms > rtt_ms ? c->fence_ms - rtt_ms : 0, 0);
     }
     /* Claims that waited for the grant go out now (or are unavailable). */
     for (size_t b = 0; b < c->cids.n_buckets; b++)
@@ -896,8 +943,11 @@ static void grant_lease(struct cluster *c)
     if (go)
         c->lease_state = LEASE_GRANTING;
     pthread_mutex_unlock(&c->lock);
-    if (go && etcd_lease_grant(c->etcd, (int64_t)((c->ttl_ms + 999) / 1000), granted_cb, c) < 0) {
+    if (go &&
+        etcd_lease_grant(c->lease_etcd, (int64_t)((c->ttl_ms + 999) / 1000), granted_cb, c) < 0) {
+        pthread_mutex_lock(&c->lock);
         c->lease_state = LEASE_DOWN;
+        pthread_mutex_unlock(&c->lock);
         uv_timer_start(&c->grant_retry, grant_retry_cb, RETRY_MS, 0);
     }
 }
@@ -950,9 +1000,11 @@ static void *cluster_main(void *arg)
     /* Gone for good: the keys go with the lease now, not at its expiry.
      * After a live upgrade the lease is the new process's. */
     if (!c->detached && c->lease_state == LEASE_HELD &&
-        etcd_lease_revoke(c->etcd, c->lease, revoked_cb, c) == 0)
+        etcd_lease_revoke(c->lease_etcd, c->lease, revoked_cb, c) == 0)
         uv_run(&c->loop, UV_RUN_DEFAULT); /* bounded: each call is */
     etcd_free(c->etcd);
+    etcd_free(c->lease_etcd);
+    free(c->renew_out); /* a renewal still out: cancelled without its callback */
     uv_handle_t *handles[] = { (uv_handle_t *)&c->wakeup,      (uv_handle_t *)&c->renew,
                                (uv_handle_t *)&c->fence,       (uv_handle_t *)&c->grant_retry,
                                (uv_handle_t *)&c->watch_retry, (uv_handle_t *)&c->wait_sweep };
@@ -993,7 +1045,7 @@ void cluster_scope(const struct cluster_config *cfg, char *buf, size_t len)
 }
 
 int cluster_new(struct cluster **out, struct registry **registry, struct config *config,
-                registry_deliver_fn deliver, void *ctx, int64_t lease)
+                registry_deliver_fn deliver, void *ctx, int64_t lease, uint64_t lease_age_ms)
 {
     const struct cluster_config *cfg = &config->cluster;
     struct cluster *c = calloc(1, sizeof(*c));
@@ -1003,6 +1055,7 @@ int cluster_new(struct cluster **out, struct registry **registry, struct config 
     c->cfg = cfg;
     c->cfg_owner = config;
     c->lease = lease;
+    c->inherited_ns = uv_hrtime() - lease_age_ms * 1000000;
     c->lease_state = LEASE_DOWN;
     c->ttl_ms = cfg->lease_ttl_ms;
     uint64_t margin = c->ttl_ms / 5 > 1000 ? c->ttl_ms / 5 : 1000;
@@ -1020,8 +1073,15 @@ int cluster_new(struct cluster **out, struct registry **registry, struct config 
         goto fail_lock;
     if ((rc = uv_loop_init(&c->loop)) < 0)
         goto fail_loop;
-    if ((rc = etcd_new(&c->etcd, &c->loop, urls, cfg->n_etcd, CALL_TIMEOUT_MS)) < 0)
+    if ((rc = etcd_new(&c->etcd, &c->loop, urls, cfg->n_etcd, CALL_TIMEOUT_MS,
+                       ETCD_MAX_CONNECTIONS)) < 0)
         goto fail_etcd;
+    if ((rc = etcd_new(&c->lease_etcd, &c->loop, urls, cfg->n_etcd, CALL_TIMEOUT_MS,
+                       ETCD_LEASE_CONNECTIONS)) < 0) {
+        etcd_free(c->etcd);
+        uv_run(&c->loop, UV_RUN_DEFAULT);
+        goto fail_etcd;
+    }
     uv_async_init(&c->loop, &c->wakeup, wakeup_cb);
     uv_timer_t *timers[] = { &c->renew, &c->fence, &c->grant_retry, &c->watch_retry,
                              &c->wait_sweep };
@@ -1033,6 +1093,7 @@ int cluster_new(struct cluster **out, struct registry **registry, struct config 
     if ((rc = -pthread_create(&c->thread, NULL, cluster_main, c)) < 0) {
         log_error("cluster: cannot start its thread", LF_STR("error", strerror(-rc)));
         etcd_free(c->etcd);
+        etcd_free(c->lease_etcd);
         uv_handle_t *handles[] = { (uv_handle_t *)&c->wakeup,      (uv_handle_t *)&c->renew,
                                    (uv_handle_t *)&c->fence,       (uv_handle_t *)&c->grant_retry,
                                    (uv_handle_t *)&c->watch_retry, (uv_handle_t *)&c->wait_sweep };
@@ -1065,11 +1126,12 @@ int cluster_on_unavailable_local(const struct cluster *c)
     return c->cfg->on_unavailable == UNAVAILABLE_LOCAL;
 }
 
-int64_t cluster_lease(struct cluster *c, char *scope, size_t len)
+int64_t cluster_lease(struct cluster *c, char *scope, size_t len, uint64_t *age_ms)
 {
     cluster_scope(c->cfg, scope, len);
     pthread_mutex_lock(&c->lock);
     int64_t lease = c->lease_state == LEASE_HELD ? c->lease : 0;
+    *age_ms = (uv_hrtime() - c->last_renew_ns) / 1000000;
     pthread_mutex_unlock(&c->lock);
     return lease;
 }

@@ -44,7 +44,8 @@ struct call {
     etcd_event_fn event;
     etcd_watch_state_fn state;
     void *arg;
-    int created; /* a watch: its first message came */
+    int created;       /* a watch: its first message came */
+    int64_t compacted; /* a watch etcd cancelled: where history starts now (0: not cancelled) */
 };
 
 struct etcd_watch {
@@ -97,7 +98,7 @@ static char *b64_encode(const char *s, size_t n)
 static char *b64_decode(const char *s)
 {
     size_t n = strlen(s);
-    char *out = malloc(n / 4 * 3 + 1), *o = out;
+    char *out = malloc(n / 4 * 3 + 3), *o = out; /* + 2: input without its padding */
     if (out == NULL)
         return NULL;
     uint32_t v = 0;
@@ -287,6 +288,15 @@ static void flush(struct etcd *e)
         next = LIST_NEXT(c, link);
         if (c->op == OP_WATCH && c->len > 0)
             watch_lines(c);
+        if (c->op == OP_WATCH && c->compacted != 0) {
+            int64_t compacted = c->compacted;
+            etcd_watch_state_fn state = c->state;
+            void *arg = c->arg;
+            e->current = (c->endpoint + 1) % e->n;
+            call_free(c);
+            state(arg, -ESTALE, compacted > 0 ? compacted : 0);
+            next = LIST_FIRST(&e->calls); /* the callback may have started calls */
+        }
     }
 }
 
@@ -448,6 +458,14 @@ static void watch_message(struct call *c, const char *text)
         return; /* an error object: the stream ends next */
     }
     int64_t revision = json_i64(cJSON_GetObjectItemCaseSensitive(result, "header"), "revision");
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(result, "canceled"))) {
+        /* etcd ended the watch but keeps the stream open (a start revision
+         * compacted away, for one): end it here. */
+        int64_t compact = json_i64(result, "compact_revision");
+        c->compacted = compact > 0 ? compact : -1;
+        cJSON_Delete(root);
+        return;
+    }
     if (!c->created) {
         c->created = 1;
         c->e->current = c->endpoint;
@@ -611,8 +629,10 @@ int etcd_watch(struct etcd *e, const char *prefix, int64_t from, etcd_event_fn e
     end[n - 1]++;
     char *k = b64_encode(prefix, n), *r = b64_encode(end, n);
     free(end);
+    /* fragment: a message past etcd's size limit (every key of an expired
+     * lease deleted at once) comes in parts rather than not at all. */
     char *body = k && r ? fmt("{\"create_request\":{\"key\":\"%s\",\"range_end\":\"%s\","
-                              "\"start_revision\":\"%" PRId64 "\"}}",
+                              "\"start_revision\":\"%" PRId64 "\",\"fragment\":true}}",
                               k, r, from)
                         : NULL;
     free(k);
@@ -632,7 +652,7 @@ void etcd_watch_cancel(struct etcd_watch *w) { call_free(&w->c); }
 /* --- lifetime ---------------------------------------------------------- */
 
 int etcd_new(struct etcd **out, uv_loop_t *loop, char *const *endpoints, size_t n,
-             uint32_t timeout_ms)
+             uint32_t timeout_ms, long max_connections)
 {
     struct etcd *e = calloc(1, sizeof(*e));
     if (e == NULL || n == 0)
@@ -654,8 +674,8 @@ int etcd_new(struct etcd **out, uv_loop_t *loop, char *const *endpoints, size_t 
     curl_multi_setopt(e->multi, CURLMOPT_SOCKETDATA, e);
     curl_multi_setopt(e->multi, CURLMOPT_TIMERFUNCTION, timer_fn);
     curl_multi_setopt(e->multi, CURLMOPT_TIMERDATA, e);
-    curl_multi_setopt(e->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long)ETCD_MAX_CONNECTIONS);
-    curl_multi_setopt(e->multi, CURLMOPT_MAXCONNECTS, (long)ETCD_MAX_CONNECTIONS);
+    curl_multi_setopt(e->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, max_connections);
+    curl_multi_setopt(e->multi, CURLMOPT_MAXCONNECTS, max_connections);
     *out = e;
     return 0;
 fail:

@@ -802,7 +802,8 @@ static int take_over(struct supervisor *sup, int *fds, size_t n_fds, struct upgr
 /* The identity registry: the in-process table, or etcd's when the config
  * has a cluster (a live upgrade may hand its lease over). 0 or -errno
  * (logged). */
-static int make_registry(struct supervisor *sup, struct config *cfg, int64_t lease)
+static int make_registry(struct supervisor *sup, struct config *cfg, int64_t lease,
+                         uint64_t lease_age_ms)
 {
     if (!cfg->cluster.enabled) {
         if (registry_local_new(&sup->registry, worker_deliver, &sup->workers) < 0) {
@@ -816,7 +817,8 @@ static int make_registry(struct supervisor *sup, struct config *cfg, int64_t lea
         log_error("cluster: cannot initialise libcurl");
         return -ENOMEM;
     }
-    int rc = cluster_new(&sup->cluster, &sup->registry, cfg, worker_deliver, &sup->workers, lease);
+    int rc = cluster_new(&sup->cluster, &sup->registry, cfg, worker_deliver, &sup->workers, lease,
+                         lease_age_ms);
     if (rc < 0) {
         curl_global_cleanup();
         sup->cluster = NULL;
@@ -883,7 +885,7 @@ int supervisor_run(struct config *cfg, const struct supervisor_options *opts)
         fds[i] = -1;
     code = sup.channel >= 0 ? take_over(&sup, fds, n_fds, &in) : bind_all(&sup, fds, n_fds);
     if (code == EXIT_CLEAN) {
-        have_registry = make_registry(&sup, cfg, in.cluster_lease) == 0;
+        have_registry = make_registry(&sup, cfg, in.cluster_lease, in.cluster_lease_age_ms) == 0;
         if (!have_registry) {
             if (sup.channel >= 0)
                 upgrade_abort(sup.channel, "cannot start the registry (see the new process's log)");

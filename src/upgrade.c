@@ -38,6 +38,7 @@ struct sent_msg {
     uint64_t upgrades_failed;
     uint64_t next_session_id;
     int64_t cluster_lease;
+    uint64_t cluster_lease_age_ms;
     char cluster_scope[640];
 };
 struct hello_msg {
@@ -249,7 +250,8 @@ static int send_all(struct upgrade *u, struct freeze_request *f)
                            .upgrades_failed = u->ps->upgrades_failed,
                            .next_session_id = session_next_id() };
     if (u->cluster != NULL)
-        sm.cluster_lease = cluster_lease(u->cluster, sm.cluster_scope, sizeof(sm.cluster_scope));
+        sm.cluster_lease = cluster_lease(u->cluster, sm.cluster_scope, sizeof(sm.cluster_scope),
+                                         &sm.cluster_lease_age_ms);
     if (rc == 0)
         rc = handover_send(u->sock, HANDOVER_SENT, &sm, sizeof(sm), NULL, 0);
     return rc;
@@ -699,6 +701,7 @@ int upgrade_receive(int sock, struct upgrade_inbound *in)
             in->upgrades_ok = sm.upgrades_ok;
             in->upgrades_failed = sm.upgrades_failed;
             in->cluster_lease = sm.cluster_lease;
+            in->cluster_lease_age_ms = sm.cluster_lease_age_ms;
             memcpy(in->cluster_scope, sm.cluster_scope, sizeof(in->cluster_scope));
             in->cluster_scope[sizeof(in->cluster_scope) - 1] = '\0';
             if (sm.next_session_id > 0) /* ids stay unique across the processes */

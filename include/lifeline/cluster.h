@@ -77,14 +77,16 @@ struct cluster;
  * upgrade (0: none), kept instead of granting a new one. Returns 0 with
  * *out and *registry (the same object), or a negative errno (logged). */
 int cluster_new(struct cluster **out, struct registry **registry, struct config *cfg,
-                registry_deliver_fn deliver, void *ctx, int64_t lease);
+                registry_deliver_fn deliver, void *ctx, int64_t lease, uint64_t lease_age_ms);
 
 const struct cluster_stats *cluster_stats(const struct cluster *c);
 int cluster_on_unavailable_local(const struct cluster *c);
 
-/* What a live upgrade hands over: the lease (0: none held), and the scope
- * it belongs to (prefix, instance and endpoints, as one string). */
-int64_t cluster_lease(struct cluster *c, char *scope, size_t len);
+/* What a live upgrade hands over: the lease (0: none held), the scope it
+ * belongs to (prefix, instance and endpoints, as one string), and how long
+ * ago its last successful renewal was sent (the new process fences from
+ * there). */
+int64_t cluster_lease(struct cluster *c, char *scope, size_t len, uint64_t *age_ms);
 void cluster_scope(const struct cluster_config *cfg, char *buf, size_t len);
 
 /* The old process, at a live upgrade's commit: the new process owns the

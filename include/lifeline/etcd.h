@@ -21,11 +21,14 @@
 struct etcd;
 struct etcd_watch;
 
-/* Connections to etcd at most, the watch's included: calls past them queue
- * inside the client (each still bounded by the call timeout). */
+/* Connections to etcd at most: for claims and the watch, and, on a client
+ * of their own so that a burst of claims never delays them, for the lease's
+ * renewals. Calls past them queue inside the client (each still bounded by
+ * the call timeout). */
 #define ETCD_MAX_CONNECTIONS 8
-/* Descriptors the client may hold: its connections, its loop's. */
-#define ETCD_MAX_FDS (ETCD_MAX_CONNECTIONS + 4)
+#define ETCD_LEASE_CONNECTIONS 2
+/* Descriptors the cluster may hold: those connections, its loop's. */
+#define ETCD_MAX_FDS (ETCD_MAX_CONNECTIONS + ETCD_LEASE_CONNECTIONS + 4)
 
 /* The current record of a key (value and key are NUL-terminated copies,
  * valid during the callback). */
@@ -58,13 +61,16 @@ enum etcd_event_type {
 typedef void (*etcd_event_fn)(void *arg, enum etcd_event_type type, const struct etcd_kv *kv);
 
 /* The watch has ended (status < 0; no event comes after this), or, with
- * status 0, is established: events after `revision` will come. */
+ * status 0, is established: events after `revision` will come. -ESTALE:
+ * etcd cancelled it; `revision`, when not 0, is where its history starts
+ * now (what came before was compacted away). */
 typedef void (*etcd_watch_state_fn)(void *arg, int status, int64_t revision);
 
 /* Creates a client for `endpoints` ("http://host:port", copied), each call
- * bounded by timeout_ms. Returns 0 and *out, or -ENOMEM / -EINVAL. */
+ * bounded by timeout_ms, with at most max_connections open. Returns 0 and
+ * *out, or -ENOMEM / -EINVAL. */
 int etcd_new(struct etcd **out, uv_loop_t *loop, char *const *endpoints, size_t n,
-             uint32_t timeout_ms);
+             uint32_t timeout_ms, long max_connections);
 
 /* Cancels every call (no callback) and frees the client once libuv has
  * closed its handles: run the loop until then. */

@@ -130,8 +130,9 @@ struct upgrade_inbound {
     size_t n_sessions;
     uint64_t started_ns; /* the old process's uv_hrtime() at SIGUSR2 */
     uint64_t upgrades_ok, upgrades_failed;
-    int64_t cluster_lease;   /* the old process's etcd lease; 0: none */
-    char cluster_scope[640]; /* what it belongs to (cluster_scope()) */
+    int64_t cluster_lease;         /* the old process's etcd lease; 0: none */
+    uint64_t cluster_lease_age_ms; /* since its last successful renewal was sent */
+    char cluster_scope[640];       /* what it belongs to (cluster_scope()) */
 };
 
 /* The channel's descriptor from the environment (removed from it), or -1
