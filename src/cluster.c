@@ -658,7 +658,6 @@ static void evict_request(struct cluster *c, const char *rest, const char *from)
     char key[400];
     snprintf(key, sizeof(key), "%s/id/%s", c->cfg->prefix, rest);
     struct cid *e = cid_find(c, key);
-    atomic_fetch_add(&c->stats.evictions_received, 1);
     if (e == NULL || e->state == CID_WAITING || e->state == CID_REFUSED ||
         e->state == CID_UNAVAILABLE || e->state == CID_LOCAL || e->state == CID_FENCED) {
         /* Nothing here holds it, as far as this instance knows: a key left
@@ -671,9 +670,14 @@ static void evict_request(struct cluster *c, const char *rest, const char *from)
         etcd_delete_if_lease(c->etcd, key, evict, c->lease, ignore_cb, NULL);
         return;
     }
+    /* Said and counted once per letting go: a claimant asks again while it
+     * waits. */
     const char *slash = strchr(rest, '/');
-    log_info("cluster eviction", LF_STR("route", e->id.route),
-             LF_STR("client", slash ? slash + 1 : rest), LF_STR("from", from));
+    if (e->state == CID_HELD || (e->state == CID_CLAIMING && !e->yield)) {
+        atomic_fetch_add(&c->stats.evictions_received, 1);
+        log_info("cluster eviction", LF_STR("route", e->id.route),
+                 LF_STR("client", slash ? slash + 1 : rest), LF_STR("from", from));
+    }
     if (e->state == CID_HELD) {
         e->state = CID_YIELDING;
         struct session_ref owner, displaced;
