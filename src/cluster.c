@@ -214,6 +214,27 @@ static struct cid *cid_find(struct cluster *c, const char *key)
     return (struct cid *)table_find(&c->cids, key_hash(key), key, cid_is);
 }
 
+static void todo(struct cid *e);
+
+/* The entry for an identity, made when there is none: a claim to send
+ * (queued for the cluster thread). NULL when out of memory. */
+static struct cid *cid_get(struct cluster *c, const struct identity *id, const char *key,
+                           const char *client)
+{
+    struct cid *e = cid_find(c, key);
+    if (e != NULL || (e = calloc(1, sizeof(*e))) == NULL)
+        return e;
+    e->c = c;
+    e->id = *id;
+    snprintf(e->key, sizeof(e->key), "%s", key);
+    snprintf(e->client, sizeof(e->client), "%s", client);
+    e->state = CID_CLAIMING;
+    e->pending = NO_SESSION;
+    table_insert(&c->cids, &e->node, key_hash(key));
+    todo(e);
+    return e;
+}
+
 static void cid_maybe_free(struct cid *e)
 {
     if (e->refs > 0 || e->busy || e->queued)
@@ -342,17 +363,7 @@ static enum registry_answer cluster_claim(struct registry *r, const struct ident
         pthread_mutex_unlock(&c->lock);
         return REGISTRY_REFUSED;
     }
-    struct cid *e = cid_find(c, key);
-    if (e == NULL && (e = calloc(1, sizeof(*e))) != NULL) {
-        e->c = c;
-        e->id = *id;
-        snprintf(e->key, sizeof(e->key), "%s", key);
-        snprintf(e->client, sizeof(e->client), "%s", client);
-        e->state = CID_CLAIMING;
-        e->pending = NO_SESSION;
-        table_insert(&c->cids, &e->node, key_hash(key));
-        todo(e);
-    }
+    struct cid *e = cid_get(c, id, key, client);
     enum registry_answer answer;
     if (e == NULL) {
         answer = local == IDENTITY_OWNER ? REGISTRY_GO : REGISTRY_WAIT; /* out of memory */
@@ -400,9 +411,8 @@ static void cluster_release(struct registry *r, const struct identity *id, struc
     pthread_mutex_unlock(&c->lock);
 }
 
-/* A session a live upgrade handed over: its identity is this instance's
- * already (the lease came with it), or is claimed in etcd now when the old
- * process had no cluster. */
+/* A session a live upgrade handed over: its identity is this process's
+ * locally at once, and in etcd as soon as its claim is answered. */
 static void cluster_adopt(struct registry *r, const struct identity *id, struct session_ref self)
 {
     struct cluster *c = cluster_of(r);
@@ -411,25 +421,15 @@ static void cluster_adopt(struct registry *r, const struct identity *id, struct 
     pthread_mutex_lock(&c->lock);
     struct session_ref owner, displaced;
     enum identity_claim local = identity_table_claim(&c->table, id, self, 1, &owner, &displaced);
-    struct cid *e = cid_find(c, key);
-    if (e == NULL && (e = calloc(1, sizeof(*e))) != NULL) {
-        e->c = c;
-        e->id = *id;
-        snprintf(e->key, sizeof(e->key), "%s", key);
-        snprintf(e->client, sizeof(e->client), "%s", client);
-        e->pending = NO_SESSION;
-        e->replace = 1;
-        table_insert(&c->cids, &e->node, key_hash(key));
-        /* Claimed like any other, with nobody waiting: with the lease
-         * handed over the key is ours already (the create answers so), and
-         * an identity the old process decided locally, or without a
-         * cluster, is registered now. Issued once the lease is this
-         * process's (cluster_attach), or granted. */
-        e->state = CID_CLAIMING;
-        todo(e);
-    }
-    if (e != NULL)
+    /* Claimed like any other, with nobody waiting, once the lease is this
+     * process's (cluster_attach) or granted: with the lease handed over the
+     * key is ours already (the create answers so); an identity the old
+     * process decided locally, or without a cluster, is registered now. */
+    struct cid *e = cid_get(c, id, key, client);
+    if (e != NULL) {
         e->refs++;
+        e->replace = 1;
+    }
     if (local == IDENTITY_SUCCESSOR) {
         send_msg(c, owner, REGISTRY_MSG_EVICT);
         send_msg(c, displaced, REGISTRY_MSG_EVICT);
@@ -453,13 +453,21 @@ static void record_rtt(struct cluster *c, uint64_t us)
     atomic_fetch_add(&c->stats.rtt_sum_us, us);
 }
 
-static void deleted_cb(void *arg, const struct etcd_result *res)
+/* A call for an entry came back: takes the lock (the callback drops it),
+ * counts the round trip, and the entry may make its next call. */
+static struct cluster *answered(struct cid *e, const struct etcd_result *res)
 {
-    struct cid *e = arg;
     struct cluster *c = e->c;
     pthread_mutex_lock(&c->lock);
     record_rtt(c, res->rtt_us);
     e->busy = 0;
+    return c;
+}
+
+static void deleted_cb(void *arg, const struct etcd_result *res)
+{
+    struct cid *e = arg;
+    struct cluster *c = answered(e, res);
     if (res->status < 0 && e->state == CID_RELEASING && !c->stopping &&
         ratelog_due(&c->delete_log, uv_now(&c->loop), LOG_EVERY_MS))
         log_warn("cluster: cannot delete an identity (its lease ends it)", LF_STR("key", e->key),
@@ -475,10 +483,7 @@ static void deleted_cb(void *arg, const struct etcd_result *res)
 static void evict_put_cb(void *arg, const struct etcd_result *res)
 {
     struct cid *e = arg;
-    struct cluster *c = e->c;
-    pthread_mutex_lock(&c->lock);
-    record_rtt(c, res->rtt_us);
-    e->busy = 0;
+    struct cluster *c = answered(e, res);
     if (e->state == CID_WAITING) {
         if (res->status < 0) {
             unavailable(e, res->error);
@@ -496,10 +501,7 @@ static void evict_put_cb(void *arg, const struct etcd_result *res)
 static void created_cb(void *arg, const struct etcd_result *res)
 {
     struct cid *e = arg;
-    struct cluster *c = e->c;
-    pthread_mutex_lock(&c->lock);
-    record_rtt(c, res->rtt_us);
-    e->busy = 0;
+    struct cluster *c = answered(e, res);
     if (e->state != CID_CLAIMING) {
         /* Fenced meanwhile: what came back was for a lease that is gone. */
     } else if (e->lease_epoch != c->lease_epoch || res->status < 0) {
@@ -969,6 +971,19 @@ static void revoked_cb(void *arg, const struct etcd_result *res)
 
 static void close_cb(uv_handle_t *h) {}
 
+/* Both etcd clients and every handle of the loop, closed and run out. */
+static void close_loop_handles(struct cluster *c)
+{
+    etcd_free(c->etcd);
+    etcd_free(c->lease_etcd);
+    uv_handle_t *handles[] = { (uv_handle_t *)&c->wakeup,      (uv_handle_t *)&c->renew,
+                               (uv_handle_t *)&c->fence,       (uv_handle_t *)&c->grant_retry,
+                               (uv_handle_t *)&c->watch_retry, (uv_handle_t *)&c->wait_sweep };
+    for (size_t i = 0; i < sizeof(handles) / sizeof(handles[0]); i++)
+        uv_close(handles[i], close_cb);
+    uv_run(&c->loop, UV_RUN_DEFAULT);
+}
+
 static void *cluster_main(void *arg)
 {
     struct cluster *c = arg;
@@ -1006,15 +1021,8 @@ static void *cluster_main(void *arg)
     if (!c->detached && c->lease_state == LEASE_HELD &&
         etcd_lease_revoke(c->lease_etcd, c->lease, revoked_cb, c) == 0)
         uv_run(&c->loop, UV_RUN_DEFAULT); /* bounded: each call is */
-    etcd_free(c->etcd);
-    etcd_free(c->lease_etcd);
-    free(c->renew_out); /* a renewal still out: cancelled without its callback */
-    uv_handle_t *handles[] = { (uv_handle_t *)&c->wakeup,      (uv_handle_t *)&c->renew,
-                               (uv_handle_t *)&c->fence,       (uv_handle_t *)&c->grant_retry,
-                               (uv_handle_t *)&c->watch_retry, (uv_handle_t *)&c->wait_sweep };
-    for (size_t i = 0; i < sizeof(handles) / sizeof(handles[0]); i++)
-        uv_close(handles[i], close_cb);
-    uv_run(&c->loop, UV_RUN_DEFAULT);
+    free(c->renew_out);                   /* a renewal still out: cancelled without its callback */
+    close_loop_handles(c);
     uv_loop_close(&c->loop);
     return NULL;
 }
@@ -1096,14 +1104,7 @@ int cluster_new(struct cluster **out, struct registry **registry, struct config 
     c->wakeup.data = c;
     if ((rc = -pthread_create(&c->thread, NULL, cluster_main, c)) < 0) {
         log_error("cluster: cannot start its thread", LF_STR("error", strerror(-rc)));
-        etcd_free(c->etcd);
-        etcd_free(c->lease_etcd);
-        uv_handle_t *handles[] = { (uv_handle_t *)&c->wakeup,      (uv_handle_t *)&c->renew,
-                                   (uv_handle_t *)&c->fence,       (uv_handle_t *)&c->grant_retry,
-                                   (uv_handle_t *)&c->watch_retry, (uv_handle_t *)&c->wait_sweep };
-        for (size_t i = 0; i < sizeof(handles) / sizeof(handles[0]); i++)
-            uv_close(handles[i], close_cb);
-        uv_run(&c->loop, UV_RUN_DEFAULT);
+        close_loop_handles(c);
         goto fail_etcd;
     }
     config_ref(config);

@@ -323,6 +323,29 @@ def tag_lifeline_image(name):
     podman("tag", IMAGE, image_ref(name), quiet=True)
 
 
+class ComposeProject:
+    """The names podman-compose 1.0.3 gives a project's things: containers
+    <project>_<service>_1, the network <project>_default."""
+
+    def __init__(self, name):
+        self.name = name
+        self.network = f"{name}_default"
+
+    def cname(self, service):
+        return f"{self.name}_{service}_1"
+
+    def containers(self):
+        return podman_out("ps", "-a", "-q", "--filter",
+                          f"label=io.podman.compose.project={self.name}").split()
+
+    def ip_of(self, service):
+        return podman_out("inspect", self.cname(service), "--format",
+                          f'{{{{(index .NetworkSettings.Networks "{self.network}").IPAddress}}}}')
+
+    def lines(self, service):
+        return container_logs(self.cname(service)).splitlines()
+
+
 def container_logs(name):
     """A container's log, stdout then stderr (lifeline logs on stderr)."""
     r = podman("logs", name, capture_output=True, check=False, quiet=True)

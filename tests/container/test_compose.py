@@ -42,9 +42,10 @@ import sys
 import tempfile
 import time
 
-from podman_lib import (REPO, SKIP, NetNS, check, container_logs, died_exit_code, ensure_stand_in,
-                        image_ref, json_lines, load_yaml, log, main_wrapper, netns_ready, podman,
-                        podman_out, set_prefix, tag_lifeline_image, use_engine_conf, wait_until)
+from podman_lib import (ComposeProject, NetNS, REPO, SKIP, check, container_logs, died_exit_code,
+                        ensure_stand_in, image_ref, json_lines, load_yaml, log, main_wrapper,
+                        netns_ready, podman, podman_out, set_prefix, tag_lifeline_image,
+                        use_engine_conf, wait_until)
 
 COMPOSE = os.path.join(REPO, "docker", "compose.yaml")
 PROJECT = "lifeline-test-compose"
@@ -60,22 +61,12 @@ with socket.create_connection(("127.0.0.1", 5000), timeout=10) as s:
 '''
 
 
-def cname(service):
-    return f"{PROJECT}_{service}_1"
-
-
-def project_containers():
-    return podman_out("ps", "-a", "-q", "--filter",
-                      f"label=io.podman.compose.project={PROJECT}").split()
-
-
-def ip_of(service):
-    return podman_out("inspect", cname(service), "--format",
-                      f'{{{{(index .NetworkSettings.Networks "{NETWORK}").IPAddress}}}}')
+_project = ComposeProject(PROJECT)
+cname, project_containers, ip_of = _project.cname, _project.containers, _project.ip_of
 
 
 def server_lines():
-    return container_logs(cname("server")).splitlines()
+    return _project.lines("server")
 
 
 def heartbeats(peer):

@@ -44,10 +44,10 @@ import subprocess
 import tempfile
 import time
 
-from podman_lib import (IMAGE, REPO, SKIP, NetNS, build, check, container_logs, died_exit_code,
-                        ensure_lifeline_image, ensure_stand_in, image_ref, json_lines, load_yaml,
-                        log, main_wrapper, netns_ready, podman, podman_out, set_prefix, ulimits,
-                        use_engine_conf, wait_until)
+from podman_lib import (ComposeProject, IMAGE, NetNS, REPO, SKIP, build, check, container_logs,
+                        died_exit_code, ensure_lifeline_image, ensure_stand_in, image_ref,
+                        json_lines, load_yaml, log, main_wrapper, netns_ready, podman, podman_out,
+                        set_prefix, ulimits, use_engine_conf, wait_until)
 
 DOCKER = os.path.join(REPO, "docker")
 COMPOSE = os.path.join(DOCKER, "compose-cluster.yaml")
@@ -60,22 +60,12 @@ LIFELINES = ("lifeline-a", "lifeline-b")
 SERVICES = ("etcd", "server", *LIFELINES, "client")
 
 
-def cname(service):
-    return f"{PROJECT}_{service}_1"
-
-
-def project_containers():
-    return podman_out("ps", "-a", "-q", "--filter",
-                      f"label=io.podman.compose.project={PROJECT}").split()
-
-
-def ip_of(service):
-    return podman_out("inspect", cname(service), "--format",
-                      f'{{{{(index .NetworkSettings.Networks "{NETWORK}").IPAddress}}}}')
+_project = ComposeProject(PROJECT)
+cname, project_containers, ip_of = _project.cname, _project.containers, _project.ip_of
 
 
 def server_lines():
-    return container_logs(cname("server")).splitlines()
+    return _project.lines("server")
 
 
 def heartbeats(peer, lines=None):

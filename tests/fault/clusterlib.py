@@ -27,12 +27,10 @@ Everything else (the recording server, crash_client, srv_wait, srv_end, ...) is
 faultlib.Rig's.
 """
 
-import errno
 import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -40,8 +38,8 @@ import types
 
 import faultlib
 import scenarios
-from faultlib import (CLIENT_PORT, PROXY_PORT, NsClient, Rig, _ename, lifeline_bin, margin,
-                      ns_socket, route_config)
+from faultlib import (CLIENT_PORT, PROXY_PORT, NsClient, Rig, lifeline_bin, margin,
+                      route_config)
 from netns import Topology, wait_for
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
@@ -58,48 +56,17 @@ PREFIX = "/lifeline"
 
 
 class ClusterClient(NsClient):
-    """faultlib.NsClient aimed at one instance's listen port (its connect() with
-    the destination port as the only change)."""
+    """faultlib.NsClient aimed at one instance's listen port."""
 
     def __init__(self, rig, name, port, via):
         NsClient.__init__(self, rig, name, port)
         self.via = via
 
-    def connect(self, timeout=5.0, reset_ok=False):
-        topo = self.rig.topo
-        dest = LISTEN_PORTS[self.via]
-        s = ns_socket(topo.ns("client"))
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((topo.client_ip, self.port))
-        s.settimeout(timeout)
-        self.t_connect = time.monotonic()
-        self.rig.event(self.t_connect, "client", "%s: connect() from :%d to %s (:%d)"
-                       % (self.name, self.port, self.via, dest))
-        try:
-            s.connect((topo.proxy_client_ip, dest))
-        except OSError as e:
-            self.rig.event(time.monotonic(), "client", "%s: connect() failed: %s" % (self.name, _ename(e)))
-            s.close()
-            if reset_ok and isinstance(e, ConnectionResetError):
-                self.ended = "ECONNRESET"
-                return self
-            raise
-        s.settimeout(None)
-        self.t_connected = time.monotonic()
-        try:
-            peer = s.getpeername()
-        except OSError as e:
-            # connected, and reset (replaced) before this line: as a reset during connect()
-            self.rig.event(self.t_connected, "client", "%s: connected, then %s" % (self.name, _ename(e)))
-            s.close()
-            if reset_ok and e.errno == errno.ENOTCONN:
-                self.ended = "ECONNRESET"
-                return self
-            raise
-        self.rig.event(self.t_connected, "client", "%s: connected %s:%d -> %s:%d" % (
-            (self.name,) + s.getsockname() + peer))
-        self.s = s
-        return self
+    def dest_port(self):
+        return LISTEN_PORTS[self.via]
+
+    def dest_label(self):
+        return " to %s (:%d)" % (self.via, self.dest_port())
 
 
 class ClusterRig(Rig):

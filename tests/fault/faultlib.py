@@ -22,7 +22,6 @@ LIFELINE_TEST_TIME_SCALE); kernel timers (keepalive, user timeout, SYN retransmi
 and lifeline's configured timers are not scaled, only the margin added to them.
 """
 
-import ctypes
 import errno
 import json
 import os
@@ -31,7 +30,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import traceback
 
@@ -41,7 +39,8 @@ sys.path.insert(0, os.path.join(HERE, "..", "lib"))
 import netns  # noqa: E402
 import scenarios  # noqa: E402
 # The binary, its sanitizer and the time scale: tests/lib/lifeline_testlib.py.
-from lifeline_testlib import SANITIZER, TIME_SCALE, lifeline_bin, scaled  # noqa: E402
+from lifeline_testlib import (SANITIZER, TIME_SCALE, lifeline_bin, ns_socket,  # noqa: E402
+                              scaled)
 from netns import JsonlTail, Topology, wait_for  # noqa: E402
 
 SERVER_PORT = scenarios.SERVER_PORT      # 6000
@@ -127,35 +126,7 @@ def main(cases):
 
 # ---------------------------------------------------------------- sockets in a namespace
 
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
-
-
-def ns_socket(ns_name, family=socket.AF_INET, type=socket.SOCK_STREAM):
-    """A socket created inside network namespace `ns_name`.  A socket keeps the
-    namespace it was created in, so only its creation needs the namespace: it runs in
-    a throw-away thread that setns()es into it (setns(CLONE_NEWNET) changes only the
-    calling thread)."""
-    out = {}
-
-    def run():
-        try:
-            fd = os.open("/var/run/netns/" + ns_name, os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    e = ctypes.get_errno()
-                    raise OSError(e, "setns(%s): %s" % (ns_name, os.strerror(e)))
-            finally:
-                os.close(fd)
-            out["sock"] = socket.socket(family, type)
-        except BaseException as e:     # handed to the caller
-            out["err"] = e
-    t = threading.Thread(target=run)
-    t.start()
-    t.join()
-    if "err" in out:
-        raise out["err"]
-    return out["sock"]
+# ns_socket(ns_name, family, type): tests/lib/lifeline_testlib.py.
 
 
 def _ename(e):
@@ -176,6 +147,13 @@ class NsClient:
         self.ended = None    # the first end this socket showed: a reset is reported once by the
                              # kernel (the reader that gets ECONNRESET consumes it), so keep it
 
+    def dest_port(self):
+        """Where connect() goes: lifeline's listen port."""
+        return PROXY_PORT
+
+    def dest_label(self):
+        return ""
+
     def connect(self, timeout=5.0, reset_ok=False):
         """reset_ok: lifeline may abort this connection (replaced) before
         connect() returns; the socket then counts as ended by ECONNRESET."""
@@ -185,10 +163,10 @@ class NsClient:
         s.bind((topo.client_ip, self.port))
         s.settimeout(timeout)
         self.t_connect = time.monotonic()
-        self.rig.event(self.t_connect, "client", "%s: connect() from :%d (first SYN)"
-                       % (self.name, self.port))
+        self.rig.event(self.t_connect, "client", "%s: connect() from :%d%s (first SYN)"
+                       % (self.name, self.port, self.dest_label()))
         try:
-            s.connect((topo.proxy_client_ip, PROXY_PORT))
+            s.connect((topo.proxy_client_ip, self.dest_port()))
         except OSError as e:
             self.rig.event(time.monotonic(), "client", "%s: connect() failed: %s"
                            % (self.name, _ename(e)))

@@ -42,7 +42,6 @@ namespace: for lifeline's admin endpoint too), b64()/unb64(), prefix_end().
 
 import atexit
 import base64
-import ctypes
 import http.client
 import json
 import os
@@ -53,12 +52,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from lifeline_testlib import die_with_parent, wait_until  # noqa: E402
+from lifeline_testlib import die_with_parent, ns_socket, pid_alive, wait_until  # noqa: E402
 
 ETCD = "/usr/bin/etcd"
 ETCDCTL = "/usr/bin/etcdctl"
@@ -141,35 +139,7 @@ def prefix_end(prefix):
 
 # ---------------------------------------------------------------- sockets, HTTP
 
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
-
-
-def ns_socket(netns, family=socket.AF_INET):
-    """A TCP socket created inside network namespace `netns` (None: this one).
-    setns() changes only the calling thread: a throw-away thread does it."""
-    if netns is None:
-        return socket.socket(family, socket.SOCK_STREAM)
-    out = {}
-
-    def run():
-        try:
-            fd = os.open("/var/run/netns/" + netns, os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    e = ctypes.get_errno()
-                    raise OSError(e, "setns(%s): %s" % (netns, os.strerror(e)))
-            finally:
-                os.close(fd)
-            out["sock"] = socket.socket(family, socket.SOCK_STREAM)
-        except BaseException as e:
-            out["err"] = e
-    t = threading.Thread(target=run)
-    t.start()
-    t.join()
-    if "err" in out:
-        raise out["err"]
-    return out["sock"]
+# ns_socket(netns): lifeline_testlib.py.
 
 
 class _NsConnection(http.client.HTTPConnection):
@@ -226,13 +196,6 @@ def free_ports(n, host="127.0.0.1"):
 
 # ---------------------------------------------------------------- the cluster
 
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -245,7 +208,7 @@ def reap_stale_dirs():
             continue
         for d in names:
             m = DIR_RE.match(d)
-            if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
                 shutil.rmtree(os.path.join(base, d), ignore_errors=True)
 
 

@@ -170,3 +170,49 @@ def die_with_parent():
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except Exception:
         pass
+
+
+CLONE_NEWNET = 0x40000000
+
+
+def ns_socket(netns, family=None, type=None):
+    """A socket (TCP unless told) created inside network namespace `netns` (None:
+    this one). A socket keeps the namespace it was created in, so only its creation
+    needs the namespace: it runs in a throw-away thread that setns()es into it
+    (setns(CLONE_NEWNET) changes only the calling thread)."""
+    import socket
+    import threading
+    family = socket.AF_INET if family is None else family
+    type = socket.SOCK_STREAM if type is None else type
+    if netns is None:
+        return socket.socket(family, type)
+    out = {}
+
+    def run():
+        try:
+            fd = os.open("/var/run/netns/" + netns, os.O_RDONLY)
+            try:
+                if _libc.setns(fd, CLONE_NEWNET) != 0:
+                    e = ctypes.get_errno()
+                    raise OSError(e, "setns(%s): %s" % (netns, os.strerror(e)))
+            finally:
+                os.close(fd)
+            out["sock"] = socket.socket(family, type)
+        except BaseException as e:     # handed to the caller
+            out["err"] = e
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    if "err" in out:
+        raise out["err"]
+    return out["sock"]
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
