@@ -124,8 +124,8 @@ format-check:
 # ---- end format ----
 
 # ---- test-container: the shipped packaging run for real (tests/container/) ----
-# The image, the k8s sidecar (podman kube play), the compose file
-# (podman-compose), the systemd unit under a real systemd and the Debian
+# The image, the k8s sidecar (podman kube play), the compose files (one
+# lifeline; two with etcd: podman-compose), the systemd unit under a real systemd and the Debian
 # package, in that order; each test is tests/container/test_X.py.
 # Installs podman, runc, mmdebstrap, podman-compose and debhelper when run as
 # root and missing; skips with a message where no container engine can be
