@@ -1,4 +1,4 @@
-/* Levelled, structured logging to stderr: text or JSON lines, one write() per line. */
+/* Levelled, structured logging to stderr: text or JSON lines, whole lines per write(). */
 #include "lifeline/log.h"
 
 #include <errno.h>
@@ -11,6 +11,17 @@
 #include <unistd.h>
 
 #include "lifeline/jsonstr.h"
+
+/* A thread that batches (a worker) keeps its lines here until log_flush(),
+ * which its loop calls before it waits, or until the next one does not fit:
+ * one write() for a turn's lines, not one each. PIPE_BUF: a batch written
+ * to a pipe is never split. */
+#define LOG_BATCH_MAX 4096
+static _Thread_local int batching;
+static _Thread_local size_t batch_len;
+static _Thread_local char batch[LOG_BATCH_MAX];
+
+static void write_all(const char *p, size_t left);
 
 static _Atomic int log_level_ = LOG_INFO;
 static _Atomic int log_format_ = LOG_FORMAT_TEXT;
@@ -140,9 +151,30 @@ void log_write(enum log_level level, const char *msg, const struct log_field *fi
     }
     l.buf[l.len++] = '\n';
 
-    /* One write() per line keeps lines from different threads whole. */
-    const char *p = l.buf;
-    size_t left = l.len;
+    if (batching && level < LOG_ERROR && l.len <= LOG_BATCH_MAX) {
+        if (batch_len + l.len > LOG_BATCH_MAX)
+            log_flush();
+        memcpy(batch + batch_len, l.buf, l.len);
+        batch_len += l.len;
+        return;
+    }
+    log_flush(); /* the lines before it first */
+    write_all(l.buf, l.len);
+}
+
+void log_batch_start(void) { batching = 1; }
+
+void log_flush(void)
+{
+    if (batch_len > 0)
+        write_all(batch, batch_len);
+    batch_len = 0;
+}
+
+/* Whole lines per write(), at most PIPE_BUF bytes of them in a batch, keep
+ * the lines of different threads whole on a pipe. */
+static void write_all(const char *p, size_t left)
+{
     while (left > 0) {
         ssize_t n = write(STDERR_FILENO, p, left);
         if (n < 0 && errno == EINTR)

@@ -100,7 +100,8 @@ struct worker {
     struct config *cfg;          /* for new connections; a reference */
     uv_loop_t loop;
     uv_thread_t thread;
-    uv_async_t wakeup; /* messages and commands arrive here */
+    uv_async_t wakeup;  /* messages and commands arrive here */
+    uv_prepare_t flush; /* before the loop waits: a turn's log lines, in one write() */
     uv_timer_t drain_timer;
     struct listener_list listeners; /* one per route of cfg */
     struct pool pool;
@@ -655,6 +656,7 @@ static void exit_if_idle(struct worker *w)
         uv_close((uv_handle_t *)&w->accept_retry, NULL);
         uv_close((uv_handle_t *)&w->budget_retry, NULL);
         uv_close((uv_handle_t *)&w->settle, NULL);
+        uv_close((uv_handle_t *)&w->flush, NULL);
     }
     if (!uv_is_closing((uv_handle_t *)&w->drain_timer))
         uv_close((uv_handle_t *)&w->drain_timer, NULL);
@@ -1157,6 +1159,8 @@ int worker_new(struct worker **out, int id, struct config *cfg,
     uv_timer_init(&w->loop, &w->accept_retry);
     uv_timer_init(&w->loop, &w->budget_retry);
     uv_timer_init(&w->loop, &w->settle);
+    uv_prepare_init(&w->loop, &w->flush);
+    uv_unref((uv_handle_t *)&w->flush); /* it never keeps the loop alive */
     w->wakeup.data = w->drain_timer.data = w->tick.data = w;
     w->accept_retry.data = w->budget_retry.data = w->settle.data = w;
     w->cfg = config_ref(cfg);
@@ -1195,6 +1199,8 @@ static int open_listeners(struct worker *w)
     return rc;
 }
 
+static void flush_cb(uv_prepare_t *p) { log_flush(); }
+
 static void worker_main(void *arg)
 {
     struct worker *w = arg;
@@ -1202,12 +1208,15 @@ static void worker_main(void *arg)
     char name[16];
     snprintf(name, sizeof(name), "worker-%d", w->id);
     pthread_setname_np(pthread_self(), name);
+    log_batch_start();
+    uv_prepare_start(&w->flush, flush_cb);
     int rc = open_listeners(w);
     if (rc < 0 && w->handover == HANDOVER_FROZEN) {
         /* Held for a live upgrade: its sessions are still the old
          * process's, and a drain would close them. The supervisor gives
          * up (and exits) on this. */
         w->start_error = rc;
+        log_flush();
         set_phase(w, WORKER_PHASE_FAILED);
         return;
     }
@@ -1215,6 +1224,7 @@ static void worker_main(void *arg)
         w->start_error = rc;
         begin_drain(w);
         uv_run(&w->loop, UV_RUN_DEFAULT);
+        log_flush();
         set_phase(w, WORKER_PHASE_FAILED);
         return;
     }
@@ -1223,6 +1233,7 @@ static void worker_main(void *arg)
     /* A command may have come before the loop ran. */
     wakeup_cb(&w->wakeup);
     uv_run(&w->loop, UV_RUN_DEFAULT);
+    log_flush();
     set_phase(w, WORKER_PHASE_EXITED);
 }
 
@@ -1281,6 +1292,7 @@ void worker_destroy(struct worker *w)
     uv_close((uv_handle_t *)&w->accept_retry, NULL);
     uv_close((uv_handle_t *)&w->budget_retry, NULL);
     uv_close((uv_handle_t *)&w->settle, NULL);
+    uv_close((uv_handle_t *)&w->flush, NULL);
     uv_close((uv_handle_t *)&w->drain_timer, NULL);
     /* Sessions adopted for a worker that never ran are closed with it. */
     close_all_sessions(w);

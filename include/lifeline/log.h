@@ -44,6 +44,14 @@ int log_format_parse(const char *s, enum log_format *out);
 const char *log_level_name(enum log_level level);
 
 /* Writes one line: timestamp, level, message, then the fields. */
+/* From now on this thread's lines below error level wait in a buffer of
+ * its own (4 KiB) until log_flush() or until it is full: a worker calls it
+ * at its start and log_flush() before its loop waits, so a turn's lines cost
+ * one write() and a crash loses at most one turn's. */
+void log_batch_start(void);
+/* Writes this thread's waiting lines. */
+void log_flush(void);
+
 void log_write(enum log_level level, const char *msg, const struct log_field *fields,
                size_t n_fields);
 
