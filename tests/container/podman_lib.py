@@ -345,6 +345,49 @@ class ComposeProject:
     def lines(self, service):
         return container_logs(self.cname(service)).splitlines()
 
+    def refuse_if_present(self, compose_file):
+        """Exits when containers of the project or its network exist: not this
+        test's to remove."""
+        if self.containers() or podman("network", "exists", self.network, check=False,
+                                       quiet=True).returncode == 0:
+            raise SystemExit(f"containers of project {self.name} or its network exist already, "
+                             f"not this test's: podman-compose -p {self.name} -f {compose_file} "
+                             f"down; podman network rm {self.network}")
+
+    def run(self, netns_name, compose_file, services, body):
+        """body(ns, compose, tmp) with podman in a network namespace of its own
+        (NetNS) and the engine settings of use_engine_conf(); compose(*args)
+        runs podman-compose on the project and checks its exit. On a failed
+        check each service's log is shown; whatever happens, every container
+        of the project and its network are removed."""
+        tmp = tempfile.mkdtemp(prefix=f"{self.name}-")
+        try:
+            use_engine_conf(tmp)
+            with NetNS(netns_name) as ns:
+                def compose(*args):
+                    r = ns.run("podman-compose", "-p", self.name, "-f", compose_file, *args,
+                               capture_output=True, check=False)
+                    if r.returncode != 0:
+                        log(r.stdout + r.stderr)
+                    check(r.returncode == 0, f"podman-compose {' '.join(args)}")
+                try:
+                    try:
+                        body(ns, compose, tmp)
+                    except AssertionError:
+                        for service in services:
+                            log(f"{self.cname(service)}'s log:\n"
+                                + container_logs(self.cname(service))[-3000:])
+                        raise
+                finally:
+                    left = self.containers()
+                    if left:
+                        ns.podman("rm", "-f", "-t", "0", *left, check=False,
+                                  stdout=subprocess.DEVNULL)
+                    ns.podman("network", "rm", "-f", self.network, check=False, quiet=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
 
 def container_logs(name):
     """A container's log, stdout then stderr (lifeline logs on stderr)."""

@@ -39,13 +39,12 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
-from podman_lib import (ComposeProject, NetNS, REPO, SKIP, check, container_logs, died_exit_code,
+from podman_lib import (ComposeProject, REPO, SKIP, check, container_logs, died_exit_code,
                         ensure_stand_in, image_ref, json_lines, load_yaml, log, main_wrapper,
                         netns_ready, podman, podman_out, set_prefix, tag_lifeline_image,
-                        use_engine_conf, wait_until)
+                        wait_until)
 
 COMPOSE = os.path.join(REPO, "docker", "compose.yaml")
 PROJECT = "lifeline-test-compose"
@@ -101,41 +100,14 @@ def main():
     check(str(CLIENT_PORT) in services["client"]["command"][-1],
           f"the file's client binds source port {CLIENT_PORT}")
 
-    if project_containers() or podman("network", "exists", NETWORK, check=False,
-                                      quiet=True).returncode == 0:
-        raise SystemExit(f"containers of project {PROJECT} or its network exist already, not "
-                         f"this test's: podman-compose -p {PROJECT} -f {COMPOSE} down; "
-                         f"podman network rm {NETWORK}")
+    _project.refuse_if_present(COMPOSE)
 
     for service in ("server", "client"):
         ensure_stand_in(image_ref(services[service]["image"]), ["python3"])
     tag_lifeline_image(services["lifeline"]["image"])
 
-    tmp = tempfile.mkdtemp(prefix="lifeline-compose-")
-    try:
-        use_engine_conf(tmp)
-        with NetNS("lifeline-test-compose") as ns:
-            def compose(*args):
-                r = ns.run("podman-compose", "-p", PROJECT, "-f", COMPOSE, *args,
-                           capture_output=True, check=False)
-                if r.returncode != 0:
-                    log(r.stdout + r.stderr)
-                check(r.returncode == 0, f"podman-compose {' '.join(args)}")
-            try:
-                try:
-                    run_stack(ns, compose, silence_s, tmp)
-                except AssertionError:
-                    for service in ("server", "lifeline", "client"):
-                        log(f"{cname(service)}'s log:\n" + container_logs(cname(service))[-3000:])
-                    raise
-            finally:
-                left = project_containers()
-                if left:
-                    ns.podman("rm", "-f", "-t", "0", *left, check=False, stdout=subprocess.DEVNULL)
-                ns.podman("network", "rm", "-f", NETWORK, check=False, quiet=True,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    _project.run("lifeline-test-compose", COMPOSE, ("server", "lifeline", "client"),
+                 lambda ns, compose, tmp: run_stack(ns, compose, silence_s, tmp))
     log(f"passed in {time.monotonic() - started:.0f} s")
     return 0
 

@@ -41,13 +41,12 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 
-from podman_lib import (ComposeProject, IMAGE, NetNS, REPO, SKIP, build, check, container_logs,
+from podman_lib import (ComposeProject, IMAGE, REPO, SKIP, build, check, container_logs,
                         died_exit_code, ensure_lifeline_image, ensure_stand_in, image_ref,
                         json_lines, load_yaml, log, main_wrapper, netns_ready, podman, podman_out,
-                        set_prefix, ulimits, use_engine_conf, wait_until)
+                        set_prefix, ulimits, wait_until)
 
 DOCKER = os.path.join(REPO, "docker")
 COMPOSE = os.path.join(DOCKER, "compose-cluster.yaml")
@@ -129,11 +128,7 @@ def main():
     check(str(CLIENT_PORT) in services["client"]["command"][-1],
           f"the file's client binds source port {CLIENT_PORT}")
 
-    if project_containers() or podman("network", "exists", NETWORK, check=False,
-                                      quiet=True).returncode == 0:
-        raise SystemExit(f"containers of project {PROJECT} or its network exist already, not "
-                         f"this test's: podman-compose -p {PROJECT} -f {COMPOSE} down; "
-                         f"podman network rm {NETWORK}")
+    _project.refuse_if_present(COMPOSE)
 
     for service in ("server", "client"):
         ensure_stand_in(image_ref(services[service]["image"]), ["python3"])
@@ -145,31 +140,8 @@ def main():
           context=context)
     log(f"images ready after {time.monotonic() - started:.0f} s")
 
-    tmp = tempfile.mkdtemp(prefix="lifeline-cluster-")
-    try:
-        use_engine_conf(tmp)
-        with NetNS("lifeline-test-cluster") as ns:
-            def compose(*args):
-                r = ns.run("podman-compose", "-p", PROJECT, "-f", COMPOSE, *args,
-                           capture_output=True, check=False)
-                if r.returncode != 0:
-                    log(r.stdout + r.stderr)
-                check(r.returncode == 0, f"podman-compose {' '.join(args)}")
-            try:
-                try:
-                    run_stack(ns, compose, silence_s, tmp)
-                except AssertionError:
-                    for service in SERVICES:
-                        log(f"{cname(service)}'s log:\n" + container_logs(cname(service))[-3000:])
-                    raise
-            finally:
-                left = project_containers()
-                if left:
-                    ns.podman("rm", "-f", "-t", "0", *left, check=False, stdout=subprocess.DEVNULL)
-                ns.podman("network", "rm", "-f", NETWORK, check=False, quiet=True,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    _project.run("lifeline-test-cluster", COMPOSE, SERVICES,
+                 lambda ns, compose, tmp: run_stack(ns, compose, silence_s, tmp))
     log(f"passed in {time.monotonic() - started:.0f} s")
     return 0
 
