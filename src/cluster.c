@@ -144,7 +144,6 @@ struct cluster {
     struct etcd_watch *watch;
     struct renew *renew_out; /* the renewal out, if any */
     uint64_t inherited_ns;   /* a handed-over lease: uv_hrtime() of its last renewal */
-    int renewing;            /* a keep-alive is out */
 };
 
 static struct cluster *cluster_of(struct registry *r) { return (struct cluster *)(void *)r; }
@@ -839,7 +838,7 @@ static void renew_cb(uv_timer_t *t)
 {
     struct cluster *c = t->data;
     pthread_mutex_lock(&c->lock);
-    int go = c->lease_state == LEASE_HELD && !c->renewing && !c->detached;
+    int go = c->lease_state == LEASE_HELD && c->renew_out == NULL && !c->detached;
     int64_t lease = c->lease;
     pthread_mutex_unlock(&c->lock);
     if (!go)
@@ -853,11 +852,9 @@ static void renew_cb(uv_timer_t *t)
     rn->sent = uv_now(&c->loop);
     rn->sent_ns = uv_hrtime();
     rn->epoch = c->lease_epoch;
-    c->renewing = 1;
     c->renew_out = rn;
     if (etcd_lease_keepalive(c->lease_etcd, lease, renewed_cb, rn) < 0) {
         c->renew_out = NULL;
-        c->renewing = 0;
         free(rn);
     }
 }
@@ -867,7 +864,6 @@ static void renewed_cb(void *arg, const struct etcd_result *res)
     struct renew *rn = arg;
     struct cluster *c = rn->c;
     c->renew_out = NULL;
-    c->renewing = 0;
     pthread_mutex_lock(&c->lock);
     record_rtt(c, res->rtt_us);
     if (res->status < 0) {

@@ -6,14 +6,15 @@
 #include <curl/curl.h>
 #include <errno.h>
 #include <inttypes.h>
-#include <netinet/in.h>
 #include <stdarg.h>
-#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
-#include <sys/socket.h>
+
+#include "lifeline/config.h"
+#include "lifeline/liveness.h"
+#include "lifeline/net.h"
 
 /* A reply bigger than this is not one of ours: the call fails. */
 #define REPLY_MAX (1u << 20)
@@ -208,14 +209,14 @@ static int timer_fn(CURLM *multi, long timeout_ms, void *userp)
  * within about three seconds, not by the kernel's two hours. */
 static int sockopt_cb(void *clientp, curl_socket_t fd, curlsocktype purpose)
 {
-    int on = 1, idle = 1, intvl = 1, cnt = 2;
-    unsigned user_timeout = 3000;
-    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on));
-    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
-    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
-    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
-    setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof(user_timeout));
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
+    static const struct heartbeat_config etcd_liveness = {
+        .keepalive_idle_ms = 1000,
+        .keepalive_interval_ms = 1000,
+        .keepalive_count = 2,
+        .user_timeout_ms = 3000,
+    };
+    (void)liveness_apply(fd, &etcd_liveness);
+    net_set_nodelay(fd);
     return CURL_SOCKOPT_OK;
 }
 
