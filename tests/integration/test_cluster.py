@@ -16,6 +16,7 @@ import unittest
 
 from harness import (BIN, LOOPBACK, Lifeline, LifelineTestCase, SinkServer, addr_str, bound_client_socket,
                      config, connect, free_port, route, run_cli, scaled, wait_closed, wait_until, write_config)
+from test_upgrade import UpgradeCase
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 import etcd_cluster  # noqa: E402
@@ -113,8 +114,8 @@ class ClusterCheckTest(LifelineTestCase):
         self.assertError(r, "cluster.ttl", "unknown key")
 
 
-class ClusterTakeoverTest(LifelineTestCase):
-    """Two instances, one etcd member, a fixed-port client moving from A to B."""
+class ClusterPair:
+    """Two instances, one etcd member (a mixin: no test of its own)."""
 
     def setUp(self):
         super().setUp()
@@ -161,6 +162,26 @@ class ClusterTakeoverTest(LifelineTestCase):
             return None
         return {v: k for k, v in self.lease.items()}.get(kvs[0]["lease"], "lease %x" % kvs[0]["lease"])
 
+    def move_client(self, sink, src, old_record, n):
+        """The client bound to `src` connects again, through B: returns (B's
+        client socket, the server's record of B's connection, n-th)."""
+        s2 = socket.socket()
+        s2.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s2.bind(src)
+        c2 = self.track(connect(self.ports["B"], sock=s2))
+        c2.sendall(b"via B\n")
+        r2 = sink.wait_connection(n, scaled(5))
+        wait_until(lambda: bytes(r2.data) == b"via B\n", scaled(5), "B's bytes at the server")
+        self.assertTrue(old_record.ended.is_set(),
+                        "the old connection had not ended when B's was accepted")
+        self.assertEqual(old_record.end, "eof")
+        self.assertLess(old_record.ended_at, r2.accepted_at)
+        return c2, r2
+
+
+class ClusterTakeoverTest(ClusterPair, LifelineTestCase):
+    """A fixed-port client moving from A to B."""
+
     def test_joined_ready_metrics(self):
         sink = self.server(SinkServer)
         a, b = self.start_pair(sink)
@@ -188,19 +209,9 @@ class ClusterTakeoverTest(LifelineTestCase):
         client = addr_str(src)
         self.assertEqual(self.owner(client), "A")
 
-        s2 = socket.socket()
-        s2.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s2.bind(src)
         t0 = time.monotonic()
-        c2 = self.track(connect(self.ports["B"], sock=s2))
-        c2.sendall(b"via B\n")
-        r2 = sink.wait_connection(2, scaled(5))
-        wait_until(lambda: bytes(r2.data) == b"via B\n", scaled(5), "B's bytes at the server")
+        c2, r2 = self.move_client(sink, src, r1, 2)
         took = r2.accepted_at - t0
-
-        self.assertTrue(r1.ended.is_set(), "the old connection had not ended when B's was accepted")
-        self.assertEqual(r1.end, "eof")
-        self.assertLess(r1.ended_at, r2.accepted_at)
         self.assertEqual(wait_closed(c1, scaled(2)), "reset")
         self.assertSessionClosed(a, client, "replaced")
         ev = a.wait_log("cluster eviction", scaled(2))
@@ -240,6 +251,47 @@ class ClusterTakeoverTest(LifelineTestCase):
         self.assertEqual(len(sink.connections()), 1)
         self.assertEqual(a.find("session closed"), [])
         self.assertEqual(self.owner(LOOPBACK), "A")
+
+
+class ClusterUpgradeTest(ClusterPair, UpgradeCase):
+
+    def test_upgrade_hands_the_lease_over(self):
+        """A live upgrade of A holding a client: the new process keeps A's
+        lease (no new one), renews it past its TTL after the old process
+        has gone, and answers B's eviction: the server reads the old
+        connection's EOF before it accepts B's."""
+        ttl_ms = 2000
+        sink = self.server(SinkServer)
+        a, b = self.start_pair(sink, lease_ttl_ms=ttl_ms)
+        s1 = bound_client_socket()
+        s1.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        src = s1.getsockname()
+        c1 = self.track(connect(self.ports["A"], sock=s1))
+        c1.sendall(b"via A\n")
+        r1 = sink.wait_connection(1)
+        wait_until(lambda: bytes(r1.data) == b"via A\n", scaled(5), "A's bytes at the server")
+        client = addr_str(src)
+
+        self.upgrade(a, a.pid, expect_sessions=1, others=(b.pid,))
+        joined = a.wait_count(2, "cluster joined")[-1]
+        self.assertEqual((joined.get("from"), int(joined["lease"], 16)),
+                         ("live upgrade", self.lease["A"]), joined)
+        # The old process has exited; the lease outlives two TTLs only if the
+        # new process renews it. Watched for that long, not slept through.
+        deadline = time.monotonic() + 2 * ttl_ms / 1000
+        while time.monotonic() < deadline:
+            self.assertGreater(self.etcd.lease_ttl(self.lease["A"]), 0, "A's lease expired")
+            time.sleep(0.1)
+        self.assertEqual(a.find("cluster fenced"), [], a.log_tail())
+        self.assertEqual(self.owner(client), "A")
+        c1.sendall(b"after\n")
+        wait_until(lambda: bytes(r1.data) == b"via A\nafter\n", scaled(5), "the bytes after")
+
+        self.move_client(sink, src, r1, 2)
+        self.assertSessionClosed(a, client, "replaced")
+        ev = a.wait_log("cluster eviction", scaled(2))
+        self.assertEqual((ev.get("client"), ev.get("from")), (client, "b"), ev)
+        self.assertEqual(self.owner(client), "B")
 
 
 class ClusterStartTest(LifelineTestCase):

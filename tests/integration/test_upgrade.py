@@ -188,11 +188,13 @@ class UpgradeCase(AdminCase):
 
     # -- one upgrade
 
-    def upgrade(self, d, pid, expect_sessions=None, ready_after_exit=False, executable=None):
+    def upgrade(self, d, pid, expect_sessions=None, ready_after_exit=False, executable=None,
+                others=()):
         """SIGUSR2 to the serving process `pid`; waits for the whole
         sequence: the old process's lines, the new one's, `ready` from the
         new pid; the old one exits 0, and the new one is then the only
-        lifeline process. With
+        lifeline process (but `others`, pids of lifelines the test runs
+        beside it). With
         ready_after_exit, the old process must be gone (exited: a zombie
         or reaped) when the new one's `ready` line is seen. Returns
         (new_pid, `upgraded` record)."""
@@ -235,7 +237,8 @@ class UpgradeCase(AdminCase):
             code = reap(pid, scaled(10))
         self.assertEqual(code, 0, f"old process {pid} exit status\n{d.log_tail()}")
         self.assertTrue(gone(pid), f"old process {pid} still in /proc")
-        self.assertEqual(live_lifelines(), {new}, "lifeline processes after the upgrade")
+        self.assertEqual(live_lifelines() - set(others), {new},
+                         "lifeline processes after the upgrade")
         self.assertEqual(d.find("stopped"), [], "the old process logged `stopped`")
         self.assertEqual(d.find("upgrade failed: serving on"), [], d.log_tail())
         return new, up
