@@ -25,7 +25,8 @@ and the clients using 127.0.0.1 go on.  With `netns` every member runs under
 made from a socket created inside that namespace.
 
 Settings are for tests: --heartbeat-interval 100 --election-timeout 1000, data
-dirs in /dev/shm when it is writable (fsync is then cheap), logs of each
+dirs in /dev/shm when it is writable and has 512 MB free (fsync is then
+cheap; else the temp dir), logs of each
 member in its dir (printed by describe() for a failure report).
 
 Ports are the caller's: in a fresh network namespace any fixed ports are free;
@@ -212,10 +213,17 @@ def reap_stale_dirs():
                 shutil.rmtree(os.path.join(base, d), ignore_errors=True)
 
 
+# A member writes a 64 MB WAL and its db at start; a container's /dev/shm is
+# 64 MB by default, where etcd dies with "no space left on device".
+SHM_NEEDED = 512 << 20
+
+
 def _scratch_base():
     shm = "/dev/shm"
     if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK):
-        return shm
+        st = os.statvfs(shm)
+        if st.f_bavail * st.f_frsize >= SHM_NEEDED:
+            return shm
     return tempfile.gettempdir()
 
 
