@@ -79,6 +79,8 @@
  * connection, how often it looks, and the grace after the FIN is acked. */
 #define AWAIT_SERVER_MS 1000
 #define AWAIT_POLL_MS 5
+/* due_ms of a state without a deadline. */
+#define NO_DEADLINE UINT64_MAX
 #define AWAIT_GRACE_MS 50
 /* With upstream.on_close "reconnect", a server connection that ends sooner
  * than this after it was established counts as a failed try: a server that
@@ -100,7 +102,7 @@
     X(CONNECTING, "connecting", CONNECTING)     /* handshake; timer: connect timeout */            \
     X(RECONNECTING, "reconnecting", CONNECTING) /* the last try's handle closing */                \
     X(BACKOFF, "backoff", CONNECTING)           /* timer: the pause before the next try */         \
-    X(RELAYING, "relaying", RELAYING)           /* no timer (silence has its own) */               \
+    X(RELAYING, "relaying", RELAYING)           /* no deadline (the timer watches silence) */      \
     X(FLUSHING, "flushing", CLOSING)            /* timer: CLOSE_LINGER_MS, then cut */             \
     X(AWAIT_CONNECT, "await_connect", CLOSING)  /* given up mid-handshake; timer: connect */       \
     X(AWAIT_SERVER, "await_server", CLOSING)    /* FIN sent upstream; timer: polls the server */   \
@@ -212,9 +214,12 @@ struct session {
 
     uv_tcp_t client;
     uv_tcp_t upstream;
-    int upstream_open;  /* upstream handle initialised and not yet closing */
-    uv_timer_t timer;   /* connect timeout, backoff, linger or await, by state */
-    uv_timer_t silence; /* heartbeat.silence_ms, re-armed lazily */
+    int upstream_open; /* upstream handle initialised and not yet closing */
+    /* One timer for two deadlines: the state's (connect timeout, backoff,
+     * linger or await) and the client's silence; armed for the nearer. */
+    uv_timer_t timer;
+    uint64_t due_ms;     /* the state's deadline (uv_now() time), or NO_DEADLINE */
+    int silence_watched; /* heartbeat.silence_ms is on and the client may still speak */
     /* One step of a connect try at a time: resolving, then connecting (a
      * request's memory is free once its callback runs). Shared, so that an
      * idle session does not carry both. */
@@ -379,8 +384,6 @@ static void queue_free(struct session *s, struct half *h)
 
 /* --- liveness: silence ---------------------------------------------------- */
 
-static void silence_cb(uv_timer_t *t);
-
 /* Bytes the client sent that nobody has read yet: reading is stopped
  * (backpressure, a live upgrade), not the client silent. */
 static int client_has_input(const struct session *s)
@@ -390,28 +393,66 @@ static int client_has_input(const struct session *s)
            n > 0;
 }
 
-static void silence_arm(struct session *s)
+/* Arms the timer for the nearer of the state's deadline and the end of
+ * the client's allowed silence. Reads only note the time (last_rx_ms): the
+ * timer is re-armed when it fires, not on every read. */
+static void timer_arm(struct session *s)
 {
-    uint64_t limit = s->route->client.heartbeat.silence_ms;
-    uint64_t quiet = uv_now(s->host->loop) - s->last_rx_ms;
-    uv_timer_start(&s->silence, silence_cb, quiet < limit ? limit - quiet : 0, 0);
-}
-
-static void silence_cb(uv_timer_t *t)
-{
-    struct session *s = t->data;
-    uint64_t limit = s->route->client.heartbeat.silence_ms;
-    uint64_t quiet = uv_now(s->host->loop) - s->last_rx_ms;
-    if (quiet >= limit && client_has_input(s)) {
-        s->last_rx_ms = uv_now(s->host->loop);
-        quiet = 0;
+    uint64_t at = s->due_ms;
+    if (s->silence_watched) {
+        uint64_t quiet_end = s->last_rx_ms + s->route->client.heartbeat.silence_ms;
+        if (quiet_end < at)
+            at = quiet_end;
     }
-    /* Re-armed here rather than on every read: reads only note the time. */
-    if (quiet < limit) {
-        silence_arm(s);
+    if (at == NO_DEADLINE) {
+        uv_timer_stop(&s->timer);
         return;
     }
+    uint64_t now = uv_now(s->host->loop);
+    uv_timer_start(&s->timer, timer_cb, at > now ? at - now : 0, 0);
+}
+
+/* The state's deadline, `ms` from now. */
+static void state_timer(struct session *s, uint64_t ms)
+{
+    s->due_ms = uv_now(s->host->loop) + ms;
+    timer_arm(s);
+}
+
+static void state_timer_stop(struct session *s)
+{
+    s->due_ms = NO_DEADLINE;
+    timer_arm(s);
+}
+
+/* Watches the client's silence from now on, if the route asks for it. */
+static void silence_watch(struct session *s)
+{
+    s->silence_watched = s->route->client.heartbeat.silence_ms > 0;
+    timer_arm(s);
+}
+
+/* A client that said goodbye, or a session that is closing or moving, is
+ * not silent. */
+static void silence_unwatch(struct session *s)
+{
+    s->silence_watched = 0;
+    timer_arm(s);
+}
+
+/* Whether the client has been silent for too long: then the session closes
+ * and the caller does nothing more. */
+static int silence_expired(struct session *s)
+{
+    uint64_t now = uv_now(s->host->loop);
+    if (!s->silence_watched || now - s->last_rx_ms < s->route->client.heartbeat.silence_ms)
+        return 0;
+    if (client_has_input(s)) {
+        s->last_rx_ms = now;
+        return 0;
+    }
     session_close(s, REASON_CLIENT_SILENCE);
+    return 1;
 }
 
 /* --- relay -------------------------------------------------------------- */
@@ -709,7 +750,7 @@ static void half_eof(struct half *h)
         s->eof_reason = h == &s->up ? REASON_CLIENT_EOF : REASON_UPSTREAM_EOF;
     }
     if (h == &s->up)
-        uv_timer_stop(&s->silence); /* a client that said goodbye is not silent */
+        silence_unwatch(s);
     h->state = HALF_FLUSHING;
     if (s->state == SESSION_RELAYING)
         half_flush_then_fin(h);
@@ -838,7 +879,7 @@ static void connect_next(struct session *s)
         return;
     }
     set_state(s, SESSION_BACKOFF);
-    uv_timer_start(&s->timer, timer_cb, s->tries == 0 ? 0 : backoff_ms(s), 0);
+    state_timer(s, s->tries == 0 ? 0 : backoff_ms(s));
 }
 
 static void upstream_retry_closed_cb(uv_handle_t *handle)
@@ -854,7 +895,7 @@ static void upstream_retry_closed_cb(uv_handle_t *handle)
 /* Closes the upstream handle, then connect_next() decides what comes next. */
 static void close_upstream_then_retry(struct session *s)
 {
-    uv_timer_stop(&s->timer);
+    state_timer_stop(s);
     set_state(s, SESSION_RECONNECTING);
     if (!s->upstream_open) {
         connect_next(s);
@@ -925,7 +966,7 @@ static void deliver_queue(struct session *s, enum session_state state)
 
 static void connected(struct session *s)
 {
-    uv_timer_stop(&s->timer);
+    state_timer_stop(s);
     set_state(s, SESSION_RELAYING);
     s->connected_ms = uv_now(s->host->loop);
     int fd = -1;
@@ -1059,7 +1100,7 @@ static void connect_to(struct session *s, const struct sockaddr *sa)
         return;
     }
     set_state(s, SESSION_CONNECTING);
-    uv_timer_start(&s->timer, timer_cb, s->route->upstream.connect_timeout_ms, 0);
+    state_timer(s, s->route->upstream.connect_timeout_ms);
 }
 
 static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
@@ -1133,7 +1174,7 @@ static void await_server(struct session *s)
     set_state(s, SESSION_AWAIT_SERVER);
     s->await_since_ms = uv_now(s->host->loop);
     drop_server_input(s); /* reading already, unless the close began elsewhere */
-    uv_timer_start(&s->timer, timer_cb, AWAIT_POLL_MS, AWAIT_POLL_MS);
+    state_timer(s, AWAIT_POLL_MS);
 }
 
 static void await_done(struct session *s, enum upstream_finish how)
@@ -1160,11 +1201,20 @@ static void await_poll(struct session *s)
         await_done(s, FINISH_FIN_ACKED);
     else if (now - s->await_since_ms >= AWAIT_SERVER_MS)
         await_done(s, FINISH_TIMEOUT);
+    else
+        state_timer(s, AWAIT_POLL_MS);
 }
 
 static void timer_cb(uv_timer_t *t)
 {
     struct session *s = t->data;
+    if (silence_expired(s))
+        return;
+    if (s->due_ms > uv_now(s->host->loop)) {
+        timer_arm(s); /* silence was nearer, and the client spoke since */
+        return;
+    }
+    s->due_ms = NO_DEADLINE;
     switch (s->state) {
     case SESSION_BACKOFF:
         connect_try(s);
@@ -1182,6 +1232,8 @@ static void timer_cb(uv_timer_t *t)
     default:
         break;
     }
+    if (s->state != SESSION_CLOSED)
+        timer_arm(s); /* silence, while it is watched */
 }
 
 static void log_close(struct session *s)
@@ -1282,7 +1334,6 @@ static void finish_close(struct session *s)
     close_client(s);
     close_upstream(s, CLOSE_FIN);
     close_handle((uv_handle_t *)&s->timer);
-    close_handle((uv_handle_t *)&s->silence);
     if (resolving)
         uv_cancel((uv_req_t *)&s->gai); /* gai_cb still runs, and frees */
     /* Last: the next owner of the identity may connect from now on. */
@@ -1339,7 +1390,7 @@ void session_close(struct session *s, enum reason reason)
         return;
     }
     s->reason = reason;
-    uv_timer_stop(&s->silence);
+    silence_unwatch(s);
     /* A fenced client is alive, but it will come back (through another
      * instance, or this one): no TIME_WAIT on its fixed 5-tuple either. */
     if (gave_up_on_client(reason) || reason == REASON_FENCED)
@@ -1354,7 +1405,7 @@ void session_close(struct session *s, enum reason reason)
         set_state(s, SESSION_AWAIT_CONNECT);
         return;
     }
-    uv_timer_stop(&s->timer);
+    state_timer_stop(s);
     if (s->state != SESSION_RELAYING) {
         finish_close(s);
         return;
@@ -1398,7 +1449,7 @@ static void flush_then_fin(struct session *s, struct half *h)
     if (s->state != SESSION_FLUSHING)
         set_state(s, SESSION_FLUSHING);
     h->state = HALF_FLUSHING;
-    uv_timer_start(&s->timer, timer_cb, CLOSE_LINGER_MS, 0);
+    state_timer(s, CLOSE_LINGER_MS);
     half_flush_then_fin(h);
 }
 
@@ -1470,11 +1521,10 @@ int session_new(struct session_host *h, const struct session_params *p, struct s
         return rc;
     }
     s->cfg = config_ref(p->cfg);
-    s->refs = 3; /* client, timer, silence */
+    s->refs = 2; /* client, timer */
     uv_timer_init(h->loop, &s->timer);
-    uv_timer_init(h->loop, &s->silence);
     s->timer.data = s;
-    s->silence.data = s;
+    s->due_ms = NO_DEADLINE;
     s->started_ms = s->last_rx_ms = uv_now(h->loop);
     if (p->peer_len > 0 && p->peer_len <= sizeof(s->peer))
         memcpy(&s->peer, p->peer, p->peer_len);
@@ -1495,8 +1545,7 @@ void session_run(struct session *s)
         session_close(s, REASON_REJECTED);
         return;
     }
-    if (s->route->client.heartbeat.silence_ms > 0)
-        uv_timer_start(&s->silence, silence_cb, s->route->client.heartbeat.silence_ms, 0);
+    silence_watch(s);
     half_read_start(&s->up);
     if (answer == REGISTRY_GO)
         session_go(s);
@@ -1579,7 +1628,7 @@ void session_export(struct session *s, struct session_record *rec, int fds[2])
     rec->up_open = s->up.state == HALF_OPEN;
     rec->down_open = s->down.state == HALF_OPEN;
     rec->eof_reason = (uint8_t)s->eof_reason;
-    uv_timer_stop(&s->silence);
+    silence_unwatch(s);
     fds[0] = fds[1] = -1;
     uv_fileno((uv_handle_t *)&s->client, &fds[0]);
     uv_fileno((uv_handle_t *)&s->upstream, &fds[1]);
@@ -1610,9 +1659,8 @@ void session_thaw(struct session *s)
     half_thaw(&s->up);
     if (s->state == SESSION_RELAYING)
         half_thaw(&s->down);
-    if (s->state == SESSION_RELAYING && s->up.state == HALF_OPEN &&
-        s->route->client.heartbeat.silence_ms > 0)
-        silence_arm(s);
+    if (s->state == SESSION_RELAYING && s->up.state == HALF_OPEN)
+        silence_watch(s);
 }
 
 void session_release(struct session *s)
@@ -1631,7 +1679,6 @@ void session_release(struct session *s)
     s->upstream_open = 0;
     close_handle((uv_handle_t *)&s->upstream);
     close_handle((uv_handle_t *)&s->timer);
-    close_handle((uv_handle_t *)&s->silence);
 }
 
 /* An adopted session's handle that could not be opened: only memory to free. */
@@ -1700,11 +1747,10 @@ int session_adopt(struct session_host *h, const struct session_adopt_params *p,
     }
     s->upstream_open = 1;
     s->adopted = 1;
-    s->refs += 2; /* timer, silence */
+    s->refs++; /* timer */
     uv_timer_init(h->loop, &s->timer);
-    uv_timer_init(h->loop, &s->silence);
     s->timer.data = s;
-    s->silence.data = s;
+    s->due_ms = NO_DEADLINE;
     s->started_ms = rec->started_ms;
     s->connected_ms = rec->connected_ms;
     s->last_rx_ms = rec->last_rx_ms;
