@@ -93,7 +93,8 @@
 #define DRAIN_BYTES_MAX (4 * POOL_READ_SIZE)
 
 /* Every step of a session is a state of its own, moved only by
- * set_state(); `timer` serves the state it is in, as the comments say.
+ * set_state(); its timer (a deadline on the host's heap) serves the state
+ * it is in, as the comments say.
  * Each belongs to a phase, which is what /sessions shows and what the
  * code asks (is_connecting, is_closing). */
 #define SESSION_STATES(X)                                                                          \
@@ -215,18 +216,16 @@ struct session {
     uv_tcp_t client;
     uv_tcp_t upstream;
     int upstream_open; /* upstream handle initialised and not yet closing */
-    /* One timer for two deadlines: the state's (connect timeout, backoff,
-     * linger or await) and the client's silence; armed for the nearer. */
-    uv_timer_t timer;
+    /* One deadline on the host's heap for two: the state's (connect
+     * timeout, backoff, linger or await) and the client's silence; set for
+     * the nearer. */
+    struct deadline deadline;
     uint64_t due_ms;     /* the state's deadline (uv_now() time), or NO_DEADLINE */
     int silence_watched; /* heartbeat.silence_ms is on and the client may still speak */
-    /* One step of a connect try at a time: resolving, then connecting (a
-     * request's memory is free once its callback runs). Shared, so that an
-     * idle session does not carry both. */
-    union {
-        uv_connect_t connect_req;
-        uv_getaddrinfo_t gai;
-    };
+    /* While RESOLVING, to cancel it. The requests of a connect try (this
+     * and the uv_connect_t) are allocated for their step and freed by their
+     * callbacks: a relaying session carries neither. */
+    uv_getaddrinfo_t *gai;
     int refs; /* handles and requests whose callbacks are due */
 
     struct half up;   /* client -> upstream */
@@ -248,7 +247,6 @@ struct session {
 };
 
 static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
-static void timer_cb(uv_timer_t *t);
 static void connect_try(struct session *s);
 static void finish_close(struct session *s);
 static void await_server(struct session *s);
@@ -336,11 +334,8 @@ static void free_if_unused(struct session *s)
     h->freed(h);
 }
 
-/* TCP handles point at their reading half, timers at the session. */
-static struct session *session_of(const uv_handle_t *h)
-{
-    return h->type == UV_TCP ? ((struct half *)h->data)->s : h->data;
-}
+/* A session's handles (its two TCP handles) point at their reading half. */
+static struct session *session_of(const uv_handle_t *h) { return ((struct half *)h->data)->s; }
 
 static void handle_closed_cb(uv_handle_t *h)
 {
@@ -393,9 +388,9 @@ static int client_has_input(const struct session *s)
            n > 0;
 }
 
-/* Arms the timer for the nearer of the state's deadline and the end of
+/* Sets the session's deadline for the nearer of the state's and the end of
  * the client's allowed silence. Reads only note the time (last_rx_ms): the
- * timer is re-armed when it fires, not on every read. */
+ * deadline moves when it comes, not on every read. */
 static void timer_arm(struct session *s)
 {
     uint64_t at = s->due_ms;
@@ -404,12 +399,10 @@ static void timer_arm(struct session *s)
         if (quiet_end < at)
             at = quiet_end;
     }
-    if (at == NO_DEADLINE) {
-        uv_timer_stop(&s->timer);
-        return;
-    }
-    uint64_t now = uv_now(s->host->loop);
-    uv_timer_start(&s->timer, timer_cb, at > now ? at - now : 0, 0);
+    if (at == NO_DEADLINE)
+        deadline_clear(s->host->deadlines, &s->deadline);
+    else
+        deadline_set(s->host->deadlines, &s->deadline, at);
 }
 
 /* The state's deadline, `ms` from now. */
@@ -1027,6 +1020,7 @@ static void connect_resolved_while_closing(struct session *s, int status)
 static void connect_cb(uv_connect_t *req, int status)
 {
     struct session *s = req->data;
+    free(req);
     if (status == UV_ECANCELED)
         return; /* the handle was closed under us: whoever closed it carries on */
     if (s->state == SESSION_AWAIT_CONNECT) {
@@ -1091,11 +1085,17 @@ static void connect_to(struct session *s, const struct sockaddr *sa)
     rc = uv_tcp_open(&s->upstream, fd);
     if (rc < 0)
         close(fd); /* not adopted by the handle: still ours */
+    uv_connect_t *req = NULL;
     if (rc == 0) {
-        s->connect_req.data = s;
-        rc = uv_tcp_connect(&s->connect_req, &s->upstream, sa, connect_cb);
+        req = malloc(sizeof(*req));
+        rc = req == NULL ? UV_ENOMEM : 0;
+    }
+    if (rc == 0) {
+        req->data = s;
+        rc = uv_tcp_connect(req, &s->upstream, sa, connect_cb);
     }
     if (rc < 0) {
+        free(req);
         connect_failed(s, rc);
         return;
     }
@@ -1106,6 +1106,8 @@ static void connect_to(struct session *s, const struct sockaddr *sa)
 static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
     struct session *s = req->data;
+    free(req);
+    s->gai = NULL;
     s->refs--;
     if (s->state != SESSION_RESOLVING) {
         uv_freeaddrinfo(res);
@@ -1144,12 +1146,18 @@ static void connect_try(struct session *s)
     struct addrinfo hints = { .ai_family = source_family(s),
                               .ai_socktype = SOCK_STREAM,
                               .ai_flags = AI_ADDRCONFIG };
-    s->gai.data = s;
-    int rc = uv_getaddrinfo(s->host->loop, &s->gai, gai_cb, srv->host, NULL, &hints);
+    uv_getaddrinfo_t *req = malloc(sizeof(*req));
+    int rc = UV_ENOMEM;
+    if (req != NULL) {
+        req->data = s;
+        rc = uv_getaddrinfo(s->host->loop, req, gai_cb, srv->host, NULL, &hints);
+    }
     if (rc < 0) {
+        free(req);
         connect_failed(s, rc);
         return;
     }
+    s->gai = req;
     s->refs++;
     set_state(s, SESSION_RESOLVING);
 }
@@ -1205,9 +1213,9 @@ static void await_poll(struct session *s)
         state_timer(s, AWAIT_POLL_MS);
 }
 
-static void timer_cb(uv_timer_t *t)
+void session_deadline_fire(struct deadline *d)
 {
-    struct session *s = t->data;
+    struct session *s = (struct session *)((char *)d - offsetof(struct session, deadline));
     if (silence_expired(s))
         return;
     if (s->due_ms > uv_now(s->host->loop)) {
@@ -1333,9 +1341,9 @@ static void finish_close(struct session *s)
     half_read_reset(&s->down);
     close_client(s);
     close_upstream(s, CLOSE_FIN);
-    close_handle((uv_handle_t *)&s->timer);
+    deadline_clear(s->host->deadlines, &s->deadline);
     if (resolving)
-        uv_cancel((uv_req_t *)&s->gai); /* gai_cb still runs, and frees */
+        uv_cancel((uv_req_t *)s->gai); /* gai_cb still runs, and frees */
     /* Last: the next owner of the identity may connect from now on. */
     release_identity(s);
 }
@@ -1521,9 +1529,7 @@ int session_new(struct session_host *h, const struct session_params *p, struct s
         return rc;
     }
     s->cfg = config_ref(p->cfg);
-    s->refs = 2; /* client, timer */
-    uv_timer_init(h->loop, &s->timer);
-    s->timer.data = s;
+    s->refs = 1; /* client */
     s->due_ms = NO_DEADLINE;
     s->started_ms = s->last_rx_ms = uv_now(h->loop);
     if (p->peer_len > 0 && p->peer_len <= sizeof(s->peer))
@@ -1678,7 +1684,7 @@ void session_release(struct session *s)
     uv_close((uv_handle_t *)&s->client, handle_closed_cb);
     s->upstream_open = 0;
     close_handle((uv_handle_t *)&s->upstream);
-    close_handle((uv_handle_t *)&s->timer);
+    deadline_clear(s->host->deadlines, &s->deadline);
 }
 
 /* An adopted session's handle that could not be opened: only memory to free. */
@@ -1747,9 +1753,6 @@ int session_adopt(struct session_host *h, const struct session_adopt_params *p,
     }
     s->upstream_open = 1;
     s->adopted = 1;
-    s->refs++; /* timer */
-    uv_timer_init(h->loop, &s->timer);
-    s->timer.data = s;
     s->due_ms = NO_DEADLINE;
     s->started_ms = rec->started_ms;
     s->connected_ms = rec->connected_ms;

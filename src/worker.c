@@ -97,6 +97,7 @@ struct worker {
     int id;
     struct worker_shared shared; /* registry, limits, budget, notify */
     struct session_host host;    /* what the sessions may use of this worker */
+    struct deadlines deadlines;  /* the sessions' timers */
     struct config *cfg;          /* for new connections; a reference */
     uv_loop_t loop;
     uv_thread_t thread;
@@ -657,6 +658,7 @@ static void exit_if_idle(struct worker *w)
         uv_close((uv_handle_t *)&w->budget_retry, NULL);
         uv_close((uv_handle_t *)&w->settle, NULL);
         uv_close((uv_handle_t *)&w->flush, NULL);
+        deadlines_close(&w->deadlines);
     }
     if (!uv_is_closing((uv_handle_t *)&w->drain_timer))
         uv_close((uv_handle_t *)&w->drain_timer, NULL);
@@ -1166,8 +1168,10 @@ int worker_new(struct worker **out, int id, struct config *cfg,
     w->cfg = config_ref(cfg);
     atomic_init(&w->last_tick_ms, now_ms());
     pool_init(&w->pool, POOL_MAX_FREE);
+    deadlines_init(&w->deadlines, &w->loop, session_deadline_fire);
     w->host = (struct session_host){
         .loop = &w->loop,
+        .deadlines = &w->deadlines,
         .pool = &w->pool,
         .budget = shared->budget,
         .registry = shared->registry,
@@ -1294,6 +1298,7 @@ void worker_destroy(struct worker *w)
     uv_close((uv_handle_t *)&w->settle, NULL);
     uv_close((uv_handle_t *)&w->flush, NULL);
     uv_close((uv_handle_t *)&w->drain_timer, NULL);
+    deadlines_close(&w->deadlines);
     /* Sessions adopted for a worker that never ran are closed with it. */
     close_all_sessions(w);
     uv_run(&w->loop, UV_RUN_DEFAULT);

@@ -9,6 +9,7 @@
 #include <uv.h>
 
 #include "lifeline/config.h"
+#include "lifeline/deadline.h"
 #include "lifeline/reason.h"
 #include "lifeline/registry.h"
 #include "lifeline/table.h"
@@ -33,6 +34,7 @@ TAILQ_HEAD(budget_waiters, budget_waiter);
  * own). The functions run on the host's loop, except `post`. */
 struct session_host {
     uv_loop_t *loop;
+    struct deadlines *deadlines;    /* on loop, firing session_deadline_fire */
     struct pool *pool;              /* relay buffers */
     struct budget *budget;          /* descriptors and buffer memory, process-wide */
     struct registry *registry;      /* client identities (registry.h: its messages
@@ -98,6 +100,9 @@ void session_deliver(struct session *s, enum registry_msg msg);
 /* A reader that waits for buffer memory, asked whether it may read again
  * (bw has left the queue): it resumes, or waits again. */
 void session_budget_retry(struct budget_waiter *bw);
+
+/* The `fire` of the host's deadlines: a session's timer is due. */
+void session_deadline_fire(struct deadline *d);
 
 /* Process-wide id, the address of a session in messages. */
 uint64_t session_id(const struct session *s);

@@ -201,6 +201,7 @@ struct host {
     struct log_limit upstream_log;
     struct budget_waiters waiters; /* readers waiting for memory, oldest first */
     uv_timer_t budget_retry;
+    struct deadlines deadlines;
     struct session_list sessions; /* made and not yet closed */
     uv_async_t wakeup;            /* the registry's messages are delivered from here */
     struct posted inbox[MAX_MSGS];
@@ -584,8 +585,10 @@ static void host_init(struct host *t, const struct route_opts *o)
     t->budget_retry.data = t;
     assert_int_equal(uv_async_init(&t->loop, &t->wakeup, wakeup_cb), 0);
     t->wakeup.data = t;
+    assert_int_equal(deadlines_init(&t->deadlines, &t->loop, session_deadline_fire), 0);
     t->h = (struct session_host){
         .loop = &t->loop,
+        .deadlines = &t->deadlines,
         .pool = &t->pool,
         .budget = &t->budget,
         .registry = &t->reg.base,
@@ -690,6 +693,7 @@ static void host_finish(struct host *t)
     t->front_fd = t->server_listen_fd = -1;
     uv_close((uv_handle_t *)&t->budget_retry, NULL);
     uv_close((uv_handle_t *)&t->wakeup, NULL);
+    deadlines_close(&t->deadlines);
     uint64_t deadline = now_ms() + WAIT_MS;
     while (uv_loop_alive(&t->loop)) {
         if (now_ms() > deadline)
