@@ -10,13 +10,23 @@
 #include "lifeline/addr.h"
 
 /* The owner talks to the server; the successor waits until the owner's
- * server connection is finished, then becomes the owner. */
+ * server connection is finished, then becomes the owner.
+ *
+ * One per identity held, so kept small: the route's name is stored at its
+ * length (a struct identity pads it to 64 bytes), and the two session_refs
+ * are split so that no padding sits between their fields. */
 struct identity_entry {
     struct table_node node; /* first: the table hands nodes back */
-    struct identity id;
-    struct session_ref owner;
-    struct session_ref successor; /* worker -1: none */
+    uint64_t owner_id;
+    uint64_t successor_id;
+    int32_t owner_worker;
+    int32_t successor_worker; /* -1: none */
+    struct addr_key client;
+    uint8_t route_len;
+    char route[]; /* route_len bytes, not NUL-terminated */
 };
+
+_Static_assert(sizeof(((struct identity *)0)->route) <= UINT8_MAX, "route_len holds a name");
 
 #define NO_SESSION ((struct session_ref){ .worker = -1, .id = 0 })
 
@@ -30,10 +40,36 @@ static uint64_t hash_identity(const struct identity *id)
     return hash_bytes(HASH_SEED, id, sizeof(*id));
 }
 
+static size_t route_len(const struct identity *id) { return strnlen(id->route, sizeof(id->route)); }
+
 static int entry_is(const struct table_node *n, const void *key)
 {
     const struct identity_entry *e = (const struct identity_entry *)n;
-    return memcmp(&e->id, key, sizeof(e->id)) == 0;
+    const struct identity *id = key;
+    return memcmp(&e->client, &id->client, sizeof(e->client)) == 0 &&
+           e->route_len == route_len(id) && memcmp(e->route, id->route, e->route_len) == 0;
+}
+
+static struct session_ref owner_of(const struct identity_entry *e)
+{
+    return (struct session_ref){ .worker = e->owner_worker, .id = e->owner_id };
+}
+
+static struct session_ref successor_of(const struct identity_entry *e)
+{
+    return (struct session_ref){ .worker = e->successor_worker, .id = e->successor_id };
+}
+
+static void set_owner(struct identity_entry *e, struct session_ref r)
+{
+    e->owner_worker = r.worker;
+    e->owner_id = r.id;
+}
+
+static void set_successor(struct identity_entry *e, struct session_ref r)
+{
+    e->successor_worker = r.worker;
+    e->successor_id = r.id;
 }
 
 int identity_table_init(struct identity_table *r)
@@ -71,23 +107,26 @@ enum identity_claim identity_table_claim(struct identity_table *r, const struct 
     pthread_mutex_lock(&r->lock);
     struct identity_entry *e = find(r, id, hash);
     if (e == NULL) {
-        e = malloc(sizeof(*e));
+        size_t len = route_len(id);
+        e = malloc(sizeof(*e) + len);
         if (e != NULL) {
-            e->id = *id;
-            e->owner = self;
-            e->successor = NO_SESSION;
+            e->client = id->client;
+            e->route_len = (uint8_t)len;
+            memcpy(e->route, id->route, len);
+            set_owner(e, self);
+            set_successor(e, NO_SESSION);
             table_insert(&r->entries, &e->node, hash);
         }
         /* Without memory for the entry, serve the client untracked rather
          * than refuse it. */
         result = IDENTITY_OWNER;
     } else if (!replace) {
-        *owner = e->owner;
+        *owner = owner_of(e);
         result = IDENTITY_REFUSED;
     } else {
-        *owner = e->owner;
-        *displaced = e->successor;
-        e->successor = self;
+        *owner = owner_of(e);
+        *displaced = successor_of(e);
+        set_successor(e, self);
         result = IDENTITY_SUCCESSOR;
     }
     pthread_mutex_unlock(&r->lock);
@@ -102,18 +141,18 @@ int identity_table_release(struct identity_table *r, const struct identity *id,
     uint64_t hash = hash_identity(id);
     pthread_mutex_lock(&r->lock);
     struct identity_entry *e = find(r, id, hash);
-    if (e != NULL && same_ref(e->owner, self)) {
-        if (e->successor.worker >= 0) {
-            e->owner = e->successor;
-            e->successor = NO_SESSION;
-            *next = e->owner;
+    if (e != NULL && same_ref(owner_of(e), self)) {
+        if (e->successor_worker >= 0) {
+            *next = successor_of(e);
+            set_owner(e, *next);
+            set_successor(e, NO_SESSION);
             handed_over = 1;
         } else {
             table_remove(&r->entries, &e->node);
             free(e);
         }
-    } else if (e != NULL && same_ref(e->successor, self)) {
-        e->successor = NO_SESSION;
+    } else if (e != NULL && same_ref(successor_of(e), self)) {
+        set_successor(e, NO_SESSION);
     }
     pthread_mutex_unlock(&r->lock);
     return handed_over;
@@ -124,7 +163,7 @@ void identity_table_holders(struct identity_table *r, const struct identity *id,
 {
     pthread_mutex_lock(&r->lock);
     struct identity_entry *e = find(r, id, hash_identity(id));
-    *owner = e != NULL ? e->owner : NO_SESSION;
-    *successor = e != NULL ? e->successor : NO_SESSION;
+    *owner = e != NULL ? owner_of(e) : NO_SESSION;
+    *successor = e != NULL ? successor_of(e) : NO_SESSION;
     pthread_mutex_unlock(&r->lock);
 }
