@@ -184,67 +184,89 @@ enum half_read {
                      * session_thaw, or moves to the new process */
 };
 
+/* One direction of the relay: up reads the client and writes the server,
+ * down the other way (half_src, half_dst). */
 struct half {
     struct session *s;
-    uv_tcp_t *src;
-    uv_tcp_t *dst;
     enum half_state state;
     enum half_read read;
     struct budget_waiter waiter; /* READ_BUDGET: on the worker's list */
     size_t pending;              /* bytes read and not yet written */
-    struct chunk *queue_head;    /* bytes waiting for the upstream to connect */
-    struct chunk *queue_tail;
-    uint64_t bytes; /* bytes read from the source */
+    uint64_t bytes;              /* bytes read from the source */
 };
 
+/* Fields are ordered by size: one struct per live connection, so padding
+ * shows in every idle session's memory. */
 struct session {
     struct session_link link;         /* its host's: list, index, limit slot */
     uint64_t id;                      /* process-wide, for messages */
-    struct session_host *host;        /* the worker that runs it */
     struct config *cfg;               /* a reference: the config the session started with */
     const struct route_config *route; /* in cfg */
     struct route_stats *stats;        /* the route's counters on this worker */
     enum session_state state;
     enum upstream_finish finish;
-    enum reason reason;     /* set once, by the first session_close() */
-    enum reason eof_reason; /* the side whose EOF came first */
-    int saw_eof;
+    enum reason reason;           /* set once, by the first session_close() */
+    enum reason eof_reason;       /* the side whose EOF came first */
     enum close_mode client_close; /* how finish_close() ends the client side */
-    int registered;               /* owns (or waits for) its client identity */
-    int adopted;                  /* from a live upgrade, not thawed yet */
-
-    uv_tcp_t client;
-    uv_tcp_t upstream;
-    int upstream_open; /* upstream handle initialised and not yet closing */
-    /* One deadline on the host's heap for two: the state's (connect
-     * timeout, backoff, linger or await) and the client's silence; set for
-     * the nearer. */
-    struct deadline deadline;
-    uint64_t due_ms;     /* the state's deadline (uv_now() time), or NO_DEADLINE */
-    int silence_watched; /* heartbeat.silence_ms is on and the client may still speak */
-    /* While RESOLVING, to cancel it. The requests of a connect try (this
-     * and the uv_connect_t) are allocated for their step and freed by their
-     * callbacks: a relaying session carries neither. */
-    uv_getaddrinfo_t *gai;
-    int refs; /* handles and requests whose callbacks are due */
-
-    struct half up;   /* client -> upstream */
-    struct half down; /* upstream -> client */
-
+    int refs;                     /* handles and requests whose callbacks are due */
     unsigned tries;               /* connect tries since the last success */
-    size_t server;                /* index of the server of the current try */
-    unsigned short upstream_port; /* our local port of the upstream connection */
-    uint64_t started_ms;
-    uint64_t connected_ms; /* when the current server connection was established */
-    uint64_t last_rx_ms;   /* when the client last sent a byte */
-    uint64_t await_since_ms;
-    uint64_t fin_acked_ms; /* 0 until seen */
+    uint32_t server;              /* index of the server of the current try */
+    uint16_t upstream_port;       /* our local port of the upstream connection */
+    unsigned saw_eof : 1;
+    unsigned registered : 1;      /* owns (or waits for) its client identity */
+    unsigned adopted : 1;         /* from a live upgrade, not thawed yet */
+    unsigned upstream_open : 1;   /* upstream handle initialised and not yet closing */
+    unsigned silence_watched : 1; /* heartbeat.silence_ms is on and the client may still speak */
     union {
         struct sockaddr sa;
         struct sockaddr_in in;
         struct sockaddr_in6 in6;
     } peer; /* the client's address and port */
+
+    uv_tcp_t client;
+    uv_tcp_t upstream;
+    /* One deadline on the host's heap for two: the state's (connect
+     * timeout, backoff, linger or await) and the client's silence; set for
+     * the nearer. */
+    struct deadline deadline;
+    uint64_t due_ms; /* the state's deadline (uv_now() time), or NO_DEADLINE */
+    /* What one state needs, in memory the others share: the resolve
+     * request while RESOLVING (to cancel it: the requests of a connect try
+     * are allocated for their step and freed by their callbacks, so a
+     * relaying session carries neither), the wait for the server while
+     * AWAIT_SERVER. */
+    union {
+        uv_getaddrinfo_t *gai;
+        struct {
+            uint64_t since_ms;
+            uint64_t fin_acked_ms; /* 0 until seen */
+        } await;
+    };
+    /* Client bytes read before the upstream connection was up, in order. */
+    struct chunk *queue_head;
+    struct chunk *queue_tail;
+
+    struct half up;   /* client -> upstream */
+    struct half down; /* upstream -> client */
+
+    uint64_t started_ms;
+    uint64_t connected_ms; /* when the current server connection was established */
+    uint64_t last_rx_ms;   /* when the client last sent a byte */
 };
+
+/* Its host, as the loop of its client handle says: one pointer fewer in
+ * every session (session.h: the host's loop points at it). */
+static struct session_host *host_of(const struct session *s) { return s->client.loop->data; }
+
+/* The stream a half reads, and the one it writes. */
+static uv_tcp_t *half_src(struct half *h)
+{
+    return h == &h->s->up ? &h->s->client : &h->s->upstream;
+}
+static uv_tcp_t *half_dst(struct half *h)
+{
+    return h == &h->s->up ? &h->s->upstream : &h->s->client;
+}
 
 static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 static void connect_try(struct session *s);
@@ -281,12 +303,12 @@ static int add(cJSON *o, const char *key, cJSON *item)
 cJSON *session_describe(const struct session *s)
 {
     char client[ADDR_STR_MAX];
-    uint64_t now = uv_now(s->host->loop);
+    uint64_t now = uv_now(host_of(s)->loop);
     cJSON *o = cJSON_CreateObject();
     /* Numbers are doubles in cJSON: exact up to 2^53, far beyond any count here. */
     if (o == NULL || !add(o, "id", cJSON_CreateNumber((double)s->id)) ||
         !add(o, "route", cJSON_CreateString(s->route->name)) ||
-        !add(o, "worker", cJSON_CreateNumber(s->host->id)) ||
+        !add(o, "worker", cJSON_CreateNumber(host_of(s)->id)) ||
         !add(o, "client", cJSON_CreateString(addr_format(&s->peer.sa, client, sizeof(client)))) ||
         !add(o, "upstream_local_port", cJSON_CreateNumber(s->upstream_port)) ||
         !add(o, "state", cJSON_CreateString(phase_names[state_phase[s->state]])) ||
@@ -328,7 +350,7 @@ static void free_if_unused(struct session *s)
 {
     if (s->refs > 0 || s->state != SESSION_CLOSED)
         return;
-    struct session_host *h = s->host;
+    struct session_host *h = host_of(s);
     config_free(s->cfg);
     free(s);
     h->freed(h);
@@ -354,27 +376,27 @@ static void close_handle(uv_handle_t *h)
  * process-wide buffer budget while a session holds them. */
 static struct chunk *chunk_get(struct session *s)
 {
-    struct chunk *c = pool_get(s->host->pool);
+    struct chunk *c = pool_get(host_of(s)->pool);
     if (c != NULL)
-        budget_take_buf(s->host->budget, sizeof(*c));
+        budget_take_buf(host_of(s)->budget, sizeof(*c));
     return c;
 }
 
 static void chunk_put(struct session *s, struct chunk *c)
 {
-    pool_put(s->host->pool, c);
-    budget_give_buf(s->host->budget, sizeof(*c));
+    pool_put(host_of(s)->pool, c);
+    budget_give_buf(host_of(s)->budget, sizeof(*c));
 }
 
-static void queue_free(struct session *s, struct half *h)
+static void queue_free(struct session *s)
 {
-    while (h->queue_head != NULL) {
-        struct chunk *c = h->queue_head;
-        h->queue_head = c->next;
-        h->pending -= c->len;
+    while (s->queue_head != NULL) {
+        struct chunk *c = s->queue_head;
+        s->queue_head = c->next;
+        s->up.pending -= c->len;
         chunk_put(s, c);
     }
-    h->queue_tail = NULL;
+    s->queue_tail = NULL;
 }
 
 /* --- liveness: silence ---------------------------------------------------- */
@@ -400,15 +422,15 @@ static void timer_arm(struct session *s)
             at = quiet_end;
     }
     if (at == NO_DEADLINE)
-        deadline_clear(s->host->deadlines, &s->deadline);
+        deadline_clear(host_of(s)->deadlines, &s->deadline);
     else
-        deadline_set(s->host->deadlines, &s->deadline, at);
+        deadline_set(host_of(s)->deadlines, &s->deadline, at);
 }
 
 /* The state's deadline, `ms` from now. */
 static void state_timer(struct session *s, uint64_t ms)
 {
-    s->due_ms = uv_now(s->host->loop) + ms;
+    s->due_ms = uv_now(host_of(s)->loop) + ms;
     timer_arm(s);
 }
 
@@ -437,7 +459,7 @@ static void silence_unwatch(struct session *s)
  * and the caller does nothing more. */
 static int silence_expired(struct session *s)
 {
-    uint64_t now = uv_now(s->host->loop);
+    uint64_t now = uv_now(host_of(s)->loop);
     if (!s->silence_watched || now - s->last_rx_ms < s->route->client.heartbeat.silence_ms)
         return 0;
     if (client_has_input(s)) {
@@ -458,7 +480,7 @@ static int silence_expired(struct session *s)
  * budget. 0: wait for memory. */
 static size_t budget_allows(const struct half *h, size_t want)
 {
-    size_t room = budget_buf_room(h->s->host->budget);
+    size_t room = budget_buf_room(host_of(h->s)->budget);
     if (room >= want + sizeof(struct chunk))
         return want; /* the common case: far from the bound */
     size_t allowed = room / sizeof(struct chunk) * POOL_CHUNK_SIZE;
@@ -472,7 +494,7 @@ static size_t budget_allows(const struct half *h, size_t want)
 static void alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
 {
     struct half *h = handle->data;
-    char *base = pool_read_buffer(h->s->host->pool);
+    char *base = pool_read_buffer(host_of(h->s)->pool);
     if (base == NULL) {
         *buf = uv_buf_init(NULL, 0); /* read_cb gets UV_ENOBUFS */
         return;
@@ -490,18 +512,18 @@ static void alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
 static void half_read_start(struct half *h)
 {
     if (h->read == READ_BUDGET)
-        h->s->host->leave_budget(h->s->host, &h->waiter);
+        host_of(h->s)->leave_budget(host_of(h->s), &h->waiter);
     h->read = READ_ON;
-    int rc = uv_read_start((uv_stream_t *)h->src, alloc_cb, read_cb);
+    int rc = uv_read_start((uv_stream_t *)half_src(h), alloc_cb, read_cb);
     if (rc < 0)
-        session_close(h->s, failure_reason(h->s, h->src, rc));
+        session_close(h->s, failure_reason(h->s, half_src(h), rc));
 }
 
 /* Reading stops until what the direction holds is written. */
 static void half_pause(struct half *h)
 {
     if (h->read == READ_ON && h->state == HALF_OPEN) {
-        uv_read_stop((uv_stream_t *)h->src);
+        uv_read_stop((uv_stream_t *)half_src(h));
         h->read = READ_HELD;
     }
 }
@@ -509,16 +531,16 @@ static void half_pause(struct half *h)
 /* Reading stops until the buffer budget has room. */
 static void half_wait_budget(struct half *h)
 {
-    uv_read_stop((uv_stream_t *)h->src);
+    uv_read_stop((uv_stream_t *)half_src(h));
     h->read = READ_BUDGET;
-    h->s->host->wait_budget(h->s->host, &h->waiter);
+    host_of(h->s)->wait_budget(host_of(h->s), &h->waiter);
 }
 
 /* The direction will not read again, or starts over (a new server connection). */
 static void half_read_reset(struct half *h)
 {
     if (h->read == READ_BUDGET)
-        h->s->host->leave_budget(h->s->host, &h->waiter);
+        host_of(h->s)->leave_budget(host_of(h->s), &h->waiter);
     h->read = READ_ON;
 }
 
@@ -532,7 +554,7 @@ void session_budget_retry(struct budget_waiter *bw)
         (s->state != SESSION_RELAYING && s->state != SESSION_WAITING && !is_connecting(s->state)))
         return;
     if (budget_allows(h, READ_MIN) < READ_MIN) {
-        s->host->wait_budget(s->host, bw); /* still no room */
+        host_of(s)->wait_budget(host_of(s), bw); /* still no room */
         return;
     }
     half_read_start(h);
@@ -554,10 +576,10 @@ static void half_failed(struct half *h, int err)
     struct session *s = h->s;
     if (is_closing(s->state))
         finish_close(s);
-    else if (h->dst == &s->upstream && should_reconnect(s))
+    else if (half_dst(h) == &s->upstream && should_reconnect(s))
         reconnect(s, err);
     else
-        session_close(s, failure_reason(s, h->dst, err));
+        session_close(s, failure_reason(s, half_dst(h), err));
 }
 
 /* The FIN of this direction went out (or failed): what comes next. */
@@ -592,7 +614,7 @@ static void half_flush_then_fin(struct half *h)
      * write_cb), and no other half writes to dst: shutdown(2) now is what
      * uv_shutdown() would do later, minus an epoll round for POLLOUT. */
     int fd = -1;
-    int rc = uv_fileno((uv_handle_t *)h->dst, &fd);
+    int rc = uv_fileno((uv_handle_t *)half_dst(h), &fd);
     if (rc == 0 && shutdown(fd, SHUT_WR) < 0)
         rc = uv_translate_sys_error(errno);
     half_fin_done(h, rc);
@@ -625,7 +647,7 @@ static int half_write_queued(struct half *h, struct chunk *c)
     c->owner = h;
     c->req.data = c;
     h->pending += c->len;
-    int rc = uv_write(&c->req, (uv_stream_t *)h->dst, &buf, 1, write_cb);
+    int rc = uv_write(&c->req, (uv_stream_t *)half_dst(h), &buf, 1, write_cb);
     if (rc < 0) {
         h->pending -= c->len;
         chunk_put(h->s, c);
@@ -664,7 +686,7 @@ static struct chunk *copy_to_chunks(struct half *h, const char *data, size_t len
 static void half_send(struct half *h, const char *data, size_t len)
 {
     uv_buf_t buf = uv_buf_init((char *)data, (unsigned)len);
-    int n = uv_try_write((uv_stream_t *)h->dst, &buf, 1);
+    int n = uv_try_write((uv_stream_t *)half_dst(h), &buf, 1);
     if (n == (int)len)
         return;
     if (n < 0 && n != UV_EAGAIN) {
@@ -697,11 +719,12 @@ static void half_send(struct half *h, const char *data, size_t len)
 
 /* Keeps client bytes, in order, until the upstream connection is up.
  * Returns 0, or UV_ENOBUFS when out of memory. */
-static int half_queue(struct half *h, const char *data, size_t len)
+static int queue_add(struct session *s, const char *data, size_t len)
 {
+    struct half *h = &s->up;
     /* Fill the last chunk first: a client that sends a byte at a time must
      * not cost a chunk per read. */
-    struct chunk *tail = h->queue_tail;
+    struct chunk *tail = s->queue_tail;
     if (tail != NULL && tail->len < POOL_CHUNK_SIZE) {
         size_t n = POOL_CHUNK_SIZE - tail->len < len ? POOL_CHUNK_SIZE - tail->len : len;
         memcpy(tail->data + tail->len, data, n);
@@ -711,22 +734,22 @@ static int half_queue(struct half *h, const char *data, size_t len)
         len -= n;
     }
     if (len == 0) {
-        if (h->pending >= h->s->route->buffer_bytes)
+        if (h->pending >= s->route->buffer_bytes)
             half_pause(h);
         return 0;
     }
     struct chunk *c = copy_to_chunks(h, data, len);
     if (c == NULL)
         return UV_ENOBUFS;
-    if (h->queue_tail != NULL)
-        h->queue_tail->next = c;
+    if (s->queue_tail != NULL)
+        s->queue_tail->next = c;
     else
-        h->queue_head = c;
+        s->queue_head = c;
     for (; c != NULL; c = c->next) {
         h->pending += c->len;
-        h->queue_tail = c;
+        s->queue_tail = c;
     }
-    if (h->pending >= h->s->route->buffer_bytes)
+    if (h->pending >= s->route->buffer_bytes)
         half_pause(h);
     return 0;
 }
@@ -771,15 +794,15 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     if (nread > 0) {
         h->bytes += (uint64_t)nread;
         if (h == &s->up) {
-            s->last_rx_ms = uv_now(s->host->loop);
+            s->last_rx_ms = uv_now(host_of(s)->loop);
             metric_add(&s->stats->c[RC_BYTES_FROM_CLIENT], (uint64_t)nread);
         } else {
             metric_add(&s->stats->c[RC_BYTES_FROM_SERVER], (uint64_t)nread);
         }
         if (s->state == SESSION_RELAYING)
             half_send(h, buf->base, (size_t)nread);
-        else if (half_queue(h, buf->base, (size_t)nread) < 0)
-            session_close(s, failure_reason(s, h->src, UV_ENOBUFS));
+        else if (queue_add(s, buf->base, (size_t)nread) < 0) /* only the client reads yet */
+            session_close(s, failure_reason(s, half_src(h), UV_ENOBUFS));
         return;
     }
     if (nread == 0)
@@ -800,7 +823,7 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         reconnect(s, (int)nread);
         return;
     }
-    session_close(s, failure_reason(s, h->src, (int)nread));
+    session_close(s, failure_reason(s, half_src(h), (int)nread));
 }
 
 /* --- upstream connect: tries, timeout, backoff, failover ----------------- */
@@ -816,7 +839,7 @@ static const char *server_name(const struct session *s, char *buf, size_t len)
 static int upstream_log_allowed(struct session *s, enum log_level level, uint64_t *suppressed)
 {
     return log_enabled(level) &&
-           log_limit_allow(s->host->upstream_log, uv_now(s->host->loop), suppressed);
+           log_limit_allow(host_of(s)->upstream_log, uv_now(host_of(s)->loop), suppressed);
 }
 
 static void log_try_failed(struct session *s, int err)
@@ -915,7 +938,7 @@ static void connect_failed(struct session *s, int err)
 static void reconnect(struct session *s, int err)
 {
     char client[ADDR_STR_MAX], server[ADDR_STR_MAX];
-    uint64_t lived = uv_now(s->host->loop) - s->connected_ms;
+    uint64_t lived = uv_now(host_of(s)->loop) - s->connected_ms;
     uint64_t suppressed;
     if (lived < UPSTREAM_STABLE_MS) {
         count_try_failed(s);
@@ -944,8 +967,8 @@ static void reconnect(struct session *s, int err)
 static void deliver_queue(struct session *s, enum session_state state)
 {
     struct half *up = &s->up;
-    struct chunk *queue = up->queue_head;
-    up->queue_head = up->queue_tail = NULL;
+    struct chunk *queue = s->queue_head;
+    s->queue_head = s->queue_tail = NULL;
     while (queue != NULL) {
         struct chunk *c = queue;
         queue = c->next;
@@ -961,7 +984,7 @@ static void connected(struct session *s)
 {
     state_timer_stop(s);
     set_state(s, SESSION_RELAYING);
-    s->connected_ms = uv_now(s->host->loop);
+    s->connected_ms = uv_now(host_of(s)->loop);
     int fd = -1;
     uv_fileno((uv_handle_t *)&s->upstream, &fd);
     net_set_nodelay(fd);
@@ -1068,12 +1091,12 @@ static void connect_to(struct session *s, const struct sockaddr *sa)
      * EAFNOSUPPORT: a server of the other family than the source. */
     int fd = net_upstream_socket(sa->sa_family, &b);
     if (fd == UV_EMFILE || fd == UV_ENFILE)
-        s->host->fds_exhausted(s->host, s->route->name, fd);
+        host_of(s)->fds_exhausted(host_of(s), s->route->name, fd);
     if (fd < 0) {
         connect_failed(s, fd);
         return;
     }
-    int rc = uv_tcp_init(s->host->loop, &s->upstream);
+    int rc = uv_tcp_init(host_of(s)->loop, &s->upstream);
     if (rc < 0) { /* only for bad flags: no handle to close */
         close(fd);
         connect_failed(s, rc);
@@ -1150,7 +1173,7 @@ static void connect_try(struct session *s)
     int rc = UV_ENOMEM;
     if (req != NULL) {
         req->data = s;
-        rc = uv_getaddrinfo(s->host->loop, req, gai_cb, srv->host, NULL, &hints);
+        rc = uv_getaddrinfo(host_of(s)->loop, req, gai_cb, srv->host, NULL, &hints);
     }
     if (rc < 0) {
         free(req);
@@ -1180,7 +1203,8 @@ static void await_server(struct session *s)
         return;
     }
     set_state(s, SESSION_AWAIT_SERVER);
-    s->await_since_ms = uv_now(s->host->loop);
+    s->await.since_ms = uv_now(host_of(s)->loop);
+    s->await.fin_acked_ms = 0;
     drop_server_input(s); /* reading already, unless the close began elsewhere */
     state_timer(s, AWAIT_POLL_MS);
 }
@@ -1194,8 +1218,8 @@ static void await_done(struct session *s, enum upstream_finish how)
 /* Polled while AWAIT_SERVER: has the server acknowledged our FIN? */
 static void await_poll(struct session *s)
 {
-    uint64_t now = uv_now(s->host->loop);
-    if (s->fin_acked_ms == 0) {
+    uint64_t now = uv_now(host_of(s)->loop);
+    if (s->await.fin_acked_ms == 0) {
         struct tcp_info ti;
         socklen_t len = sizeof(ti);
         int fd = -1;
@@ -1203,11 +1227,11 @@ static void await_poll(struct session *s)
             getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 &&
             (ti.tcpi_state == TCP_FIN_WAIT2 || ti.tcpi_state == TCP_TIME_WAIT ||
              ti.tcpi_state == TCP_CLOSE))
-            s->fin_acked_ms = now;
+            s->await.fin_acked_ms = now;
     }
-    if (s->fin_acked_ms != 0 && now - s->fin_acked_ms >= AWAIT_GRACE_MS)
+    if (s->await.fin_acked_ms != 0 && now - s->await.fin_acked_ms >= AWAIT_GRACE_MS)
         await_done(s, FINISH_FIN_ACKED);
-    else if (now - s->await_since_ms >= AWAIT_SERVER_MS)
+    else if (now - s->await.since_ms >= AWAIT_SERVER_MS)
         await_done(s, FINISH_TIMEOUT);
     else
         state_timer(s, AWAIT_POLL_MS);
@@ -1218,7 +1242,7 @@ void session_deadline_fire(struct deadline *d)
     struct session *s = (struct session *)((char *)d - offsetof(struct session, deadline));
     if (silence_expired(s))
         return;
-    if (s->due_ms > uv_now(s->host->loop)) {
+    if (s->due_ms > uv_now(host_of(s)->loop)) {
         timer_arm(s); /* silence was nearer, and the client spoke since */
         return;
     }
@@ -1249,11 +1273,11 @@ static void log_close(struct session *s)
     if (!log_enabled(LOG_INFO))
         return;
     char client[ADDR_STR_MAX];
-    uint64_t now = uv_now(s->host->loop);
+    uint64_t now = uv_now(host_of(s)->loop);
     struct log_field f[10];
     size_t n = 0;
     f[n++] = LF_STR("route", s->route->name);
-    f[n++] = LF_INT("worker", s->host->id);
+    f[n++] = LF_INT("worker", host_of(s)->id);
     f[n++] = LF_STR("client", addr_format(&s->peer.sa, client, sizeof(client)));
     f[n++] = LF_INT("upstream_local_port", s->upstream_port);
     f[n++] = LF_INT("bytes_from_client", s->up.bytes);
@@ -1272,7 +1296,7 @@ static void log_close(struct session *s)
 static void drain_input(struct session *s, uv_tcp_t *t)
 {
     int fd = -1;
-    char *buf = pool_read_buffer(s->host->pool);
+    char *buf = pool_read_buffer(host_of(s)->pool);
     if (buf == NULL || uv_fileno((uv_handle_t *)t, &fd) != 0)
         return;
     net_drain_input(fd, buf, POOL_READ_SIZE, DRAIN_BYTES_MAX);
@@ -1318,7 +1342,7 @@ static void release_identity(struct session *s)
     struct identity id;
     registry_identity(&id, s->route->name, &s->peer.sa,
                       s->route->client.identity == IDENTITY_ADDRESS_PORT);
-    registry_release(s->host->registry, &id, (struct session_ref){ s->host->id, s->id });
+    registry_release(host_of(s)->registry, &id, (struct session_ref){ host_of(s)->id, s->id });
 }
 
 /* Logs the close, hands the identity on, and closes every handle. */
@@ -1333,15 +1357,15 @@ static void finish_close(struct session *s)
      * connects again, sees the session gone. */
     metric_add(&s->stats->c[RC_CLOSES + s->reason], 1);
     metric_sub(&s->stats->c[RC_SESSIONS_ACTIVE], 1);
-    s->host->closed(s->host, s);
+    host_of(s)->closed(host_of(s), s);
     log_close(s);
 
-    queue_free(s, &s->up);
+    queue_free(s);
     half_read_reset(&s->up);
     half_read_reset(&s->down);
     close_client(s);
     close_upstream(s, CLOSE_FIN);
-    deadline_clear(s->host->deadlines, &s->deadline);
+    deadline_clear(host_of(s)->deadlines, &s->deadline);
     if (resolving)
         uv_cancel((uv_req_t *)s->gai); /* gai_cb still runs, and frees */
     /* Last: the next owner of the identity may connect from now on. */
@@ -1475,7 +1499,7 @@ static enum registry_answer claim_identity(struct session *s)
     struct identity id;
     registry_identity(&id, s->route->name, &s->peer.sa, cc->identity == IDENTITY_ADDRESS_PORT);
     enum registry_answer answer =
-        registry_claim(s->host->registry, &id, (struct session_ref){ s->host->id, s->id },
+        registry_claim(host_of(s)->registry, &id, (struct session_ref){ host_of(s)->id, s->id },
                        cc->on_duplicate == DUPLICATE_REPLACE);
     if (answer == REGISTRY_WAIT)
         metric_add(&s->stats->c[RC_TAKEOVERS], 1);
@@ -1507,13 +1531,12 @@ int session_new(struct session_host *h, const struct session_params *p, struct s
         return UV_ENOMEM;
     }
     s->id = atomic_fetch_add(&next_id, 1);
-    s->host = h;
     s->route = p->route;
     s->stats = p->stats;
     s->state = SESSION_WAITING;
     s->client_close = CLOSE_FIN;
-    s->up = (struct half){ .s = s, .src = &s->client, .dst = &s->upstream };
-    s->down = (struct half){ .s = s, .src = &s->upstream, .dst = &s->client };
+    s->up = (struct half){ .s = s };
+    s->down = (struct half){ .s = s };
 
     int rc = uv_tcp_init(h->loop, &s->client);
     if (rc < 0) {
@@ -1587,8 +1610,8 @@ static void half_hold(struct half *h)
     if (h->state != HALF_OPEN || h->read == READ_FROZEN)
         return;
     if (h->read == READ_BUDGET)
-        h->s->host->leave_budget(h->s->host, &h->waiter);
-    uv_read_stop((uv_stream_t *)h->src);
+        host_of(h->s)->leave_budget(host_of(h->s), &h->waiter);
+    uv_read_stop((uv_stream_t *)half_src(h));
     h->read = READ_FROZEN;
 }
 
@@ -1627,9 +1650,9 @@ void session_export(struct session *s, struct session_record *rec, int fds[2])
     rec->started_ms = s->started_ms;
     rec->connected_ms = s->connected_ms;
     /* Bytes waiting unread came after the last read: the client spoke. */
-    rec->last_rx_ms = client_has_input(s) ? uv_now(s->host->loop) : s->last_rx_ms;
+    rec->last_rx_ms = client_has_input(s) ? uv_now(host_of(s)->loop) : s->last_rx_ms;
     memcpy(&rec->peer, &s->peer, sizeof(s->peer));
-    rec->server = (uint32_t)s->server;
+    rec->server = s->server;
     rec->upstream_port = s->upstream_port;
     rec->up_open = s->up.state == HALF_OPEN;
     rec->down_open = s->down.state == HALF_OPEN;
@@ -1676,7 +1699,7 @@ void session_release(struct session *s)
     set_state(s, SESSION_CLOSED);
     s->registered = 0; /* the identity goes with the session */
     metric_sub(&s->stats->c[RC_SESSIONS_ACTIVE], 1);
-    s->host->closed(s->host, s);
+    host_of(s)->closed(host_of(s), s);
     half_read_reset(&s->up);
     half_read_reset(&s->down);
     /* A plain close(): the new process holds the same sockets, so the
@@ -1684,7 +1707,7 @@ void session_release(struct session *s)
     uv_close((uv_handle_t *)&s->client, handle_closed_cb);
     s->upstream_open = 0;
     close_handle((uv_handle_t *)&s->upstream);
-    deadline_clear(s->host->deadlines, &s->deadline);
+    deadline_clear(host_of(s)->deadlines, &s->deadline);
 }
 
 /* An adopted session's handle that could not be opened: only memory to free. */
@@ -1697,9 +1720,10 @@ static void adopt_failed_cb(uv_handle_t *h)
     }
 }
 
-static int adopt_handle(struct session *s, uv_tcp_t *t, struct half *reader, int fd)
+static int adopt_handle(uv_loop_t *loop, struct session *s, uv_tcp_t *t, struct half *reader,
+                        int fd)
 {
-    int rc = uv_tcp_init(s->host->loop, t);
+    int rc = uv_tcp_init(loop, t);
     if (rc < 0) {
         close(fd);
         return rc;
@@ -1725,19 +1749,18 @@ int session_adopt(struct session_host *h, const struct session_adopt_params *p,
     }
     s->id = rec->id;
     session_ids_above(rec->id);
-    s->host = h;
     s->cfg = config_ref(p->cfg);
     s->route = p->route;
     s->stats = p->stats;
     s->state = SESSION_RELAYING;
     s->client_close = CLOSE_FIN;
-    s->up = (struct half){ .s = s, .src = &s->client, .dst = &s->upstream, .read = READ_FROZEN };
-    s->down = (struct half){ .s = s, .src = &s->upstream, .dst = &s->client, .read = READ_FROZEN };
-    int rc = adopt_handle(s, &s->client, &s->up, p->client_fd);
+    s->up = (struct half){ .s = s, .read = READ_FROZEN };
+    s->down = (struct half){ .s = s, .read = READ_FROZEN };
+    int rc = adopt_handle(h->loop, s, &s->client, &s->up, p->client_fd);
     if (rc < 0)
         close(p->upstream_fd);
     else
-        rc = adopt_handle(s, &s->upstream, &s->down, p->upstream_fd);
+        rc = adopt_handle(h->loop, s, &s->upstream, &s->down, p->upstream_fd);
     if (rc < 0) {
         /* Freed once the handles that were made are closed. */
         if (s->refs == 0) {

@@ -557,20 +557,19 @@ static void budget_retry_cb(uv_timer_t *t);
 static void host_wait_budget(struct session_host *h, struct budget_waiter *bw)
 {
     struct worker *w = worker_of(h);
-    if (bw->queued)
+    if (budget_waiter_queued(bw))
         return;
     TAILQ_INSERT_TAIL(&w->budget_waiters, bw, link);
-    bw->queued = 1;
     if (!uv_is_active((uv_handle_t *)&w->budget_retry))
         uv_timer_start(&w->budget_retry, budget_retry_cb, BUDGET_RETRY_MS, BUDGET_RETRY_MS);
 }
 
 static void leave_budget(struct budget_waiters *q, struct budget_waiter *bw)
 {
-    if (!bw->queued)
+    if (!budget_waiter_queued(bw))
         return;
     TAILQ_REMOVE(q, bw, link);
-    bw->queued = 0;
+    budget_waiter_unqueued(bw);
 }
 
 static void host_leave_budget(struct session_host *h, struct budget_waiter *bw)
@@ -1169,6 +1168,7 @@ int worker_new(struct worker **out, int id, struct config *cfg,
     atomic_init(&w->last_tick_ms, now_ms());
     pool_init(&w->pool, POOL_MAX_FREE);
     deadlines_init(&w->deadlines, &w->loop, session_deadline_fire);
+    w->loop.data = &w->host;
     w->host = (struct session_host){
         .loop = &w->loop,
         .deadlines = &w->deadlines,

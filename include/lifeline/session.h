@@ -22,18 +22,27 @@ struct session;
 struct session_host;
 
 /* A reader waiting for buffer memory (buffer_total_bytes spent), on its
- * host's queue while `queued`. */
+ * host's queue while budget_waiter_queued(). Two per session, so no flag
+ * beside the link: one not on a queue has a NULL tqe_prev (a zeroed waiter
+ * starts so, and the host marks it again when it takes it off). */
 struct budget_waiter {
     TAILQ_ENTRY(budget_waiter) link;
-    int queued;
 };
 TAILQ_HEAD(budget_waiters, budget_waiter);
+
+static inline int budget_waiter_queued(const struct budget_waiter *bw)
+{
+    return bw->link.tqe_prev != NULL;
+}
+
+/* Marks a waiter that was just taken off its queue. */
+static inline void budget_waiter_unqueued(struct budget_waiter *bw) { bw->link.tqe_prev = NULL; }
 
 /* What a session needs of the loop that runs it, and all it may touch
  * there: a worker lends one to each of its sessions (and a unit test its
  * own). The functions run on the host's loop, except `post`. */
 struct session_host {
-    uv_loop_t *loop;
+    uv_loop_t *loop;                /* its `data` points at this host */
     struct deadlines *deadlines;    /* on loop, firing session_deadline_fire */
     struct pool *pool;              /* relay buffers */
     struct budget *budget;          /* descriptors and buffer memory, process-wide */

@@ -323,7 +323,7 @@ static void budget_retry_cb(uv_timer_t *timer)
     while (!TAILQ_EMPTY(&asking)) {
         struct budget_waiter *bw = TAILQ_FIRST(&asking);
         TAILQ_REMOVE(&asking, bw, link);
-        bw->queued = 0;
+        budget_waiter_unqueued(bw);
         session_budget_retry(bw);
     }
     if (TAILQ_EMPTY(&t->waiters))
@@ -334,10 +334,9 @@ static void host_wait_budget(struct session_host *h, struct budget_waiter *bw)
 {
     struct host *t = host_of(h);
     t->n_wait_budget++;
-    if (bw->queued)
+    if (budget_waiter_queued(bw))
         return;
     TAILQ_INSERT_TAIL(&t->waiters, bw, link);
-    bw->queued = 1;
     if (!uv_is_active((uv_handle_t *)&t->budget_retry))
         uv_timer_start(&t->budget_retry, budget_retry_cb, 10, 10);
 }
@@ -346,10 +345,10 @@ static void host_leave_budget(struct session_host *h, struct budget_waiter *bw)
 {
     struct host *t = host_of(h);
     t->n_leave_budget++;
-    if (!bw->queued)
+    if (!budget_waiter_queued(bw))
         return;
     TAILQ_REMOVE(&t->waiters, bw, link);
-    bw->queued = 0;
+    budget_waiter_unqueued(bw);
 }
 
 static void host_fds_exhausted(struct session_host *h, const char *route, int err)
@@ -586,6 +585,7 @@ static void host_init(struct host *t, const struct route_opts *o)
     assert_int_equal(uv_async_init(&t->loop, &t->wakeup, wakeup_cb), 0);
     t->wakeup.data = t;
     assert_int_equal(deadlines_init(&t->deadlines, &t->loop, session_deadline_fire), 0);
+    t->loop.data = &t->h;
     t->h = (struct session_host){
         .loop = &t->loop,
         .deadlines = &t->deadlines,
