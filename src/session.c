@@ -1302,6 +1302,14 @@ static void drain_input(struct session *s, uv_tcp_t *t)
     net_drain_input(fd, buf, POOL_READ_SIZE, DRAIN_BYTES_MAX);
 }
 
+/* Both directions ended with their FINs: each side's EOF was read (so
+ * nothing is left unread, nor can come) and ours went out. */
+static int both_ended(const struct session *s)
+{
+    return s->up.state == HALF_DONE && s->down.state == HALF_DONE &&
+           (s->reason == REASON_CLIENT_EOF || s->reason == REASON_UPSTREAM_EOF);
+}
+
 /* Closes the client connection, abortively when the policy says so. */
 static void close_client(struct session *s)
 {
@@ -1310,7 +1318,8 @@ static void close_client(struct session *s)
     /* An abortive close leaves no TIME_WAIT on the client's fixed 5-tuple. */
     if (s->client_close == CLOSE_RST && uv_tcp_close_reset(&s->client, handle_closed_cb) == 0)
         return;
-    drain_input(s, &s->client);
+    if (!both_ended(s))
+        drain_input(s, &s->client);
     uv_close((uv_handle_t *)&s->client, handle_closed_cb);
 }
 
@@ -1322,15 +1331,13 @@ static void close_upstream(struct session *s, enum close_mode mode)
     if (mode == CLOSE_RST && uv_tcp_close_reset(&s->upstream, handle_closed_cb) == 0)
         return;
     /* FIN before close(): if the server sent bytes we never read, close()
-     * alone would send a reset, and the server must see its EOF first.
-     * Not needed when both directions ended with their FINs: ours went out
-     * and the server's EOF was read. */
+     * alone would send a reset, and the server must see its EOF first. */
     int fd = -1;
-    int ended = s->up.state == HALF_DONE && s->down.state == HALF_DONE &&
-                (s->reason == REASON_CLIENT_EOF || s->reason == REASON_UPSTREAM_EOF);
-    if (!ended && uv_fileno((uv_handle_t *)&s->upstream, &fd) == 0)
-        shutdown(fd, SHUT_WR);
-    drain_input(s, &s->upstream);
+    if (!both_ended(s)) {
+        if (uv_fileno((uv_handle_t *)&s->upstream, &fd) == 0)
+            shutdown(fd, SHUT_WR);
+        drain_input(s, &s->upstream);
+    }
     close_handle((uv_handle_t *)&s->upstream);
 }
 
