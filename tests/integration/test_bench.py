@@ -4,13 +4,15 @@ Benchmarks are never part of the suite: this only checks that the driver, the lo
 (bench/load.c) and the generated peer and proxy configs still work together. It runs one
 short round into a temporary directory (bench/RESULTS.md is left alone) and asserts on the
 report's structure only: a figure, or an "n/a (why)", for each of direct, haproxy,
-haproxy-splice and lifeline in every workload. Never on the figures themselves.
+haproxy-splice, lifeline (shipped defaults) and lifeline-lean in every workload. Never on the
+figures themselves.
 
 Skips (exit 77, with the reason) under a sanitizer build, where figures mean nothing and
 the run is slow, and when a benchmark tool is missing and we are not root to install it.
 As root, a missing tool is installed with apt-get, as `make bench` does.
 """
 
+import json
 import os
 import re
 import select
@@ -40,11 +42,12 @@ PACKAGES = {
     "haproxy": "haproxy",
 }
 
-TARGETS = ("direct", "haproxy", "haproxy-splice", "lifeline")
+TARGETS = ("direct", "haproxy", "haproxy-splice", "lifeline", "lifeline-lean")
+LIFELINES = ("lifeline", "lifeline-lean")
 # The workloads, as the report's "All figures" table names them.
 METRICS = ("bulk_up", "bulk_down", "bulk_cpu", "cpu_per_gb", "rtt_p50", "rtt_p99", "connrate",
-           "conn_cpu_us", "idle_established", "idle_kib", "idle_kept_pct", "redis_set",
-           "redis_get", "wrk")
+           "conn_cpu_us", "connrate_par", "conn_par_cpu_us", "idle_established", "idle_kib",
+           "idle_kept_pct", "redis_set", "redis_get", "wrk")
 # What a cell may hold: a number, "-" (no proxy to measure), or "n/a (why)".
 CELL = re.compile(r"^(?:[\d,]+(?:\.\d+)?|-|n/a \(.+\))$")
 
@@ -149,24 +152,61 @@ class QuickBench(unittest.TestCase):
         # Nothing on this machine stops lifeline's own rows from having figures, except a
         # tool that could not be installed.
         for metric in METRICS:
-            with self.subTest(metric=metric):
-                self.assertNotEqual(cells[(metric, "lifeline")], "-")
-                self.assertFalse(cells[(metric, "lifeline")].startswith("n/a (failed"),
-                                 self.text[self.text.find("## Problems"):])
+            for target in LIFELINES:
+                with self.subTest(metric=metric, target=target):
+                    self.assertNotEqual(cells[(metric, target)], "-")
+                    self.assertFalse(cells[(metric, target)].startswith("n/a (failed"),
+                                     self.text[self.text.find("## Problems"):])
 
     def test_summary_has_a_column_per_target(self):
         m = re.search(r"^## Summary\n\n(\|.*)$", self.text, re.M)
         self.assertIsNotNone(m, "no summary table")
         head = [c.strip() for c in m.group(1).strip("|").split("|")]
-        self.assertEqual(len(head), 5, head)
+        self.assertEqual(len(head), 6, head)
         self.assertEqual(head[1], "direct")
         self.assertTrue(head[2].startswith("HAProxy") and "nbthread 2" in head[2], head)
         self.assertTrue(head[3].startswith("HAProxy") and "splice" in head[3], head)
-        self.assertTrue(head[4].startswith("lifeline"), head)
+        self.assertTrue(head[4].startswith("lifeline") and "defaults" in head[4], head)
+        self.assertTrue(head[5].startswith("lifeline") and "lean" in head[5], head)
         rows = table(self.text, "Summary")
-        self.assertGreaterEqual(len(rows), 8)
+        self.assertGreaterEqual(len(rows), 10)
+        for row in rows:
+            self.assertEqual(len(row), 6, row)
+
+    def test_targets_are_judged_on_the_shipped_defaults(self):
+        m = re.search(r"^## Targets \(lifeline, from this run\)\n\n.*?^(\|[^\n]*)$", self.text,
+                      re.M | re.S)
+        self.assertIsNotNone(m, "no targets table")
+        head = [c.strip() for c in m.group(1).strip("|").split("|")]
+        self.assertEqual(head, ["target", "needed", "lifeline (defaults)", "lean", ""])
+        rows = table(self.text, "Targets (lifeline, from this run)")
+        self.assertGreaterEqual(len(rows), 14)
         for row in rows:
             self.assertEqual(len(row), 5, row)
+            self.assertIn(row[4], ("met", "missed", "n/a"), row)
+
+    def test_both_lifeline_configs_are_shown(self):
+        def config(name):
+            m = re.search(rf"^`{re.escape(name)}`:\n\n```\n(.*?)^```$", self.text, re.M | re.S)
+            self.assertIsNotNone(m, f"no {name} under Generated configurations")
+            return json.loads(m.group(1))
+        shipped, lean = config("lifeline.json"), config("lifeline-lean.json")
+        for cfg in (shipped, lean):
+            self.assertEqual(cfg["workers"], 2)
+            self.assertIn("listen", cfg["admin"])
+            self.assertEqual(len(cfg["routes"]), 4)
+        self.assertEqual(shipped["log"]["level"], "info")
+        self.assertTrue(all("client" not in r for r in shipped["routes"]), shipped)
+        self.assertEqual(lean["log"]["level"], "warn")
+        self.assertTrue(all(r["client"]["identity"] == "none" for r in lean["routes"]), lean)
+
+    def test_unknown_target_or_workload_is_named(self):
+        for option, name in (("--targets", "lifeline,nosuch"), ("--only", "connrate,nosuch")):
+            with self.subTest(option=option):
+                r = subprocess.run([sys.executable, DRIVER, option, name], capture_output=True,
+                                   text=True, stdin=subprocess.DEVNULL, timeout=30)
+                self.assertEqual(r.returncode, 2, r.stderr)
+                self.assertIn("'nosuch'", r.stderr)
 
     def test_report_names_machine_versions_and_commands(self):
         for section in ("Targets (lifeline, from this run)", "Machine", "Versions",
