@@ -246,21 +246,6 @@ def render(b, started, elapsed):
     return "\n".join(out)
 
 
-def write_section(path, text):
-    old = ""
-    if os.path.exists(path):
-        with open(path) as f:
-            old = f.read()
-    start = old.find(SECTION)
-    if start >= 0:
-        end = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + (old[end + 1:] if end >= 0 else "")
-    else:
-        new = old.rstrip("\n") + ("\n\n" if old else "") + text
-    with open(path, "w") as f:
-        f.write(new)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
@@ -284,7 +269,7 @@ def main(argv=None):
     text = render(b, started, time.monotonic() - t0)
     print(text)
     if not args.no_write:
-        write_section(args.results, text)
+        bench.write_section(args.results, SECTION, text)
         log(f"wrote {args.results}")
     return 0
 

@@ -56,8 +56,9 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "tests", "lib"))
 
 # Shared with the test suites: tests/lib/lifeline_testlib.py.
-from lifeline_testlib import (detect_sanitizer, die_with_parent, lifeline_bin,  # noqa: E402
-                              proc_cpu_seconds, proc_status_value)
+from lifeline_testlib import (conntrack, conntrack_wait_room, detect_sanitizer,  # noqa: E402
+                              die_with_parent, lifeline_bin, proc_cpu_seconds,
+                              proc_status_value)
 LOOPBACK = "127.0.0.1"
 
 # Where a client goes: straight to the peer, or through one of the proxies.
@@ -194,15 +195,21 @@ class Procs:
                 continue
         for stream in (p.stdin, p.stdout):
             if stream is not None:
-                stream.close()
+                try:
+                    stream.close()
+                except OSError:
+                    pass
 
     def stop_all(self):
         for p in list(reversed(self.running)):
             self.stop(p, timeout=5.0)
 
+    def log_path(self, name):
+        return os.path.join(self.tmp, f"{name}.log")
+
     def log_tail(self, name, n=8):
         try:
-            with open(os.path.join(self.tmp, f"{name}.log"), errors="replace") as f:
+            with open(self.log_path(name), errors="replace") as f:
                 return "".join(f.readlines()[-n:]).strip()
         except OSError:
             return ""
@@ -293,6 +300,50 @@ def first_line(argv, stream="stdout"):
     return None
 
 
+def build_load(tmp, record):
+    """bench/load.c built into tmp; record(argv) notes the command. Returns its path."""
+    cc = os.environ.get("CC", "cc")
+    load = os.path.join(tmp, "load")
+    argv = [cc, "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror",
+            "-o", load, os.path.join(HERE, "load.c")]
+    record(argv)
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True)
+    except OSError as e:
+        raise BenchError(f"cannot build load.c with {cc}: {e}") from None
+    if r.returncode != 0:
+        raise BenchError(f"building load.c failed:\n{r.stderr}")
+    return load
+
+
+def shipped_config(workers, admin_port):
+    """config/lifeline.json as shipped, every setting kept, with `workers` and the admin
+    listener on a loopback port: what users run, for the caller to point its routes."""
+    with open(os.path.join(REPO, "config", "lifeline.json")) as f:
+        cfg = json.load(f)
+    cfg["workers"] = workers
+    cfg["admin"] = dict(cfg.get("admin", {}), listen=f"{LOOPBACK}:{admin_port}")
+    return cfg
+
+
+def write_section(path, heading, text):
+    """Puts `text` (which starts with `heading`, a "## " line) into the report at path: in
+    place of the section with that heading, or at the end. The other sections stay as they
+    are (bench/upgrade.py, bench/cluster.py and bench/scale.py each keep one)."""
+    old = ""
+    if os.path.exists(path):
+        with open(path) as f:
+            old = f.read()
+    start = old.find(heading + "\n")
+    if start >= 0:
+        end = old.find("\n## ", start + len(heading))
+        new = old[:start] + text + (old[end + 1:] if end >= 0 else "")
+    else:
+        new = old.rstrip("\n") + ("\n\n" if old else "") + text
+    with open(path, "w") as f:
+        f.write(new)
+
+
 def cmake_build_type(binary):
     """CMAKE_BUILD_TYPE from the CMakeCache.txt beside the binary, if there is one."""
     try:
@@ -333,6 +384,7 @@ class Bench:
         self.proxy_ports = {}
         self.admin_ports = {}
         self.load = None
+        self.ct_waited = 0.0        # seconds spent waiting for the connection table
 
     # -- set-up
 
@@ -373,17 +425,7 @@ class Bench:
         return None
 
     def build_load(self):
-        cc = os.environ.get("CC", "cc")
-        self.load = os.path.join(self.tmp, "load")
-        argv = [cc, "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror",
-                "-o", self.load, os.path.join(HERE, "load.c")]
-        self.record(argv)
-        try:
-            r = subprocess.run(argv, capture_output=True, text=True)
-        except OSError as e:
-            raise BenchError(f"cannot build load.c with {cc}: {e}") from None
-        if r.returncode != 0:
-            raise BenchError(f"building load.c failed:\n{r.stderr}")
+        self.load = build_load(self.tmp, self.record)
 
     def start_peers(self):
         n = len(PEERS)
@@ -468,11 +510,7 @@ http {{
         workers 2 (HAProxy's nbthread 2), the admin listener on a free port and, for each
         peer, a copy of its first route pointed at the peer. lifeline-lean also logs at warn
         only and has no client identity, the settings that cost lifeline per session."""
-        with open(os.path.join(REPO, "config", "lifeline.json")) as f:
-            cfg = json.load(f)
-        cfg["workers"] = 2
-        cfg["admin"] = dict(cfg.get("admin", {}),
-                            listen=f"{LOOPBACK}:{self.admin_ports[target]}")
+        cfg = shipped_config(2, self.admin_ports[target])
         if target == "lifeline-lean":
             cfg["log"] = dict(cfg.get("log", {}), level="warn")
         ports, routes = self.proxy_ports[target], []
@@ -728,6 +766,8 @@ http {{
                     for m in metrics:
                         self.na[target][m] = why
                     continue
+                self.conntrack_room(target, name)
+                ct0 = conntrack()
                 t0 = time.monotonic()
                 try:
                     got = fn(self, target, proxy, self.proxy_ports[target])
@@ -739,6 +779,8 @@ http {{
                     if proxy is not None and proxy.poll() is not None:
                         raise BenchError(f"{target} exited with code {proxy.returncode}: "
                                          f"{self.procs.log_tail(target)}")
+                if self.conntrack_dropped(ct0, target, name):
+                    continue
                 for m, v in got.items():
                     self.values[target][m].append(v)
                 log(f"{label} {name}: " + ", ".join(
@@ -767,6 +809,32 @@ http {{
                 except BenchError as e:
                     self.problem(f"{target}: {e}")
                     log(f"[round {rnd}] {target}: FAILED: {e}")
+
+    # Connection-tracking entries a workload may add at most, beyond what is there: two
+    # per connection through a proxy (client side, server side), kept 120 s after close.
+    CT_NEED = {"connrate": 2 * 15000, "connrate-8": 2 * 20000, "idle": 2 * 10000,
+               "wrk": 2 * 100, "redis": 2 * 100}
+
+    def conntrack_room(self, target, name):
+        """Waits until netfilter's connection table has room for the workload: a full one
+        drops SYNs, which the clients retry after 1 s, and the figures would measure that."""
+        secs = self.s["connrate_s"] if name.startswith("connrate") else 1
+        need = self.CT_NEED.get(name, 0) * secs
+        waited = conntrack_wait_room(
+            need, lambda ct: log(f"{target} {name}: connection table holds {ct[0]:,} of "
+                                 f"{ct[1]:,} entries; waiting for it to drain"))
+        self.ct_waited += waited
+
+    def conntrack_dropped(self, before, target, name):
+        """Whether netfilter dropped packets for want of room during the workload: then its
+        figures are left out, and the report says so."""
+        after = conntrack()
+        if before is None or after is None or after[2] <= before[2]:
+            return False
+        self.problem(f"{target}, {name}: netfilter's connection table was full ({after[1]:,} "
+                     f"entries) and dropped {after[2] - before[2]:,} packets; figures left out")
+        log(f"{target} {name}: connection table full, figures left out")
+        return True
 
     def skipped(self):
         """The targets and workloads that --targets and --only left out."""
@@ -1065,6 +1133,11 @@ class Report:
             f"test; wrk {s['wrk_s']} s",
             "- peers: load.c echo server (one thread, epoll), iperf3 -s, redis-server, nginx "
             "(one process)",
+            "- netfilter's connection table (it tracks loopback once any NAT rule is loaded): "
+            + ("not in use" if conntrack() is None else
+               f"{conntrack()[1]:,} entries; before each workload the run waited until it had "
+               f"room (closed connections stay 120 s), {b.ct_waited:.0f} s in all; a workload "
+               "during which it dropped packets is left out (see Problems)"),
             "",
             "## Commands",
             "",

@@ -827,21 +827,6 @@ def build_type(binary):
     return "unknown"
 
 
-def write_section(path, text):
-    try:
-        with open(path) as f:
-            old = f.read()
-    except FileNotFoundError:
-        old = ""
-    i = old.find(SECTION + "\n")
-    if i >= 0:
-        j = old.find("\n## ", i + len(SECTION))
-        old = old[:i] + (old[j + 1:] if j >= 0 else "")
-    new = old.rstrip("\n") + ("\n\n" if old.strip() else "") + text
-    with open(path, "w") as f:
-        f.write(new)
-
-
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sessions", default="10000,1000",
@@ -881,7 +866,7 @@ def main(argv=None):
     if args.no_write:
         print(text)
     else:
-        write_section(args.results, text)
+        bench.write_section(args.results, SECTION, text)
         log(f"wrote the section {SECTION[3:]!r} of {args.results}")
     return 0 if all(b.rounds.values()) else 1
 

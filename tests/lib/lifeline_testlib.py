@@ -22,7 +22,10 @@ What is here:
 - ``parse_log_line()``: one line of lifeline's stderr, parsed if it is a JSON
   log record;
 - /proc readers: ``proc_status_value()``, ``proc_cpu_seconds()``;
-- ``die_with_parent()``: a preexec_fn that has the child killed with its parent.
+- ``die_with_parent()``: a preexec_fn that has the child killed with its parent;
+- netfilter's connection table (which tracks loopback too once any NAT rule
+  is loaded, as podman's are): ``conntrack()`` and ``conntrack_wait_room()``,
+  for the benchmarks, whose connection loops can fill it.
 """
 
 import ctypes
@@ -216,3 +219,45 @@ def pid_alive(pid):
     except PermissionError:
         return True
     return True
+
+
+def conntrack():
+    """(entries, the table's size, packets dropped so far for want of room) of netfilter's
+    connection tracking, or None without it. Loopback connections are tracked too, and a
+    closed one stays in the table for nf_conntrack_tcp_timeout_time_wait (120 s): a full
+    table drops SYNs, which the clients then retry after 1 s, 3 s, ..."""
+    base = "/proc/sys/net/netfilter/"
+    try:
+        with open(base + "nf_conntrack_count") as f:
+            count = int(f.read())
+        with open(base + "nf_conntrack_max") as f:
+            size = int(f.read())
+    except (OSError, ValueError):
+        return None
+    drops = 0
+    try:
+        with open("/proc/net/stat/nf_conntrack") as f:
+            col = f.readline().split().index("drop")
+            for line in f:
+                drops += int(line.split()[col], 16)
+    except (OSError, ValueError, IndexError):
+        pass
+    return count, size, drops
+
+
+def conntrack_wait_room(need, on_wait=None, timeout=150.0):
+    """Waits (up to `timeout` s: closed connections leave the table after 120 s) until
+    netfilter's connection table has room for `need` more entries and 10% to spare;
+    on_wait(conntrack()) is called once if it has to wait. Returns the seconds waited."""
+    ct = conntrack()
+    if ct is None or ct[0] + need <= 0.9 * ct[1]:
+        return 0.0
+    if on_wait is not None:
+        on_wait(ct)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        time.sleep(2)
+        ct = conntrack()
+        if ct is None or ct[0] + need <= 0.9 * ct[1]:
+            break
+    return time.monotonic() - t0
