@@ -68,7 +68,7 @@ static void timer_cb(uv_timer_t *t)
     /* At most as many as were set on entry: a fire that keeps setting its
      * deadline for now cannot hold this loop forever. */
     size_t budget = q->n;
-    while (q->root != NULL && q->root->at <= now && budget-- > 0) {
+    while (!q->closing && q->root != NULL && q->root->at <= now && budget-- > 0) {
         struct deadline *d = q->root;
         take_out(q, d);
         q->fire(d);
@@ -84,8 +84,11 @@ static void arm(struct deadlines *q)
         uv_timer_stop(&q->timer);
         return;
     }
+    /* At least 1 ms: libuv 1.44 runs a timer started at 0 from its own
+     * callback again before it polls, so a deadline set again for now
+     * would keep I/O waiting. */
     uint64_t now = uv_now(q->timer.loop);
-    uv_timer_start(&q->timer, timer_cb, q->root->at > now ? q->root->at - now : 0, 0);
+    uv_timer_start(&q->timer, timer_cb, q->root->at > now ? q->root->at - now : 1, 0);
 }
 
 int deadlines_init(struct deadlines *q, uv_loop_t *loop, void (*fire)(struct deadline *d))

@@ -110,7 +110,8 @@ enum identity_claim identity_table_claim(struct identity_table *r, const struct 
         size_t len = route_len(id);
         e = malloc(sizeof(*e) + len);
         if (e != NULL) {
-            e->client = id->client;
+            /* memcpy, not assignment: entry_is compares the bytes, padding too. */
+            memcpy(&e->client, &id->client, sizeof(e->client));
             e->route_len = (uint8_t)len;
             memcpy(e->route, id->route, len);
             set_owner(e, self);

@@ -29,7 +29,7 @@
  *                 when it is done (REGISTRY_MSG_GO), so the server sees the old
  *                 connection's EOF before the new connection exists.
  *  RESOLVING,     a try: resolve the server's name, connect (timeout);
- *  CONNECTING     client bytes queue in up.queue (bounded, then backpressure).
+ *  CONNECTING     client bytes queue on the session (bounded, then backpressure).
  *  RECONNECTING,  a failed try: its handle closes, then the next try waits
  *  BACKOFF        retry_backoff_ms (doubling), or `retries` ends it. Also
  *                 entered from RELAYING when the server closes and
@@ -52,6 +52,7 @@
  */
 #include "lifeline/session.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <netinet/in.h>
@@ -79,9 +80,9 @@
  * connection, how often it looks, and the grace after the FIN is acked. */
 #define AWAIT_SERVER_MS 1000
 #define AWAIT_POLL_MS 5
+#define AWAIT_GRACE_MS 50
 /* due_ms of a state without a deadline. */
 #define NO_DEADLINE UINT64_MAX
-#define AWAIT_GRACE_MS 50
 /* With upstream.on_close "reconnect", a server connection that ends sooner
  * than this after it was established counts as a failed try: a server that
  * accepts and closes (or resets) at once is retried with backoff and given
@@ -415,6 +416,11 @@ static int client_has_input(const struct session *s)
  * deadline moves when it comes, not on every read. */
 static void timer_arm(struct session *s)
 {
+    if (s->state == SESSION_CLOSED) {
+        /* Its memory goes with its last handle: it must not be on the heap. */
+        deadline_clear(host_of(s)->deadlines, &s->deadline);
+        return;
+    }
     uint64_t at = s->due_ms;
     if (s->silence_watched) {
         uint64_t quiet_end = s->last_rx_ms + s->route->client.heartbeat.silence_ms;
@@ -1531,6 +1537,7 @@ void session_ids_above(uint64_t id)
 
 int session_new(struct session_host *h, const struct session_params *p, struct session **out)
 {
+    assert(h->loop->data == h); /* host_of() finds the host through it */
     *out = NULL;
     struct session *s = calloc(1, sizeof(*s));
     if (s == NULL) {
@@ -1746,6 +1753,7 @@ static int adopt_handle(uv_loop_t *loop, struct session *s, uv_tcp_t *t, struct 
 int session_adopt(struct session_host *h, const struct session_adopt_params *p,
                   struct session **out)
 {
+    assert(h->loop->data == h); /* host_of() finds the host through it */
     const struct session_record *rec = p->rec;
     *out = NULL;
     struct session *s = calloc(1, sizeof(*s));

@@ -577,18 +577,19 @@ static void host_leave_budget(struct session_host *h, struct budget_waiter *bw)
     leave_budget(&worker_of(h)->budget_waiters, bw);
 }
 
-/* Asks each waiter, oldest first, whether it may read now. The queue is
- * moved aside first: a waiter that still may not read joins the worker's
- * queue again, and one whose session ends meanwhile leaves whichever queue
- * it is on. */
+/* Asks each waiter, oldest first, whether it may read now: as many as were
+ * waiting, taken from the head, so that one that still may not read (it
+ * joins the tail again) is asked once per round, and one whose session ends
+ * meanwhile leaves the one queue there is. */
 static void budget_retry_cb(uv_timer_t *t)
 {
     struct worker *w = t->data;
-    struct budget_waiters asking = TAILQ_HEAD_INITIALIZER(asking);
-    TAILQ_CONCAT(&asking, &w->budget_waiters, link);
-    while (!TAILQ_EMPTY(&asking)) {
-        struct budget_waiter *bw = TAILQ_FIRST(&asking);
-        leave_budget(&asking, bw);
+    size_t n = 0;
+    struct budget_waiter *bw;
+    TAILQ_FOREACH (bw, &w->budget_waiters, link)
+        n++;
+    while (n-- > 0 && (bw = TAILQ_FIRST(&w->budget_waiters)) != NULL) {
+        leave_budget(&w->budget_waiters, bw);
         session_budget_retry(bw);
     }
     if (TAILQ_EMPTY(&w->budget_waiters))

@@ -159,11 +159,11 @@ enum session_settle {
 enum session_settle session_settle(const struct session *s, uint64_t *unwritten);
 
 /* Writes the record of a settled session and its two descriptors (client,
- * server) into fds; stops its silence timer. The session keeps its sockets
+ * server) into fds; stops watching its silence. The session keeps its sockets
  * until session_release() or session_thaw(). */
 void session_export(struct session *s, struct session_record *rec, int fds[2]);
 
-/* A held session reads again and its silence timer runs for what is left
+/* A held session reads again and its silence is watched for what is left
  * of it (an upgrade rolled back, or a session just adopted). */
 void session_thaw(struct session *s);
 

@@ -318,11 +318,13 @@ static const struct registry_ops test_registry_ops = {
 static void budget_retry_cb(uv_timer_t *timer)
 {
     struct host *t = timer->data;
-    struct budget_waiters asking = TAILQ_HEAD_INITIALIZER(asking);
-    TAILQ_CONCAT(&asking, &t->waiters, link);
-    while (!TAILQ_EMPTY(&asking)) {
-        struct budget_waiter *bw = TAILQ_FIRST(&asking);
-        TAILQ_REMOVE(&asking, bw, link);
+    /* As the worker does: as many as were waiting, from the head. */
+    size_t n = 0;
+    struct budget_waiter *bw;
+    TAILQ_FOREACH (bw, &t->waiters, link)
+        n++;
+    while (n-- > 0 && (bw = TAILQ_FIRST(&t->waiters)) != NULL) {
+        TAILQ_REMOVE(&t->waiters, bw, link);
         budget_waiter_unqueued(bw);
         session_budget_retry(bw);
     }
@@ -693,8 +695,15 @@ static void host_finish(struct host *t)
     t->front_fd = t->server_listen_fd = -1;
     uv_close((uv_handle_t *)&t->budget_retry, NULL);
     uv_close((uv_handle_t *)&t->wakeup, NULL);
-    deadlines_close(&t->deadlines);
     uint64_t deadline = now_ms() + WAIT_MS;
+    /* The sessions' timers run until the last session is gone, as on a
+     * worker, which closes its deadlines only then. */
+    while (t->n_freed < t->made) {
+        if (now_ms() > deadline)
+            fail_msg("sessions still open %d ms after the test closed its own", WAIT_MS);
+        step(t);
+    }
+    deadlines_close(&t->deadlines);
     while (uv_loop_alive(&t->loop)) {
         if (now_ms() > deadline)
             fail_msg("handles still open %d ms after the test closed its own", WAIT_MS);
