@@ -1245,7 +1245,7 @@ static void await_poll(struct session *s)
 
 void session_deadline_fire(struct deadline *d)
 {
-    struct session *s = (struct session *)((char *)d - offsetof(struct session, deadline));
+    struct session *s = (struct session *)(void *)((char *)d - offsetof(struct session, deadline));
     if (silence_expired(s))
         return;
     if (s->due_ms > uv_now(host_of(s)->loop)) {
