@@ -307,16 +307,41 @@ char *addr_format_hostport(const struct hostport *hp, char *buf, size_t len)
     return buf;
 }
 
+/* Appends the decimal digits of v at p; returns the end. */
+static char *put_decimal(char *p, unsigned v)
+{
+    char digits[10];
+    int n = 0;
+    do {
+        digits[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    while (n > 0)
+        *p++ = digits[--n];
+    return p;
+}
+
 char *addr_format(const struct sockaddr *sa, char *buf, size_t len)
 {
     char ip[INET6_ADDRSTRLEN];
     if (len == 0)
         return buf;
     if (sa->sa_family == AF_INET) {
+        /* By hand, not inet_ntop() and snprintf(): every closed session's
+         * log line formats one, and glibc formats IPv4 with sprintf. */
         struct sockaddr_in sin;
         copy_in(sa, &sin);
-        inet_ntop(AF_INET, &sin.sin_addr, ip, sizeof(ip));
-        snprintf(buf, len, "%s:%u", ip, (unsigned)ntohs(sin.sin_port));
+        const unsigned char *b = (const unsigned char *)&sin.sin_addr;
+        char text[sizeof("255.255.255.255:65535")];
+        char *p = text;
+        for (int i = 0; i < 4; i++) {
+            p = put_decimal(p, b[i]);
+            *p++ = i < 3 ? '.' : ':';
+        }
+        p = put_decimal(p, ntohs(sin.sin_port));
+        size_t n = (size_t)(p - text) < len - 1 ? (size_t)(p - text) : len - 1;
+        memcpy(buf, text, n);
+        buf[n] = '\0';
     } else if (sa->sa_family == AF_INET6) {
         struct sockaddr_in6 sin6;
         copy_in6(sa, &sin6);

@@ -2,8 +2,6 @@
 #include "lifeline/log.h"
 
 #include <errno.h>
-#include <inttypes.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -73,25 +71,37 @@ int log_format_parse(const char *s, enum log_format *out)
     return i < 0 ? i : 0;
 }
 
-/* A line buffer that silently truncates: a log line is never worth a crash. */
+/* A line buffer that silently truncates: a log line is never worth a crash.
+ * Built by appending, not with printf: a worker formats a line per closed
+ * session, and vsnprintf per field was most of a connection's user time. */
 struct line {
     char buf[2048];
     size_t len;
 };
 
-static void put(struct line *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void put(struct line *l, const char *fmt, ...)
+static void put_bytes(struct line *l, const char *s, size_t n)
 {
     size_t room = sizeof(l->buf) - 1 - l->len; /* keep one byte for '\n' */
-    if (room == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(l->buf + l->len, room + 1, fmt, ap);
-    va_end(ap);
-    if (n > 0)
-        l->len += (size_t)n < room ? (size_t)n : room;
+    if (n > room)
+        n = room;
+    memcpy(l->buf + l->len, s, n);
+    l->len += n;
+}
+
+static void put(struct line *l, const char *s) { put_bytes(l, s, strlen(s)); }
+
+static void put_int(struct line *l, int64_t v)
+{
+    char digits[24];
+    size_t i = sizeof(digits);
+    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+    do {
+        digits[--i] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u != 0);
+    if (v < 0)
+        digits[--i] = '-';
+    put_bytes(l, digits + i, sizeof(digits) - i);
 }
 
 /* Cut with "..." when the rest of the line cannot hold it. */
@@ -107,44 +117,68 @@ static void put_json_string(struct line *l, const char *s)
 static void put_text_value(struct line *l, const char *s)
 {
     if (*s != '\0' && strpbrk(s, " \"=\t\n") == NULL) {
-        put(l, "%s", s);
+        put(l, s);
         return;
     }
     put_json_string(l, s);
+}
+
+/* "2026-01-02T03:04:05.678Z": the part up to the seconds is formatted once
+ * per second and thread. */
+static void put_time(struct line *l)
+{
+    static _Thread_local time_t cached_sec = -1;
+    static _Thread_local char cached[24];
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    if (ts.tv_sec != cached_sec) {
+        struct tm tm;
+        gmtime_r(&ts.tv_sec, &tm);
+        strftime(cached, sizeof(cached), "%Y-%m-%dT%H:%M:%S", &tm);
+        cached_sec = ts.tv_sec;
+    }
+    long ms = ts.tv_nsec / 1000000;
+    char frac[6] = {
+        '.', (char)('0' + ms / 100), (char)('0' + ms / 10 % 10), (char)('0' + ms % 10), 'Z', '\0'
+    };
+    put(l, cached);
+    put_bytes(l, frac, 5);
 }
 
 void log_write(enum log_level level, const char *msg, const struct log_field *fields,
                size_t n_fields)
 {
     struct line l = { .len = 0 };
-    struct timespec ts;
-    struct tm tm;
-    char when[32];
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
 
     if (atomic_load_explicit(&log_format_, memory_order_relaxed) == LOG_FORMAT_JSON) {
-        put(&l, "{\"ts\":\"%s.%03ldZ\",\"level\":\"%s\",\"msg\":", when, ts.tv_nsec / 1000000,
-            level_names[level]);
+        put(&l, "{\"ts\":\"");
+        put_time(&l);
+        put(&l, "\",\"level\":\"");
+        put(&l, level_names[level]);
+        put(&l, "\",\"msg\":");
         put_json_string(&l, msg);
         for (size_t i = 0; i < n_fields; i++) {
             put(&l, ",");
             put_json_string(&l, fields[i].key);
             put(&l, ":");
             if (fields[i].type == LOG_FIELD_INT)
-                put(&l, "%" PRId64, fields[i].i);
+                put_int(&l, fields[i].i);
             else
                 put_json_string(&l, fields[i].s ? fields[i].s : "");
         }
         put(&l, "}");
     } else {
-        put(&l, "%s.%03ldZ %s %s", when, ts.tv_nsec / 1000000, level_names[level], msg);
+        put_time(&l);
+        put(&l, " ");
+        put(&l, level_names[level]);
+        put(&l, " ");
+        put(&l, msg);
         for (size_t i = 0; i < n_fields; i++) {
-            put(&l, " %s=", fields[i].key);
+            put(&l, " ");
+            put(&l, fields[i].key);
+            put(&l, "=");
             if (fields[i].type == LOG_FIELD_INT)
-                put(&l, "%" PRId64, fields[i].i);
+                put_int(&l, fields[i].i);
             else
                 put_text_value(&l, fields[i].s ? fields[i].s : "");
         }

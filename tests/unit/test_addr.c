@@ -513,9 +513,9 @@ static void test_format(void **state)
 static void test_round_trip(void **state)
 {
     (void)state;
-    const char *canonical[] = { "1.2.3.4:5",         "0.0.0.0:65535",      "[::1]:5",
-                                "[::]:80",           "[2001:db8::1]:6000", "[fe80::1:2:3:4]:1",
-                                "[::ffff:1.2.3.4]:9" };
+    const char *canonical[] = { "1.2.3.4:5",         "0.0.0.0:65535",     "255.255.255.255:65535",
+                                "[::1]:5",           "[::]:80",           "[2001:db8::1]:6000",
+                                "[fe80::1:2:3:4]:1", "[::ffff:1.2.3.4]:9" };
     for (size_t i = 0; i < sizeof(canonical) / sizeof(canonical[0]); i++) {
         struct hostport hp;
         char buf[ADDR_STR_MAX];
