@@ -300,6 +300,16 @@ def first_line(argv, stream="stdout"):
     return None
 
 
+def source_lines():
+    """The report's line naming the checkout's commit, if git can say it."""
+    try:
+        rev = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+    except OSError:
+        rev = ""
+    return [f"- source: HEAD {rev} (uncommitted changes, if any, are not shown)"] if rev else []
+
+
 def build_load(tmp, record):
     """bench/load.c built into tmp; record(argv) notes the command. Returns its path."""
     cc = os.environ.get("CC", "cc")
@@ -1049,13 +1059,7 @@ class Report:
                 out.append(f"- {name}: not installed")
                 continue
             out.append(f"- {name}: {first_line(argv) or 'unknown'}")
-        try:
-            rev = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
-                                 capture_output=True, text=True, timeout=10).stdout.strip()
-        except OSError:
-            rev = ""
-        if rev:
-            out.append(f"- source: HEAD {rev} (uncommitted changes, if any, are not shown)")
+        out += source_lines()
         build_type = cmake_build_type(b.lifeline)
         if build_type:
             out.append(f"- lifeline build type: {build_type}")

@@ -56,7 +56,7 @@ from lifeline_testlib import (conntrack, conntrack_wait_room, detect_sanitizer, 
 from run import (Bench, BenchError, Procs, _on_sigterm, build_load, fd_count,  # noqa: E402
                  first_line, log, pick_ports, rss_kib, shipped_config, wait_listening)
 from run import machine_lines as run_machine_lines  # noqa: E402
-from run import write_section  # noqa: E402
+from run import source_lines, write_section  # noqa: E402
 LOOPBACK = "127.0.0.1"
 
 SECTION = "## Scaling with sessions and workers"
@@ -510,13 +510,7 @@ def machine_lines(s):
     version = first_line([s.lifeline, "--version"]) or "unknown"
     flags = build_flags(s.lifeline)
     out.append(f"- lifeline: {version}" + (f", built with {flags}" if flags else ""))
-    try:
-        rev = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=10).stdout.strip()
-    except OSError:
-        rev = ""
-    if rev:
-        out.append(f"- source: HEAD {rev} (uncommitted changes, if any, are not shown)")
+    out += source_lines()
     if detect_sanitizer(s.lifeline):
         out.append("- **lifeline is a sanitizer build: its figures mean nothing**")
     return out
