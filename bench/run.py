@@ -66,6 +66,10 @@ TARGETS = ["direct", "haproxy", "haproxy-splice", "lifeline", "lifeline-lean"]
 PROXIES = TARGETS[1:]
 LIFELINES = TARGETS[3:]
 PEERS = ("echo", "iperf", "redis", "http")
+# How the report's first line names each target.
+TARGET_NAMES = {"direct": "direct", "haproxy": "HAProxy",
+                "haproxy-splice": "HAProxy with forced splice",
+                "lifeline": "lifeline with its shipped defaults", "lifeline-lean": "lifeline lean"}
 # How the report names a target a ratio is taken against.
 BASE_NAMES = {"direct": "direct", "haproxy": "HAProxy", "haproxy-splice": "splice"}
 
@@ -298,6 +302,27 @@ def first_line(argv, stream="stdout"):
         if line.strip():
             return line.strip()
     return None
+
+
+# Sections of RESULTS.md that other scripts write (write_section): a new report keeps them.
+OTHER_SECTIONS = ("## Scaling with sessions and workers", "## Live upgrade hand-over",
+                  "## Cluster: connection rate")
+
+
+def kept_sections(path):
+    """The other scripts' sections of the report at path, to follow a new report."""
+    try:
+        with open(path) as f:
+            old = f.read()
+    except FileNotFoundError:
+        return ""
+    kept = ""
+    for heading in OTHER_SECTIONS:
+        start = old.find(heading + "\n")
+        if start >= 0:
+            end = old.find("\n## ", start + len(heading))
+            kept += "\n" + (old[start:end + 1] if end >= 0 else old[start:]).rstrip("\n") + "\n"
+    return kept
 
 
 def source_lines():
@@ -1080,9 +1105,9 @@ class Report:
             "# lifeline benchmark results",
             "",
             f"Written by `bench/run.py` ({kind}) on {self.started} UTC in {self.elapsed:.0f} s: "
-            f"{s['rounds']} interleaved round(s) of direct, HAProxy, HAProxy with forced splice, "
-            "lifeline with its shipped defaults and lifeline lean, all on 127.0.0.1; each figure "
-            "is the median over the rounds. Run-to-run spread on a small machine is large: "
+            f"{s['rounds']} interleaved round(s) of "
+            + ", ".join(TARGET_NAMES[t] for t in b.targets)
+            + ", all on 127.0.0.1; each figure is the median over the rounds. Run-to-run spread on a small machine is large: "
             "compare ratios within one run only.",
             "",
             "## Summary",
@@ -1238,6 +1263,7 @@ def main(argv=None):
         bench.close()
     text = Report(bench, started, time.monotonic() - t0).render()
     os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
+    text += kept_sections(args.results)
     with open(args.results, "w") as f:
         f.write(text)
     log(f"wrote {args.results}")
