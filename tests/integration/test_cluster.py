@@ -162,6 +162,19 @@ class ClusterPair:
             return None
         return {v: k for k, v in self.lease.items()}.get(kvs[0]["lease"], "lease %x" % kvs[0]["lease"])
 
+    def client_via_a(self, sink):
+        """A client on a fixed port (reusable, for move_client) connects
+        through A and is relayed: returns (its address, its socket, the
+        server's record of the connection)."""
+        s1 = bound_client_socket()
+        s1.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        src = s1.getsockname()
+        c1 = self.track(connect(self.ports["A"], sock=s1))
+        c1.sendall(b"via A\n")
+        r1 = sink.wait_connection(1)
+        wait_until(lambda: bytes(r1.data) == b"via A\n", scaled(5), "A's bytes at the server")
+        return src, c1, r1
+
     def move_client(self, sink, src, old_record, n):
         """The client bound to `src` connects again, through B: returns (B's
         client socket, the server's record of B's connection, n-th)."""
@@ -199,13 +212,7 @@ class ClusterTakeoverTest(ClusterPair, LifelineTestCase):
         sink = self.server(SinkServer)
         a, b = self.start_pair(sink)
 
-        s1 = bound_client_socket()
-        s1.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        src = s1.getsockname()
-        c1 = self.track(connect(self.ports["A"], sock=s1))
-        c1.sendall(b"via A\n")
-        r1 = sink.wait_connection(1)
-        wait_until(lambda: bytes(r1.data) == b"via A\n", scaled(5), "A's bytes at the server")
+        src, c1, r1 = self.client_via_a(sink)
         client = addr_str(src)
         self.assertEqual(self.owner(client), "A")
 
@@ -263,13 +270,7 @@ class ClusterUpgradeTest(ClusterPair, UpgradeCase):
         ttl_ms = 2000
         sink = self.server(SinkServer)
         a, b = self.start_pair(sink, lease_ttl_ms=ttl_ms)
-        s1 = bound_client_socket()
-        s1.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        src = s1.getsockname()
-        c1 = self.track(connect(self.ports["A"], sock=s1))
-        c1.sendall(b"via A\n")
-        r1 = sink.wait_connection(1)
-        wait_until(lambda: bytes(r1.data) == b"via A\n", scaled(5), "A's bytes at the server")
+        src, c1, r1 = self.client_via_a(sink)
         client = addr_str(src)
 
         self.upgrade(a, a.pid, expect_sessions=1, others=(b.pid,))
