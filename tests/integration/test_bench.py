@@ -48,6 +48,8 @@ LIFELINES = ("lifeline", "lifeline-lean")
 METRICS = ("bulk_up", "bulk_down", "bulk_cpu", "cpu_per_gb", "rtt_p50", "rtt_p99", "connrate",
            "conn_cpu_us", "connrate_par", "conn_par_cpu_us", "idle_established", "idle_kib",
            "idle_kept_pct", "redis_set", "redis_get", "wrk")
+# A section of RESULTS.md that bench/upgrade.py writes, as a stand-in.
+UPGRADE_SECTION = "## Live upgrade hand-over\n\nkept from before\n"
 # What a cell may hold: a number, "-" (no proxy to measure), or "n/a (why)".
 CELL = re.compile(r"^(?:[\d,]+(?:\.\d+)?|-|n/a \(.+\))$")
 
@@ -108,6 +110,11 @@ class QuickBench(unittest.TestCase):
         require_binary()
         cls.tmp = tempfile.mkdtemp(prefix="lifeline-test-bench-")
         cls.results = os.path.join(cls.tmp, "RESULTS.md")
+        # A report from before, with a section bench/upgrade.py writes: the
+        # new report replaces the rest and keeps that section.
+        with open(cls.results, "w") as f:
+            f.write("# old report\n\n## Summary\n\nold figures\n\n"
+                    + UPGRADE_SECTION + "\n")
         cls.before = os.stat(RESULTS).st_mtime_ns if os.path.exists(RESULTS) else None
         env = dict(os.environ, LIFELINE_BIN=BIN)
         env.pop("BENCH_RESULTS", None)
@@ -130,6 +137,11 @@ class QuickBench(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def test_other_scripts_sections_are_kept(self):
+        self.assertIn(UPGRADE_SECTION, self.text)
+        self.assertNotIn("old figures", self.text)
+        self.assertEqual(self.text.count("## Summary"), 1)
 
     def test_driver_succeeds_and_writes_its_report(self):
         self.assertEqual(self.proc.returncode, 0, self.proc.stderr[-3000:])
